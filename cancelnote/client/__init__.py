@@ -1,0 +1,1 @@
+"""The client: keystore, session, evidence store, verifier and watchtower."""

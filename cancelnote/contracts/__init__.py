@@ -1,0 +1,1 @@
+"""Compiled contract artifacts (ABI, bytecode, source hash), shipped as package data."""

@@ -1,0 +1,1 @@
+"""The chain (in-process py-evm or JSON-RPC) and the binding of the court contract."""

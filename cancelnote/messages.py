@@ -1,0 +1,482 @@
+"""The signed messages of protocol v1, each defined exactly once.
+
+Each class below is the one definition of its message: its attrs fields carry the
+Solidity type and the wire (and EIP-712) name, and the EIP-712 type string, the struct
+hash, the JSON wire form and the validators are all derived from those fields. The
+contract's type-hash constants are checked against ``TYPE_STRING`` by a test, character
+for character.
+
+Conventions (docs/protocol.md is the specification):
+
+* Python attributes are snake_case; wire and EIP-712 names are camelCase (``priceX18``).
+* On the wire, bytes are ``0x``-hex and integers are decimal strings, except ``uint32``
+  (product ids), which are JSON numbers. Integers are also accepted as JSON numbers.
+* Every malformed value raises :class:`~cancelnote.errors.MessageError` (a bad signature
+  raises its subclass :class:`~cancelnote.errors.SignatureError`) naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from functools import cached_property
+from typing import Any, ClassVar, Self
+
+import attrs
+
+from .crypto import (
+    ZERO_ADDRESS,
+    Signer,
+    check_signature,
+    keccak,
+    parse_address,
+    recover_address,
+    to_checksum,
+)
+from .errors import MessageError, SignatureError
+
+DOMAIN_NAME = "cancelnote"
+DOMAIN_VERSION = "1"
+DOMAIN_TYPE_STRING = (
+    "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+)
+DOMAIN_TYPE_HASH = keccak(DOMAIN_TYPE_STRING.encode())
+
+#: Longest array a message may carry (digests or product ids of one cancel).
+MAX_ARRAY_LENGTH = 1024
+#: The operator accepts a request only if ``now < recv_time <= now + RECV_WINDOW_MS``.
+RECV_WINDOW_MS = 100_000
+#: Bits of entropy below ``recv_time_ms`` in a nonce.
+NONCE_RANDOM_BITS = 20
+SUBACCOUNT_BYTES = 12
+
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "uint32": (0, 2**32 - 1),
+    "uint64": (0, 2**64 - 1),
+    "uint128": (0, 2**128 - 1),
+    "uint256": (0, 2**256 - 1),
+    "int128": (-(2**127), 2**127 - 1),
+}
+_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)\Z")
+_HEX32 = re.compile(r"0x[0-9a-fA-F]{64}\Z")
+_HEX_SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}\Z")
+
+
+# ---------------------------------------------------------------------------------------
+# Field types: validation, EIP-712 encoding, wire encoding, by Solidity type name.
+
+
+def _check_int(sol: str, name: str, value: object) -> None:
+    low, high = _INT_RANGES[sol]
+    if type(value) is not int:
+        raise MessageError(f"{name}: expected an integer ({sol}), got {type(value).__name__}")
+    if not low <= value <= high:
+        raise MessageError(f"{name}: {value} is out of range for {sol} [{low}, {high}]")
+
+
+def _check_bytes32(name: str, value: object) -> None:
+    if type(value) is not bytes or len(value) != 32:
+        got = f"{len(value)} bytes" if isinstance(value, bytes) else type(value).__name__
+        raise MessageError(f"{name}: expected 32 bytes, got {got}")
+
+
+def _check_field(sol: str, name: str, value: object) -> None:
+    if sol.endswith("[]"):
+        if type(value) is not tuple:
+            raise MessageError(f"{name}: expected a sequence, got {type(value).__name__}")
+        if len(value) > MAX_ARRAY_LENGTH:
+            raise MessageError(f"{name}: {len(value)} entries, at most {MAX_ARRAY_LENGTH}")
+        for index, item in enumerate(value):
+            _check_field(sol[:-2], f"{name}[{index}]", item)
+    elif sol == "bytes32":
+        _check_bytes32(name, value)
+    else:
+        _check_int(sol, name, value)
+
+
+def _encode_word(sol: str) -> Callable[[Any], bytes]:
+    """The 32-byte EIP-712 ``encodeData`` of one value of a static type."""
+    if sol == "bytes32":
+        return lambda value: value
+    if sol.startswith("int"):
+        return lambda value: value.to_bytes(32, "big", signed=True)
+    return lambda value: value.to_bytes(32, "big")
+
+
+def _encoder(sol: str) -> Callable[[Any], bytes]:
+    word = _encode_word(sol.removesuffix("[]"))
+    if sol.endswith("[]"):
+        return lambda values: keccak(b"".join(map(word, values)))
+    return word
+
+
+def _value_from_wire(sol: str, name: str, raw: object) -> Any:
+    if sol.endswith("[]"):
+        if not isinstance(raw, list):
+            raise MessageError(f"{name}: expected a JSON array, got {type(raw).__name__}")
+        if len(raw) > MAX_ARRAY_LENGTH:
+            raise MessageError(f"{name}: {len(raw)} entries, at most {MAX_ARRAY_LENGTH}")
+        return tuple(_value_from_wire(sol[:-2], f"{name}[{i}]", item) for i, item in enumerate(raw))
+    if sol == "bytes32":
+        if not isinstance(raw, str) or not _HEX32.match(raw):
+            raise MessageError(f"{name}: expected 0x and 64 hex digits, got {_show(raw)}")
+        return bytes.fromhex(raw[2:])
+    if isinstance(raw, str):
+        if not _DECIMAL.match(raw):
+            raise MessageError(f"{name}: expected a decimal integer string, got {_show(raw)}")
+        value = int(raw)
+    elif type(raw) is int:
+        value = raw
+    else:
+        raise MessageError(f"{name}: expected an integer ({sol}), got {_show(raw)}")
+    _check_int(sol, name, value)
+    return value
+
+
+def _value_to_wire(sol: str, value: Any) -> Any:
+    if sol.endswith("[]"):
+        return [_value_to_wire(sol[:-2], item) for item in value]
+    if sol == "bytes32":
+        return "0x" + value.hex()
+    if sol == "uint32":
+        return value
+    return str(value)
+
+
+def _show(raw: object) -> str:
+    text = repr(raw)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _field(sol: str, wire: str) -> Any:
+    """An attrs field of Solidity type ``sol`` named ``wire`` on the wire and in EIP-712."""
+    converter = _to_tuple if sol.endswith("[]") else None
+    return attrs.field(
+        converter=converter,
+        validator=lambda inst, attribute, value: _check_field(
+            sol, f"{type(inst).__name__}.{wire}", value
+        ),
+        metadata={"sol": sol, "wire": wire},
+    )
+
+
+def _to_tuple(value: object) -> object:
+    """Arrays are stored as tuples so that messages stay immutable and hashable."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+# ---------------------------------------------------------------------------------------
+# The EIP-712 domain.
+
+
+def _address_bytes(value: object) -> bytes:
+    try:
+        return parse_address(value)  # type: ignore[arg-type]
+    except SignatureError as exc:
+        raise MessageError(f"Domain.verifyingContract: {exc}") from None
+
+
+@attrs.frozen
+class Domain:
+    """Binds a signature to one chain and one court contract.
+
+    ``{name: "cancelnote", version: "1", chainId, verifyingContract}``; a signature made
+    for one domain recovers to a different (useless) address in any other.
+    """
+
+    chain_id: int = attrs.field()
+    verifying_contract: bytes = attrs.field(converter=_address_bytes)
+    #: Protocol v1 fixes these; other values exist for EIP-712 test vectors only.
+    name: str = attrs.field(default=DOMAIN_NAME, kw_only=True)
+    version: str = attrs.field(default=DOMAIN_VERSION, kw_only=True)
+
+    @chain_id.validator
+    def _check_chain_id(self, attribute: attrs.Attribute, value: int) -> None:
+        _check_int("uint256", "Domain.chainId", value)
+        if value == 0:
+            raise MessageError("Domain.chainId: must be non-zero")
+
+    @cached_property
+    def separator(self) -> bytes:
+        """The EIP-712 domain separator (the contract's ``DOMAIN_SEPARATOR``)."""
+        return keccak(
+            DOMAIN_TYPE_HASH
+            + keccak(self.name.encode())
+            + keccak(self.version.encode())
+            + self.chain_id.to_bytes(32, "big")
+            + bytes(12)
+            + self.verifying_contract
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "chainId": self.chain_id,
+            "verifyingContract": to_checksum(self.verifying_contract),
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# The signed message types.
+
+
+class SignedMessage:
+    """What every signed type shares: hashing, signing, recovery and the wire form.
+
+    Subclasses are frozen attrs classes declared with :func:`_field`; ``@_eip712``
+    derives ``TYPE_STRING`` and ``TYPE_HASH`` from their fields.
+    """
+
+    __slots__ = ()
+    TYPE_STRING: ClassVar[str]
+    TYPE_HASH: ClassVar[bytes]
+    _WIRE: ClassVar[tuple[tuple[str, str, str], ...]]  # (attribute, wire name, sol type)
+    _ENCODERS: ClassVar[tuple[tuple[str, Callable[[Any], bytes]], ...]]
+
+    def struct_hash(self) -> bytes:
+        """EIP-712 ``hashStruct``: keccak of the type hash and every encoded field."""
+        return keccak(
+            self.TYPE_HASH
+            + b"".join(encode(getattr(self, name)) for name, encode in self._ENCODERS)
+        )
+
+    def digest(self, domain: Domain) -> bytes:
+        """The 32-byte EIP-712 digest that is signed (``keccak(0x1901 ‖ domain ‖ struct)``).
+
+        For an ``Order`` this digest is also the order's identifier everywhere.
+        """
+        return keccak(b"\x19\x01" + domain.separator + self.struct_hash())
+
+    def sign(self, signer: Signer | bytes, domain: Domain) -> bytes:
+        """A 65-byte low-s signature of :meth:`digest` by ``signer``."""
+        if isinstance(signer, bytes):
+            signer = Signer(signer)
+        return signer.sign_hash(self.digest(domain))
+
+    def recover(self, signature: bytes, domain: Domain) -> str:
+        """The checksummed address that signed this message in ``domain``.
+
+        Raises:
+            SignatureError: the signature is malformed, high-s or recovers to nobody.
+        """
+        return to_checksum(recover_address(self.digest(domain), signature))
+
+    def verify(self, signature: bytes, domain: Domain, expected_signer: str | bytes) -> None:
+        """Check that ``expected_signer`` signed this message in ``domain``.
+
+        Raises:
+            SignatureError: the signature is invalid, the expected signer is the zero
+                address, or someone else signed.
+        """
+        expected = parse_address(expected_signer)
+        if expected == ZERO_ADDRESS:
+            raise SignatureError("the zero address signs nothing")
+        signer = recover_address(self.digest(domain), signature)
+        if signer != expected:
+            raise SignatureError(
+                f"{type(self).__name__} signed by {to_checksum(signer)},"
+                f" expected {to_checksum(expected)}"
+            )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready dict: camelCase names, 0x-hex bytes, decimal-string integers."""
+        return {wire: _value_to_wire(sol, getattr(self, name)) for name, wire, sol in self._WIRE}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Self:
+        """Parse the wire form strictly: no missing, unknown or malformed field.
+
+        Raises:
+            MessageError: naming the first field that is wrong.
+        """
+        if not isinstance(obj, Mapping):
+            raise MessageError(f"{cls.__name__}: expected a JSON object, got {_show(obj)}")
+        known = {wire for _, wire, _ in cls._WIRE}
+        unknown = sorted(str(key) for key in obj if key not in known)
+        if unknown:
+            raise MessageError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+        missing = [wire for wire in (w for _, w, _ in cls._WIRE) if wire not in obj]
+        if missing:
+            raise MessageError(f"{cls.__name__}: missing field(s) {', '.join(missing)}")
+        values = {
+            name: _value_from_wire(sol, f"{cls.__name__}.{wire}", obj[wire])
+            for name, wire, sol in cls._WIRE
+        }
+        return cls(**values)
+
+    @classmethod
+    def eip712_types(cls) -> list[dict[str, str]]:
+        """The type as eth-account's ``encode_typed_data`` expects it."""
+        return [{"name": wire, "type": sol} for _, wire, sol in cls._WIRE]
+
+
+def _eip712(cls: type) -> type:
+    """Derive the type string, type hash and codecs of a message class from its fields."""
+    fields = attrs.fields(cls)
+    cls._WIRE = tuple((f.name, f.metadata["wire"], f.metadata["sol"]) for f in fields)
+    cls._ENCODERS = tuple((f.name, _encoder(f.metadata["sol"])) for f in fields)
+    members = ",".join(f"{sol} {wire}" for _, wire, sol in cls._WIRE)
+    cls.TYPE_STRING = f"{cls.__name__}({members})"
+    cls.TYPE_HASH = keccak(cls.TYPE_STRING.encode())
+    return cls
+
+
+@_eip712
+@attrs.frozen
+class Order(SignedMessage):
+    """A client's signed limit order. Its EIP-712 digest is its identifier.
+
+    ``amount`` is positive for a buy and negative for a sell, in base units scaled by
+    1e18 as Vertex writes it; ``priceX18`` is the limit price times 1e18;
+    ``expiration`` is in unix seconds (as the chain's block timestamps are).
+    """
+
+    sender: bytes = _field("bytes32", "sender")
+    product_id: int = _field("uint32", "productId")
+    price_x18: int = _field("int128", "priceX18")
+    amount: int = _field("int128", "amount")
+    expiration: int = _field("uint64", "expiration")
+    nonce: int = _field("uint64", "nonce")
+
+
+@_eip712
+@attrs.frozen
+class Cancellation(SignedMessage):
+    """A client's signed request to cancel the orders ``digests`` (one product id each)."""
+
+    sender: bytes = _field("bytes32", "sender")
+    product_ids: tuple[int, ...] = _field("uint32[]", "productIds")
+    digests: tuple[bytes, ...] = _field("bytes32[]", "digests")
+    nonce: int = _field("uint64", "nonce")
+
+
+@_eip712
+@attrs.frozen
+class CancellationProducts(SignedMessage):
+    """A client's signed request to cancel all its orders in ``product_ids``."""
+
+    sender: bytes = _field("bytes32", "sender")
+    product_ids: tuple[int, ...] = _field("uint32[]", "productIds")
+    nonce: int = _field("uint64", "nonce")
+
+
+@_eip712
+@attrs.frozen
+class Fill(SignedMessage):
+    """The operator's signed receipt of one match of the order ``order_digest``.
+
+    (The attribute is ``order_digest`` because ``digest()`` is every message's own
+    EIP-712 digest; on the wire and in EIP-712 the field is named ``digest``.)
+
+    ``seq`` is the operator journal's global sequence number; ``amount`` is this fill's
+    size and ``filled_total`` the order's cumulative filled size including it.
+    """
+
+    order_digest: bytes = _field("bytes32", "digest")
+    sender: bytes = _field("bytes32", "sender")
+    seq: int = _field("uint64", "seq")
+    amount: int = _field("uint128", "amount")
+    filled_total: int = _field("uint128", "filledTotal")
+    price_x18: int = _field("int128", "priceX18")
+    timestamp_ms: int = _field("uint64", "timestampMs")
+
+
+@_eip712
+@attrs.frozen
+class CancellationNote(SignedMessage):
+    """The operator's signed answer to a cancel: how much of ``order_digest`` had filled.
+
+    The operator promises that the order's cumulative fill never exceeds
+    ``filled_amount + pending_amount``, that only fills already in flight (up to
+    ``pending_amount``, until ``pending_until_ms``) may still settle, and that every fill
+    with ``seq <= last_fill_seq`` is counted in ``filled_amount``. ``request_hash`` is the
+    EIP-712 digest of the client request answered (zero when none: an on-chain request).
+    """
+
+    order_digest: bytes = _field("bytes32", "digest")
+    sender: bytes = _field("bytes32", "sender")
+    request_hash: bytes = _field("bytes32", "requestHash")
+    filled_amount: int = _field("uint128", "filledAmount")
+    last_fill_seq: int = _field("uint64", "lastFillSeq")
+    pending_amount: int = _field("uint128", "pendingAmount")
+    pending_until_ms: int = _field("uint64", "pendingUntilMs")
+    received_at_ms: int = _field("uint64", "receivedAtMs")
+    seq: int = _field("uint64", "seq")
+
+
+MESSAGE_TYPES: tuple[type[SignedMessage], ...] = (
+    Order,
+    Cancellation,
+    CancellationProducts,
+    Fill,
+    CancellationNote,
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Signatures, nonces and senders on the wire.
+
+
+def signature_from_wire(raw: object) -> bytes:
+    """A 65-byte signature from ``0x`` and 130 hex digits, checked to be canonical."""
+    if not isinstance(raw, str) or not _HEX_SIGNATURE.match(raw):
+        raise SignatureError(f"signature: expected 0x and 130 hex digits, got {_show(raw)}")
+    signature = bytes.fromhex(raw[2:])
+    check_signature(signature)
+    return signature
+
+
+def signature_to_wire(signature: bytes) -> str:
+    return "0x" + signature.hex()
+
+
+def make_nonce(recv_time_ms: int, entropy: int | None = None) -> int:
+    """``recv_time_ms << 20 | entropy``: the request is void unless received by then.
+
+    ``entropy`` (20 bits) defaults to fresh random bits, so two requests signed in the
+    same millisecond still differ.
+    """
+    if entropy is None:
+        entropy = secrets.randbits(NONCE_RANDOM_BITS)
+    if not 0 <= entropy < 2**NONCE_RANDOM_BITS:
+        raise MessageError(f"nonce entropy must fit in {NONCE_RANDOM_BITS} bits")
+    if not 0 <= recv_time_ms < 2 ** (64 - NONCE_RANDOM_BITS):
+        raise MessageError(f"recv_time_ms {recv_time_ms} does not fit in a nonce")
+    return recv_time_ms << NONCE_RANDOM_BITS | entropy
+
+
+def nonce_recv_time_ms(nonce: int) -> int:
+    """The receive-by time (unix ms) encoded in a nonce."""
+    return nonce >> NONCE_RANDOM_BITS
+
+
+def make_sender(address: str | bytes, subaccount: str = "default") -> bytes:
+    """The 32-byte ``sender``: 20-byte address then a 12-byte subaccount name, NUL-padded."""
+    try:
+        address_bytes = parse_address(address)
+    except SignatureError as exc:
+        raise MessageError(f"sender: {exc}") from None
+    name = subaccount.encode("ascii", errors="strict") if subaccount.isascii() else None
+    if name is None or len(name) > SUBACCOUNT_BYTES or b"\x00" in name:
+        raise MessageError(
+            f"subaccount: at most {SUBACCOUNT_BYTES} ASCII characters, no NUL; got {subaccount!r}"
+        )
+    return address_bytes + name.ljust(SUBACCOUNT_BYTES, b"\x00")
+
+
+def sender_address(sender: bytes) -> str:
+    """The checksummed owner address of a ``sender``."""
+    _check_bytes32("sender", sender)
+    return to_checksum(sender[:20])
+
+
+def sender_subaccount(sender: bytes) -> str:
+    """The subaccount name of a ``sender`` (trailing NULs removed)."""
+    _check_bytes32("sender", sender)
+    name = sender[20:].rstrip(b"\x00")
+    try:
+        return name.decode("ascii")
+    except UnicodeDecodeError:
+        raise MessageError(f"sender: subaccount {name!r} is not ASCII") from None

@@ -1,0 +1,1 @@
+"""The simulation lab: a deterministic discrete-event kernel driving the real engine."""
