@@ -17,6 +17,7 @@ Conventions (docs/protocol.md is the specification):
 
 from __future__ import annotations
 
+import operator
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -134,14 +135,16 @@ def _value_from_wire(sol: str, name: str, raw: object) -> Any:
     return value
 
 
-def _value_to_wire(sol: str, value: Any) -> Any:
+def _wire_encoder(sol: str) -> Callable[[Any], Any]:
+    """The JSON form of one value: 0x-hex bytes, uint32 numbers, other integers as strings."""
     if sol.endswith("[]"):
-        return [_value_to_wire(sol[:-2], item) for item in value]
+        item = _wire_encoder(sol[:-2])
+        return lambda values: [item(value) for value in values]
     if sol == "bytes32":
-        return "0x" + value.hex()
+        return lambda value: "0x" + value.hex()
     if sol == "uint32":
-        return value
-    return str(value)
+        return int
+    return str
 
 
 def _show(raw: object) -> str:
@@ -153,12 +156,36 @@ def _field(sol: str, wire: str) -> Any:
     """An attrs field of Solidity type ``sol`` named ``wire`` on the wire and in EIP-712."""
     converter = _to_tuple if sol.endswith("[]") else None
     return attrs.field(
-        converter=converter,
-        validator=lambda inst, attribute, value: _check_field(
-            sol, f"{type(inst).__name__}.{wire}", value
-        ),
-        metadata={"sol": sol, "wire": wire},
+        converter=converter, validator=_validator(sol, wire), metadata={"sol": sol, "wire": wire}
     )
+
+
+def _validator(sol: str, wire: str) -> Callable[[Any, Any, Any], None]:
+    """A validator whose passing path is one type test and one comparison.
+
+    Messages are built on the operator's hot path (a note per cancel), so the error text
+    naming the field is composed only once a check has failed.
+    """
+
+    def fail(inst: object, value: object) -> None:
+        _check_field(sol, f"{type(inst).__name__}.{wire}", value)
+
+    if sol.endswith("[]"):
+        return lambda inst, attribute, value: fail(inst, value)
+    if sol == "bytes32":
+
+        def check_bytes32(inst: object, attribute: object, value: object) -> None:
+            if type(value) is not bytes or len(value) != 32:
+                fail(inst, value)
+
+        return check_bytes32
+    low, high = _INT_RANGES[sol]
+
+    def check_int(inst: object, attribute: object, value: object) -> None:
+        if type(value) is not int or not low <= value <= high:
+            fail(inst, value)
+
+    return check_int
 
 
 def _to_tuple(value: object) -> object:
@@ -233,14 +260,23 @@ class SignedMessage:
     TYPE_STRING: ClassVar[str]
     TYPE_HASH: ClassVar[bytes]
     _WIRE: ClassVar[tuple[tuple[str, str, str], ...]]  # (attribute, wire name, sol type)
-    _ENCODERS: ClassVar[tuple[tuple[str, Callable[[Any], bytes]], ...]]
+    _ENCODERS: ClassVar[tuple[Callable[[Any], bytes], ...]]
+    _WIRE_ENCODERS: ClassVar[tuple[tuple[str, Callable[[Any], Any]], ...]]
+    _VALUES: ClassVar[Callable[[Any], tuple[Any, ...]]]  # all field values, in order
+
+    def encoded_fields(self) -> list[tuple[str, bytes]]:
+        """Each field's wire name and 32-byte EIP-712 ``encodeData`` word, in order."""
+        values = self._VALUES(self)
+        return [
+            (wire, encode(value))
+            for (_, wire, _), encode, value in zip(self._WIRE, self._ENCODERS, values, strict=True)
+        ]
 
     def struct_hash(self) -> bytes:
         """EIP-712 ``hashStruct``: keccak of the type hash and every encoded field."""
-        return keccak(
-            self.TYPE_HASH
-            + b"".join(encode(getattr(self, name)) for name, encode in self._ENCODERS)
-        )
+        values = self._VALUES(self)
+        words = [encode(value) for encode, value in zip(self._ENCODERS, values, strict=True)]
+        return keccak(self.TYPE_HASH + b"".join(words))
 
     def digest(self, domain: Domain) -> bytes:
         """The 32-byte EIP-712 digest that is signed (``keccak(0x1901 ‖ domain ‖ struct)``).
@@ -282,7 +318,11 @@ class SignedMessage:
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON-ready dict: camelCase names, 0x-hex bytes, decimal-string integers."""
-        return {wire: _value_to_wire(sol, getattr(self, name)) for name, wire, sol in self._WIRE}
+        values = self._VALUES(self)
+        return {
+            wire: to_wire(value)
+            for (wire, to_wire), value in zip(self._WIRE_ENCODERS, values, strict=True)
+        }
 
     @classmethod
     def from_wire(cls, obj: object) -> Self:
@@ -316,7 +356,11 @@ def _eip712(cls: type) -> type:
     """Derive the type string, type hash and codecs of a message class from its fields."""
     fields = attrs.fields(cls)
     cls._WIRE = tuple((f.name, f.metadata["wire"], f.metadata["sol"]) for f in fields)
-    cls._ENCODERS = tuple((f.name, _encoder(f.metadata["sol"])) for f in fields)
+    cls._ENCODERS = tuple(_encoder(f.metadata["sol"]) for f in fields)
+    cls._WIRE_ENCODERS = tuple(
+        (f.metadata["wire"], _wire_encoder(f.metadata["sol"])) for f in fields
+    )
+    cls._VALUES = operator.attrgetter(*(f.name for f in fields))
     members = ",".join(f"{sol} {wire}" for _, wire, sol in cls._WIRE)
     cls.TYPE_STRING = f"{cls.__name__}({members})"
     cls.TYPE_HASH = keccak(cls.TYPE_STRING.encode())

@@ -1,0 +1,862 @@
+"""The operator engine: a deterministic, sans-I/O state machine (DESIGN §3.1).
+
+``Engine.handle(request, now_ms)`` and ``Engine.advance(now_ms)`` return outputs and do
+nothing else: no clock, no socket, no disk, no randomness of its own (a policy brings
+its own seeded rng). The outputs of one call are, in order of durability:
+
+* journal entries (:mod:`.journal`): the state changes, to be committed before
+* :class:`~.api.Reply` (the answer to the request) and :class:`~.api.Push` (signed fills
+  and notes for the sender's subscribers) leave the process.
+
+Rules of this module:
+
+1. Every state change is a journal entry, and the engine changes its state only by
+   applying entries (:meth:`Engine._apply`), the same entries the journal stores. So
+   replaying the journal into a fresh engine rebuilds the same state and the same
+   answers, and a note is re-sent byte for byte, never re-signed.
+2. A request is checked completely before its first entry is made; a rejection
+   (:class:`~cancelnote.errors.Rejected`) therefore changes nothing. Any other
+   exception out of ``handle`` is a bug.
+3. Order states change only through :func:`.lifecycle.step`.
+
+In-flight fills (Immutable's race window, DESIGN §4). A match is announced at once (a
+:class:`~.journal.Matched` entry takes the size off the book) but settles
+``settlement_delay_ms`` later; only then is its operator-signed ``Fill`` made, numbered
+with the next journal seq and stamped ``timestampMs`` = settlement time. A note signed
+while a match is in flight therefore says ``filledAmount`` = settled fills,
+``lastFillSeq`` = the last settled fill, ``pendingAmount`` = the size in flight and
+``pendingUntilMs`` = the last settlement time; the fills that settle later get higher
+seqs, stay within ``filledAmount + pendingAmount``, and are stamped no later than
+``pendingUntilMs``, so an honest engine never satisfies court rule 1 (a)-(e). (Signing
+the fill at match time instead, with a seq below the note's, would make rules (d) or
+(e) convict the honest operator: a fill numbered before the note must be counted in its
+``filledAmount``.) With ``settlement_delay_ms = 0`` a match settles in the same call.
+
+Acceptance (each failure a ``Rejected`` with a stable code, checked in this order):
+request shape (``INVALID_MESSAGE``), known product (``UNKNOWN_PRODUCT``), order amount
+and price (``INVALID_ORDER``), order expiration (``EXPIRED``), the nonce's ``recv_time``
+window (``NONCE_WINDOW``), the sender's signature (``INVALID_SIGNATURE``), replay
+(``REPLAYED``), the wallet's rate limit (``RATE_LIMITED``). Orders carry a Vertex nonce
+too (``recv_time << 20 | random``), so a signed order cannot be submitted late.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import attrs
+
+from cancelnote.crypto import Signer, recover_address
+from cancelnote.errors import CancelnoteError, MessageError, Rejected, SignatureError
+from cancelnote.messages import (
+    RECV_WINDOW_MS,
+    CancellationNote,
+    Domain,
+    Fill,
+    Order,
+    nonce_recv_time_ms,
+    sender_address,
+)
+
+from .api import (
+    BookDepth,
+    CancelAndPlace,
+    CancelOrders,
+    CancelProductOrders,
+    CancelRequest,
+    Fills,
+    Notes,
+    OrderStatus,
+    PlaceOrder,
+    Push,
+    Reply,
+    Request,
+    request_from_wire,
+    request_type_of,
+)
+from .book import Book
+from .errors import (
+    InvalidOrder,
+    JournalCorrupt,
+    NonceWindow,
+    OrderExpired,
+    OrderNotFound,
+    RateLimited,
+    Replayed,
+    UnknownProduct,
+)
+from .journal import (
+    CancelAccepted,
+    CancelReleased,
+    Expired,
+    FillIssued,
+    Journal,
+    JournalEntry,
+    Matched,
+    NoteIssued,
+    OrderAccepted,
+    OrderForced,
+)
+from .lifecycle import CANCEL_REFUSALS, CancellationType, Event, OrderState, ReasonCode, step
+from .policies import EQUIVOCATION_WINDOW_MS, CancelContext, Honest, NoteContext, Policy
+
+Output = JournalEntry | Reply | Push
+
+#: Vertex's per-wallet execute limit: 600 weight per rolling minute.
+RATE_LIMIT_WEIGHT = 600
+RATE_WINDOW_MS = 60_000
+#: Vertex weights: a place weighs 1, ``cancel_orders`` its number of digests,
+#: ``cancel_product_orders`` 50 for all products, else 5 per product.
+PLACE_WEIGHT = 1
+CANCEL_ALL_PRODUCTS_WEIGHT = 50
+CANCEL_PER_PRODUCT_WEIGHT = 5
+#: ``requestHash`` of a note answering an on-chain ``requestCancel``.
+ON_CHAIN_REQUEST_HASH = bytes(32)
+
+_NEVER = 2**64
+
+
+def split_outputs(outputs: Iterable[Output]) -> tuple[list[JournalEntry], list[Reply | Push]]:
+    """``(entries to commit first, messages to send after)``, each in output order."""
+    entries: list[JournalEntry] = []
+    messages: list[Reply | Push] = []
+    for out in outputs:
+        (messages if isinstance(out, Reply | Push) else entries).append(out)
+    return entries, messages
+
+
+@attrs.define
+class _OrderRecord:
+    """Everything the engine knows about one accepted order."""
+
+    product_id: int
+    order: Order
+    signature: bytes
+    digest: bytes
+    placed_at_ms: int
+    remaining: int  # size not yet matched (absolute); what a cancel takes off the book
+    state: OrderState = OrderState.ACTIVE
+    on_book: bool = True
+    filled: int = 0  # settled size: the filledTotal of the last fill
+    last_fill_seq: int = 0
+    in_flight: dict[int, tuple[int, int]] = attrs.Factory(dict)  # match seq -> (size, until)
+    fills: list[FillIssued] = attrs.Factory(list)
+    notes: list[NoteIssued] = attrs.Factory(list)  # notes[0] is *the* note
+    fills_after: int = 0  # matches an adversarial policy still lets a cancelled order take
+
+    @property
+    def is_bid(self) -> bool:
+        return self.order.amount > 0
+
+    @property
+    def pending_amount(self) -> int:
+        return sum(size for size, _ in self.in_flight.values())
+
+    @property
+    def pending_until_ms(self) -> int:
+        return max((until for _, until in self.in_flight.values()), default=0)
+
+    def signed(self, size: int) -> str:
+        """``size`` with the order's sign, as Vertex writes amounts."""
+        return str(size if self.is_bid else -size)
+
+    def order_data(self) -> dict[str, Any]:
+        """Vertex's ``OrderData``: the order, its digest and its unmatched remainder."""
+        order = self.order
+        return {
+            "product_id": self.product_id,
+            "sender": "0x" + order.sender.hex(),
+            "price_x18": str(order.price_x18),
+            "amount": str(order.amount),
+            "expiration": str(order.expiration),
+            "nonce": str(order.nonce),
+            "unfilled_amount": self.signed(self.remaining),
+            "digest": "0x" + self.digest.hex(),
+            "placed_at": self.placed_at_ms,
+        }
+
+
+@attrs.define
+class Engine:
+    """The order books, the cancel answers and the signing of one operator.
+
+    Args:
+        signer: the operator key; it signs every fill and note.
+        domain: the EIP-712 domain of every message (chain and court contract).
+        products: the product ids traded; anything else is ``UNKNOWN_PRODUCT``.
+        settlement_delay_ms: how long a match is in flight before its fills are signed.
+        policy: honest (default) or adversarial behaviour (:mod:`.policies`).
+        rate_limit: weight per wallet per rolling minute.
+    """
+
+    signer: Signer
+    domain: Domain
+    products: frozenset[int] = attrs.field(converter=frozenset)
+    settlement_delay_ms: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    policy: Policy = attrs.Factory(Honest)
+    rate_limit: int = RATE_LIMIT_WEIGHT
+
+    _last_seq: int = attrs.field(default=0, init=False)
+    _orders: dict[bytes, _OrderRecord] = attrs.field(factory=dict, init=False)
+    _books: dict[int, Book] = attrs.field(init=False)
+    _active_by_sender: dict[bytes, dict[bytes, None]] = attrs.field(factory=dict, init=False)
+    _matches: dict[int, Matched] = attrs.field(factory=dict, init=False)  # in flight
+    _settle_heap: list[tuple[int, int]] = attrs.field(factory=list, init=False)
+    _expiry_heap: list[tuple[int, bytes]] = attrs.field(factory=list, init=False)
+    _held: dict[int, CancelAccepted] = attrs.field(factory=dict, init=False)
+    _held_heap: list[tuple[int, int]] = attrs.field(factory=list, init=False)
+    _held_orders: set[bytes] = attrs.field(factory=set, init=False)
+    _requests: dict[bytes, int] = attrs.field(factory=dict, init=False)  # hash -> recv_time
+    _request_heap: list[tuple[int, bytes]] = attrs.field(factory=list, init=False)
+    _rate_log: deque[tuple[int, bytes, int]] = attrs.field(factory=deque, init=False)
+    _rate_used: dict[bytes, int] = attrs.field(factory=dict, init=False)
+    _marks: dict[int, int] = attrs.field(factory=dict, init=False)
+
+    @_books.default
+    def _make_books(self) -> dict[int, Book]:
+        return {product: Book(product) for product in sorted(self.products)}
+
+    # -----------------------------------------------------------------------------------
+    # Public entry points.
+
+    def handle(self, request: Request, now_ms: int) -> list[Output]:
+        """Answer one request at engine time ``now_ms`` (unix ms, never going backwards).
+
+        Returns outputs in the order they were made: journal entries, pushes and at
+        most one reply to this request (none while a policy holds the cancel, or if it
+        drops it). Commit every entry before sending any reply or push of the same call
+        (:func:`split_outputs`). Time-driven work due by ``now_ms`` (settlements,
+        expirations, held cancels) comes first, as :meth:`advance` does it.
+        """
+        out: list[Output] = []
+        self._tick(now_ms, out)
+        try:
+            self._HANDLERS[type(request)](self, request, now_ms, out)
+        except Rejected as exc:
+            out.append(Reply.failure(request, exc))
+        self._tick(now_ms, out)  # matches that settle at once
+        return out
+
+    def handle_wire(self, obj: object, now_ms: int) -> list[Output]:
+        """Parse a JSON request and :meth:`handle` it; a malformed one gets a failure reply."""
+        try:
+            request = request_from_wire(obj)
+        except MessageError as exc:
+            return [Reply.failure(None, exc, request_type_of(obj))]
+        return self.handle(request, now_ms)
+
+    def advance(self, now_ms: int) -> list[Output]:
+        """Let time pass: settle in-flight matches, expire orders, release held cancels."""
+        out: list[Output] = []
+        self._tick(now_ms, out)
+        return out
+
+    def force_cancel(self, digest: bytes, now_ms: int, order: Order | None = None) -> list[Output]:
+        """Answer an on-chain ``requestCancel`` of ``digest`` with a note.
+
+        The note has ``requestHash`` = zero and cancellation type ``ON_CHAIN``. If the
+        order already has a note, that same note is pushed again (a second one would be
+        equivocation). Filled and expired orders get a note too, and so does an order
+        the engine never saw, if the caller passes it (the contract's ``requestCancel``
+        carries it): unanswered, the operator would be in default.
+
+        Raises:
+            OrderNotFound: the digest is unknown and no matching ``order`` was given.
+        """
+        out: list[Output] = []
+        self._tick(now_ms, out)
+        record = self._orders.get(digest)
+        if record is None:
+            if order is None or order.digest(self.domain) != digest:
+                raise OrderNotFound(f"no order 0x{digest.hex()}")
+            self._emit(OrderForced(self._last_seq + 1, now_ms, order), out)
+            record = self._orders[digest]
+        if record.notes:
+            out.append(Push(record.order.sender, record.notes[0].signed_wire))
+        else:
+            self._sign_note(
+                record, ON_CHAIN_REQUEST_HASH, now_ms, now_ms, CancellationType.ON_CHAIN, out
+            )
+        return out
+
+    def set_mark_price(self, product_id: int, price_x18: int) -> None:
+        """Tell policies the market price of a product (not journaled: policy input only)."""
+        self._marks[product_id] = price_x18
+
+    @classmethod
+    def from_journal(cls, journal: Journal, **config: Any) -> Engine:
+        """A new engine (``config`` as for the constructor) with ``journal`` replayed."""
+        engine = cls(**config)
+        engine.restore(journal.entries())
+        return engine
+
+    def restore(self, entries: Iterable[JournalEntry]) -> None:
+        """Apply journaled entries, in seq order, to this engine.
+
+        Raises:
+            JournalCorrupt: an entry is out of order or contradicts the ones before it.
+        """
+        for entry in entries:
+            if entry.seq <= self._last_seq:
+                raise JournalCorrupt(f"journal seq {entry.seq} after {self._last_seq}")
+            try:
+                self._apply(entry)
+            except (CancelnoteError, KeyError, ValueError) as exc:
+                raise JournalCorrupt(
+                    f"journal row {entry.seq} ({entry.KIND}) does not apply:"
+                    f" {type(exc).__name__}: {exc}"
+                ) from None
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def snapshot(self) -> dict[str, Any]:
+        """A comparable picture of the whole state (tests and audits compare two)."""
+        return {
+            "last_seq": self._last_seq,
+            "orders": {
+                digest: (
+                    r.state,
+                    r.remaining,
+                    r.on_book,
+                    r.filled,
+                    r.last_fill_seq,
+                    tuple(sorted(r.in_flight.items())),
+                    tuple(f.seq for f in r.fills),
+                    tuple(n.seq for n in r.notes),
+                    r.fills_after,
+                )
+                for digest, r in self._orders.items()
+            },
+            "books": {
+                product: tuple(
+                    tuple((price, tuple(side.levels[price].items())) for price in side.prices)
+                    for side in (book.bids, book.asks)
+                )
+                for product, book in self._books.items()
+            },
+            "active_by_sender": {s: tuple(d) for s, d in self._active_by_sender.items() if d},
+            "matches": tuple(sorted(self._matches)),
+            "held": tuple(sorted(self._held)),
+            "requests": dict(self._requests),
+            "rate_used": {w: u for w, u in self._rate_used.items() if u},
+        }
+
+    # -----------------------------------------------------------------------------------
+    # Checks: read-only; each raises a Rejected subclass.
+
+    def _check_window(self, nonce: int, now_ms: int) -> None:
+        recv_time = nonce_recv_time_ms(nonce)
+        if not now_ms < recv_time <= now_ms + RECV_WINDOW_MS:
+            raise NonceWindow(
+                f"nonce recv_time {recv_time} is outside ({now_ms}, {now_ms + RECV_WINDOW_MS}]"
+            )
+
+    @staticmethod
+    def _check_signer(digest: bytes, signature: bytes, sender: bytes, what: str) -> None:
+        if recover_address(digest, signature) != sender[:20]:
+            raise SignatureError(f"{what} is not signed by {sender_address(sender)}")
+
+    def _check_rate(self, sender: bytes, weight: int) -> None:
+        used = self._rate_used.get(sender[:20], 0)
+        if used + weight > self.rate_limit:
+            raise RateLimited(
+                f"wallet {sender_address(sender)} used {used} of {self.rate_limit} weight"
+                f" in the last minute; this request weighs {weight}"
+            )
+
+    def _check_order(self, request: PlaceOrder, now_ms: int) -> bytes:
+        """All checks of a place but the rate limit; returns the order digest."""
+        order = request.order
+        if request.product_id != order.product_id:
+            raise MessageError(
+                f"place_order.product_id {request.product_id} != order.productId {order.product_id}"
+            )
+        if order.product_id not in self.products:
+            raise UnknownProduct(f"product {order.product_id} is not traded")
+        if order.amount == 0 or order.price_x18 <= 0:
+            raise InvalidOrder("an order needs a non-zero amount and a positive price")
+        if order.expiration * 1000 <= now_ms:
+            raise OrderExpired(f"order expired at {order.expiration} s")
+        self._check_window(order.nonce, now_ms)
+        digest = order.digest(self.domain)
+        self._check_signer(digest, request.signature, order.sender, "order")
+        if digest in self._orders or digest in self._held_orders:
+            raise Replayed(f"order 0x{digest.hex()} was already placed")
+        return digest
+
+    def _check_cancel(self, request: CancelRequest, now_ms: int) -> tuple[bytes, int]:
+        """All checks of a cancel (and a replace's order); returns (request hash, weight)."""
+        tx = request.tx
+        if isinstance(request, CancelProductOrders):
+            unknown = sorted(set(tx.product_ids) - self.products)
+            if unknown:
+                raise UnknownProduct(f"products {unknown} are not traded")
+            weight = CANCEL_PER_PRODUCT_WEIGHT * len(tx.product_ids) or CANCEL_ALL_PRODUCTS_WEIGHT
+        else:
+            if not tx.digests or len(tx.digests) != len(tx.product_ids):
+                raise MessageError(
+                    "cancel: needs one product id per digest and at least one digest"
+                )
+            weight = len(tx.digests)
+        if isinstance(request, CancelAndPlace):
+            if request.place_order.order.sender != tx.sender:
+                raise MessageError("cancel_and_place: the order's sender is not the cancel's")
+            self._check_order(request.place_order, now_ms)
+            weight += PLACE_WEIGHT
+        self._check_window(tx.nonce, now_ms)
+        request_hash = tx.digest(self.domain)
+        self._check_signer(request_hash, request.signature, tx.sender, request.KEY)
+        if request_hash in self._requests:
+            raise Replayed(f"{request.KEY} 0x{request_hash.hex()} was already accepted")
+        self._check_rate(tx.sender, weight)
+        return request_hash, weight
+
+    # -----------------------------------------------------------------------------------
+    # Request handlers: check everything, then make entries.
+
+    def _handle_place(self, request: PlaceOrder, now_ms: int, out: list[Output]) -> None:
+        digest = self._check_order(request, now_ms)
+        self._check_rate(request.order.sender, PLACE_WEIGHT)
+        self._place(request, digest, PLACE_WEIGHT, now_ms, out)
+        out.append(Reply.success(request, {"digest": "0x" + digest.hex()}))
+
+    def _handle_cancel(self, request: CancelRequest, now_ms: int, out: list[Output]) -> None:
+        request_hash, weight = self._check_cancel(request, now_ms)
+        targets = tuple(
+            record.order
+            for d in self._cancel_targets(request)
+            if (record := self._orders.get(d)) is not None
+            and record.order.sender == request.tx.sender
+            and record.state is OrderState.ACTIVE
+        )
+        process_at = self.policy.on_cancel(CancelContext(now_ms, request, targets, self._marks))
+        if process_at is None:
+            return  # dropped by the policy: no entry, no reply
+        accepted = CancelAccepted(self._last_seq + 1, now_ms, request, process_at, weight)
+        self._emit(accepted, out)
+        if process_at <= now_ms:
+            self._process_cancel(accepted, request_hash, now_ms, out)
+
+    def _handle_order_status(self, query: OrderStatus, now_ms: int, out: list[Output]) -> None:
+        r = self._record(query.digest)
+        data = {
+            "digest": "0x" + r.digest.hex(),
+            "product_id": r.product_id,
+            "status": r.state.value,
+            "cancellation_type": r.notes[0].cancellation_type.value if r.notes else None,
+            "pending": bool(r.in_flight),
+            "filled_amount": str(r.filled),
+            "pending_amount": str(r.pending_amount),
+            "pending_until_ms": r.pending_until_ms,
+            "unfilled_amount": r.signed(r.remaining),
+            "order": r.order.to_wire(),
+            "placed_at": r.placed_at_ms,
+        }
+        out.append(Reply.success(query, data))
+
+    def _handle_fills(self, query: Fills, now_ms: int, out: list[Output]) -> None:
+        fills = [f.signed_wire for f in self._record(query.digest).fills]
+        out.append(Reply.success(query, {"fills": fills}))
+
+    def _handle_notes(self, query: Notes, now_ms: int, out: list[Output]) -> None:
+        notes = [n.signed_wire for n in self._record(query.digest).notes if n.published]
+        out.append(Reply.success(query, {"notes": notes}))
+
+    def _handle_book(self, query: BookDepth, now_ms: int, out: list[Output]) -> None:
+        book = self._books.get(query.product_id)
+        if book is None:
+            raise UnknownProduct(f"product {query.product_id} is not traded")
+        data = {
+            "product_id": query.product_id,
+            "bids": [[str(p), str(s)] for p, s in book.bids.depth()],
+            "asks": [[str(p), str(s)] for p, s in book.asks.depth()],
+        }
+        out.append(Reply.success(query, data))
+
+    _HANDLERS: ClassVar[dict[type, Any]] = {
+        PlaceOrder: _handle_place,
+        CancelOrders: _handle_cancel,
+        CancelProductOrders: _handle_cancel,
+        CancelAndPlace: _handle_cancel,
+        OrderStatus: _handle_order_status,
+        Fills: _handle_fills,
+        Notes: _handle_notes,
+        BookDepth: _handle_book,
+    }
+
+    def _record(self, digest: bytes) -> _OrderRecord:
+        record = self._orders.get(digest)
+        if record is None:
+            raise OrderNotFound(f"no order 0x{digest.hex()}")
+        return record
+
+    # -----------------------------------------------------------------------------------
+    # Making entries (after all checks passed).
+
+    def _emit(self, entry: JournalEntry, out: list[Output]) -> None:
+        self._apply(entry)
+        out.append(entry)
+
+    def _place(
+        self, request: PlaceOrder, digest: bytes, weight: int, now_ms: int, out: list[Output]
+    ) -> None:
+        """Accept a checked order and match it against the opposite side at once."""
+        self._emit(
+            OrderAccepted(
+                self._last_seq + 1,
+                now_ms,
+                request.product_id,
+                request.order,
+                request.signature,
+                weight,
+            ),
+            out,
+        )
+        taker = self._orders[digest]
+        book = self._books[taker.product_id]
+        settle_at = now_ms + self.settlement_delay_ms
+        for maker, price, size in book.crossing(
+            taker.is_bid, taker.order.price_x18, taker.remaining
+        ):
+            self._emit(
+                Matched(self._last_seq + 1, now_ms, maker, digest, size, price, settle_at), out
+            )
+
+    def _cancel_targets(self, request: CancelRequest) -> list[bytes]:
+        """Digests a cancel names: listed ones, or the sender's active orders per product."""
+        tx = request.tx
+        if not isinstance(request, CancelProductOrders):
+            return list(tx.digests)
+        products = set(tx.product_ids) or self.products
+        active = self._active_by_sender.get(tx.sender, {})
+        return [d for d in active if self._orders[d].product_id in products]
+
+    def _process_cancel(
+        self, accepted: CancelAccepted, request_hash: bytes, now_ms: int, out: list[Output]
+    ) -> None:
+        """Answer every order a cancel names (Immutable-style outcomes), then reply."""
+        request = accepted.request
+        tx = request.tx
+        data: dict[str, Any] = {
+            "cancelled_orders": [],
+            "notes": [],
+            "successful_cancellations": [],
+            "pending_cancellations": [],
+            "failed_cancellations": [],
+        }
+        if isinstance(request, CancelProductOrders):
+            named = [(digest, None) for digest in self._cancel_targets(request)]
+        else:
+            named = list(zip(tx.digests, tx.product_ids, strict=True))
+        for digest, product_id in named:
+            record = self._orders.get(digest)
+            reason = self._cancel_refusal(record, product_id, tx.sender)
+            if reason is not None:
+                data["failed_cancellations"].append(
+                    {"digest": "0x" + digest.hex(), "reason_code": reason.value}
+                )
+                if reason is ReasonCode.ALREADY_CANCELLED and record.notes[0].published:
+                    data["notes"].append(record.notes[0].signed_wire)
+                continue
+            data["cancelled_orders"].append(record.order_data())
+            issued = self._sign_note(
+                record, request_hash, accepted.at_ms, now_ms, CancellationType.OFF_CHAIN, out
+            )
+            note = issued.note
+            if issued.published:
+                data["notes"].append(issued.signed_wire)
+            if note.pending_amount:
+                data["pending_cancellations"].append(
+                    {
+                        "digest": "0x" + digest.hex(),
+                        "pending_amount": str(note.pending_amount),
+                        "pending_until_ms": note.pending_until_ms,
+                    }
+                )
+            else:
+                data["successful_cancellations"].append("0x" + digest.hex())
+        if isinstance(request, CancelAndPlace):
+            placed = request.place_order
+            digest = placed.order.digest(self.domain)
+            self._place(placed, digest, 0, now_ms, out)
+            data["digest"] = "0x" + digest.hex()
+        out.append(Reply.success(request, data))
+
+    @staticmethod
+    def _cancel_refusal(
+        record: _OrderRecord | None, product_id: int | None, sender: bytes
+    ) -> ReasonCode | None:
+        """Why this order is not cancelled for ``sender``, or ``None`` if it is."""
+        if record is None or (product_id is not None and record.product_id != product_id):
+            return ReasonCode.NOT_FOUND
+        if record.order.sender != sender:
+            return ReasonCode.NOT_OWNER
+        return CANCEL_REFUSALS.get(record.state)
+
+    def _sign_note(
+        self,
+        record: _OrderRecord,
+        request_hash: bytes,
+        received_at_ms: int,
+        now_ms: int,
+        cancellation_type: CancellationType,
+        out: list[Output],
+    ) -> NoteIssued:
+        """Sign, journal and (unless withheld) push the note for ``record``.
+
+        The honest note counts every settled fill and everything in flight; what a
+        policy changes is in its :class:`~.policies.NotePlan`.
+        """
+        on_chain = cancellation_type is CancellationType.ON_CHAIN
+        plan = self.policy.on_note(NoteContext(now_ms, record.order, received_at_ms, on_chain))
+        filled, last_fill_seq = record.filled, record.last_fill_seq
+        if plan.received_at_ms is not None:  # backdated: the fills since are left out
+            received_at_ms = plan.received_at_ms
+            counted = [f for f in record.fills if f.fill.timestamp_ms <= received_at_ms]
+            filled = counted[-1].fill.filled_total if counted else 0
+            last_fill_seq = counted[-1].seq if counted else 0
+        note = CancellationNote(
+            order_digest=record.digest,
+            sender=record.order.sender,
+            request_hash=request_hash,
+            filled_amount=filled,
+            last_fill_seq=last_fill_seq,
+            pending_amount=record.pending_amount,
+            pending_until_ms=record.pending_until_ms,
+            received_at_ms=received_at_ms,
+            seq=self._last_seq + 1,
+        )
+        issued = self._issue_note(
+            note, cancellation_type, plan.published, plan.fills_after, now_ms, out
+        )
+        if plan.equivocate:  # a second note that raises the cap to the whole order
+            size = abs(record.order.amount)
+            second = attrs.evolve(
+                note,
+                pending_amount=size - note.filled_amount,
+                pending_until_ms=max(note.pending_until_ms, now_ms + EQUIVOCATION_WINDOW_MS),
+                seq=self._last_seq + 1,
+            )
+            self._issue_note(second, cancellation_type, True, 0, now_ms, out)
+        return issued
+
+    def _issue_note(
+        self,
+        note: CancellationNote,
+        cancellation_type: CancellationType,
+        published: bool,
+        fills_after: int,
+        now_ms: int,
+        out: list[Output],
+    ) -> NoteIssued:
+        signature = self.signer.sign_hash(note.digest(self.domain))
+        issued = NoteIssued(
+            note.seq,
+            now_ms,
+            note,
+            signature,
+            cancellation_type,
+            published,
+            fills_after,
+        )
+        self._emit(issued, out)
+        if published or cancellation_type is CancellationType.ON_CHAIN:
+            out.append(Push(note.sender, issued.signed_wire))
+        return issued
+
+    def _settle(self, match: Matched, now_ms: int, out: list[Output]) -> None:
+        """Sign the fills of a match whose time came, maker first."""
+        for digest in (match.maker, match.taker):
+            record = self._orders[digest]
+            if match.seq not in record.in_flight:
+                continue
+            fill = Fill(
+                order_digest=digest,
+                sender=record.order.sender,
+                seq=self._last_seq + 1,
+                amount=match.amount,
+                filled_total=record.filled + match.amount,
+                price_x18=match.price_x18,
+                timestamp_ms=match.settle_at_ms,
+            )
+            signature = self.signer.sign_hash(fill.digest(self.domain))
+            issued = FillIssued(fill.seq, now_ms, fill, signature, match.seq)
+            self._emit(issued, out)
+            out.append(Push(fill.sender, issued.signed_wire))
+
+    def _tick(self, now_ms: int, out: list[Output]) -> None:
+        """Do, in time order, everything due by ``now_ms``: settle, expire, release."""
+        settle, expiry, held = self._settle_heap, self._expiry_heap, self._held_heap
+        while True:
+            t_settle = settle[0][0] if settle else _NEVER
+            t_expiry = expiry[0][0] if expiry else _NEVER
+            t_held = held[0][0] if held else _NEVER
+            t = min(t_settle, t_expiry, t_held)
+            if t > now_ms:
+                break
+            if t == t_settle:
+                match = self._matches.get(heapq.heappop(settle)[1])
+                if match is not None:
+                    self._settle(match, t, out)
+            elif t == t_expiry:
+                record = self._orders[heapq.heappop(expiry)[1]]
+                if record.on_book:
+                    self._emit(Expired(self._last_seq + 1, t, record.digest), out)
+            else:
+                accepted = self._held[heapq.heappop(held)[1]]
+                self._emit(CancelReleased(self._last_seq + 1, t, accepted.seq), out)
+                request_hash = accepted.request.tx.digest(self.domain)
+                self._process_cancel(accepted, request_hash, t, out)
+        self._forget(now_ms)
+
+    def _forget(self, now_ms: int) -> None:
+        """Drop what can no longer matter: rate weight older than a minute, and request
+        hashes whose recv_time passed (the window check rejects those requests anyway)."""
+        log, used = self._rate_log, self._rate_used
+        while log and log[0][0] <= now_ms - RATE_WINDOW_MS:
+            _, wallet, weight = log.popleft()
+            used[wallet] -= weight
+        requests = self._request_heap
+        while requests and requests[0][0] <= now_ms:
+            del self._requests[heapq.heappop(requests)[1]]
+
+    # -----------------------------------------------------------------------------------
+    # Applying entries: the only code that changes state (live and on replay alike).
+
+    def _apply(self, entry: JournalEntry) -> None:
+        self._APPLY[type(entry)](self, entry)
+        self._last_seq = entry.seq
+
+    def _apply_order(self, entry: OrderAccepted) -> None:
+        record = self._new_record(entry.product_id, entry.order, entry.signature, entry.at_ms)
+        self._books[entry.product_id].side(record.is_bid).add(
+            record.digest, record.order.price_x18, record.remaining
+        )
+        heapq.heappush(self._expiry_heap, (entry.order.expiration * 1000, record.digest))
+        self._charge(entry.order.sender, entry.at_ms, entry.weight)
+
+    def _apply_forced(self, entry: OrderForced) -> None:
+        # Active for an instant, never on the book: the note that follows cancels it.
+        record = self._new_record(entry.order.product_id, entry.order, b"", entry.at_ms)
+        record.on_book = False
+
+    def _new_record(
+        self, product_id: int, order: Order, signature: bytes, at_ms: int
+    ) -> _OrderRecord:
+        digest = order.digest(self.domain)
+        if digest in self._orders:
+            raise JournalCorrupt(f"order 0x{digest.hex()} accepted twice")
+        record = _OrderRecord(product_id, order, signature, digest, at_ms, abs(order.amount))
+        self._orders[digest] = record
+        self._active_by_sender.setdefault(order.sender, {})[digest] = None
+        return record
+
+    def _apply_cancel(self, entry: CancelAccepted) -> None:
+        tx = entry.request.tx
+        request_hash = tx.digest(self.domain)
+        recv_time = nonce_recv_time_ms(tx.nonce)
+        self._requests[request_hash] = recv_time
+        heapq.heappush(self._request_heap, (recv_time, request_hash))
+        self._charge(tx.sender, entry.at_ms, entry.weight)
+        if entry.process_at_ms > entry.at_ms:
+            self._held[entry.seq] = entry
+            heapq.heappush(self._held_heap, (entry.process_at_ms, entry.seq))
+            if isinstance(entry.request, CancelAndPlace):
+                self._held_orders.add(entry.request.place_order.order.digest(self.domain))
+
+    def _apply_release(self, entry: CancelReleased) -> None:
+        accepted = self._held.pop(entry.request_seq)
+        if isinstance(accepted.request, CancelAndPlace):
+            self._held_orders.discard(accepted.request.place_order.order.digest(self.domain))
+
+    def _apply_match(self, entry: Matched) -> None:
+        for digest in (entry.maker, entry.taker):
+            record = self._orders[digest]
+            if not record.on_book or record.remaining < entry.amount:
+                raise JournalCorrupt(f"match {entry.seq} exceeds order 0x{digest.hex()}")
+            record.remaining -= entry.amount
+            record.in_flight[entry.seq] = (entry.amount, entry.settle_at_ms)
+            self._books[record.product_id].side(record.is_bid).reduce(
+                digest, record.order.price_x18, entry.amount
+            )
+            self._step(record, Event.MATCH if record.remaining else Event.MATCH_LAST)
+            if record.state is OrderState.CANCELLED:  # a policy let a cancelled order fill
+                record.fills_after -= 1
+            if not record.remaining:
+                record.on_book = False
+            elif record.state is not OrderState.ACTIVE and not record.fills_after:
+                self._take_off_book(record)
+        self._matches[entry.seq] = entry
+        heapq.heappush(self._settle_heap, (entry.settle_at_ms, entry.seq))
+
+    def _apply_fill(self, entry: FillIssued) -> None:
+        fill = entry.fill
+        record = self._orders[fill.order_digest]
+        if fill.seq != entry.seq or fill.filled_total != record.filled + fill.amount:
+            raise JournalCorrupt(f"fill {entry.seq} does not follow its order's fills")
+        size, _ = record.in_flight.pop(entry.match_seq)
+        if size != fill.amount:
+            raise JournalCorrupt(f"fill {entry.seq} does not match match {entry.match_seq}")
+        record.filled = fill.filled_total
+        record.last_fill_seq = entry.seq
+        record.fills.append(entry)
+        match = self._matches[entry.match_seq]
+        if not any(
+            entry.match_seq in self._orders[d].in_flight for d in (match.maker, match.taker)
+        ):
+            del self._matches[entry.match_seq]
+
+    def _apply_note(self, entry: NoteIssued) -> None:
+        note = entry.note
+        record = self._orders[note.order_digest]
+        if note.seq != entry.seq:
+            raise JournalCorrupt(f"note {entry.seq} carries seq {note.seq}")
+        record.notes.append(entry)
+        if len(record.notes) > 1:
+            return  # an equivocating second note changes nothing but the evidence
+        on_chain = entry.cancellation_type is CancellationType.ON_CHAIN
+        self._step(record, Event.FORCE_CANCEL if on_chain else Event.CANCEL)
+        record.fills_after = entry.fills_after
+        if record.on_book and not entry.fills_after:
+            self._take_off_book(record)
+
+    def _apply_expired(self, entry: Expired) -> None:
+        record = self._orders[entry.digest]
+        self._step(record, Event.EXPIRE)
+        self._take_off_book(record)
+
+    _APPLY: ClassVar[dict[type, Any]] = {
+        OrderAccepted: _apply_order,
+        OrderForced: _apply_forced,
+        CancelAccepted: _apply_cancel,
+        CancelReleased: _apply_release,
+        Matched: _apply_match,
+        FillIssued: _apply_fill,
+        NoteIssued: _apply_note,
+        Expired: _apply_expired,
+    }
+
+    def _step(self, record: _OrderRecord, event: Event) -> None:
+        """Move ``record`` through the lifecycle table, keeping the active index true."""
+        was_active = record.state is OrderState.ACTIVE
+        record.state = step(record.state, event, record.digest, record.order.sender)
+        if was_active and record.state is not OrderState.ACTIVE:
+            del self._active_by_sender[record.order.sender][record.digest]
+
+    def _take_off_book(self, record: _OrderRecord) -> None:
+        if record.on_book:
+            self._books[record.product_id].side(record.is_bid).remove(
+                record.digest, record.order.price_x18
+            )
+            record.on_book = False
+
+    def _charge(self, sender: bytes, at_ms: int, weight: int) -> None:
+        if weight:
+            wallet = sender[:20]
+            self._rate_log.append((at_ms, wallet, weight))
+            self._rate_used[wallet] = self._rate_used.get(wallet, 0) + weight

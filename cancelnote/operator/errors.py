@@ -1,0 +1,69 @@
+"""The operator's errors: each leaf has a stable ``code`` that goes on the wire unchanged.
+
+Rejections (the peer's fault) change no engine state; faults are ours. Malformed
+messages and bad signatures reuse :class:`~cancelnote.errors.MessageError`
+(``INVALID_MESSAGE``) and :class:`~cancelnote.errors.SignatureError`
+(``INVALID_SIGNATURE``).
+"""
+
+from cancelnote.errors import Fault, Rejected
+
+
+class InvalidOrder(Rejected):
+    """Raised when an order's amount is zero or its price is not positive."""
+
+    code = "INVALID_ORDER"
+
+
+class OrderExpired(Rejected):
+    """Raised when an order is placed at or after its expiration."""
+
+    code = "EXPIRED"
+
+
+class NonceWindow(Rejected):
+    """Raised when a request's nonce says ``recv_time`` outside ``(now, now + 100 s]``."""
+
+    code = "NONCE_WINDOW"
+
+
+class Replayed(Rejected):
+    """Raised when a request (or an order digest) was already accepted once."""
+
+    code = "REPLAYED"
+
+
+class RateLimited(Rejected):
+    """Raised when a wallet's executes would exceed their weight per rolling minute."""
+
+    code = "RATE_LIMITED"
+
+
+class UnknownProduct(Rejected):
+    """Raised when a request names a product the engine does not trade."""
+
+    code = "UNKNOWN_PRODUCT"
+
+
+class OrderNotFound(Rejected):
+    """Raised when a query or a forced cancel names an order the engine never accepted."""
+
+    code = "NOT_FOUND"
+
+
+class InvalidTransition(Fault):
+    """Raised when an order would take a step its lifecycle forbids: a bug, never input."""
+
+    code = "INVALID_TRANSITION"
+
+
+class JournalCorrupt(Fault):
+    """Raised when a journal row cannot be parsed or contradicts the rows before it."""
+
+    code = "JOURNAL_CORRUPT"
+
+
+class JournalMismatch(Fault):
+    """Raised when a journal belongs to another operator key or another domain."""
+
+    code = "JOURNAL_MISMATCH"
