@@ -35,14 +35,19 @@ class ChainError(Fault):
 
 
 class TransactionReverted(Rejected):
-    """Raised when a transaction or call reverts; ``reason`` is the contract's revert string."""
+    """Raised when a transaction or call reverts; ``reason`` is the contract's revert string.
+
+    ``receipt`` is the mined receipt when a transaction reverted (``None`` for a call);
+    ``output`` is the raw revert data, kept for custom errors that have no string.
+    """
 
     code = "REVERTED"
 
-    def __init__(self, reason: str, receipt: Receipt | None = None) -> None:
+    def __init__(self, reason: str, receipt: Receipt | None = None, output: bytes = b"") -> None:
         super().__init__(reason)
         self.reason = reason
         self.receipt = receipt
+        self.output = output
 
 
 def decode_revert_reason(output: bytes) -> str:
@@ -130,3 +135,11 @@ class Chain(ABC):
     @abstractmethod
     def mine(self) -> None:
         """Dev chains only: mine an empty block."""
+
+    def increase_time(self, seconds: int) -> None:
+        """Dev chains only: the next mined block comes ``seconds`` after the latest one.
+
+        Added for dispute windows: tests and simulations jump over a window W without
+        reading the latest timestamp themselves.
+        """
+        self.set_next_block_timestamp(self.timestamp() + seconds)
