@@ -1,0 +1,465 @@
+"""The binding of the court contract (``contracts/CancelCourt.vy``) over any :class:`Chain`.
+
+One typed method per contract function: transactions take the message objects of
+:mod:`cancelnote.messages` with their 65-byte signatures and a ``sender`` (who signs and
+pays for the transaction) and return the mined :class:`~cancelnote.dispute.chain.Receipt`;
+views return Python values. Everything is encoded and decoded with eth_abi from the
+shipped ABI, so the binding cannot drift from the contract: a message is passed as the
+tuple of its fields, whose order the contract's structs share (a test checks the names).
+
+Rules:
+
+* A revert surfaces as :class:`~cancelnote.dispute.chain.TransactionReverted` whose
+  ``reason`` is the contract's ``"court: ..."`` string, from transactions and views alike.
+* Addresses come back as 20-byte ``bytes`` (the :class:`Chain` convention).
+* :meth:`Court.events` decodes every log of the court in a receipt into a
+  :class:`CourtEvent`; a log the ABI does not describe is a :class:`ChainError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Any, Self
+
+import attrs
+from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
+
+from ..contracts import load_artifact
+from ..crypto import Signer, keccak
+from ..messages import (
+    Cancellation,
+    CancellationNote,
+    Domain,
+    Fill,
+    Order,
+    SignedMessage,
+)
+from .chain import Chain, ChainError, Log, Receipt
+
+ARTIFACT_NAME = "CancelCourt"
+
+
+class CancelState(enum.IntEnum):
+    """Where a forced cancel stands (the contract's ``STATUS_*``)."""
+
+    NONE = 0
+    REQUESTED = 1
+    ANSWERED = 2
+    DEFAULTED = 3
+
+
+class Offence(enum.IntEnum):
+    """What the operator was slashed for (the contract's ``OFFENCE_*``)."""
+
+    FILL_AFTER_NOTE = 1
+    NOTE_EQUIVOCATION = 2
+    FILL_EQUIVOCATION = 3
+    FILLS_OUT_OF_ORDER = 4
+    MALFORMED_FILL = 5
+    BAD_FILL = 6
+    DEFAULT = 7
+
+
+@attrs.frozen
+class CancelStatus:
+    """The forced-cancel state of one order digest, as ``cancelStatus`` reports it."""
+
+    state: CancelState
+    owner: bytes
+    deadline: int
+    """Last block timestamp at which an answer is accepted (0 if never requested)."""
+    cap: int
+    """The most the order may ever fill once answered or defaulted."""
+
+
+@attrs.frozen
+class CourtEvent:
+    """One decoded log of the court: the event's name and its arguments by ABI name."""
+
+    name: str
+    args: dict[str, Any]
+
+
+def _canonical_type(entry: dict[str, Any]) -> str:
+    """The ABI type of an input, with tuples spelled out (``(bytes32,uint32,...)``)."""
+    kind = entry["type"]
+    if kind.startswith("tuple"):
+        inner = ",".join(_canonical_type(component) for component in entry["components"])
+        return f"({inner}){kind[len('tuple') :]}"
+    return kind
+
+
+def _to_abi(value: object) -> object:
+    """A Python argument as eth_abi takes it: a message becomes the tuple of its fields."""
+    if isinstance(value, SignedMessage):
+        return tuple(getattr(value, field.name) for field in attrs.fields(type(value)))
+    return value
+
+
+def _from_abi(kind: str, value: object) -> object:
+    """An eth_abi result in this package's conventions (addresses as 20 bytes)."""
+    if kind == "address":
+        return bytes.fromhex(value[2:])  # type: ignore[index]
+    if kind.startswith("(") and isinstance(value, tuple):
+        inner = _split_tuple(kind)
+        return tuple(_from_abi(sub, item) for sub, item in zip(inner, value, strict=True))
+    return value
+
+
+def _split_tuple(kind: str) -> list[str]:
+    """The member types of a tuple type string, respecting nested parentheses."""
+    members, depth, start = [], 0, 1
+    for index, char in enumerate(kind[1:-1], start=1):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "," and depth == 0:
+            members.append(kind[start:index])
+            start = index + 1
+    members.append(kind[start:-1])
+    return members
+
+
+@attrs.frozen
+class _Function:
+    selector: bytes
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@attrs.frozen
+class _Event:
+    name: str
+    indexed: tuple[tuple[str, str], ...]  # (name, type), in topic order
+    data: tuple[tuple[str, str], ...]  # (name, type), in data order
+    order: tuple[str, ...]  # every argument name, in declaration order
+
+
+def _parse_abi(
+    abi: Sequence[dict[str, Any]],
+) -> tuple[dict[str, _Function], dict[bytes, _Event]]:
+    """Functions by name (with selectors) and events by topic 0, from the ABI alone."""
+    functions: dict[str, _Function] = {}
+    events: dict[bytes, _Event] = {}
+    for entry in abi:
+        if entry["type"] == "function":
+            inputs = tuple(_canonical_type(item) for item in entry["inputs"])
+            signature = f"{entry['name']}({','.join(inputs)})"
+            functions[entry["name"]] = _Function(
+                selector=keccak(signature.encode())[:4],
+                inputs=inputs,
+                outputs=tuple(_canonical_type(item) for item in entry["outputs"]),
+            )
+        elif entry["type"] == "event":
+            args = [
+                (item["name"], _canonical_type(item), item["indexed"]) for item in entry["inputs"]
+            ]
+            signature = f"{entry['name']}({','.join(kind for _, kind, _ in args)})"
+            events[keccak(signature.encode())] = _Event(
+                name=entry["name"],
+                indexed=tuple((name, kind) for name, kind, indexed in args if indexed),
+                data=tuple((name, kind) for name, kind, indexed in args if not indexed),
+                order=tuple(name for name, _, _ in args),
+            )
+    return functions, events
+
+
+class Court:
+    """A deployed ``CancelCourt`` on ``chain`` at ``address``.
+
+    Construct it with :meth:`deploy` or :meth:`at`; both check nothing on-chain beyond
+    what they must (``at`` trusts the address).
+    """
+
+    def __init__(self, chain: Chain, address: bytes) -> None:
+        artifact = load_artifact(ARTIFACT_NAME)
+        self.chain = chain
+        self.address = address
+        #: The receipt of the deployment, when this object deployed the court.
+        self.deploy_receipt: Receipt | None = None
+        self._functions, self._events = _parse_abi(artifact.abi)
+
+    @classmethod
+    def deploy(
+        cls,
+        chain: Chain,
+        deployer: Signer,
+        *,
+        operator: bytes,
+        answer_window_s: int,
+        penalty_wei: int,
+        min_bond_wei: int,
+        dispute_bond_wei: int,
+        exit_delay_s: int,
+        halt_on_default: bool,
+    ) -> Self:
+        """Deploy a new court with these parameters (see the contract's constructor)."""
+        artifact = load_artifact(ARTIFACT_NAME)
+        constructor = next(entry for entry in artifact.abi if entry["type"] == "constructor")
+        arguments = abi_encode(
+            [_canonical_type(item) for item in constructor["inputs"]],
+            [
+                operator,
+                answer_window_s,
+                penalty_wei,
+                min_bond_wei,
+                dispute_bond_wei,
+                exit_delay_s,
+                halt_on_default,
+            ],
+        )
+        receipt = chain.deploy(deployer, artifact.bytecode + arguments)
+        if receipt.contract_address is None:
+            raise ChainError("the court's deployment created no contract")
+        court = cls(chain, receipt.contract_address)
+        court.deploy_receipt = receipt
+        return court
+
+    @classmethod
+    def at(cls, chain: Chain, address: bytes) -> Self:
+        """The court already deployed at ``address``."""
+        return cls(chain, address)
+
+    @property
+    def domain(self) -> Domain:
+        """The EIP-712 domain every signature shown to this court must be made in."""
+        return Domain(self.chain.chain_id, self.address)
+
+    # --- encoding -----------------------------------------------------------------------
+
+    def encode_call(self, name: str, *args: object) -> bytes:
+        """The calldata of contract function ``name`` (for ``Chain.call`` dry runs, raw txs)."""
+        function = self._functions[name]
+        return function.selector + abi_encode(list(function.inputs), [_to_abi(a) for a in args])
+
+    def _transact(self, sender: Signer, name: str, *args: object, value: int = 0) -> Receipt:
+        return self.chain.transact(sender, self.address, self.encode_call(name, *args), value=value)
+
+    def _view(self, name: str, *args: object) -> Any:
+        function = self._functions[name]
+        output = self.chain.call(self.address, self.encode_call(name, *args))
+        values = abi_decode(list(function.outputs), output)
+        decoded = [
+            _from_abi(kind, value) for kind, value in zip(function.outputs, values, strict=True)
+        ]
+        return decoded[0] if len(decoded) == 1 else tuple(decoded)
+
+    # --- the operator's bond ------------------------------------------------------------
+
+    def deposit_bond(self, sender: Signer, value: int) -> Receipt:
+        """The operator adds ``value`` wei to its bond."""
+        return self._transact(sender, "depositBond", value=value)
+
+    def announce_exit(self, sender: Signer) -> Receipt:
+        """The operator starts its exit delay."""
+        return self._transact(sender, "announceExit")
+
+    def withdraw_bond(self, sender: Signer) -> Receipt:
+        """The operator moves what is left of its bond to its credit, after the delay."""
+        return self._transact(sender, "withdrawBond")
+
+    def withdraw(self, sender: Signer) -> Receipt:
+        """``sender`` takes everything credited to it."""
+        return self._transact(sender, "withdraw")
+
+    # --- fraud proofs -------------------------------------------------------------------
+
+    def prove_fill_after_note(
+        self,
+        sender: Signer,
+        note: CancellationNote,
+        note_sig: bytes,
+        fill: Fill,
+        fill_sig: bytes,
+    ) -> Receipt:
+        """Rule 1: a fill the operator's own note rules out."""
+        return self._transact(sender, "proveFillAfterNote", note, note_sig, fill, fill_sig)
+
+    def prove_equivocation_notes(
+        self,
+        sender: Signer,
+        note1: CancellationNote,
+        sig1: bytes,
+        note2: CancellationNote,
+        sig2: bytes,
+    ) -> Receipt:
+        """Rule 2 (1): two different notes for one digest (``note1``'s owner is paid)."""
+        return self._transact(sender, "proveEquivocationNotes", note1, sig1, note2, sig2)
+
+    def prove_equivocation_fills(
+        self, sender: Signer, fill1: Fill, sig1: bytes, fill2: Fill, sig2: bytes
+    ) -> Receipt:
+        """Rule 2 (2, 3): two fills with one seq, or a later fill not adding its amount.
+
+        ``fill1``'s owner is paid; with different seqs ``fill1`` is the earlier.
+        """
+        return self._transact(sender, "proveEquivocationFills", fill1, sig1, fill2, sig2)
+
+    def prove_malformed_fill(self, sender: Signer, fill: Fill, fill_sig: bytes) -> Receipt:
+        """A fill of amount 0 or with a total below its own amount."""
+        return self._transact(sender, "proveMalformedFill", fill, fill_sig)
+
+    def prove_bad_fill(
+        self, sender: Signer, order: Order, order_sig: bytes, fill: Fill, fill_sig: bytes
+    ) -> Receipt:
+        """Rule 4: a fill worse than the order's limit price, or above its amount."""
+        return self._transact(sender, "proveBadFill", order, order_sig, fill, fill_sig)
+
+    def prove_fill_above_cap(self, sender: Signer, fill: Fill, fill_sig: bytes) -> Receipt:
+        """Rule 1 after a forced cancel: a fill above the cap it recorded."""
+        return self._transact(sender, "proveFillAboveCap", fill, fill_sig)
+
+    # --- forced cancel ------------------------------------------------------------------
+
+    def request_cancel(self, sender: Signer, order: Order, *, value: int | None = None) -> Receipt:
+        """The owner forces a cancel of ``order``, paying the dispute bond (or ``value``)."""
+        return self._transact(sender, "requestCancel", order, value=self._bond_or(value))
+
+    def request_cancel_with_fill(
+        self,
+        sender: Signer,
+        order: Order,
+        fill: Fill,
+        fill_sig: bytes,
+        *,
+        value: int | None = None,
+    ) -> Receipt:
+        """:meth:`request_cancel` proving the latest fill: its total is the cap on default."""
+        return self._transact(
+            sender, "requestCancelWithFill", order, fill, fill_sig, value=self._bond_or(value)
+        )
+
+    def request_cancel_signed(
+        self,
+        sender: Signer,
+        order: Order,
+        cancellation: Cancellation,
+        cancellation_sig: bytes,
+        *,
+        value: int | None = None,
+    ) -> Receipt:
+        """A relayer forces a cancel with the owner's signed ``Cancellation``."""
+        return self._transact(
+            sender,
+            "requestCancelSigned",
+            order,
+            cancellation,
+            cancellation_sig,
+            value=self._bond_or(value),
+        )
+
+    def answer_cancel(self, sender: Signer, note: CancellationNote, note_sig: bytes) -> Receipt:
+        """Answer a forced cancel with the operator's note (anyone may submit it)."""
+        return self._transact(sender, "answerCancel", note, note_sig)
+
+    def finalize(self, sender: Signer, digest: bytes) -> Receipt:
+        """Settle a forced cancel left unanswered past its deadline: a default."""
+        return self._transact(sender, "finalize", digest)
+
+    def _bond_or(self, value: int | None) -> int:
+        return self.dispute_bond() if value is None else value
+
+    # --- views --------------------------------------------------------------------------
+
+    def operator(self) -> bytes:
+        return self._view("operator")
+
+    def answer_window(self) -> int:
+        return self._view("answerWindow")
+
+    def penalty(self) -> int:
+        return self._view("penalty")
+
+    def min_bond(self) -> int:
+        return self._view("minBond")
+
+    def dispute_bond(self) -> int:
+        return self._view("disputeBond")
+
+    def exit_delay(self) -> int:
+        return self._view("exitDelay")
+
+    def halt_on_default(self) -> bool:
+        return self._view("haltOnDefault")
+
+    def bond(self) -> int:
+        """What is left of the operator's bond, in wei."""
+        return self._view("bond")
+
+    def exit_announced_at(self) -> int:
+        """When the operator announced its exit (0 if it has not)."""
+        return self._view("exitAnnouncedAt")
+
+    def defaults(self) -> int:
+        """How many forced cancels the operator left unanswered."""
+        return self._view("defaults")
+
+    def halted(self) -> bool:
+        """Whether a default halted the operator."""
+        return self._view("halted")
+
+    def credits(self, account: bytes) -> int:
+        """Wei ``account`` may withdraw."""
+        return self._view("credits", account)
+
+    def cancel_status(self, digest: bytes) -> CancelStatus:
+        """The forced-cancel state of ``digest``."""
+        state, owner, deadline, cap = self._view("cancelStatus", digest)
+        return CancelStatus(CancelState(state), owner, deadline, cap)
+
+    def offence_paid(self, digest: bytes, offence: Offence) -> bool:
+        """Whether ``offence`` (keyed by digest) was already paid for ``digest``."""
+        return self._view("offencePaid", digest, int(offence))
+
+    def fill_seq_paid(self, seq: int) -> bool:
+        """Whether the fill equivocation at journal ``seq`` was already paid."""
+        return self._view("fillSeqPaid", seq)
+
+    def domain_separator(self) -> bytes:
+        """The contract's EIP-712 domain separator (equals ``self.domain.separator``)."""
+        return self._view("DOMAIN_SEPARATOR")
+
+    def order_digest(self, order: Order) -> bytes:
+        """The contract's digest of ``order`` (equals ``order.digest(self.domain)``)."""
+        return self._view("orderDigest", order)
+
+    def type_hashes(self) -> dict[str, bytes]:
+        """The contract's EIP-712 type hash of each message type, by type name."""
+        return {
+            "Order": self._view("ORDER_TYPEHASH"),
+            "Cancellation": self._view("CANCELLATION_TYPEHASH"),
+            "Fill": self._view("FILL_TYPEHASH"),
+            "CancellationNote": self._view("CANCELLATION_NOTE_TYPEHASH"),
+        }
+
+    # --- events -------------------------------------------------------------------------
+
+    def decode_log(self, log: Log) -> CourtEvent:
+        """Decode one of the court's logs with the ABI.
+
+        Raises:
+            ChainError: the log is not the court's, or no event of the ABI matches it.
+        """
+        if log.address != self.address or not log.topics or log.topics[0] not in self._events:
+            raise ChainError(f"not a log of the court at 0x{self.address.hex()}: {log}")
+        event = self._events[log.topics[0]]
+        args: dict[str, Any] = {}
+        for (name, kind), topic in zip(event.indexed, log.topics[1:], strict=True):
+            args[name] = _from_abi(kind, abi_decode([kind], topic)[0])
+        values = abi_decode([kind for _, kind in event.data], log.data)
+        for (name, kind), value in zip(event.data, values, strict=True):
+            args[name] = _from_abi(kind, value)
+        return CourtEvent(event.name, {name: args[name] for name in event.order})
+
+    def events(self, receipt: Receipt) -> list[CourtEvent]:
+        """Every event the court logged in ``receipt``, in order."""
+        return [self.decode_log(log) for log in receipt.logs if log.address == self.address]
+
+    def get_events(self, from_block: int = 0, to_block: int | None = None) -> list[CourtEvent]:
+        """Every event the court logged in ``[from_block, to_block]``."""
+        return [
+            self.decode_log(log) for log in self.chain.get_logs(self.address, from_block, to_block)
+        ]

@@ -1,0 +1,157 @@
+"""Fixtures for the court tests: a fresh in-process chain, named keys, a bonded court.
+
+``Evidence`` signs messages in the court's domain with the operator's key (fills,
+notes) or a client's (orders, cancels); tests build offences from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import attrs
+import pytest
+
+from cancelnote.crypto import Signer
+from cancelnote.dispute.chain import TransactionReverted
+from cancelnote.dispute.court import Court
+from cancelnote.dispute.inprocess import InProcessChain
+from cancelnote.messages import CancellationNote, Fill, Order, make_sender
+
+ANSWER_WINDOW_S = 3_600
+PENALTY_WEI = 10**18
+MIN_BOND_WEI = 3 * 10**18
+DISPUTE_BOND_WEI = 10**17
+EXIT_DELAY_S = 30 * 86_400
+PRICE = 2_000 * 10**18
+ORDER_LIFETIME_S = 86_400
+
+
+def violates(note: CancellationNote, fill: Fill) -> bool:
+    """Rule 1 as protocol §12.1's table writes it (the model the contract is tested against)."""
+    return any(
+        (
+            fill.filled_total > note.filled_amount + note.pending_amount,
+            fill.seq > note.seq and note.pending_amount == 0,
+            fill.seq > note.seq and fill.timestamp_ms > note.pending_until_ms,
+            note.last_fill_seq < fill.seq < note.seq,
+            fill.seq <= note.last_fill_seq and fill.filled_total > note.filled_amount,
+        )
+    )
+
+
+@attrs.define
+class World:
+    """One chain with a bonded court, its operator and two clients."""
+
+    chain: InProcessChain
+    court: Court
+    operator: Signer
+    deployer: Signer
+    alice: Signer
+    bob: Signer
+
+    def order(self, owner: Signer, *, amount: int = 10**18, nonce: int = 1) -> tuple[Order, bytes]:
+        """A live order by ``owner`` at PRICE (a buy if ``amount > 0``), signed."""
+        order = Order(
+            sender=make_sender(owner.address),
+            product_id=1,
+            price_x18=PRICE,
+            amount=amount,
+            expiration=self.chain.timestamp() + ORDER_LIFETIME_S,
+            nonce=nonce,
+        )
+        return order, order.sign(owner, self.court.domain)
+
+    def fill(
+        self,
+        order: Order,
+        *,
+        seq: int,
+        amount: int,
+        filled_total: int,
+        price_x18: int = PRICE,
+        timestamp_ms: int | None = None,
+    ) -> tuple[Fill, bytes]:
+        """An operator-signed fill of ``order``, stamped ``seq`` seconds in by default."""
+        fill = Fill(
+            order_digest=order.digest(self.court.domain),
+            sender=order.sender,
+            seq=seq,
+            amount=amount,
+            filled_total=filled_total,
+            price_x18=price_x18,
+            timestamp_ms=1_000 * seq if timestamp_ms is None else timestamp_ms,
+        )
+        return fill, fill.sign(self.operator, self.court.domain)
+
+    def note(
+        self,
+        order: Order,
+        *,
+        seq: int,
+        filled_amount: int = 0,
+        last_fill_seq: int = 0,
+        pending_amount: int = 0,
+        pending_until_ms: int = 0,
+        received_at_ms: int | None = None,
+    ) -> tuple[CancellationNote, bytes]:
+        """An operator-signed note for ``order`` answering an on-chain request."""
+        note = CancellationNote(
+            order_digest=order.digest(self.court.domain),
+            sender=order.sender,
+            request_hash=bytes(32),
+            filled_amount=filled_amount,
+            last_fill_seq=last_fill_seq,
+            pending_amount=pending_amount,
+            pending_until_ms=pending_until_ms,
+            received_at_ms=1_000 * seq if received_at_ms is None else received_at_ms,
+            seq=seq,
+        )
+        return note, note.sign(self.operator, self.court.domain)
+
+
+def make_world(
+    *, bond: int = MIN_BOND_WEI, halt_on_default: bool = True, chain_id: int = 1337
+) -> World:
+    """A fresh chain and court with parameters above, bonded with ``bond`` wei."""
+    chain = InProcessChain(chain_id=chain_id, accounts=6)
+    operator, deployer, alice, bob = chain.dev_accounts[:4]
+    court = Court.deploy(
+        chain,
+        deployer,
+        operator=operator.address,
+        answer_window_s=ANSWER_WINDOW_S,
+        penalty_wei=PENALTY_WEI,
+        min_bond_wei=MIN_BOND_WEI,
+        dispute_bond_wei=DISPUTE_BOND_WEI,
+        exit_delay_s=EXIT_DELAY_S,
+        halt_on_default=halt_on_default,
+    )
+    if bond:
+        court.deposit_bond(operator, bond)
+    return World(chain, court, operator, deployer, alice, bob)
+
+
+@pytest.fixture
+def world() -> World:
+    return make_world()
+
+
+@pytest.fixture(scope="session")
+def new_world() -> Callable[..., World]:
+    """:func:`make_world` for tests that need several worlds or other parameters."""
+    return make_world
+
+
+@pytest.fixture(scope="session")
+def reverts() -> Callable[[str], AbstractContextManager[object]]:
+    """``with reverts("court: ..."):`` expects a revert with exactly that reason."""
+
+    @contextmanager
+    def expect(reason: str) -> Iterator[None]:
+        with pytest.raises(TransactionReverted) as info:
+            yield
+        assert info.value.reason == reason
+
+    return expect
