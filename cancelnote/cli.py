@@ -6,18 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from .dispute.cli import add_chain_commands, add_court_commands
+
 
 def _example(args: argparse.Namespace) -> int:
     from .example import render_example
 
     print(render_example(), end="")
     return 0
-
-
-def _chain_serve(args: argparse.Namespace) -> int:
-    from .dispute.rpcserver import serve
-
-    return serve(args.host, args.port, chain_id=args.chain_id, accounts=args.accounts)
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -34,10 +30,103 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 def _sim_validate(args: argparse.Namespace) -> int:
     from .sim.validate import format_table, run_validation
+    from .sim.validate_world import run_world_checks
 
     checks = run_validation(args.seed, args.paths)
     print(format_table(checks), end="")
-    return 0 if all(check.passed for check in checks) else 1
+    world = run_world_checks(args.seed)
+    print(format_table(world), end="")
+    return 0 if all(check.passed for check in [*checks, *world]) else 1
+
+
+def _sim_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .sim.config import ScenarioError
+    from .sim.output import run_scenario
+    from .sim.progress import ProgressBar
+    from .sim.scenario import load_scenario
+
+    overrides = {} if args.seed is None else {"run.seed": args.seed}
+    try:
+        scenario = load_scenario(args.file, overrides)
+        out = Path(args.out or f"runs/{Path(args.file).stem}-seed{scenario.run.seed}")
+        bar = ProgressBar(f"sim run {Path(args.file).name}")
+        summary = run_scenario(scenario, out, args.file, overrides, bar)
+        bar.close()
+    except (ScenarioError, OSError) as exc:
+        print(f"cancelnote sim run: {exc}", file=sys.stderr)
+        return 2
+    for name in ("operator_gain_gross", "operator_gain_net", "stale_fill_rate", "disputes_filed"):
+        stats = summary["aggregate"][name]
+        mean = "-" if stats["mean"] is None else f"{stats['mean']:.4f}"
+        ci = "" if stats["ci95"] is None else f" ± {stats['ci95']:.4f}"
+        print(f"{name:<22} {mean}{ci}")
+    print(f"output: {out}")
+    return 0
+
+
+def _sim_sweep(args: argparse.Namespace) -> int:
+    import tomllib
+    from pathlib import Path
+
+    from .sim.config import ScenarioError
+    from .sim.progress import ProgressBar
+    from .sim.scenario import apply_overrides
+    from .sim.sweep import parse_grid, run_sweep
+
+    try:
+        path = Path(args.file)
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        if args.seed is not None:
+            document = apply_overrides(document, {"run.seed": args.seed})
+        out = Path(args.out or f"sweeps/{path.stem}")
+        bar = ProgressBar(f"sim sweep {path.name}")
+        rows = run_sweep(
+            document,
+            path.parent,
+            parse_grid(args.grid),
+            args.seeds,
+            out,
+            backend=args.backend,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            resume=args.resume,
+            progress=bar,
+        )
+        bar.close()
+    except (ScenarioError, OSError, tomllib.TOMLDecodeError) as exc:
+        print(f"cancelnote sim sweep: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(rows)} runs; output: {out}")
+    return 0
+
+
+def _sim_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .sim.plot import plot_sweep
+
+    try:
+        paths = plot_sweep(Path(args.dir))
+    except OSError as exc:
+        print(f"cancelnote sim plot: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .sim.demo import run_demo
+    from .sim.progress import ProgressBar
+
+    bar = ProgressBar("demo")
+    folder, table = run_demo(progress=bar)
+    bar.close()
+    print(table)
+    print(f"output: {folder} (gain_vs_delay.png, gain_vs_delay.svg, summary.csv, points.csv)")
+    return 0
 
 
 def _operator_run(args: argparse.Namespace) -> int:
@@ -173,23 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     example.set_defaults(run=_example)
 
-    chain = commands.add_parser("chain", help="a local dev chain for separate processes")
-    chain_commands = chain.add_subparsers(dest="chain_command", required=True, metavar="COMMAND")
-    serve = chain_commands.add_parser(
-        "serve", help="serve an in-process py-evm chain over Ethereum JSON-RPC until Ctrl-C"
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    serve.add_argument(
-        "--port",
-        type=int,
-        default=8545,
-        help="port to bind, 0 for any free one (default %(default)s)",
-    )
-    serve.add_argument("--chain-id", type=int, default=1337, help="chain id (default %(default)s)")
-    serve.add_argument(
-        "--accounts", type=int, default=10, help="funded dev accounts (default %(default)s)"
-    )
-    serve.set_defaults(run=_chain_serve)
+    add_chain_commands(commands)
+    add_court_commands(commands)
 
     sim = commands.add_parser("sim", help="the simulation lab")
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="COMMAND")
@@ -206,7 +280,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="Monte Carlo paths per check (default %(default)s)",
     )
     validate.set_defaults(run=_sim_validate)
+
+    run = sim_commands.add_parser("run", help="run a scenario's replicates into a folder")
+    run.add_argument("file", help="scenario file (TOML; see simulations/)")
+    run.add_argument("--seed", type=_int_at_least(0), help="root seed (default: the file's)")
+    run.add_argument("--out", help="output folder, new or empty (default runs/NAME-seedN)")
+    run.set_defaults(run=_sim_run)
+
+    sweep = sim_commands.add_parser("sweep", help="run a grid of scenario changes x seeds")
+    sweep.add_argument("file", help="scenario file (TOML)")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a dotted scenario key and its values (repeat for a product grid)",
+    )
+    sweep.add_argument("--seeds", type=_int_at_least(1), default=4, help="replicates per point")
+    sweep.add_argument("--seed", type=_int_at_least(0), help="root seed (default: the file's)")
+    sweep.add_argument(
+        "--backend", choices=["serial", "process", "dask"], default="process", help="where"
+    )
+    sweep.add_argument("--workers", type=_int_at_least(1), default=2, help="worker processes")
+    sweep.add_argument("--scheduler", help="a Dask scheduler's address (with --backend dask)")
+    sweep.add_argument("--resume", action="store_true", help="skip the finished runs in --out")
+    sweep.add_argument("--out", help="output folder (default sweeps/NAME)")
+    sweep.set_defaults(run=_sim_sweep)
+
+    plot = sim_commands.add_parser("plot", help="plot a sweep folder (PNG and SVG)")
+    plot.add_argument("dir", help="a folder written by sim sweep")
+    plot.set_defaults(run=_sim_plot)
+
+    demo = commands.add_parser(
+        "demo", help="an operator delaying cancels: its gain with and without defences"
+    )
+    demo.set_defaults(run=_demo)
     _add_operator_commands(commands)
+    from .client.cli import add_client_commands  # argparse only; handlers import lazily
+
+    add_client_commands(commands, _keys_create)
     return parser
 
 

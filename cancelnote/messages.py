@@ -59,7 +59,9 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "uint256": (0, 2**256 - 1),
     "int128": (-(2**127), 2**127 - 1),
 }
-_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)\Z")
+#: At most 78 digits: every protocol integer fits (2**256 has 78), and Python refuses to
+#: parse strings past 4,300 digits with a ValueError of its own.
+_DECIMAL = re.compile(r"-?(0|[1-9][0-9]{0,77})\Z")
 _HEX32 = re.compile(r"0x[0-9a-fA-F]{64}\Z")
 _HEX_SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}\Z")
 

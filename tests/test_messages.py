@@ -241,6 +241,8 @@ ORDER_WIRE = Order(
         ({"priceX18": "01"}, "Order.priceX18: expected a decimal"),
         ({"priceX18": "0x10"}, "Order.priceX18: expected a decimal"),
         ({"priceX18": str(2**127)}, "out of range for int128"),
+        ({"priceX18": "9" * 79}, "Order.priceX18: expected a decimal"),
+        ({"priceX18": "9" * 5000}, "Order.priceX18: expected a decimal"),
         ({"amount": str(-(2**127) - 1)}, "out of range for int128"),
         ({"expiration": "-1"}, "Order.expiration: -1 is out of range for uint64"),
         ({"nonce": str(2**64)}, "out of range for uint64"),

@@ -1,9 +1,10 @@
 """Helpers for driving an engine in tests and simulations, without a server.
 
-:class:`Trader` signs orders and cancels with deterministic nonces; :func:`rule1` and
-:func:`rule2_notes` say what the court (DESIGN §4, rules 1 and 2) would find in a pair of
-operator-signed messages, so tests can prove that an honest engine leaves nothing to
-find and that each adversarial policy leaves exactly what a cheater would.
+:class:`Trader` signs orders and cancels with deterministic nonces. :func:`rule1` and
+:func:`rule2_notes` (re-exported from :mod:`cancelnote.dispute.rules`, the one statement
+of the court's rules) say what the court would find in a pair of operator-signed
+messages, so tests can prove that an honest engine leaves nothing to find and that each
+adversarial policy leaves exactly what a cheater would.
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ from __future__ import annotations
 import attrs
 
 from cancelnote.crypto import Signer
+from cancelnote.dispute.rules import rule1, rule2_notes
 from cancelnote.messages import (
     Cancellation,
-    CancellationNote,
     CancellationProducts,
     Domain,
-    Fill,
     Order,
     make_nonce,
     make_sender,
 )
 
 from .api import CancelAndPlace, CancelOrders, CancelProductOrders, PlaceOrder
+
+__all__ = ["RECV_AHEAD_MS", "Trader", "rule1", "rule2_notes"]
 
 #: How far ahead of ``now`` a trader's nonces set ``recv_time`` (Vertex's SDK uses 90 s).
 RECV_AHEAD_MS = 50_000
@@ -85,25 +87,3 @@ class Trader:
         if isinstance(placed, PlaceOrder):
             return placed.order.digest(self.domain), placed.product_id
         return placed
-
-
-def rule1(fill: Fill, note: CancellationNote) -> str:
-    """Which clauses of court rule 1 (fill after note) the pair satisfies, e.g. ``"ab"``.
-
-    The empty string means the court finds nothing. The pair must be of one digest.
-    """
-    if fill.order_digest != note.order_digest:
-        raise ValueError("rule 1 compares a fill and a note of the same order")
-    clauses = {
-        "a": fill.filled_total > note.filled_amount + note.pending_amount,
-        "b": fill.seq > note.seq and note.pending_amount == 0,
-        "c": fill.seq > note.seq and fill.timestamp_ms > note.pending_until_ms,
-        "d": note.last_fill_seq < fill.seq < note.seq,
-        "e": fill.seq <= note.last_fill_seq and fill.filled_total > note.filled_amount,
-    }
-    return "".join(name for name, holds in clauses.items() if holds)
-
-
-def rule2_notes(first: CancellationNote, second: CancellationNote) -> bool:
-    """Court rule 2: two different notes for one digest are equivocation."""
-    return first.order_digest == second.order_digest and first != second

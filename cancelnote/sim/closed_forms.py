@@ -216,3 +216,12 @@ def simulate(
     kernel.schedule(0, rest, 0)
     kernel.run()
     return Estimate.from_gains(gains)
+
+
+def held_value(spread: float, distance: float) -> float:
+    """E[(Y − s)⁺] for Y ~ N(0, spread²) and any s: an order already in the money at the
+    start of the hold (s < 0) included; ``one_sided_value`` is the case s >= 0, v = σ√d."""
+    if spread <= 0.0:
+        return max(-distance, 0.0)
+    k = distance / spread
+    return spread * normal_pdf(k) - distance * normal_cdf(-k)

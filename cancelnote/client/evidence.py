@@ -1,0 +1,765 @@
+"""The client's evidence store: every signed message it may need in court, durably.
+
+One SQLite file (WAL, ``synchronous=FULL``): a write returns only once it is on disk, so
+a message the session reports received survives ``kill -9`` and a power cut. Rules:
+
+* **Idempotent.** A message is keyed by its EIP-712 struct hash (orders by their order
+  id, requests by their request hash): the same message twice is one row. A *different*
+  message for the same order is a new row: two notes for one digest, or two fills with
+  one seq, are themselves evidence (equivocation), so nothing is ever overwritten.
+* **One domain, one operator.** The file remembers the domain (chain id, court) and the
+  operator address it was created for and refuses to open for others: evidence signed
+  in another domain is worthless to this court.
+* **Findings are kept, never dropped**: what failed, about which order, with the signed
+  messages that show it (their wire form, so a finding is self-contained).
+* A **bundle** (:meth:`EvidenceStore.export_bundle`) is a self-contained JSON document
+  (domain, operator, court, messages with signatures) that anyone can verify offline and
+  import into another store (:func:`parse_bundle` checks every signature first).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from cancelnote.crypto import parse_address, to_checksum
+from cancelnote.dispute.court import Offence
+from cancelnote.errors import MessageError, Rejected
+from cancelnote.messages import (
+    Cancellation,
+    CancellationNote,
+    CancellationProducts,
+    Domain,
+    Fill,
+    Order,
+    signature_from_wire,
+    signature_to_wire,
+)
+
+#: The ``format`` field of a bundle; a reader refuses any other.
+BUNDLE_FORMAT = "cancelnote-evidence/1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS orders (
+    digest TEXT PRIMARY KEY, sender TEXT NOT NULL, body TEXT NOT NULL,
+    signature TEXT NOT NULL, placed_at_ms INTEGER NOT NULL, local_seq INTEGER NOT NULL,
+    rejected INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS cancels (
+    request_hash TEXT PRIMARY KEY, kind TEXT NOT NULL, sender TEXT NOT NULL,
+    body TEXT NOT NULL, signature TEXT NOT NULL, sent_at_ms INTEGER NOT NULL,
+    local_seq INTEGER NOT NULL, rejected INTEGER NOT NULL DEFAULT 0,
+    settled INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS fills (
+    hash TEXT PRIMARY KEY, digest TEXT NOT NULL, sender TEXT NOT NULL, seq INTEGER NOT NULL,
+    body TEXT NOT NULL, signature TEXT NOT NULL, received_at_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS fills_digest ON fills (digest, seq);
+CREATE INDEX IF NOT EXISTS fills_seq ON fills (seq);
+CREATE TABLE IF NOT EXISTS notes (
+    hash TEXT PRIMARY KEY, digest TEXT NOT NULL, sender TEXT NOT NULL, seq INTEGER NOT NULL,
+    body TEXT NOT NULL, signature TEXT NOT NULL, received_at_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS notes_digest ON notes (digest, seq);
+CREATE TABLE IF NOT EXISTS findings (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, key TEXT NOT NULL, digest TEXT NOT NULL,
+    offence INTEGER, detail TEXT NOT NULL, evidence TEXT NOT NULL,
+    found_at_ms INTEGER NOT NULL, status TEXT NOT NULL DEFAULT 'open', UNIQUE (kind, key));
+CREATE TABLE IF NOT EXISTS disputes (
+    id INTEGER PRIMARY KEY, finding_id INTEGER, action TEXT NOT NULL, digest TEXT NOT NULL,
+    tx_hash TEXT, outcome TEXT NOT NULL, detail TEXT NOT NULL, at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chain_events (
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL, tx_hash TEXT NOT NULL,
+    name TEXT NOT NULL, digest TEXT, args TEXT NOT NULL, PRIMARY KEY (tx_hash, log_index));
+CREATE TABLE IF NOT EXISTS payouts (
+    tx_hash TEXT PRIMARY KEY, account TEXT NOT NULL, amount TEXT NOT NULL,
+    at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class EvidenceError(Rejected):
+    """Raised when a store belongs to another domain or operator, or a bundle is invalid."""
+
+    code = "EVIDENCE"
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + value.hex()
+
+
+def _unhex(value: str) -> bytes:
+    return bytes.fromhex(value[2:])
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Stored values.
+
+
+@attrs.frozen
+class StoredOrder:
+    """One of the orders this store watches, with its owner's signature.
+
+    ``local_seq`` orders orders and cancels as this store received them (two requests
+    in one millisecond stay ordered); ``rejected`` is set when the operator refused the
+    order: nothing changed on its side, so the order can never fill or need a note.
+    """
+
+    order: Order
+    signature: bytes
+    digest: bytes
+    placed_at_ms: int
+    local_seq: int = 0
+    rejected: bool = False
+
+
+@attrs.frozen
+class StoredCancel:
+    """A signed cancel request and when it was sent (the deadline runs from then)."""
+
+    request: Cancellation | CancellationProducts
+    signature: bytes
+    request_hash: bytes
+    sent_at_ms: int
+    local_seq: int = 0
+    rejected: bool = False
+
+
+@attrs.frozen
+class SignedFill:
+    """An operator-signed fill as received."""
+
+    fill: Fill
+    signature: bytes
+    received_at_ms: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"fill": self.fill.to_wire(), "signature": signature_to_wire(self.signature)}
+
+
+@attrs.frozen
+class SignedNote:
+    """An operator-signed cancellation note as received."""
+
+    note: CancellationNote
+    signature: bytes
+    received_at_ms: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"note": self.note.to_wire(), "signature": signature_to_wire(self.signature)}
+
+
+@attrs.frozen
+class Finding:
+    """A failed check, with what shows it.
+
+    Attributes:
+        kind: what failed (see :class:`cancelnote.client.verifier.Kind`).
+        key: what makes two findings the same (the struct hashes involved): a finding
+            is recorded once however often its evidence arrives.
+        digest: the order concerned.
+        offence: the court offence it proves, or ``None`` when the court has no rule
+            for it (it is recorded all the same).
+        detail: one line for a human.
+        evidence: the signed messages, in wire form (``fills``, ``notes``, ``order``).
+        found_at_ms: client clock.
+        status: ``open`` until the watchtower acts: ``disputed``, ``won``, ``rejected``.
+        id: the row id, once stored.
+    """
+
+    kind: str
+    key: str
+    digest: bytes
+    offence: Offence | None
+    detail: str
+    evidence: Mapping[str, Any]
+    found_at_ms: int
+    status: str = "open"
+    id: int | None = None
+
+
+@attrs.frozen
+class Dispute:
+    """One court call the watchtower made, and how it ended."""
+
+    id: int
+    finding_id: int | None
+    action: str
+    digest: bytes
+    tx_hash: bytes | None
+    outcome: str
+    detail: str
+    at_ms: int
+
+
+# ---------------------------------------------------------------------------------------
+# The store.
+
+
+class EvidenceStore:
+    """The evidence of one client (or a third-party watchtower) for one court.
+
+    Open it with :meth:`open`. Not thread-safe: one owner (the session's task or the
+    watchtower) at a time, or one store object per thread.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, domain: Domain, operator: bytes) -> None:
+        self._conn = conn
+        self.domain = domain
+        self.operator = operator
+
+    @classmethod
+    def open(
+        cls, path: str | Path, domain: Domain | None = None, operator: bytes | None = None
+    ) -> EvidenceStore:
+        """Open (or create, given ``domain`` and ``operator``) the store at ``path``.
+
+        Raises:
+            EvidenceError: the file is for another domain or operator, or it is new and
+                no domain or operator was given.
+        """
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(_SCHEMA)
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if not meta:
+            if domain is None or operator is None:
+                conn.close()
+                raise EvidenceError(f"{path} is a new store: give the court and operator")
+            with _transaction(conn):
+                conn.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [
+                        ("chain_id", str(domain.chain_id)),
+                        ("court", _hex(domain.verifying_contract)),
+                        ("operator", _hex(operator)),
+                    ],
+                )
+            return cls(conn, domain, operator)
+        stored_domain = Domain(int(meta["chain_id"]), _unhex(meta["court"]))
+        stored_operator = _unhex(meta["operator"])
+        if (domain is not None and domain != stored_domain) or (
+            operator is not None and operator != stored_operator
+        ):
+            conn.close()
+            raise EvidenceError(
+                f"{path} holds evidence for chain {stored_domain.chain_id}, court"
+                f" {to_checksum(stored_domain.verifying_contract)}, operator"
+                f" {to_checksum(stored_operator)}"
+            )
+        return cls(conn, stored_domain, stored_operator)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes into one durable commit (a message and its findings together)."""
+        if self._conn.in_transaction:
+            yield
+            return
+        with _transaction(self._conn):
+            yield
+
+    def integrity_check(self) -> str:
+        return self._conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def _insert(self, sql: str, values: tuple[Any, ...]) -> bool:
+        with self.transaction():
+            return self._conn.execute(sql, values).rowcount == 1
+
+    def _next_local_seq(self) -> int:
+        (value,) = self._conn.execute(
+            "INSERT INTO cursors VALUES ('local_seq', 1) ON CONFLICT(name)"
+            " DO UPDATE SET value = value + 1 RETURNING value"
+        ).fetchone()
+        return value
+
+    def add_order(self, order: Order, signature: bytes, placed_at_ms: int) -> bool:
+        """Keep a signed order (before it is sent); false if it was already kept."""
+        with self.transaction():
+            return (
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO orders (digest, sender, body, signature, placed_at_ms,"
+                    " local_seq) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        _hex(order.digest(self.domain)),
+                        _hex(order.sender),
+                        _dumps(order.to_wire()),
+                        _hex(signature),
+                        placed_at_ms,
+                        self._next_local_seq(),
+                    ),
+                ).rowcount
+                == 1
+            )
+
+    def mark_rejected(self, digest: bytes) -> None:
+        """The operator refused this order or cancel request (a failure answer).
+
+        Nothing changed on its side: the order can never fill, the cancel owes no note.
+        """
+        with self.transaction():
+            for table, key in (("orders", "digest"), ("cancels", "request_hash")):
+                self._conn.execute(
+                    f"UPDATE {table} SET rejected = 1 WHERE {key} = ?", (_hex(digest),)
+                )
+
+    def add_cancel(
+        self, request: Cancellation | CancellationProducts, signature: bytes, sent_at_ms: int
+    ) -> bool:
+        """Keep a signed cancel request before it is sent; false if already kept."""
+        with self.transaction():
+            return (
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO cancels (request_hash, kind, sender, body, signature,"
+                    " sent_at_ms, local_seq) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        _hex(request.digest(self.domain)),
+                        type(request).__name__,
+                        _hex(request.sender),
+                        _dumps(request.to_wire()),
+                        _hex(signature),
+                        sent_at_ms,
+                        self._next_local_seq(),
+                    ),
+                ).rowcount
+                == 1
+            )
+
+    def add_fill(self, signed: SignedFill) -> bool:
+        """Keep an operator-signed fill; false if this exact fill was already kept."""
+        fill = signed.fill
+        return self._insert(
+            "INSERT OR IGNORE INTO fills VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                _hex(fill.struct_hash()),
+                _hex(fill.order_digest),
+                _hex(fill.sender),
+                fill.seq,
+                _dumps(fill.to_wire()),
+                _hex(signed.signature),
+                signed.received_at_ms,
+            ),
+        )
+
+    def add_note(self, signed: SignedNote) -> bool:
+        """Keep an operator-signed note; false if this exact note was already kept."""
+        note = signed.note
+        return self._insert(
+            "INSERT OR IGNORE INTO notes VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                _hex(note.struct_hash()),
+                _hex(note.order_digest),
+                _hex(note.sender),
+                note.seq,
+                _dumps(note.to_wire()),
+                _hex(signed.signature),
+                signed.received_at_ms,
+            ),
+        )
+
+    def add_finding(self, finding: Finding) -> Finding | None:
+        """Record a finding; ``None`` if the same one (kind and key) was recorded before."""
+        with self.transaction():
+            cursor = self._conn.execute(
+                "INSERT OR IGNORE INTO findings"
+                " (kind, key, digest, offence, detail, evidence, found_at_ms, status)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    finding.kind,
+                    finding.key,
+                    _hex(finding.digest),
+                    None if finding.offence is None else int(finding.offence),
+                    finding.detail,
+                    _dumps(dict(finding.evidence)),
+                    finding.found_at_ms,
+                    finding.status,
+                ),
+            )
+        return attrs.evolve(finding, id=cursor.lastrowid) if cursor.rowcount == 1 else None
+
+    def set_finding_status(self, finding_id: int, status: str) -> None:
+        self._insert("UPDATE findings SET status = ? WHERE id = ?", (status, finding_id))
+
+    def add_dispute(
+        self,
+        finding_id: int | None,
+        action: str,
+        digest: bytes,
+        tx_hash: bytes | None,
+        outcome: str,
+        detail: str,
+        at_ms: int,
+    ) -> int:
+        """Record a court call (made or refused) and return its id."""
+        with self.transaction():
+            cursor = self._conn.execute(
+                "INSERT INTO disputes"
+                " (finding_id, action, digest, tx_hash, outcome, detail, at_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    finding_id,
+                    action,
+                    _hex(digest),
+                    None if tx_hash is None else _hex(tx_hash),
+                    outcome,
+                    detail,
+                    at_ms,
+                ),
+            )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def add_chain_event(
+        self, block: int, log_index: int, tx_hash: bytes, name: str, args: Mapping[str, Any]
+    ) -> bool:
+        """Keep one court event (arguments as JSON, bytes as hex); false if kept before."""
+        wire = _jsonable(dict(args))
+        return self._insert(
+            "INSERT OR IGNORE INTO chain_events VALUES (?, ?, ?, ?, ?, ?)",
+            (block, log_index, _hex(tx_hash), name, wire.get("digest"), _dumps(wire)),
+        )
+
+    def add_payout(self, tx_hash: bytes, account: bytes, amount: int, at_ms: int) -> bool:
+        """Record wei withdrawn from the court to ``account``."""
+        return self._insert(
+            "INSERT OR IGNORE INTO payouts VALUES (?, ?, ?, ?)",
+            (_hex(tx_hash), _hex(account), str(amount), at_ms),
+        )
+
+    def mark_settled(self, request_hash: bytes) -> None:
+        """The cancel's deadline was judged: every order it named was answered or found."""
+        self._insert("UPDATE cancels SET settled = 1 WHERE request_hash = ?", (_hex(request_hash),))
+
+    def set_cursor(self, name: str, value: int) -> None:
+        """Remember a position (a stream's seq, a block), only ever moving it forward."""
+        self._insert(
+            "INSERT INTO cursors VALUES (?, ?) ON CONFLICT(name)"
+            " DO UPDATE SET value = max(value, excluded.value)",
+            (name, value),
+        )
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def cursor(self, name: str) -> int:
+        row = self._conn.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else row[0]
+
+    def order(self, digest: bytes) -> StoredOrder | None:
+        row = self._conn.execute(
+            f"SELECT {_ORDER_COLUMNS} FROM orders WHERE digest = ?",
+            (_hex(digest),),
+        ).fetchone()
+        return None if row is None else _order_from_row(row)
+
+    def orders(self) -> list[StoredOrder]:
+        rows = self._conn.execute(f"SELECT {_ORDER_COLUMNS} FROM orders ORDER BY local_seq")
+        return [_order_from_row(row) for row in rows]
+
+    def cancels(self, *, unsettled: bool = False) -> list[StoredCancel]:
+        """Cancel requests in the order they were sent (only those not yet judged)."""
+        where = "WHERE settled = 0 AND rejected = 0" if unsettled else ""
+        rows = self._conn.execute(
+            f"SELECT {_CANCEL_COLUMNS} FROM cancels {where} ORDER BY local_seq"
+        )
+        return [_cancel_from_row(row) for row in rows]
+
+    def cancel(self, request_hash: bytes) -> StoredCancel | None:
+        row = self._conn.execute(
+            f"SELECT {_CANCEL_COLUMNS} FROM cancels WHERE request_hash = ?",
+            (_hex(request_hash),),
+        ).fetchone()
+        return None if row is None else _cancel_from_row(row)
+
+    def fills(self, digest: bytes | None = None) -> list[SignedFill]:
+        """Fills of ``digest`` (every fill if ``None``), in seq order."""
+        return self._fills("WHERE digest = ?" if digest else "", (_hex(digest),) if digest else ())
+
+    def fills_with_seq(self, seq: int) -> list[SignedFill]:
+        return self._fills("WHERE seq = ?", (seq,))
+
+    def _fills(self, where: str, values: tuple[Any, ...]) -> list[SignedFill]:
+        rows = self._conn.execute(
+            f"SELECT body, signature, received_at_ms FROM fills {where} ORDER BY seq, hash", values
+        )
+        return [
+            SignedFill(Fill.from_wire(json.loads(body)), _unhex(sig), at) for body, sig, at in rows
+        ]
+
+    def notes(self, digest: bytes | None = None) -> list[SignedNote]:
+        """Notes of ``digest`` (every note if ``None``), in seq order."""
+        return self._notes("WHERE digest = ?" if digest else "", (_hex(digest),) if digest else ())
+
+    def notes_with_seq(self, seq: int) -> list[SignedNote]:
+        return self._notes("WHERE seq = ?", (seq,))
+
+    def _notes(self, where: str, values: tuple[Any, ...]) -> list[SignedNote]:
+        rows = self._conn.execute(
+            f"SELECT body, signature, received_at_ms FROM notes {where} ORDER BY seq, hash", values
+        )
+        return [
+            SignedNote(CancellationNote.from_wire(json.loads(body)), _unhex(sig), at)
+            for body, sig, at in rows
+        ]
+
+    def findings(self, status: str | None = None) -> list[Finding]:
+        where, values = ("WHERE status = ?", (status,)) if status else ("", ())
+        rows = self._conn.execute(
+            "SELECT kind, key, digest, offence, detail, evidence, found_at_ms, status, id"
+            f" FROM findings {where} ORDER BY id",
+            values,
+        )
+        return [
+            Finding(
+                kind,
+                key,
+                _unhex(digest),
+                None if offence is None else Offence(offence),
+                detail,
+                json.loads(evidence),
+                found_at_ms,
+                status_,
+                id_,
+            )
+            for kind, key, digest, offence, detail, evidence, found_at_ms, status_, id_ in rows
+        ]
+
+    def disputes(self) -> list[Dispute]:
+        rows = self._conn.execute(
+            "SELECT id, finding_id, action, digest, tx_hash, outcome, detail, at_ms"
+            " FROM disputes ORDER BY id"
+        )
+        return [
+            Dispute(i, f, a, _unhex(d), None if t is None else _unhex(t), o, detail, at)
+            for i, f, a, d, t, o, detail, at in rows
+        ]
+
+    def chain_events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Court events kept, in chain order: ``{"name", "block", "tx_hash", **args}``."""
+        where, values = ("WHERE name = ?", (name,)) if name else ("", ())
+        rows = self._conn.execute(
+            f"SELECT name, block, tx_hash, args FROM chain_events {where}"
+            " ORDER BY block, log_index",
+            values,
+        )
+        return [{"name": n, "block": b, "tx_hash": t, **json.loads(args)} for n, b, t, args in rows]
+
+    def court_cap(self, digest: bytes) -> int | None:
+        """The cap a forced cancel of ``digest`` recorded in court, from the kept events.
+
+        An answer sets it to the note's ``filledAmount + pendingAmount``; a default leaves
+        the requester's receipt total. ``None`` while no cap is recorded.
+        """
+        caps = {
+            event["name"]: int(event["cap"])
+            for event in self.chain_events()
+            if event.get("digest") == _hex(digest)
+            and event["name"] in ("CancelRequested", "CancelAnswered")
+        }
+        if "CancelAnswered" in caps:
+            return caps["CancelAnswered"]
+        defaulted = self._conn.execute(
+            "SELECT 1 FROM chain_events WHERE name = 'CancelDefaulted' AND digest = ?",
+            (_hex(digest),),
+        ).fetchone()
+        return caps.get("CancelRequested") if defaulted else None
+
+    def payouts(self) -> list[tuple[bytes, bytes, int, int]]:
+        """``(tx hash, account, wei, at_ms)`` of every withdrawal."""
+        rows = self._conn.execute("SELECT tx_hash, account, amount, at_ms FROM payouts")
+        return [(_unhex(t), _unhex(a), int(amount), at) for t, a, amount, at in rows]
+
+    # --- bundles --------------------------------------------------------------------------
+
+    def export_bundle(
+        self,
+        digest: bytes | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> dict[str, Any]:
+        """Everything about one order, or every message received in a time range.
+
+        The bundle is self-contained: a reader needs no store and no chain to check every
+        signature (:func:`parse_bundle`), only this court's domain, which it carries.
+        """
+        low = -1 if since_ms is None else since_ms
+        high = 2**63 - 1 if until_ms is None else until_ms
+
+        def wanted(key: bytes, at_ms: int) -> bool:
+            return (digest is None or key == digest) and low <= at_ms <= high
+
+        fills = [f for f in self.fills() if wanted(f.fill.order_digest, f.received_at_ms)]
+        notes = [n for n in self.notes() if wanted(n.note.order_digest, n.received_at_ms)]
+        digests = {f.fill.order_digest for f in fills} | {n.note.order_digest for n in notes}
+        orders = [
+            o for o in self.orders() if wanted(o.digest, o.placed_at_ms) or o.digest in digests
+        ]
+        senders = {o.order.sender for o in orders}
+
+        def cancel_wanted(cancel: StoredCancel) -> bool:
+            if digest is None:
+                return low <= cancel.sent_at_ms <= high
+            if isinstance(cancel.request, Cancellation):
+                return digest in cancel.request.digests
+            return cancel.request.sender in senders  # a cancel by product may name it
+
+        cancels = [c for c in self.cancels() if cancel_wanted(c)]
+        return {
+            "format": BUNDLE_FORMAT,
+            "domain": self.domain.to_wire(),
+            "operator": to_checksum(self.operator),
+            "court": to_checksum(self.domain.verifying_contract),
+            "orders": [
+                {
+                    "order": o.order.to_wire(),
+                    "signature": signature_to_wire(o.signature),
+                    "placed_at_ms": o.placed_at_ms,
+                }
+                for o in orders
+            ],
+            "cancels": [
+                {
+                    "kind": type(c.request).__name__,
+                    "tx": c.request.to_wire(),
+                    "signature": signature_to_wire(c.signature),
+                    "sent_at_ms": c.sent_at_ms,
+                }
+                for c in cancels
+            ],
+            "fills": [{**f.to_wire(), "received_at_ms": f.received_at_ms} for f in fills],
+            "notes": [{**n.to_wire(), "received_at_ms": n.received_at_ms} for n in notes],
+        }
+
+
+@attrs.frozen
+class Bundle:
+    """A parsed bundle whose every signature was checked (:func:`parse_bundle`)."""
+
+    domain: Domain
+    operator: bytes
+    orders: tuple[StoredOrder, ...]
+    cancels: tuple[StoredCancel, ...]
+    fills: tuple[SignedFill, ...]
+    notes: tuple[SignedNote, ...]
+
+
+def parse_bundle(obj: object) -> Bundle:
+    """Parse a bundle strictly and verify every signature in its own domain.
+
+    Orders and cancels must be signed by their sender's owner, fills and notes by the
+    bundle's operator. One bad item rejects the whole bundle: a file is not a peer whose
+    mistakes are evidence, and half an import would be worse than none.
+
+    Raises:
+        EvidenceError: wrong format, a malformed item or an invalid signature.
+    """
+    try:
+        return _parse_bundle(obj)
+    except (MessageError, KeyError, TypeError, ValueError) as exc:
+        raise EvidenceError(f"invalid evidence bundle: {type(exc).__name__}: {exc}") from None
+
+
+def _parse_bundle(obj: Any) -> Bundle:
+    if not isinstance(obj, Mapping) or obj.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"not a {BUNDLE_FORMAT} document")
+    wire_domain = obj["domain"]
+    domain = Domain(wire_domain["chainId"], wire_domain["verifyingContract"])
+    if domain.to_wire() != wire_domain:
+        raise ValueError("the domain is not cancelnote v1's")
+    if parse_address(obj["court"]) != domain.verifying_contract:
+        raise ValueError("the court is not the domain's verifying contract")
+    operator = parse_address(obj["operator"])
+    orders, cancels, fills, notes = [], [], [], []
+    for item in obj["orders"]:
+        order = Order.from_wire(item["order"])
+        signature = signature_from_wire(item["signature"])
+        order.verify(signature, domain, order.sender[:20])
+        orders.append(
+            StoredOrder(order, signature, order.digest(domain), _ms(item, "placed_at_ms"))
+        )
+    for item in obj["cancels"]:
+        kinds = {"Cancellation": Cancellation, "CancellationProducts": CancellationProducts}
+        request = kinds[item["kind"]].from_wire(item["tx"])
+        signature = signature_from_wire(item["signature"])
+        request.verify(signature, domain, request.sender[:20])
+        cancels.append(
+            StoredCancel(request, signature, request.digest(domain), _ms(item, "sent_at_ms"))
+        )
+    for item in obj["fills"]:
+        fill = Fill.from_wire(item["fill"])
+        signature = signature_from_wire(item["signature"])
+        fill.verify(signature, domain, operator)
+        fills.append(SignedFill(fill, signature, _ms(item, "received_at_ms")))
+    for item in obj["notes"]:
+        note = CancellationNote.from_wire(item["note"])
+        signature = signature_from_wire(item["signature"])
+        note.verify(signature, domain, operator)
+        notes.append(SignedNote(note, signature, _ms(item, "received_at_ms")))
+    return Bundle(domain, operator, tuple(orders), tuple(cancels), tuple(fills), tuple(notes))
+
+
+def _ms(item: Mapping[str, Any], key: str) -> int:
+    value = item[key]
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{key}: expected a non-negative integer")
+    return value
+
+
+def _jsonable(obj: Any) -> Any:
+    """Court event arguments as JSON: big integers stay exact as decimal strings."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, bytes):
+        return _hex(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in an event")
+
+
+_ORDER_COLUMNS = "body, signature, digest, placed_at_ms, local_seq, rejected"
+_CANCEL_COLUMNS = "kind, body, signature, request_hash, sent_at_ms, local_seq, rejected"
+
+
+def _order_from_row(row: tuple[str, str, str, int, int, int]) -> StoredOrder:
+    body, signature, digest, placed_at_ms, local_seq, rejected = row
+    order = Order.from_wire(json.loads(body))
+    return StoredOrder(
+        order, _unhex(signature), _unhex(digest), placed_at_ms, local_seq, bool(rejected)
+    )
+
+
+def _cancel_from_row(row: tuple[str, str, str, str, int, int, int]) -> StoredCancel:
+    kind, body, signature, request_hash, sent_at_ms, local_seq, rejected = row
+    cls = Cancellation if kind == "Cancellation" else CancellationProducts
+    request = cls.from_wire(json.loads(body))
+    return StoredCancel(
+        request, _unhex(signature), _unhex(request_hash), sent_at_ms, local_seq, bool(rejected)
+    )
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (durable on return), or roll back on error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

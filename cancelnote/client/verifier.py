@@ -1,0 +1,531 @@
+"""The verifier: every fill and note is checked on arrival and kept before it is believed.
+
+``receive_*`` does, in one durable transaction: check the operator's signature in the
+store's domain, keep the message (idempotently), run every check of protocol §11 against
+the evidence already held, and record each failure as a :class:`Finding` with the signed
+messages that show it. Only then does the caller (the session) report the message as
+received. Nothing is dropped: a message with a bad signature is not evidence against the
+operator (anyone could have made it) but is still recorded, as a finding.
+
+Which checks are offences is not decided here: :mod:`cancelnote.dispute.rules` is the
+one statement of the court's rules, and a finding carries the :class:`Offence` it proves,
+or ``None`` for a check the court has no rule for (a gap in the fills, a note for a
+request we never sent, a long pending window): those are recorded, never disputed.
+
+The verifier never reads a clock: callers pass ``now_ms`` (client clock, unix ms).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from cancelnote.dispute import rules
+from cancelnote.dispute.court import Offence
+from cancelnote.errors import MessageError
+from cancelnote.messages import (
+    Cancellation,
+    CancellationNote,
+    Fill,
+    nonce_recv_time_ms,
+    signature_from_wire,
+    signature_to_wire,
+)
+
+from .evidence import (
+    Bundle,
+    EvidenceError,
+    EvidenceStore,
+    Finding,
+    SignedFill,
+    SignedNote,
+    StoredCancel,
+    StoredOrder,
+)
+
+#: Default time a cancel may go without a note before it is forced on-chain. Well above
+#: any honest round trip and settlement delay, well below an order's lifetime.
+CANCEL_DEADLINE_MS = 30_000
+#: Longest pending window a note may declare before it is flagged (Immutable's 90 s).
+MAX_PENDING_WINDOW_MS = 90_000
+#: The stream cursor of a sender is kept under this name prefix in the store.
+STREAM_CURSOR = "stream:"
+
+
+class Kind(enum.StrEnum):
+    """What a finding says. The first group are court offences; the rest are recorded only."""
+
+    FILL_AFTER_NOTE = "FILL_AFTER_NOTE"
+    NOTE_EQUIVOCATION = "NOTE_EQUIVOCATION"
+    FILL_EQUIVOCATION = "FILL_EQUIVOCATION"
+    FILLS_OUT_OF_ORDER = "FILLS_OUT_OF_ORDER"
+    MALFORMED_FILL = "MALFORMED_FILL"
+    BAD_FILL = "BAD_FILL"
+    FILL_ABOVE_CAP = "FILL_ABOVE_CAP"
+    UNANSWERED_CANCEL = "UNANSWERED_CANCEL"
+
+    BAD_SIGNATURE = "BAD_SIGNATURE"
+    MALFORMED_MESSAGE = "MALFORMED_MESSAGE"
+    UNKNOWN_ORDER = "UNKNOWN_ORDER"
+    WRONG_SENDER = "WRONG_SENDER"
+    FILL_GAP = "FILL_GAP"
+    SEQ_REUSED = "SEQ_REUSED"
+    NOTE_UNKNOWN_REQUEST = "NOTE_UNKNOWN_REQUEST"
+    NOTE_AFTER_RECV_TIME = "NOTE_AFTER_RECV_TIME"
+    NOTE_OVERSTATES_FILLS = "NOTE_OVERSTATES_FILLS"
+    PENDING_WINDOW = "PENDING_WINDOW"
+
+
+#: The kinds the watchtower takes to court (each a court offence, or a forced cancel).
+DISPUTABLE = frozenset(
+    {
+        Kind.FILL_AFTER_NOTE,
+        Kind.NOTE_EQUIVOCATION,
+        Kind.FILL_EQUIVOCATION,
+        Kind.FILLS_OUT_OF_ORDER,
+        Kind.MALFORMED_FILL,
+        Kind.BAD_FILL,
+        Kind.FILL_ABOVE_CAP,
+        Kind.UNANSWERED_CANCEL,
+    }
+)
+
+
+@attrs.frozen
+class VerifierPolicy:
+    """The client's own limits (the protocol leaves them to the client)."""
+
+    cancel_deadline_ms: int = CANCEL_DEADLINE_MS
+    max_pending_window_ms: int = MAX_PENDING_WINDOW_MS
+
+
+DEFAULT_POLICY = VerifierPolicy()
+
+
+@attrs.frozen
+class Received:
+    """The outcome of one arrival: the message (``None`` if unusable), and what it showed.
+
+    ``new`` is false for a message already held (a replay after a reconnect): it was
+    checked when it first came, so it shows nothing new.
+    """
+
+    message: Fill | CancellationNote | None
+    new: bool
+    findings: tuple[Finding, ...]
+
+
+def _key(*messages: Fill | CancellationNote) -> str:
+    return ",".join(sorted("0x" + m.struct_hash().hex() for m in messages))
+
+
+def _order_wire(stored: StoredOrder) -> dict[str, Any]:
+    return {"order": stored.order.to_wire(), "signature": signature_to_wire(stored.signature)}
+
+
+def _cancel_wire(stored: StoredCancel) -> dict[str, Any]:
+    return {
+        "kind": type(stored.request).__name__,
+        "tx": stored.request.to_wire(),
+        "signature": signature_to_wire(stored.signature),
+        "sent_at_ms": stored.sent_at_ms,
+    }
+
+
+class Verifier:
+    """Checks what the operator sends against the evidence in ``store`` and keeps both."""
+
+    def __init__(self, store: EvidenceStore, policy: VerifierPolicy = DEFAULT_POLICY) -> None:
+        self.store = store
+        self.policy = policy
+
+    # --- arrivals -----------------------------------------------------------------------
+
+    def receive_wire(
+        self, obj: Mapping[str, Any], now_ms: int, *, stream: bool = False
+    ) -> Received:
+        """A ``{"fill"|"note": {...}, "signature": "0x…"}`` object as the operator sends it.
+
+        ``stream`` marks an item of the subscription: its seq then advances the sender's
+        resume cursor (:meth:`resume_after`), after the item is durable.
+        """
+        kind = "fill" if "fill" in obj else "note"
+        try:
+            if set(obj) != {kind, "signature"}:
+                raise MessageError(f"expected exactly {kind!r} and 'signature', got {sorted(obj)}")
+            signature = signature_from_wire(obj["signature"])
+            if kind == "fill":
+                received = self.receive_fill(
+                    SignedFill(Fill.from_wire(obj["fill"]), signature, now_ms), now_ms
+                )
+            else:
+                received = self.receive_note(
+                    SignedNote(CancellationNote.from_wire(obj["note"]), signature, now_ms), now_ms
+                )
+        except MessageError as exc:
+            finding = self._record(
+                Kind.BAD_SIGNATURE if exc.code == "INVALID_SIGNATURE" else Kind.MALFORMED_MESSAGE,
+                json.dumps(obj, sort_keys=True, default=str)[:512],
+                bytes(32),
+                None,
+                str(exc),
+                {"raw": dict(obj)},
+                now_ms,
+            )
+            return Received(None, True, tuple(f for f in (finding,) if f is not None))
+        if stream and received.message is not None:
+            message = received.message
+            self.store.set_cursor(STREAM_CURSOR + "0x" + message.sender.hex(), message.seq)
+        return received
+
+    def resume_after(self, sender: bytes) -> int:
+        """The highest seq of ``sender``'s stream held: resume the subscription after it."""
+        return self.store.cursor(STREAM_CURSOR + "0x" + sender.hex())
+
+    def receive_fill(self, signed: SignedFill, now_ms: int) -> Received:
+        """Check, keep and judge one fill (see the module docstring)."""
+        fill = signed.fill
+        with self.store.transaction():
+            forged = self._forgery(fill, signed.signature, signed.to_wire(), now_ms)
+            if forged is not None:
+                return Received(None, True, forged)
+            if not self.store.add_fill(signed):
+                return Received(fill, False, ())
+            found = self._judge_fill(signed, now_ms)
+        return Received(fill, True, tuple(found))
+
+    def receive_note(self, signed: SignedNote, now_ms: int) -> Received:
+        """Check, keep and judge one note (see the module docstring)."""
+        note = signed.note
+        with self.store.transaction():
+            forged = self._forgery(note, signed.signature, signed.to_wire(), now_ms)
+            if forged is not None:
+                return Received(None, True, forged)
+            if not self.store.add_note(signed):
+                return Received(note, False, ())
+            found = self._judge_note(signed, now_ms)
+        return Received(note, True, tuple(found))
+
+    def import_bundle(self, bundle: Bundle, now_ms: int) -> list[Finding]:
+        """Take in a verified bundle (:func:`~.evidence.parse_bundle`) as if it had arrived.
+
+        Orders and cancels first, then fills and notes in seq order, so every check sees
+        the evidence it needs; returns what the new messages showed.
+
+        Raises:
+            EvidenceError: the bundle is for another court or operator than this store.
+        """
+        if bundle.domain != self.store.domain or bundle.operator != self.store.operator:
+            raise EvidenceError("the bundle is for another court or operator than this store")
+        found: list[Finding] = []
+        with self.store.transaction():
+            for order in bundle.orders:
+                self.store.add_order(order.order, order.signature, order.placed_at_ms)
+            for cancel in bundle.cancels:
+                self.store.add_cancel(cancel.request, cancel.signature, cancel.sent_at_ms)
+            arrivals: list[SignedFill | SignedNote] = [*bundle.fills, *bundle.notes]
+            arrivals.sort(key=lambda s: s.fill.seq if isinstance(s, SignedFill) else s.note.seq)
+            for item in arrivals:
+                if isinstance(item, SignedFill):
+                    found += self.receive_fill(item, now_ms).findings
+                else:
+                    found += self.receive_note(item, now_ms).findings
+        return found
+
+    # --- time and the court ---------------------------------------------------------------
+
+    def check_deadlines(self, now_ms: int) -> list[Finding]:
+        """A finding ``UNANSWERED_CANCEL`` for each order a cancel named that has no note
+        ``cancel_deadline_ms`` after the cancel was sent, while it is live and not fully
+        filled by the fills held (a fully filled order gets ``FILLED`` and no note)."""
+        found = []
+        due = now_ms - self.policy.cancel_deadline_ms
+        for cancel in self.store.cancels(unsettled=True):
+            if cancel.sent_at_ms <= due:
+                with self.store.transaction():  # judged once, at its deadline
+                    self.store.mark_settled(cancel.request_hash)
+                    found += self._judge_deadline(cancel, now_ms)
+        return found
+
+    def _judge_deadline(self, cancel: StoredCancel, now_ms: int) -> list[Finding]:
+        """The orders ``cancel`` named that are still live, unfilled and without a note."""
+        found = []
+        for stored in self._targets(cancel):
+            if stored.order.expiration * 1000 <= now_ms or self.store.notes(stored.digest):
+                continue
+            fills = self.store.fills(stored.digest)
+            filled = max((f.fill.filled_total for f in fills), default=0)
+            if filled >= abs(stored.order.amount):
+                continue
+            evidence: dict[str, Any] = {
+                "order": _order_wire(stored),
+                "cancel": _cancel_wire(cancel),
+                "fills": [f.to_wire() for f in fills[-1:]],  # the latest receipt
+            }
+            finding = self._record(
+                Kind.UNANSWERED_CANCEL,
+                "0x" + stored.digest.hex(),
+                stored.digest,
+                None,
+                f"no note {now_ms - cancel.sent_at_ms} ms after the cancel was sent",
+                evidence,
+                now_ms,
+            )
+            if finding is not None:
+                found.append(finding)
+        return found
+
+    def check_cap(self, digest: bytes, now_ms: int) -> list[Finding]:
+        """Judge the fills held against the cap the court recorded for ``digest``."""
+        cap = self.store.court_cap(digest)
+        found = []
+        for signed in self.store.fills(digest):
+            finding = self._cap_finding(signed, cap, now_ms)
+            if finding is not None:
+                found.append(finding)
+        return found
+
+    # --- the checks ---------------------------------------------------------------------
+
+    def _targets(self, cancel: StoredCancel) -> list[StoredOrder]:
+        """The orders held that ``cancel`` names (by digest, or by sender and product)."""
+        request = cancel.request
+        if isinstance(request, Cancellation):
+            named = [o for d in request.digests if (o := self.store.order(d)) is not None]
+        else:
+            named = [
+                o
+                for o in self.store.orders()
+                if o.order.sender == request.sender
+                and (not request.product_ids or o.order.product_id in request.product_ids)
+                and o.local_seq < cancel.local_seq  # placed before the cancel was sent
+            ]
+        return [o for o in named if not o.rejected]
+
+    def _forgery(
+        self, message: Fill | CancellationNote, signature: bytes, wire: dict[str, Any], now_ms: int
+    ) -> tuple[Finding, ...] | None:
+        """``None`` if the operator signed ``message``; else the new findings saying so.
+
+        A message the operator did not sign is nobody's word: it is recorded as a
+        finding, never stored as evidence.
+        """
+        try:
+            message.verify(signature, self.store.domain, self.store.operator)
+        except MessageError as exc:
+            finding = self._record(
+                Kind.BAD_SIGNATURE,
+                _key(message) + "/" + signature.hex(),
+                message.order_digest,
+                None,
+                str(exc),
+                {"raw": wire},
+                now_ms,
+            )
+            return () if finding is None else (finding,)
+        return None
+
+    def _judge_fill(self, signed: SignedFill, now_ms: int) -> list[Finding]:
+        fill = signed.fill
+        digest = fill.order_digest
+        candidates: list[Finding | None] = []
+        record = self._recorder(now_ms, candidates)
+        stored = self.store.order(digest)
+        if stored is None:
+            record(
+                Kind.UNKNOWN_ORDER, None, "a fill of an order this store does not hold", [signed]
+            )
+        elif fill.sender != stored.order.sender:
+            record(Kind.WRONG_SENDER, None, "the fill's sender is not the order's", [signed])
+        if rules.malformed_fill(fill):
+            record(
+                Kind.MALFORMED_FILL,
+                Offence.MALFORMED_FILL,
+                f"amount {fill.amount}, filledTotal {fill.filled_total}",
+                [signed],
+            )
+        if stored is not None and rules.bad_fill(stored.order, stored.digest, fill):
+            record(
+                Kind.BAD_FILL,
+                Offence.BAD_FILL,
+                f"price {fill.price_x18} or total {fill.filled_total} breaks the order",
+                [signed],
+                order=stored,
+            )
+        for other in self.store.fills_with_seq(fill.seq):
+            if other.fill != fill and rules.fill_contradiction(fill, other.fill):
+                record(
+                    Kind.FILL_EQUIVOCATION,
+                    Offence.FILL_EQUIVOCATION,
+                    f"two different fills with seq {fill.seq}",
+                    [other, signed],
+                )
+        if self.store.notes_with_seq(fill.seq):
+            record(Kind.SEQ_REUSED, None, f"a note and a fill share seq {fill.seq}", [signed])
+        held = [f for f in self.store.fills(digest) if f.fill.seq != fill.seq]
+        for other in held:
+            first, second = (other, signed) if other.fill.seq < fill.seq else (signed, other)
+            if rules.fill_contradiction(first.fill, second.fill) is Offence.FILLS_OUT_OF_ORDER:
+                record(
+                    Kind.FILLS_OUT_OF_ORDER,
+                    Offence.FILLS_OUT_OF_ORDER,
+                    f"filledTotal does not grow by amount from seq {first.fill.seq}"
+                    f" to {second.fill.seq}",
+                    [first, second],
+                )
+        before = [f for f in held if f.fill.seq < fill.seq]
+        previous_total = before[-1].fill.filled_total if before else 0
+        if fill.filled_total > previous_total + fill.amount and not rules.malformed_fill(fill):
+            record(  # (less than that is FILLS_OUT_OF_ORDER, above)
+                Kind.FILL_GAP,
+                None,
+                f"filledTotal {fill.filled_total} > {previous_total} held + amount {fill.amount}:"
+                " fills are missing (fetch them)",
+                [*before[-1:], signed],
+            )
+        for note in self.store.notes(digest):
+            self._judge_pair(note, signed, record)
+        candidates.append(self._cap_finding(signed, self.store.court_cap(digest), now_ms))
+        return [f for f in candidates if f is not None]
+
+    def _judge_note(self, signed: SignedNote, now_ms: int) -> list[Finding]:
+        note = signed.note
+        digest = note.order_digest
+        candidates: list[Finding | None] = []
+        record = self._recorder(now_ms, candidates)
+        stored = self.store.order(digest)
+        if stored is None:
+            record(
+                Kind.UNKNOWN_ORDER, None, "a note for an order this store does not hold", [signed]
+            )
+        elif note.sender != stored.order.sender:
+            record(Kind.WRONG_SENDER, None, "the note's sender is not the order's", [signed])
+        if note.request_hash != bytes(32):
+            self._judge_request(signed, stored, record)
+        if note.pending_amount == 0 and note.pending_until_ms != 0:
+            record(Kind.PENDING_WINDOW, None, "pendingUntilMs set with nothing pending", [signed])
+        window = note.pending_until_ms - note.received_at_ms
+        if note.pending_amount and window > self.policy.max_pending_window_ms:
+            record(
+                Kind.PENDING_WINDOW,
+                None,
+                f"a pending window of {window} ms exceeds {self.policy.max_pending_window_ms}",
+                [signed],
+            )
+        if self.store.fills_with_seq(note.seq):
+            record(Kind.SEQ_REUSED, None, f"a note and a fill share seq {note.seq}", [signed])
+        for other in self.store.notes(digest):
+            if rules.note_equivocation(other.note, note):
+                record(
+                    Kind.NOTE_EQUIVOCATION,
+                    Offence.NOTE_EQUIVOCATION,
+                    f"two different notes for one order (seq {other.note.seq} and {note.seq})",
+                    [other, signed],
+                )
+        for fill in self.store.fills(digest):
+            self._judge_pair(signed, fill, record)
+            if fill.fill.seq == note.last_fill_seq and note.filled_amount > fill.fill.filled_total:
+                record(
+                    Kind.NOTE_OVERSTATES_FILLS,
+                    None,
+                    f"filledAmount {note.filled_amount} > filledTotal {fill.fill.filled_total}"
+                    f" of the fill at lastFillSeq {note.last_fill_seq}",
+                    [fill, signed],
+                )
+        return [f for f in candidates if f is not None]
+
+    def _judge_request(self, signed: SignedNote, stored: StoredOrder | None, record: Any) -> None:
+        """The note answers a request we sent, naming this order, before its recv_time."""
+        note = signed.note
+        cancel = self.store.cancel(note.request_hash)
+        if cancel is None or (stored is not None and stored not in self._targets(cancel)):
+            record(
+                Kind.NOTE_UNKNOWN_REQUEST,
+                None,
+                f"requestHash 0x{note.request_hash.hex()} is no request of ours naming the order",
+                [signed],
+            )
+            return
+        recv_time = nonce_recv_time_ms(cancel.request.nonce)
+        if note.received_at_ms >= recv_time:
+            record(
+                Kind.NOTE_AFTER_RECV_TIME,
+                None,
+                f"receivedAtMs {note.received_at_ms} is not before the request's recv_time"
+                f" {recv_time}",
+                [signed],
+                cancel=cancel,
+            )
+
+    @staticmethod
+    def _judge_pair(note: SignedNote, fill: SignedFill, record: Any) -> None:
+        clauses = rules.rule1(fill.fill, note.note)
+        if rules.fill_after_note(note.note, fill.fill):
+            record(
+                Kind.FILL_AFTER_NOTE,
+                Offence.FILL_AFTER_NOTE,
+                f"fill seq {fill.fill.seq} breaks note seq {note.note.seq} (rule 1 {clauses})",
+                [note, fill],
+            )
+
+    def _cap_finding(self, signed: SignedFill, cap: int | None, now_ms: int) -> Finding | None:
+        if not rules.fill_above_cap(signed.fill, cap):
+            return None
+        return self._record(
+            Kind.FILL_ABOVE_CAP,
+            _key(signed.fill),
+            signed.fill.order_digest,
+            Offence.FILL_AFTER_NOTE,
+            f"filledTotal {signed.fill.filled_total} above the court's cap {cap}",
+            {"fills": [signed.to_wire()]},
+            now_ms,
+        )
+
+    # --- recording ----------------------------------------------------------------------
+
+    def _recorder(self, now_ms: int, into: list[Finding | None]) -> Any:
+        """A ``record(kind, offence, detail, messages, order=, cancel=)`` appending to ``into``."""
+
+        def record(
+            kind: Kind,
+            offence: Offence | None,
+            detail: str,
+            messages: Iterable[SignedFill | SignedNote],
+            *,
+            order: StoredOrder | None = None,
+            cancel: StoredCancel | None = None,
+        ) -> None:
+            messages = list(messages)
+            evidence: dict[str, Any] = {
+                "fills": [m.to_wire() for m in messages if isinstance(m, SignedFill)],
+                "notes": [m.to_wire() for m in messages if isinstance(m, SignedNote)],
+            }
+            if order is not None:
+                evidence["order"] = _order_wire(order)
+            if cancel is not None:
+                evidence["cancel"] = _cancel_wire(cancel)
+            plain = [m.fill if isinstance(m, SignedFill) else m.note for m in messages]
+            key = ",".join("0x" + m.struct_hash().hex() for m in plain)  # order matters
+            into.append(
+                self._record(kind, key, plain[0].order_digest, offence, detail, evidence, now_ms)
+            )
+
+        return record
+
+    def _record(
+        self,
+        kind: Kind,
+        key: str,
+        digest: bytes,
+        offence: Offence | None,
+        detail: str,
+        evidence: Mapping[str, Any],
+        now_ms: int,
+    ) -> Finding | None:
+        return self.store.add_finding(
+            Finding(str(kind), key, digest, offence, detail, evidence, now_ms)
+        )

@@ -1,0 +1,160 @@
+"""``cancelnote chain`` and ``cancelnote court``: a dev chain, and deploying and reading a court.
+
+Keys come from keystores (``cancelnote keys``) or, on a cancelnote dev chain only, from
+``--dev-account N``: the well-known funded keys that ``cancelnote chain serve`` prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from cancelnote.crypto import Signer, parse_address, to_checksum
+from cancelnote.errors import CancelnoteError
+
+#: Court parameters for dev chains, demos and tests. A production court picks its own:
+#: the exit delay must exceed the longest order lifetime plus the answer window.
+DEV_COURT_PARAMETERS: dict[str, Any] = {
+    "answer_window_s": 3_600,
+    "penalty_wei": 10**18,
+    "min_bond_wei": 3 * 10**18,
+    "dispute_bond_wei": 10**17,
+    "exit_delay_s": 30 * 86_400,
+    "halt_on_default": True,
+}
+
+
+def _signer(args: argparse.Namespace) -> Signer:
+    from cancelnote import keystore
+    from cancelnote.dispute.inprocess import dev_account
+
+    if args.dev_account is not None:
+        return dev_account(args.dev_account)
+    if args.key is None:
+        raise CancelnoteError("give --key KEYSTORE or, on a dev chain, --dev-account N")
+    return keystore.load(args.key, keystore.read_password(args.password_file))
+
+
+def _court_deploy(args: argparse.Namespace) -> int:
+    from cancelnote.dispute.court import Court
+    from cancelnote.dispute.jsonrpc import JsonRpcChain
+
+    parameters = {
+        name: getattr(args, name) for name in DEV_COURT_PARAMETERS if name != "halt_on_default"
+    }
+    court = Court.deploy(
+        JsonRpcChain(args.rpc),
+        _signer(args),
+        operator=parse_address(args.operator),
+        halt_on_default=not args.no_halt,
+        **parameters,
+    )
+    receipt = court.deploy_receipt
+    if args.json:
+        print(json.dumps({"court": to_checksum(court.address), "gas_used": receipt.gas_used}))
+    else:
+        print(f"court {to_checksum(court.address)} (deployed with {receipt.gas_used:,} gas)")
+    return 0
+
+
+def _court_status(args: argparse.Namespace) -> int:
+    from cancelnote.dispute.court import Court
+    from cancelnote.dispute.jsonrpc import JsonRpcChain
+
+    court = Court.at(JsonRpcChain(args.rpc), parse_address(args.court))
+    status: dict[str, Any] = {
+        "court": to_checksum(court.address),
+        "operator": to_checksum(court.operator()),
+        "bond_wei": court.bond(),
+        "min_bond_wei": court.min_bond(),
+        "penalty_wei": court.penalty(),
+        "dispute_bond_wei": court.dispute_bond(),
+        "answer_window_s": court.answer_window(),
+        "exit_delay_s": court.exit_delay(),
+        "exit_announced_at": court.exit_announced_at(),
+        "defaults": court.defaults(),
+        "halted": court.halted(),
+    }
+    if args.digest is not None:
+        cancel = court.cancel_status(bytes.fromhex(args.digest.removeprefix("0x")))
+        status["cancel"] = {
+            "state": cancel.state.name,
+            "owner": to_checksum(cancel.owner),
+            "deadline": cancel.deadline,
+            "cap": cancel.cap,
+        }
+    if args.json:
+        print(json.dumps(status))
+    else:
+        width = max(map(len, status))
+        for name, value in status.items():
+            print(f"{name:<{width}}  {value}")
+    return 0
+
+
+def _chain_serve(args: argparse.Namespace) -> int:
+    from cancelnote.dispute.rpcserver import serve
+
+    return serve(args.host, args.port, chain_id=args.chain_id, accounts=args.accounts)
+
+
+def _reporting_errors(handler: Any) -> Any:
+    """Run ``handler``; a cancelnote error is one line on stderr and exit code 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (CancelnoteError, ValueError) as exc:
+            print(f"cancelnote {args.command}: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def add_chain_commands(commands: argparse._SubParsersAction) -> None:
+    chain = commands.add_parser("chain", help="a local dev chain for separate processes")
+    chain_commands = chain.add_subparsers(dest="chain_command", required=True, metavar="COMMAND")
+    serve = chain_commands.add_parser(
+        "serve", help="serve an in-process py-evm chain over Ethereum JSON-RPC until Ctrl-C"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    serve.add_argument(
+        "--port", type=int, default=8545, help="port to bind, 0 for any free one (default 8545)"
+    )
+    serve.add_argument("--chain-id", type=int, default=1337, help="chain id (default %(default)s)")
+    serve.add_argument(
+        "--accounts", type=int, default=10, help="funded dev accounts (default %(default)s)"
+    )
+    serve.set_defaults(run=_chain_serve)
+
+
+def add_court_commands(commands: argparse._SubParsersAction) -> None:
+    court = commands.add_parser("court", help="deploy the court contract, read its state")
+    court_commands = court.add_subparsers(dest="court_command", required=True, metavar="COMMAND")
+
+    deploy = court_commands.add_parser("deploy", help="deploy a new court for an operator")
+    deploy.add_argument("--rpc", required=True, help="Ethereum JSON-RPC URL")
+    deploy.add_argument("--operator", required=True, help="the operator's address (0x...)")
+    deploy.add_argument("--key", help="the deployer's keystore")
+    deploy.add_argument("--password-file", help="keystore password file (else env or prompt)")
+    deploy.add_argument(
+        "--dev-account", type=int, help="deploy with dev account N of `cancelnote chain serve`"
+    )
+    for name, value in DEV_COURT_PARAMETERS.items():
+        if name != "halt_on_default":
+            flag = "--" + name.replace("_", "-")
+            deploy.add_argument(flag, type=int, default=value, help=f"default {value:,}")
+    deploy.add_argument(
+        "--no-halt", action="store_true", help="do not halt the operator on its first default"
+    )
+    deploy.add_argument("--json", action="store_true", help="print JSON")
+    deploy.set_defaults(run=_reporting_errors(_court_deploy))
+
+    status = court_commands.add_parser("status", help="bond, parameters, defaults, halted")
+    status.add_argument("--rpc", required=True, help="Ethereum JSON-RPC URL")
+    status.add_argument("--court", required=True, help="the court's address")
+    status.add_argument("--digest", help="also show the forced-cancel state of this order")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(run=_reporting_errors(_court_status))

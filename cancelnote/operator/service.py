@@ -1,0 +1,324 @@
+"""The operator process: journal + engine + server + chain watcher + clock, wired together.
+
+:func:`run_operator` is what ``cancelnote operator run`` runs. Start-up order matters:
+
+1. open the journal (it refuses a file of another operator key or court) and replay it
+   into a fresh engine, and index its published fills and notes for subscriptions;
+2. connect to the chain and the court, check that the court names this operator;
+3. post the bond if asked, start the watcher, then listen;
+4. on SIGINT or SIGTERM: stop the watcher, then shut the server down (answer what was
+   read, commit, flush, close), then close the journal.
+
+With ``--chain in-process`` the process runs its own py-evm chain and deploys a court on
+it (at the same address every time: the deployer is dev account 0 and its first
+transaction), so a restarted operator finds the same domain and its journal opens. That
+chain lives and dies with the process: it is for tests and demos, not for clients who
+need to reach the court.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import attrs
+import trio
+
+from cancelnote.crypto import Signer, to_checksum
+from cancelnote.dispute.chain import Chain
+from cancelnote.dispute.court import Court
+from cancelnote.dispute.inprocess import InProcessChain
+from cancelnote.errors import Fault
+
+from .engine import Engine
+from .journal import Journal, Synchronous
+from .policies import (
+    Backdate,
+    ConditionalDelay,
+    Delay,
+    Equivocate,
+    FillAfterNote,
+    Honest,
+    Ignore,
+    Policy,
+    WithholdNotes,
+)
+from .server import OperatorServer, ServerConfig
+from .watcher import ChainWatcher, CursorStore, calldata_lookup
+
+LOGGER = logging.getLogger("cancelnote.operator")
+
+#: Parameters of the court an in-process chain deploys (DESIGN §4; tests and demos only).
+IN_PROCESS_CHAIN_ID = 1337
+IN_PROCESS_COURT = {
+    "answer_window_s": 3_600,
+    "penalty_wei": 10**18,
+    "min_bond_wei": 3 * 10**18,
+    "dispute_bond_wei": 10**17,
+    "exit_delay_s": 30 * 86_400,
+    "halt_on_default": True,
+}
+#: What an in-process chain's dev account gives the operator key, to pay gas and bond.
+IN_PROCESS_FUNDING_WEI = 1_000 * 10**18
+
+
+class ServiceError(Fault):
+    """Raised when the operator cannot start: wrong court, bad option, unreachable chain."""
+
+    code = "SERVICE"
+
+
+@attrs.frozen
+class OperatorConfig:
+    """Everything ``cancelnote operator run`` takes (see its ``--help``)."""
+
+    db: Path
+    signer: Signer
+    rpc: str | None = None  # None: an in-process chain
+    court: bytes | None = None  # required with rpc; checked if given in-process
+    host: str = "127.0.0.1"
+    port: int = 8765
+    products: frozenset[int] = frozenset({1, 2})
+    settlement_delay_ms: int = 0
+    policy: Policy = attrs.Factory(Honest)
+    post_bond_wei: int = 0
+    durability: Synchronous = "FULL"
+    watch: bool = True
+    poll_s: float = 1.0
+    server: ServerConfig = attrs.Factory(ServerConfig)
+
+
+def parse_policy(text: str, seed: int = 0) -> Policy:
+    """``honest``, ``delay:MS``, ``conditional-delay:MS``, ``ignore:P``, ``fill-after-note``,
+    ``backdate:MS``, ``equivocate`` or ``withhold-notes`` (adversarial ones: tests and labs).
+
+    Raises:
+        ValueError: an unknown name or a bad argument.
+    """
+    name, _, arg = text.partition(":")
+    simple = {
+        "honest": Honest,
+        "fill-after-note": FillAfterNote,
+        "equivocate": Equivocate,
+        "withhold-notes": WithholdNotes,
+    }
+    if name in simple and not arg:
+        return simple[name]()
+    if name in ("delay", "conditional-delay", "backdate") and arg.isdigit():
+        kind = {"delay": Delay, "conditional-delay": ConditionalDelay, "backdate": Backdate}
+        return kind[name](int(arg))
+    if name == "ignore" and arg:
+        p = float(arg)
+        if 0 <= p <= 1:
+            return Ignore(p, random.Random(seed))
+    raise ValueError(f"unknown policy {text!r}")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, event, and the record's ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(level: int = logging.INFO, stream: TextIO = sys.stderr) -> None:
+    """Structured logs of the ``cancelnote`` loggers on ``stream``."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("cancelnote")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def connect_court(config: OperatorConfig) -> Court:
+    """The court of ``config`` (deployed on a fresh in-process chain if there is no rpc).
+
+    Raises:
+        ServiceError: no ``--court`` with ``--rpc``, or the court is not this operator's.
+    """
+    chain: Chain
+    if config.rpc is None:
+        chain = InProcessChain(chain_id=IN_PROCESS_CHAIN_ID, accounts=1)
+        deployer = chain.dev_accounts[0]
+        court = Court.deploy(chain, deployer, operator=config.signer.address, **IN_PROCESS_COURT)
+        chain.transact(deployer, config.signer.address, b"", value=IN_PROCESS_FUNDING_WEI)
+    else:
+        from cancelnote.dispute.jsonrpc import JsonRpcChain
+
+        if config.court is None:
+            raise ServiceError("--court ADDRESS is required with --rpc")
+        chain = JsonRpcChain(config.rpc)
+        court = Court.at(chain, config.court)
+    if config.court is not None and court.address != config.court:
+        raise ServiceError(
+            f"the in-process court is at {to_checksum(court.address)}, not"
+            f" {to_checksum(config.court)}"
+        )
+    operator = court.operator()
+    if operator != config.signer.address:
+        raise ServiceError(
+            f"court {to_checksum(court.address)} belongs to operator {to_checksum(operator)},"
+            f" this key is {config.signer.checksum_address}"
+        )
+    return court
+
+
+@attrs.frozen
+class Prepared:
+    """An operator ready to serve: its court, and its journal replayed into a server."""
+
+    court: Court
+    journal: Journal
+    server: OperatorServer
+
+
+def prepare(config: OperatorConfig) -> Prepared:
+    """Connect to the court, open the journal and replay it (blocking; before serving).
+
+    Raises:
+        ServiceError, ChainError: the court is unreachable or not this operator's.
+        JournalMismatch, JournalCorrupt: the journal is another operator's, or damaged.
+    """
+    court = connect_court(config)
+    domain = court.domain
+    journal = Journal.open(config.db, domain, config.signer.address, config.durability)
+    try:
+        entries = list(journal.entries())
+        engine = Engine(
+            config.signer,
+            domain,
+            config.products,
+            settlement_delay_ms=config.settlement_delay_ms,
+            policy=config.policy,
+        )
+        engine.restore(entries)
+    except BaseException:
+        journal.close()
+        raise
+    server = OperatorServer(
+        engine, journal, config=config.server, start_ms=entries[-1].at_ms if entries else 0
+    )
+    server.restore_streams(entries)
+    LOGGER.info(
+        "journal_replayed", extra={"fields": {"entries": len(entries), "last_seq": engine.last_seq}}
+    )
+    return Prepared(court, journal, server)
+
+
+async def run_operator(
+    config: OperatorConfig,
+    prepared: Prepared | None = None,
+    *,
+    task_status: trio.TaskStatus[OperatorServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the operator until SIGINT/SIGTERM (or cancellation), then shut down cleanly."""
+    if prepared is None:
+        prepared = await trio.to_thread.run_sync(prepare, config)
+    try:
+        await _serve(config, prepared.court, prepared.server, task_status)
+    finally:
+        prepared.journal.close()
+
+
+async def _serve(
+    config: OperatorConfig,
+    court: Court,
+    server: OperatorServer,
+    task_status: trio.TaskStatus[OperatorServer],
+) -> None:
+    cursor = CursorStore(config.db, court.address)
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                await nursery.start(server.serve, config.host, config.port)
+                watcher = ChainWatcher(
+                    court,
+                    config.signer,
+                    server.inbox,
+                    cursor,
+                    transaction_input=calldata_lookup(court.chain),
+                    poll_s=config.poll_s,
+                )
+                if config.post_bond_wei:
+                    await watcher.post_bond(config.post_bond_wei)
+                watching = trio.CancelScope()
+                if config.watch:
+                    nursery.start_soon(_in_scope, watching, watcher.run)
+                LOGGER.info(
+                    "operator_ready",
+                    extra={
+                        "fields": {
+                            "url": f"ws://{config.host}:{server.port}",
+                            "chain_id": court.chain.chain_id,
+                            "court": to_checksum(court.address),
+                            "operator": config.signer.checksum_address,
+                            "durability": config.durability,
+                            "policy": type(config.policy).__name__,
+                        }
+                    },
+                )
+                task_status.started(server)
+                async for signum in signals:
+                    LOGGER.info("signal", extra={"fields": {"signal": signal.Signals(signum).name}})
+                    break
+                started = time.monotonic()
+                watching.cancel()
+                await server.shutdown()
+                LOGGER.info(
+                    "stopped", extra={"fields": {"drain_s": round(time.monotonic() - started, 3)}}
+                )
+    finally:
+        cursor.close()
+
+
+async def _in_scope(scope: trio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:
+    """Run ``run`` inside ``scope``, so that the caller can stop just that task."""
+    with scope:
+        await run()
+
+
+def run(config: OperatorConfig, out: TextIO = sys.stdout) -> int:
+    """Run the operator in this thread; print the listening URL once it is listening.
+
+    Returns the exit status: 0 after a clean shutdown, 1 after a fault (logged).
+
+    Raises:
+        CancelnoteError: the operator cannot start (see :func:`prepare`).
+    """
+    prepared = prepare(config)  # start-up errors are raised to the caller, not logged
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(run_operator, config, prepared)
+            court = server.engine.domain
+            print(
+                f"cancelnote operator listening on ws://{config.host}:{server.port}"
+                f" chain_id={court.chain_id} court={to_checksum(court.verifying_contract)}"
+                f" operator={config.signer.checksum_address}",
+                file=out,
+                flush=True,
+            )
+
+    try:
+        trio.run(main)
+    except Exception:  # a fault (journal, engine bug): the journal is the truth on restart
+        LOGGER.critical("fault", exc_info=True)
+        return 1
+    return 0

@@ -1,0 +1,340 @@
+"""Scenario files: one TOML document describing a world, parsed strictly into frozen values.
+
+A scenario has one table per part of the world (``[run]``, ``[market]``, ``[feed]``,
+``[latency.entry]``, ``[latency.response]``, ``[makers]``, ``[takers]``, ``[operator]``,
+``[client]``, ``[court]``, ``[chain]``, ``[metrics]``); ``simulations/*.toml`` are
+commented examples. Rules:
+
+* Every key is known: an unknown or misspelt key, a missing required one, a value of the
+  wrong type or out of range raises :class:`~.config.ScenarioError` naming the table and
+  the key. A typo must never silently run the default.
+* ``[market]`` and the latency tables are the models' own sections
+  (:func:`~.market.market_from_config`, :func:`~.latency.latency_from_config`).
+* Sweeps change a scenario by dotted keys (``operator.delay_ms``) on the raw document,
+  *before* parsing (:func:`apply_overrides`), so a swept value is validated like a
+  written one.
+* Money is in quote currency (the unit of prices); the court works in wei, converted at
+  ``chain.eth_price`` (quote currency per ether).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+from attrs import validators as v
+
+from .config import ScenarioError
+from .latency import LatencyModel, latency_from_config
+from .market import MarketModel, market_from_config
+
+Policy = Literal[
+    "honest",
+    "delay",
+    "conditional_delay",
+    "ignore",
+    "backdate",
+    "fill_after_note",
+    "equivocate",
+    "withhold_notes",
+]
+POLICIES: tuple[str, ...] = Policy.__args__  # type: ignore[attr-defined]
+Ordering = Literal["fifo", "cancel_first", "seeded_random", "adversarial"]
+ORDERINGS: tuple[str, ...] = Ordering.__args__  # type: ignore[attr-defined]
+
+_pos_int = [v.instance_of(int), v.gt(0)]
+_nonneg_int = [v.instance_of(int), v.ge(0)]
+_bool = v.instance_of(bool)
+
+
+def _float(default: float | None = None, **bounds: float) -> Any:
+    """A float field (TOML ints accepted) with ``gt``/``ge``/``le`` bounds; no default
+    makes the key required."""
+    checks = [v.instance_of(float)]
+    checks += [getattr(v, name)(value) for name, value in bounds.items()]
+    if default is None:
+        return attrs.field(converter=_to_float, validator=checks)
+    return attrs.field(default=default, converter=_to_float, validator=checks)
+
+
+def _to_float(value: object) -> object:
+    """Ints become floats; anything else (a string, a bool) stays and fails validation."""
+    return float(value) if type(value) is int else value
+
+
+@attrs.frozen(kw_only=True)
+class RunSpec:
+    """How long, from which seed, how many replicates."""
+
+    horizon_s: float = _float(gt=0.0)
+    seed: int = attrs.field(default=20261123, validator=_nonneg_int)
+    replicates: int = attrs.field(default=4, validator=_pos_int)
+
+
+@attrs.frozen(kw_only=True)
+class FeedSpec:
+    """The mid-price is drawn on a grid every ``tick_ms``: the same path in every arm."""
+
+    tick_ms: int = attrs.field(default=10, validator=_pos_int)
+
+
+@attrs.frozen(kw_only=True)
+class MakerSpec:
+    """Market makers quoting a bid and an ask around the mid, requoting when it moves.
+
+    Maker ``i`` quotes at mid ± (``half_spread`` + i·``spread_step``), on the ``tick``
+    grid, ``size`` a side; it cancels and requotes both sides when the mid is
+    ``requote_threshold`` or more from the centre of its quotes.
+    """
+
+    count: int = attrs.field(default=4, validator=_pos_int)
+    half_spread: float = _float(0.02, gt=0.0)
+    spread_step: float = _float(0.01, ge=0.0)
+    size: float = _float(1.0, gt=0.0)
+    requote_threshold: float = _float(0.01, gt=0.0)
+    tick: float = _float(0.01, gt=0.0)
+
+
+@attrs.frozen(kw_only=True)
+class TakerSpec:
+    """Noise takers: Poisson arrivals, a fair coin for the side, hitting the best quote."""
+
+    rate_per_s: float = _float(5.0, ge=0.0)
+    size: float = _float(0.5, gt=0.0)
+
+
+@attrs.frozen(kw_only=True)
+class OperatorSpec:
+    """The operator's policy and its affiliated sniper.
+
+    ``delay_ms`` is the hold of ``delay``, ``conditional_delay`` and ``backdate`` (a
+    backdating operator holds, snipes, then signs ``receivedAtMs`` ``backdate_ms``
+    earlier); ``ignore_p`` is the share of cancels ``ignore`` drops. The sniper (the
+    operator's own taker) fills a held or ignored order that is ``snipe_edge`` or more in
+    the money, at the end of a hold, or every ``snipe_every_ms`` while a cancel is
+    ignored. ``answer_on_chain = false`` lets forced cancels default.
+    """
+
+    policy: Policy = attrs.field(default="honest", validator=v.in_(POLICIES))
+    delay_ms: int = attrs.field(default=0, validator=_nonneg_int)
+    ignore_p: float = _float(0.0, ge=0.0, le=1.0)
+    backdate_ms: int = attrs.field(default=0, validator=_nonneg_int)
+    settlement_delay_ms: int = attrs.field(default=0, validator=_nonneg_int)
+    snipe: bool = attrs.field(default=True, validator=_bool)
+    snipe_edge: float = _float(0.0, ge=0.0)
+    snipe_every_ms: int = attrs.field(default=100, validator=_pos_int)
+    answer_on_chain: bool = attrs.field(default=True, validator=_bool)
+    rate_limit: int = attrs.field(default=1_000_000, validator=_pos_int)
+
+
+@attrs.frozen(kw_only=True)
+class ClientSpec:
+    """What the clients run: the real verifier and watchtower, and their limits.
+
+    ``verify`` runs the verifier on every fill and note; ``dispute`` lets the watchtower
+    take findings to court; ``force_after_ms`` is the verifier's cancel deadline (no note
+    that long after sending: force the cancel on-chain); ``detect_ms`` is the τ of the
+    detection metric (docs/simulation.md §7).
+    """
+
+    verify: bool = attrs.field(default=True, validator=_bool)
+    dispute: bool = attrs.field(default=True, validator=_bool)
+    force_after_ms: int = attrs.field(default=30_000, validator=_pos_int)
+    detect_ms: int = attrs.field(default=100, validator=_pos_int)
+
+
+@attrs.frozen(kw_only=True)
+class CourtSpec:
+    """The court's constructor arguments; money in quote currency."""
+
+    answer_window_s: int = attrs.field(default=30, validator=_pos_int)
+    penalty: float = _float(50.0, ge=0.0)
+    operator_bond: float = _float(10_000.0, gt=0.0)
+    dispute_bond: float = _float(1.0, ge=0.0)
+    halt_on_default: bool = attrs.field(default=False, validator=_bool)
+
+
+@attrs.frozen(kw_only=True)
+class ChainSpec:
+    """Block production and the price of gas.
+
+    A block comes every ``block_time_s`` (whole seconds: block timestamps are); the
+    transactions waiting for it are ordered by ``ordering``.
+    """
+
+    block_time_s: int = attrs.field(default=2, validator=_pos_int)
+    ordering: Ordering = attrs.field(default="fifo", validator=v.in_(ORDERINGS))
+    gas_price_gwei: float = _float(1.0, ge=0.0)
+    eth_price: float = _float(3_000.0, gt=0.0)
+
+
+@attrs.frozen(kw_only=True)
+class MetricSpec:
+    """Parameters of the metrics of docs/simulation.md §7."""
+
+    asymmetry_horizon_s: float = _float(1.0, gt=0.0)
+    carry_rate_per_year: float = _float(0.05, ge=0.0)
+
+
+_TABLES: dict[str, type] = {
+    "run": RunSpec,
+    "feed": FeedSpec,
+    "makers": MakerSpec,
+    "takers": TakerSpec,
+    "operator": OperatorSpec,
+    "client": ClientSpec,
+    "court": CourtSpec,
+    "chain": ChainSpec,
+    "metrics": MetricSpec,
+}
+_REQUIRED = ("run", "market", "latency")
+_LATENCY_LINKS = ("entry", "response")
+
+
+@attrs.frozen
+class Scenario:
+    """A parsed scenario: every table as a frozen value, plus the document it came from."""
+
+    run: RunSpec
+    market: MarketModel
+    feed: FeedSpec
+    entry_latency: LatencyModel
+    response_latency: LatencyModel
+    makers: MakerSpec
+    takers: TakerSpec
+    operator: OperatorSpec
+    client: ClientSpec
+    court: CourtSpec
+    chain: ChainSpec
+    metrics: MetricSpec
+    document: Mapping[str, Any] = attrs.field(eq=False, repr=False)
+
+    def sha256(self) -> str:
+        """The hash of the canonical document (overrides included): names the scenario."""
+        return hashlib.sha256(canonical(self.document).encode()).hexdigest()
+
+
+def canonical(document: Mapping[str, Any]) -> str:
+    """A stable text of a document: sorted keys, ``repr`` of leaves (hashing, manifests)."""
+    if isinstance(document, Mapping):
+        inner = ",".join(f"{key!r}:{canonical(document[key])}" for key in sorted(document))
+        return "{" + inner + "}"
+    if isinstance(document, list):
+        return "[" + ",".join(canonical(item) for item in document) + "]"
+    return repr(document)
+
+
+def _table(name: str, cls: type, raw: object) -> Any:
+    """``cls`` from TOML table ``name``: unknown, missing and bad keys named."""
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(f"[{name}] must be a table")
+    fields = {f.name: f for f in attrs.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ScenarioError(f"[{name}] unknown key {key!r}; known: {', '.join(fields)}")
+    values = dict(raw)
+    for key, field in fields.items():
+        if key not in values and field.default is attrs.NOTHING:
+            raise ScenarioError(f"[{name}] missing key {key!r}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:  # attrs names the key in its message
+        raise ScenarioError(f"[{name}] {_reason(error)}") from error
+
+
+def _reason(error: Exception) -> str:
+    """attrs' validator messages are long tuples; keep their first line."""
+    return str(error.args[0] if error.args else error).splitlines()[0]
+
+
+def parse_scenario(document: Mapping[str, Any], base_dir: Path | None = None) -> Scenario:
+    """The scenario a TOML document (already loaded) describes.
+
+    Args:
+        document: the parsed TOML.
+        base_dir: where relative paths (an empirical latency CSV) are resolved.
+
+    Raises:
+        ScenarioError: naming the table and key at fault.
+    """
+    known = set(_TABLES) | set(_REQUIRED)
+    for name in document:
+        if name not in known:
+            raise ScenarioError(f"unknown table [{name}]; known: {', '.join(sorted(known))}")
+    for name in _REQUIRED:
+        if name not in document:
+            raise ScenarioError(f"missing table [{name}]")
+    latency = document["latency"]
+    if not isinstance(latency, Mapping) or set(latency) != set(_LATENCY_LINKS):
+        raise ScenarioError(
+            "[latency] needs exactly the tables [latency.entry] and [latency.response]"
+        )
+    links = {link: _latency(link, latency[link], base_dir) for link in _LATENCY_LINKS}
+    tables = {name: _table(name, cls, document.get(name, {})) for name, cls in _TABLES.items()}
+    return Scenario(
+        market=market_from_config(document["market"]),
+        entry_latency=links["entry"],
+        response_latency=links["response"],
+        document=copy.deepcopy(dict(document)),
+        **tables,
+    )
+
+
+def _latency(link: str, raw: object, base_dir: Path | None) -> LatencyModel:
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(f"[latency.{link}] must be a table")
+    section = dict(raw)
+    if section.get("model") == "empirical" and base_dir is not None and "path" in section:
+        section["path"] = str(base_dir / section["path"])
+    try:
+        return latency_from_config(section)
+    except ScenarioError as error:
+        raise ScenarioError(f"[latency.{link}] {error}") from error
+
+
+def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Scenario:
+    """Read, override (dotted keys) and parse a scenario file.
+
+    Raises:
+        ScenarioError: the file is not TOML, or a table or key is wrong.
+    """
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ScenarioError(f"{path}: not valid TOML: {error}") from error
+    return parse_scenario(apply_overrides(document, overrides or {}), path.parent)
+
+
+def apply_overrides(document: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``document`` with ``{"operator.delay_ms": 500, ...}`` set.
+
+    Raises:
+        ScenarioError: a key does not name a value inside a table.
+    """
+    result = copy.deepcopy(dict(document))
+    for dotted, value in overrides.items():
+        *tables, key = dotted.split(".")
+        if not tables or not key:
+            raise ScenarioError(f"override {dotted!r}: expected table.key")
+        node = result
+        for table in tables:
+            node = node.setdefault(table, {})
+            if not isinstance(node, dict):
+                raise ScenarioError(f"override {dotted!r}: {table!r} is not a table")
+        node[key] = value
+    return result
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as TOML reads it (``500``, ``0.5``, ``true``, ``"fifo"``);
+    a bare word that is not TOML is taken as a string (``fifo``)."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text

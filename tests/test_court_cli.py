@@ -1,0 +1,77 @@
+"""``cancelnote court deploy|status`` against a chain served over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from cancelnote.cli import main
+from cancelnote.crypto import to_checksum
+from cancelnote.dispute.court import Court
+from cancelnote.dispute.inprocess import InProcessChain, dev_account
+from cancelnote.dispute.jsonrpc import JsonRpcChain
+from cancelnote.dispute.rpcserver import RpcServer
+
+
+@pytest.fixture
+def rpc_url() -> Iterator[str]:
+    server = RpcServer(InProcessChain(accounts=3), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.url
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_deployed_court_names_the_operator_and_its_parameters(rpc_url, capsys):
+    operator = dev_account(1).checksum_address
+    deployed = run_json(
+        capsys, "court", "deploy", "--rpc", rpc_url, "--operator", operator,
+        "--dev-account", "0", "--penalty-wei", "7", "--no-halt",
+    )  # fmt: skip
+    assert int(deployed["gas_used"]) > 1_000_000
+    court = Court.at(JsonRpcChain(rpc_url), bytes.fromhex(str(deployed["court"])[2:]))
+    assert court.operator() == dev_account(1).address
+    assert court.penalty() == 7 and court.halt_on_default() is False
+
+    status = run_json(capsys, "court", "status", "--rpc", rpc_url, "--court", deployed["court"])
+    assert status["operator"] == operator
+    assert status["penalty_wei"] == 7 and status["bond_wei"] == 0 and status["halted"] is False
+
+
+def test_status_reports_the_forced_cancel_state_of_an_order(rpc_url, capsys):
+    deployed = run_json(
+        capsys, "court", "deploy", "--rpc", rpc_url,
+        "--operator", to_checksum(dev_account(1).address), "--dev-account", "0",
+    )  # fmt: skip
+    status = run_json(
+        capsys, "court", "status", "--rpc", rpc_url, "--court", deployed["court"],
+        "--digest", "0x" + "ab" * 32,
+    )  # fmt: skip
+    assert status["cancel"]["state"] == "NONE" and status["cancel"]["cap"] == 0
+
+
+def test_deploy_without_a_key_is_a_one_line_error(rpc_url, capsys):
+    code = main(["court", "deploy", "--rpc", rpc_url, "--operator", "0x" + "11" * 20])
+    assert code == 1
+    assert "give --key KEYSTORE or, on a dev chain, --dev-account N" in capsys.readouterr().err
+
+
+def test_deploy_to_an_unreachable_chain_is_a_one_line_error(capsys):
+    code = main(
+        ["court", "deploy", "--rpc", "http://127.0.0.1:9", "--operator", "0x" + "11" * 20,
+         "--dev-account", "0"]
+    )  # fmt: skip
+    assert code == 1
+    assert "cancelnote court:" in capsys.readouterr().err
