@@ -124,3 +124,25 @@ async def test_cancel_by_product_and_cancel_and_place_keep_their_notes(nursery, 
     assert alice.store.findings() == []
     await server.shutdown()
     journal.close()
+
+
+async def test_new_session_is_caught_up_with_what_arrived_while_it_was_away(nursery, tmp_path):
+    server, journal = await start_server(nursery, tmp_path / "j.sqlite")
+    alice, bob = client(tmp_path, 1, server.port), client(tmp_path, 2, server.port)
+    await nursery.start(bob.run)
+    async with trio.open_nursery() as first:  # alice places, then goes away
+        await first.start(alice.run)
+        sell = await alice.place(1, PRICE, -3 * SIZE)
+        first.cancel_scope.cancel()
+    for _ in range(3):  # three fills of alice's order while she is offline
+        await bob.place(1, PRICE, SIZE)
+    assert alice.store.fills(sell) == []
+    again = client(tmp_path, 1, server.port)
+    await nursery.start(again.run)
+    with trio.fail_after(5):
+        await again.wait_caught_up()
+    fills = again.store.fills(sell)
+    assert sorted(f.fill.filled_total for f in fills) == [SIZE, 2 * SIZE, 3 * SIZE]
+    assert again.store.findings() == []
+    await server.shutdown()
+    journal.close()

@@ -75,3 +75,10 @@ def test_deploy_to_an_unreachable_chain_is_a_one_line_error(capsys):
     )  # fmt: skip
     assert code == 1
     assert "cancelnote court:" in capsys.readouterr().err
+
+
+def test_fund_sends_ether_from_dev_account_zero(rpc_url, capsys):
+    recipient = "0x" + "42" * 20
+    assert main(["chain", "fund", "--rpc", rpc_url, "--to", recipient, "--eth", "2.5"]) == 0
+    assert "holds 2.5000 ETH" in capsys.readouterr().out
+    assert JsonRpcChain(rpc_url).balance(bytes.fromhex("42" * 20)) == 25 * 10**17

@@ -237,8 +237,26 @@ def _cancel(args: argparse.Namespace) -> int:
     return _findings_exit(ctx)
 
 
+def _order_state(rejected: bool, noted: bool, filled: int, amount: int) -> str:
+    """What the client's own evidence says of an order (the operator's word is ``--url``)."""
+    if rejected:
+        return "rejected"
+    if noted:
+        return "cancelled"
+    if filled >= amount:
+        return "filled"
+    return "partly filled" if filled else "open"
+
+
 def _status(args: argparse.Namespace) -> int:
     ctx = _Context(args)
+    if args.url:  # first catch up on what the operator sent while we were away
+        import trio
+
+        async def catch_up(session: Any) -> None:
+            await session.wait_caught_up()
+
+        trio.run(_with_session, ctx, catch_up, 0.0)
     rows = []
     for stored in ctx.store.orders():
         if args.order and stored.digest != args.order:
@@ -246,6 +264,7 @@ def _status(args: argparse.Namespace) -> int:
         fills = ctx.store.fills(stored.digest)
         notes = ctx.store.notes(stored.digest)
         order = stored.order
+        filled = max((f.fill.filled_total for f in fills), default=0)
         rows.append(
             {
                 "order": "0x" + stored.digest.hex(),
@@ -253,10 +272,10 @@ def _status(args: argparse.Namespace) -> int:
                 "side": "buy" if order.amount > 0 else "sell",
                 "price": str(Decimal(order.price_x18) / X18),
                 "amount": str(Decimal(abs(order.amount)) / X18),
-                "filled": str(Decimal(max((f.fill.filled_total for f in fills), default=0)) / X18),
+                "filled": str(Decimal(filled) / X18),
                 "fills": len(fills),
                 "notes": len(notes),
-                "state": "rejected" if stored.rejected else ("cancelled" if notes else "sent"),
+                "state": _order_state(stored.rejected, bool(notes), filled, abs(order.amount)),
             }
         )
     _emit(
@@ -516,7 +535,11 @@ def add_client_commands(commands: argparse._SubParsersAction, keys_create: Any) 
     )
     cancel.add_argument("--wait-s", type=float, default=0.5, help="keep receiving this long")
 
-    status = command("status", "your orders, fills and notes, from the evidence store", _status)
+    status = command(
+        "status",
+        "your orders, fills and notes from the evidence store (with --url: caught up first)",
+        _status,
+    )
     status.add_argument("order", nargs="?", type=_digest, help="one order id")
 
     evidence = command("evidence", "findings; export or import evidence bundles", _evidence)

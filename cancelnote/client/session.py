@@ -124,6 +124,9 @@ class Session:
         self._pending: dict[int, trio.MemorySendChannel[dict[str, Any] | None]] = {}
         self._ws: WebSocketConnection | None = None
         self._connected = trio.Event()
+        self._caught_up = trio.Event()
+        self._replay_expected: int | None = None  # stream items the subscription replays
+        self._stream_seen = 0  # stream items handled since the subscription was sent
         self.reconnects = 0
 
     # --- running --------------------------------------------------------------------------
@@ -140,6 +143,7 @@ class Session:
             finally:
                 self._ws = None
                 self._connected = trio.Event()
+                self._caught_up = trio.Event()
                 self._fail_pending()
             self.reconnects += 1
             await trio.sleep(RECONNECT_S)
@@ -168,12 +172,29 @@ class Session:
     async def wait_connected(self) -> None:
         await self._connected.wait()
 
+    async def wait_caught_up(self) -> None:
+        """Wait until everything the operator sent while we were away is verified and stored.
+
+        The subscription's answer says how many stored items it replays; they may arrive
+        before that answer is read, so items are counted from the moment it is sent.
+        """
+        await self._caught_up.wait()
+
     async def _subscribe(self) -> None:
         after = self.verifier.resume_after(self.sender)
         body = {"subscribe": {"sender": "0x" + self.sender.hex(), "after_seq": str(after)}}
+        self._replay_expected, self._stream_seen = None, 0
         answer = await self._send(body)
         if answer.get("status") != "success":
             raise OperatorRejected(answer)
+        data = answer.get("data")
+        replayed = data.get("replayed") if isinstance(data, dict) else None
+        self._replay_expected = replayed if type(replayed) is int else 0
+        self._note_stream_progress()
+
+    def _note_stream_progress(self) -> None:
+        if self._replay_expected is not None and self._stream_seen >= self._replay_expected:
+            self._caught_up.set()
 
     async def _read(self, ws: WebSocketConnection, connection: trio.CancelScope) -> None:
         try:
@@ -195,6 +216,8 @@ class Session:
             return
         if "status" not in obj:  # a stream item: a signed fill or note
             self._deliver(self.verifier.receive_wire(obj, now_ms, stream=True))
+            self._stream_seen += 1
+            self._note_stream_progress()
             return
         data = obj.get("data")
         for signed in data.get("notes", ()) if isinstance(data, dict) else ():

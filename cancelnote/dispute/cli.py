@@ -100,6 +100,19 @@ def _chain_serve(args: argparse.Namespace) -> int:
     return serve(args.host, args.port, chain_id=args.chain_id, accounts=args.accounts)
 
 
+def _chain_fund(args: argparse.Namespace) -> int:
+    from cancelnote.dispute.inprocess import dev_account
+    from cancelnote.dispute.jsonrpc import JsonRpcChain
+
+    chain = JsonRpcChain(args.rpc)
+    payer = dev_account(0) if args.key is None and args.dev_account is None else _signer(args)
+    recipient = parse_address(args.to)
+    receipt = chain.transact(payer, recipient, b"", value=round(args.eth * 10**18))
+    ether = chain.balance(recipient) / 10**18
+    print(f"{to_checksum(recipient)} holds {ether:,.4f} ETH (block {receipt.block_number})")
+    return 0
+
+
 def _reporting_errors(handler: Any) -> Any:
     """Run ``handler``; a cancelnote error is one line on stderr and exit code 1."""
 
@@ -128,6 +141,15 @@ def add_chain_commands(commands: argparse._SubParsersAction) -> None:
         "--accounts", type=int, default=10, help="funded dev accounts (default %(default)s)"
     )
     serve.set_defaults(run=_chain_serve)
+
+    fund = chain_commands.add_parser("fund", help="send ether from a dev account (dev chains)")
+    fund.add_argument("--rpc", required=True, help="Ethereum JSON-RPC URL")
+    fund.add_argument("--to", required=True, help="the address to fund")
+    fund.add_argument("--eth", type=float, default=10.0, help="how much (default %(default)s)")
+    fund.add_argument("--key", help="the payer's keystore (default: --dev-account 0)")
+    fund.add_argument("--password-file", help="keystore password file (else env or prompt)")
+    fund.add_argument("--dev-account", type=int, help="pay from dev account N")
+    fund.set_defaults(run=_reporting_errors(_chain_fund))
 
 
 def add_court_commands(commands: argparse._SubParsersAction) -> None:
