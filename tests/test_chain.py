@@ -162,6 +162,13 @@ def test_transaction_changes_state_and_its_event_decodes(chain, counter):
     assert read_uint(chain, counter, "value()") == 42
 
 
+def test_transaction_input_is_the_mined_calldata_and_none_for_unknown_hashes(chain, counter):
+    receipt = chain.transact(BOB, counter, store(7))
+
+    assert chain.transaction_input(receipt.transaction_hash) == store(7)
+    assert chain.transaction_input(b"\x99" * 32) is None
+
+
 def test_reverted_transaction_is_mined_and_reports_the_exact_reason(chain, counter):
     chain.transact(ALICE, counter, store(7))
     head = chain.block_number()

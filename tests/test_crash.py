@@ -222,7 +222,7 @@ async def test_sigterm_answers_what_was_read_closes_with_going_away_and_exits_0(
     assert events[-4:] == ["signal", "shutdown", "connection_closed", "stopped"]
 
 
-async def test_operator_against_a_served_chain_posts_its_bond_and_answers_a_forced_cancel(
+async def test_operator_against_a_served_chain_answers_forced_cancels_even_of_unsent_orders(
     tmp_path,
 ):
     chain_process = await trio.lowlevel.open_process(
@@ -265,13 +265,19 @@ async def test_operator_against_a_served_chain_posts_its_bond_and_answers_a_forc
             placed = trader.order(1, PRICE, SIZE, wall_clock_ms())
             async with connect(port) as client:
                 assert (await client.request(placed))["status"] == "success"
-            digest = placed.order.digest(domain)
-            await trio.to_thread.run_sync(court.request_cancel, alice, placed.order)
-            with trio.fail_after(20):
-                while (await trio.to_thread.run_sync(court.cancel_status, digest)).state is not (
-                    CancelState.ANSWERED
-                ):
-                    await trio.sleep(0.05)
+            # One order the operator holds, one it never received (signed, never sent):
+            # the second is read from the request's calldata over eth_getTransactionByHash.
+            unsent = trader.order(1, PRICE, 2 * SIZE, wall_clock_ms())
+            for order in (placed.order, unsent.order):
+                await trio.to_thread.run_sync(court.request_cancel, alice, order)
+            for order in (placed.order, unsent.order):
+                digest = order.digest(domain)
+                with trio.fail_after(20):
+                    while (
+                        status := await trio.to_thread.run_sync(court.cancel_status, digest)
+                    ).state is not (CancelState.ANSWERED):
+                        await trio.sleep(0.05)
+                assert status.cap == 0
         finally:
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(10):

@@ -17,7 +17,7 @@ from cancelnote.operator.engine import Engine
 from cancelnote.operator.journal import Journal
 from cancelnote.operator.server import OperatorServer, wall_clock_ms
 from cancelnote.operator.testing import Trader
-from cancelnote.operator.watcher import ChainWatcher, CursorStore, calldata_lookup
+from cancelnote.operator.watcher import ChainWatcher, CursorStore
 
 PRICE = 2_000 * 10**18
 POLL_S = 0.02
@@ -39,7 +39,6 @@ class Operator:
             world.operator,
             self.server.inbox,
             self.cursor,
-            transaction_input=calldata_lookup(world.chain),
             poll_s=POLL_S,
         )
         self.watching = trio.CancelScope()

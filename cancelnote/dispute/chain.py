@@ -129,6 +129,14 @@ class Chain(ABC):
         """Wei held by ``address`` at the latest block."""
 
     @abstractmethod
+    def transaction_input(self, transaction_hash: bytes) -> bytes | None:
+        """The calldata of a mined transaction (``None`` if the chain has no such one).
+
+        Logs carry only what an event names; an operator answering a forced cancel of an
+        order it never received reads the order from the request's calldata.
+        """
+
+    @abstractmethod
     def set_next_block_timestamp(self, timestamp: int) -> None:
         """Dev chains only: the next mined block gets this timestamp (must not go back)."""
 

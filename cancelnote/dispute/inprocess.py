@@ -286,6 +286,10 @@ class InProcessChain(Chain):
         with self._lock:
             return self._transactions.get(transaction_hash)
 
+    def transaction_input(self, transaction_hash: bytes) -> bytes | None:
+        mined = self.transaction(transaction_hash)
+        return None if mined is None else mined.data
+
     def block(self, number: int | None = None) -> BlockInfo:
         """Mined block ``number`` (the latest if ``None``); ChainError past the head."""
         with self._lock:

@@ -308,6 +308,12 @@ class JsonRpcChain(Chain):
         result = self._rpc("eth_getBalance", to_data(address), LATEST)
         return _quantity(result, "eth_getBalance result")
 
+    def transaction_input(self, transaction_hash: bytes) -> bytes | None:
+        result = self._rpc("eth_getTransactionByHash", to_data(transaction_hash))
+        if result is None or result.get("blockNumber") is None:
+            return None  # unknown, or not mined yet
+        return _data(_field(result, "input"), "transaction input")
+
     def set_next_block_timestamp(self, timestamp: int) -> None:
         self._rpc("evm_setNextBlockTimestamp", timestamp)
 

@@ -51,7 +51,7 @@ from .policies import (
     WithholdNotes,
 )
 from .server import OperatorServer, ServerConfig
-from .watcher import ChainWatcher, CursorStore, calldata_lookup
+from .watcher import ChainWatcher, CursorStore
 
 LOGGER = logging.getLogger("cancelnote.operator")
 
@@ -253,7 +253,6 @@ async def _serve(
                     config.signer,
                     server.inbox,
                     cursor,
-                    transaction_input=calldata_lookup(court.chain),
                     poll_s=config.poll_s,
                 )
                 if config.post_bond_wei:

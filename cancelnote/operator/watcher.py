@@ -11,7 +11,7 @@ refuses a second answer harmlessly.
 
 An order the engine never accepted is answered too (a note with nothing filled), because
 an unanswered request is a default whoever's fault it is: its ``Order`` is read from the
-request transaction's calldata, when the chain can look transactions up.
+request transaction's calldata (``Chain.transaction_input``: ``eth_getTransactionByHash``).
 
 Every py-evm or HTTP call runs in a worker thread (``trio.to_thread.run_sync``): they
 block, and the engine must not wait for them. Chain errors are logged and retried at the
@@ -31,9 +31,8 @@ from eth_abi import decode as abi_decode
 
 from cancelnote.contracts import load_artifact
 from cancelnote.crypto import Signer, keccak
-from cancelnote.dispute.chain import Chain, ChainError, Log, TransactionReverted
+from cancelnote.dispute.chain import ChainError, Log, TransactionReverted
 from cancelnote.dispute.court import ARTIFACT_NAME, CancelState, Court
-from cancelnote.dispute.inprocess import InProcessChain
 from cancelnote.errors import MessageError
 from cancelnote.messages import Order
 
@@ -107,23 +106,6 @@ def order_from_calldata(data: bytes) -> Order | None:
         return None
 
 
-def calldata_lookup(chain: Chain) -> Callable[[bytes], bytes | None] | None:
-    """Calldata by transaction hash, where the backend can look transactions up.
-
-    Only :class:`InProcessChain` can today; the :class:`Chain` interface has no
-    transaction lookup, so over JSON-RPC an order the engine never saw is not answered
-    (logged as ``forced_cancel_unanswerable``).
-    """
-    if not isinstance(chain, InProcessChain):
-        return None
-
-    def lookup(transaction_hash: bytes) -> bytes | None:
-        mined = chain.transaction(transaction_hash)
-        return None if mined is None else mined.data
-
-    return lookup
-
-
 class ChainWatcher:
     """Follows one court and answers its forced cancels with the engine's notes.
 
@@ -133,8 +115,6 @@ class ChainWatcher:
         open_inbox: gives a clone of the server's inbox (:meth:`OperatorServer.inbox`);
             :meth:`run` opens one and closes it when it ends.
         cursor: where the next block to scan is kept.
-        transaction_input: calldata of a mined transaction by hash, if the chain can say
-            (needed only for orders the engine never accepted).
         poll_s: seconds between polls.
     """
 
@@ -145,7 +125,6 @@ class ChainWatcher:
         open_inbox: Callable[[], trio.MemorySendChannel[Any]],
         cursor: CursorStore,
         *,
-        transaction_input: Callable[[bytes], bytes | None] | None = None,
         poll_s: float = POLL_S,
     ) -> None:
         self.court = court
@@ -153,7 +132,6 @@ class ChainWatcher:
         self._open_inbox = open_inbox
         self._inbox: trio.MemorySendChannel[Any] | None = None
         self._cursor = cursor
-        self._transaction_input = transaction_input
         self._poll_s = poll_s
         self.answered = 0  # answerCancel transactions this watcher got mined
 
@@ -245,7 +223,7 @@ class ChainWatcher:
         return forced
 
     async def _order_of(self, log: Log) -> Order | None:
-        if self._transaction_input is None:
-            return None
-        data = await trio.to_thread.run_sync(self._transaction_input, log.transaction_hash)
+        data = await trio.to_thread.run_sync(
+            self.court.chain.transaction_input, log.transaction_hash
+        )
         return None if data is None else order_from_calldata(data)
