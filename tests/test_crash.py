@@ -30,13 +30,12 @@ from trio_websocket import ConnectionClosed, HandshakeError
 
 from cancelnote import keystore
 from cancelnote.crypto import Signer, keccak, to_checksum
-from cancelnote.dispute.court import CancelState, Court
+from cancelnote.dispute.court import DEV_PARAMETERS, CancelState, Court
 from cancelnote.dispute.inprocess import dev_account
 from cancelnote.dispute.jsonrpc import JsonRpcChain
 from cancelnote.messages import Domain
 from cancelnote.operator.api import PlaceOrder
 from cancelnote.operator.server import wall_clock_ms
-from cancelnote.operator.service import IN_PROCESS_COURT
 from cancelnote.operator.testing import Trader
 
 pytestmark = pytest.mark.slow
@@ -239,7 +238,7 @@ async def test_operator_against_a_served_chain_answers_forced_cancels_even_of_un
         (tmp_path / "password").write_text("served\n")
         operator = keystore.create(tmp_path / "operator.json", "served", iterations=2**10)
         court = await trio.to_thread.run_sync(
-            partial(Court.deploy, chain, deployer, operator=operator.address, **IN_PROCESS_COURT)
+            partial(Court.deploy, chain, deployer, operator=operator.address, **DEV_PARAMETERS)
         )
         await trio.to_thread.run_sync(
             partial(chain.transact, deployer, operator.address, b"", value=10**21)

@@ -14,7 +14,7 @@ import pytest
 
 from cancelnote import keystore
 from cancelnote.crypto import to_checksum
-from cancelnote.dispute.court import Court
+from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.dispute.inprocess import dev_account
 from cancelnote.dispute.jsonrpc import JsonRpcChain
 
@@ -23,14 +23,7 @@ pytestmark = pytest.mark.slow
 PASSWORD = "e2e password"
 ORDER = ("--product", "1", "--price", "100", "--amount")
 PENALTY = 10**18
-COURT = {
-    "answer_window_s": 3_600,
-    "penalty_wei": PENALTY,
-    "min_bond_wei": 3 * 10**18,
-    "dispute_bond_wei": 10**17,
-    "exit_delay_s": 30 * 86_400,
-    "halt_on_default": False,
-}
+COURT = {**DEV_PARAMETERS, "penalty_wei": PENALTY, "halt_on_default": False}
 
 
 ENV = {**os.environ, keystore.PASSWORD_ENV: PASSWORD}

@@ -178,7 +178,9 @@ def test_demo_prints_the_table_and_writes_the_plot(tmp_path, monkeypatch):
         demo, "GRID", {"operator.delay_ms": [0, 400], "client.dispute": [False, True]}
     )
     monkeypatch.setattr(demo, "SEEDS", 1)
-    monkeypatch.setattr(demo, "SCENARIO", demo.SCENARIO.replace("horizon_s = 15", "horizon_s = 3"))
+    short = demo.SCENARIO.replace("horizon_s = 8\n", "horizon_s = 3\n")
+    assert short != demo.SCENARIO
+    monkeypatch.setattr(demo, "SCENARIO", short)
     folder, table = demo.run_demo(tmp_path / "demo")
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["delay", "ms", "defence"] and len(lines) == 2 + 4

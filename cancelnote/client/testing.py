@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 
 from cancelnote.crypto import Signer
-from cancelnote.dispute.court import Court
+from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.dispute.inprocess import InProcessChain
 from cancelnote.messages import (
     CancellationNote,
@@ -45,15 +45,8 @@ from .evidence import EvidenceStore, Finding
 from .verifier import DEFAULT_POLICY, DISPUTABLE, Verifier, VerifierPolicy
 from .watchtower import Outcome, Watchtower
 
-#: Court parameters of a market (as the operator's in-process service deploys them).
-COURT_PARAMETERS = {
-    "answer_window_s": 3_600,
-    "penalty_wei": 10**18,
-    "min_bond_wei": 3 * 10**18,
-    "dispute_bond_wei": 10**17,
-    "exit_delay_s": 30 * 86_400,
-    "halt_on_default": False,
-}
+#: Court parameters of a market: the dev ones, but a default does not halt the market.
+COURT_PARAMETERS = {**DEV_PARAMETERS, "halt_on_default": False}
 #: The bond a market's operator posts: enough for several penalties.
 BOND_WEI = 10 * 10**18
 #: Lifetime of the orders a desk places (longer than any test's answer window).

@@ -12,18 +12,8 @@ import sys
 from typing import Any
 
 from cancelnote.crypto import Signer, parse_address, to_checksum
+from cancelnote.dispute.court import DEV_PARAMETERS
 from cancelnote.errors import CancelnoteError
-
-#: Court parameters for dev chains, demos and tests. A production court picks its own:
-#: the exit delay must exceed the longest order lifetime plus the answer window.
-DEV_COURT_PARAMETERS: dict[str, Any] = {
-    "answer_window_s": 3_600,
-    "penalty_wei": 10**18,
-    "min_bond_wei": 3 * 10**18,
-    "dispute_bond_wei": 10**17,
-    "exit_delay_s": 30 * 86_400,
-    "halt_on_default": True,
-}
 
 
 def _signer(args: argparse.Namespace) -> Signer:
@@ -41,9 +31,7 @@ def _court_deploy(args: argparse.Namespace) -> int:
     from cancelnote.dispute.court import Court
     from cancelnote.dispute.jsonrpc import JsonRpcChain
 
-    parameters = {
-        name: getattr(args, name) for name in DEV_COURT_PARAMETERS if name != "halt_on_default"
-    }
+    parameters = {name: getattr(args, name) for name in DEV_PARAMETERS if name != "halt_on_default"}
     court = Court.deploy(
         JsonRpcChain(args.rpc),
         _signer(args),
@@ -164,7 +152,7 @@ def add_court_commands(commands: argparse._SubParsersAction) -> None:
     deploy.add_argument(
         "--dev-account", type=int, help="deploy with dev account N of `cancelnote chain serve`"
     )
-    for name, value in DEV_COURT_PARAMETERS.items():
+    for name, value in DEV_PARAMETERS.items():
         if name != "halt_on_default":
             flag = "--" + name.replace("_", "-")
             deploy.add_argument(flag, type=int, default=value, help=f"default {value:,}")

@@ -40,6 +40,17 @@ from .chain import Chain, ChainError, Log, Receipt
 
 ARTIFACT_NAME = "CancelCourt"
 
+#: Court parameters for dev chains, demos and tests. A production court picks its own:
+#: the exit delay must exceed the longest order lifetime plus the answer window.
+DEV_PARAMETERS: dict[str, Any] = {
+    "answer_window_s": 3_600,
+    "penalty_wei": 10**18,
+    "min_bond_wei": 3 * 10**18,
+    "dispute_bond_wei": 10**17,
+    "exit_delay_s": 30 * 86_400,
+    "halt_on_default": True,
+}
+
 
 class CancelState(enum.IntEnum):
     """Where a forced cancel stands (the contract's ``STATUS_*``)."""

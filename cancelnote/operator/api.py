@@ -19,7 +19,7 @@ The engine answers with :class:`Reply`, :class:`Push` and journal entries
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import attrs
 
@@ -32,6 +32,9 @@ from cancelnote.messages import (
     signature_from_wire,
     signature_to_wire,
 )
+
+if TYPE_CHECKING:  # the journal imports this module
+    from .journal import FillIssued, NoteIssued
 
 
 def _fields(name: str, obj: object, required: tuple[str, ...]) -> Mapping[str, Any]:
@@ -327,11 +330,22 @@ class Reply:
 class Push:
     """A signed fill or note to stream to ``sender``'s subscribers.
 
-    ``wire`` is ``{"fill": {...}, "signature": "0x..."}`` or ``{"note": ..., ...}``.
+    It carries the journal entry of the fill or note, so that the wire form and its JSON
+    text are made once for the journal row, the reply and the stream alike.
     """
 
     sender: bytes
-    wire: dict[str, Any]
+    entry: FillIssued | NoteIssued
+
+    @property
+    def wire(self) -> dict[str, Any]:
+        """``{"fill": {...}, "signature": "0x..."}`` or ``{"note": {...}, "signature": ...}``."""
+        return self.entry.signed_wire
+
+    @property
+    def text(self) -> str:
+        """:attr:`wire` as compact JSON (the very text the journal row embeds)."""
+        return self.entry.signed_json
 
 
 def _with_id(wire: dict[str, Any], request_id: int | None) -> dict[str, Any]:

@@ -163,8 +163,9 @@ class _OrderRecord:
         """``size`` with the order's sign, as Vertex writes amounts."""
         return str(size if self.is_bid else -size)
 
-    def order_data(self) -> dict[str, Any]:
-        """Vertex's ``OrderData``: the order, its digest and its unmatched remainder."""
+    def order_data(self, digest_hex: str) -> dict[str, Any]:
+        """Vertex's ``OrderData``: the order, its digest (``digest_hex``, the caller has it)
+        and its unmatched remainder."""
         order = self.order
         return {
             "product_id": self.product_id,
@@ -174,7 +175,7 @@ class _OrderRecord:
             "expiration": str(order.expiration),
             "nonce": str(order.nonce),
             "unfilled_amount": self.signed(self.remaining),
-            "digest": "0x" + self.digest.hex(),
+            "digest": digest_hex,
             "placed_at": self.placed_at_ms,
         }
 
@@ -206,7 +207,7 @@ class Engine:
     _matches: dict[int, Matched] = attrs.field(factory=dict, init=False)  # in flight
     _settle_heap: list[tuple[int, int]] = attrs.field(factory=list, init=False)
     _expiry_heap: list[tuple[int, bytes]] = attrs.field(factory=list, init=False)
-    _held: dict[int, CancelAccepted] = attrs.field(factory=dict, init=False)
+    _held: dict[int, tuple[CancelAccepted, bytes]] = attrs.field(factory=dict, init=False)
     _held_heap: list[tuple[int, int]] = attrs.field(factory=list, init=False)
     _held_orders: set[bytes] = attrs.field(factory=set, init=False)
     _requests: dict[bytes, int] = attrs.field(factory=dict, init=False)  # hash -> recv_time
@@ -275,7 +276,7 @@ class Engine:
             self._emit(OrderForced(self._last_seq + 1, now_ms, order), out)
             record = self._orders[digest]
         if record.notes:
-            out.append(Push(record.order.sender, record.notes[0].signed_wire))
+            out.append(Push(record.order.sender, record.notes[0]))
         else:
             self._sign_note(
                 record, ON_CHAIN_REQUEST_HASH, now_ms, now_ms, CancellationType.ON_CHAIN, out
@@ -438,7 +439,7 @@ class Engine:
         if process_at is None:
             return  # dropped by the policy: no entry, no reply
         accepted = CancelAccepted(self._last_seq + 1, now_ms, request, process_at, weight)
-        self._emit(accepted, out)
+        self._emit(accepted, out, request_hash)
         if process_at <= now_ms:
             self._process_cancel(accepted, request_hash, now_ms, out)
 
@@ -498,8 +499,10 @@ class Engine:
     # -----------------------------------------------------------------------------------
     # Making entries (after all checks passed).
 
-    def _emit(self, entry: JournalEntry, out: list[Output]) -> None:
-        self._apply(entry)
+    def _emit(self, entry: JournalEntry, out: list[Output], *derived: Any) -> None:
+        """Apply ``entry`` and output it; ``derived`` are values the caller already computed
+        from the entry (a request hash), passed on so that applying does not recompute them."""
+        self._apply(entry, *derived)
         out.append(entry)
 
     def _place(
@@ -553,33 +556,36 @@ class Engine:
             named = [(digest, None) for digest in self._cancel_targets(request)]
         else:
             named = list(zip(tx.digests, tx.product_ids, strict=True))
+        cancelled, notes = data["cancelled_orders"], data["notes"]
+        orders, sender, received_at = self._orders, tx.sender, accepted.at_ms
         for digest, product_id in named:
-            record = self._orders.get(digest)
-            reason = self._cancel_refusal(record, product_id, tx.sender)
+            record = orders.get(digest)
+            reason = self._cancel_refusal(record, product_id, sender)
+            digest_hex = "0x" + digest.hex()
             if reason is not None:
                 data["failed_cancellations"].append(
-                    {"digest": "0x" + digest.hex(), "reason_code": reason.value}
+                    {"digest": digest_hex, "reason_code": reason.value}
                 )
                 if reason is ReasonCode.ALREADY_CANCELLED and record.notes[0].published:
-                    data["notes"].append(record.notes[0].signed_wire)
+                    notes.append(record.notes[0].signed_wire)
                 continue
-            data["cancelled_orders"].append(record.order_data())
+            cancelled.append(record.order_data(digest_hex))
             issued = self._sign_note(
-                record, request_hash, accepted.at_ms, now_ms, CancellationType.OFF_CHAIN, out
+                record, request_hash, received_at, now_ms, CancellationType.OFF_CHAIN, out
             )
             note = issued.note
             if issued.published:
-                data["notes"].append(issued.signed_wire)
+                notes.append(issued.signed_wire)
             if note.pending_amount:
                 data["pending_cancellations"].append(
                     {
-                        "digest": "0x" + digest.hex(),
+                        "digest": digest_hex,
                         "pending_amount": str(note.pending_amount),
                         "pending_until_ms": note.pending_until_ms,
                     }
                 )
             else:
-                data["successful_cancellations"].append("0x" + digest.hex())
+                data["successful_cancellations"].append(digest_hex)
         if isinstance(request, CancelAndPlace):
             placed = request.place_order
             digest = placed.order.digest(self.domain)
@@ -620,14 +626,15 @@ class Engine:
             counted = [f for f in record.fills if f.fill.timestamp_ms <= received_at_ms]
             filled = counted[-1].fill.filled_total if counted else 0
             last_fill_seq = counted[-1].seq if counted else 0
+        in_flight = record.in_flight
         note = CancellationNote(
             order_digest=record.digest,
             sender=record.order.sender,
             request_hash=request_hash,
             filled_amount=filled,
             last_fill_seq=last_fill_seq,
-            pending_amount=record.pending_amount,
-            pending_until_ms=record.pending_until_ms,
+            pending_amount=record.pending_amount if in_flight else 0,
+            pending_until_ms=record.pending_until_ms if in_flight else 0,
             received_at_ms=received_at_ms,
             seq=self._last_seq + 1,
         )
@@ -666,7 +673,7 @@ class Engine:
         )
         self._emit(issued, out)
         if published or cancellation_type is CancellationType.ON_CHAIN:
-            out.append(Push(note.sender, issued.signed_wire))
+            out.append(Push(note.sender, issued))
         return issued
 
     def _settle(self, match: Matched, now_ms: int, out: list[Output]) -> None:
@@ -687,7 +694,7 @@ class Engine:
             signature = self.signer.sign_hash(fill.digest(self.domain))
             issued = FillIssued(fill.seq, now_ms, fill, signature, match.seq)
             self._emit(issued, out)
-            out.append(Push(fill.sender, issued.signed_wire))
+            out.append(Push(fill.sender, issued))
 
     def _tick(self, now_ms: int, out: list[Output]) -> None:
         """Do, in time order, everything due by ``now_ms``: settle, expire, release."""
@@ -708,9 +715,8 @@ class Engine:
                 if record.on_book:
                     self._emit(Expired(self._last_seq + 1, t, record.digest), out)
             else:
-                accepted = self._held[heapq.heappop(held)[1]]
+                accepted, request_hash = self._held[heapq.heappop(held)[1]]
                 self._emit(CancelReleased(self._last_seq + 1, t, accepted.seq), out)
-                request_hash = accepted.request.tx.digest(self.domain)
                 self._process_cancel(accepted, request_hash, t, out)
         self._forget(now_ms)
 
@@ -728,8 +734,8 @@ class Engine:
     # -----------------------------------------------------------------------------------
     # Applying entries: the only code that changes state (live and on replay alike).
 
-    def _apply(self, entry: JournalEntry) -> None:
-        self._APPLY[type(entry)](self, entry)
+    def _apply(self, entry: JournalEntry, *derived: Any) -> None:
+        self._APPLY[type(entry)](self, entry, *derived)
         self._last_seq = entry.seq
 
     def _apply_order(self, entry: OrderAccepted) -> None:
@@ -756,21 +762,24 @@ class Engine:
         self._active_by_sender.setdefault(order.sender, {})[digest] = None
         return record
 
-    def _apply_cancel(self, entry: CancelAccepted) -> None:
+    def _apply_cancel(self, entry: CancelAccepted, request_hash: bytes | None = None) -> None:
+        """``request_hash`` is the request's EIP-712 digest when the caller has it (live);
+        on replay it is computed here."""
         tx = entry.request.tx
-        request_hash = tx.digest(self.domain)
+        if request_hash is None:
+            request_hash = tx.digest(self.domain)
         recv_time = nonce_recv_time_ms(tx.nonce)
         self._requests[request_hash] = recv_time
         heapq.heappush(self._request_heap, (recv_time, request_hash))
         self._charge(tx.sender, entry.at_ms, entry.weight)
         if entry.process_at_ms > entry.at_ms:
-            self._held[entry.seq] = entry
+            self._held[entry.seq] = (entry, request_hash)
             heapq.heappush(self._held_heap, (entry.process_at_ms, entry.seq))
             if isinstance(entry.request, CancelAndPlace):
                 self._held_orders.add(entry.request.place_order.order.digest(self.domain))
 
     def _apply_release(self, entry: CancelReleased) -> None:
-        accepted = self._held.pop(entry.request_seq)
+        accepted, _ = self._held.pop(entry.request_seq)
         if isinstance(accepted.request, CancelAndPlace):
             self._held_orders.discard(accepted.request.place_order.order.digest(self.domain))
 

@@ -87,6 +87,12 @@ def _encoders(cls: type) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
     return tuple((f.name, _CODECS[f.type][0]) for f in attrs.fields(cls) if f.name != "seq")
 
 
+@cache
+def _unsigned_encoders(cls: type) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    """:func:`_encoders` of a signed entry class but its message and signature."""
+    return tuple((n, e) for n, e in _encoders(cls) if n not in ("signature", cls.MESSAGE))
+
+
 class _Entry:
     """What every entry shares: a seq, the engine time it was made at, a JSON body."""
 
@@ -188,11 +194,7 @@ class _SignedEntry(_Entry):
         The signed message is the bulk of the row and its JSON is made once per note or
         fill (a server can send the same text); the other fields are joined to it.
         """
-        rest = {
-            name: encode(getattr(self, name))
-            for name, encode in _encoders(type(self))
-            if name not in ("signature", self.MESSAGE)
-        }
+        rest = {name: encode(getattr(self, name)) for name, encode in _unsigned_encoders(type(self))}
         return _encode_json(rest)[:-1] + "," + self.signed_json[1:]
 
     @cached_property

@@ -384,8 +384,7 @@ def _publication(entry: JournalEntry) -> _Publish | None:
 
 
 def _push_item(push: Push) -> _Publish:
-    (kind,) = (key for key in push.wire if key != "signature")
-    return _Publish(push.sender, int(push.wire[kind]["seq"]), _encode_json(push.wire))
+    return _Publish(push.sender, push.entry.seq, push.text)
 
 
 # ---------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import trio
 
 from cancelnote.crypto import Signer, to_checksum
 from cancelnote.dispute.chain import Chain
-from cancelnote.dispute.court import Court
+from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.dispute.inprocess import InProcessChain
 from cancelnote.errors import Fault
 
@@ -55,16 +55,8 @@ from .watcher import ChainWatcher, CursorStore
 
 LOGGER = logging.getLogger("cancelnote.operator")
 
-#: Parameters of the court an in-process chain deploys (DESIGN §4; tests and demos only).
+#: The chain id of ``--chain in-process`` (the dev chains' usual one).
 IN_PROCESS_CHAIN_ID = 1337
-IN_PROCESS_COURT = {
-    "answer_window_s": 3_600,
-    "penalty_wei": 10**18,
-    "min_bond_wei": 3 * 10**18,
-    "dispute_bond_wei": 10**17,
-    "exit_delay_s": 30 * 86_400,
-    "halt_on_default": True,
-}
 #: What an in-process chain's dev account gives the operator key, to pay gas and bond.
 IN_PROCESS_FUNDING_WEI = 1_000 * 10**18
 
@@ -157,7 +149,7 @@ def connect_court(config: OperatorConfig) -> Court:
     if config.rpc is None:
         chain = InProcessChain(chain_id=IN_PROCESS_CHAIN_ID, accounts=1)
         deployer = chain.dev_accounts[0]
-        court = Court.deploy(chain, deployer, operator=config.signer.address, **IN_PROCESS_COURT)
+        court = Court.deploy(chain, deployer, operator=config.signer.address, **DEV_PARAMETERS)
         chain.transact(deployer, config.signer.address, b"", value=IN_PROCESS_FUNDING_WEI)
     else:
         from cancelnote.dispute.jsonrpc import JsonRpcChain

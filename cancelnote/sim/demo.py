@@ -25,13 +25,13 @@ from .plot import draw_metric, plt, read_points, save
 from .sweep import run_sweep
 
 #: The delays swept, in ms, and the watchtower's deadline in the defence arm.
-DELAYS_MS = (0, 100, 250, 500, 1000, 2000)
+DELAYS_MS = (0, 250, 500, 1000, 2000)
 FORCE_AFTER_MS = 250
-SEEDS = 3
+SEEDS = 5
 
 SCENARIO = f"""
 [run]
-horizon_s = 15
+horizon_s = 8
 seed = 20261123
 [market]
 model = "abm"
@@ -49,7 +49,7 @@ count = 4
 half_spread = 0.02
 spread_step = 0.01
 size = 10.0
-requote_threshold = 0.04
+requote_threshold = 0.05
 [takers]
 rate_per_s = 1.0
 size = 2.0
