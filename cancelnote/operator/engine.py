@@ -180,7 +180,10 @@ class _OrderRecord:
         }
 
 
-@attrs.define
+#: ``on_setattr=NO_OP``: the configuration is validated once, at construction, and never
+#: reassigned; without it attrs routes every state assignment (``_last_seq``, once per
+#: entry) through a Python-level ``__setattr__`` hook.
+@attrs.define(on_setattr=attrs.setters.NO_OP)
 class Engine:
     """The order books, the cancel answers and the signing of one operator.
 

@@ -4,7 +4,8 @@ Three kinds of task share one process, and only one of them touches the engine:
 
 * a **connection** task pair per client: the reader parses each text message (strict
   JSON, size limit) into a request and queues it on the shared inbox; the writer sends
-  what the dispatcher queued for that client, in order;
+  what the dispatcher queued for that client, in order, everything waiting at once in
+  one socket write (:data:`WRITE_COALESCE` messages at most);
 * the **engine task** is the engine's only caller (it is not thread-safe). It takes
   every request waiting in the inbox (a batch), reads the clock once (``now_ms``: the
   engine never reads one), calls :meth:`Engine.advance` and then ``handle`` for each
@@ -60,6 +61,7 @@ from trio_websocket import (
     WebSocketRequest,
     serve_websocket,
 )
+from wsproto.events import TextMessage as WsTextMessage
 
 from cancelnote.errors import MessageError, Rejected
 from cancelnote.messages import CancellationNote, signature_from_wire, signature_to_wire
@@ -92,6 +94,8 @@ SEND_QUEUE_SIZE = 4096
 INBOX_SIZE = 4096
 #: Most requests the engine task takes into one batch.
 MAX_BATCH = 1024
+#: Most messages a connection's writer frames into one socket write.
+WRITE_COALESCE = 64
 #: How often the engine advances time when no request comes.
 TICK_S = 0.02
 #: How long a closing handshake may take before the socket is dropped.
@@ -536,14 +540,18 @@ class OperatorServer:
     async def _write(
         self, conn: _Connection, queued: trio.MemoryReceiveChannel[str | list[str]]
     ) -> None:
+        """Send what is queued for ``conn``: everything waiting at once, in one write."""
         async with queued:
             try:
                 async for item in queued:
-                    if isinstance(item, str):
-                        await conn.ws.send_message(item)
-                    else:
-                        for text in item:
-                            await conn.ws.send_message(text)
+                    texts = [item] if isinstance(item, str) else list(item)
+                    while len(texts) < WRITE_COALESCE:
+                        try:
+                            more = queued.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        texts.extend([more] if isinstance(more, str) else more)
+                    await _send_texts(conn.ws, texts)
             except ConnectionClosed:
                 conn.scope.cancel()
 
@@ -696,6 +704,29 @@ class OperatorServer:
         data = {"sender": sender_hex, "after_seq": str(request.after_seq), "replayed": len(replay)}
         conn.send([_encode_json(_success("subscribe", data, request.id)), *replay])
         self._streams.subscribe(conn, request.sender)
+
+
+async def _send_texts(ws: WebSocketConnection, texts: list[str]) -> None:
+    """Send text messages, in order, with one socket write.
+
+    ``send_message`` makes one ``send()`` system call (and several trio checkpoints) per
+    message; the replies and pushes of one commit usually come several per client. This
+    frames them all and writes them at once, as trio-websocket's own ``_send`` does for
+    one message (same lock, same error handling). It uses that private part of
+    trio-websocket, pinned at 0.12.2 by pyproject.toml.
+    """
+    if len(texts) == 1:
+        await ws.send_message(texts[0])
+        return
+    if ws.closed:
+        raise ConnectionClosed(ws.closed)
+    data = b"".join(ws._wsproto.send(WsTextMessage(data=text)) for text in texts)
+    async with ws._stream_lock:
+        try:
+            await ws._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await ws._abort_web_socket()
+            raise ConnectionClosed(ws.closed) from None
 
 
 def _request_type_of(obj: object) -> str | None:
