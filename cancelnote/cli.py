@@ -235,6 +235,11 @@ def _add_operator_commands(commands: argparse._SubParsersAction) -> None:
 
     keys = commands.add_parser("keys", help="encrypted key files (operator and client)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    add_key_file_commands(keys_commands)
+
+
+def add_key_file_commands(keys_commands: argparse._SubParsersAction) -> None:
+    """``create`` and ``import``, under ``cancelnote keys`` and ``cancelnote client keys``."""
     for name, helptext in (
         ("create", "make a new random key and save it encrypted"),
         ("import", "save an existing private key (hex, read from a file) encrypted"),
@@ -318,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_operator_commands(commands)
     from .client.cli import add_client_commands  # argparse only; handlers import lazily
 
-    add_client_commands(commands, _keys_create)
+    add_client_commands(commands, add_key_file_commands)
     return parser
 
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -454,8 +455,12 @@ def _run(handler: Any) -> Any:
     return run
 
 
-def add_client_commands(commands: argparse._SubParsersAction, keys_create: Any) -> None:
-    """Add ``client`` and its sub-commands; ``keys_create`` is ``cancelnote keys create``."""
+def add_client_commands(
+    commands: argparse._SubParsersAction,
+    add_key_file_commands: Callable[[argparse._SubParsersAction], None],
+) -> None:
+    """Add ``client`` and its sub-commands; ``add_key_file_commands`` adds ``keys create|import``
+    (the same as ``cancelnote keys``)."""
     client = commands.add_parser(
         "client",
         help="trade, cancel, keep evidence, dispute (the client)",
@@ -497,21 +502,7 @@ def add_client_commands(commands: argparse._SubParsersAction, keys_create: Any) 
 
     keys = sub.add_parser("keys", help="your keys: create, import, show")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
-    for name in ("create", "import"):
-        parser = keys_sub.add_parser(
-            name, help=f"{name} an encrypted key (as cancelnote keys {name})"
-        )
-        parser.add_argument("--out", required=True, help="keystore file to write (never replaced)")
-        parser.add_argument(
-            "--password-file", help="password file (else $CANCELNOTE_PASSWORD, prompt)"
-        )
-        if name == "import":
-            parser.add_argument(
-                "--private-key-file", required=True, help="file holding the key as hex"
-            )
-        else:
-            parser.set_defaults(private_key_file=None)
-        parser.set_defaults(run=keys_create)
+    add_key_file_commands(keys_sub)
     show = keys_sub.add_parser(
         "show", parents=[common], help="your address and sender (subaccount)"
     )

@@ -90,13 +90,17 @@ class Chain(ABC):
 
     chain_id: int
 
-    @abstractmethod
     def deploy(self, sender: Signer, initcode: bytes, *, value: int = 0) -> Receipt:
         """Create a contract from ``initcode`` (bytecode plus constructor arguments)."""
+        return self._send(sender, None, initcode, value)
 
-    @abstractmethod
     def transact(self, sender: Signer, to: bytes, data: bytes, *, value: int = 0) -> Receipt:
         """Send a signed transaction and return its mined receipt."""
+        return self._send(sender, to, data, value)
+
+    @abstractmethod
+    def _send(self, sender: Signer, to: bytes | None, data: bytes, value: int) -> Receipt:
+        """Sign locally, send, wait until mined; raise :class:`TransactionReverted` on failure."""
 
     @abstractmethod
     def call(self, to: bytes, data: bytes, *, sender: bytes | None = None) -> bytes:

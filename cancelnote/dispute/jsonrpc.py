@@ -258,12 +258,6 @@ class JsonRpcChain(Chain):
 
     # --- Chain ----------------------------------------------------------------------------
 
-    def deploy(self, sender: Signer, initcode: bytes, *, value: int = 0) -> Receipt:
-        return self._send(sender, None, initcode, value)
-
-    def transact(self, sender: Signer, to: bytes, data: bytes, *, value: int = 0) -> Receipt:
-        return self._send(sender, to, data, value)
-
     def call(
         self,
         to: bytes | None,
