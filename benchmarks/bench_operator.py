@@ -84,7 +84,10 @@ DEFINITIONS = {
     "engine_commits": "journal commits of 'engine_requests_per_commit' requests, each"
     " overlapping the engine's next batch (as the server's dispatcher does); timed until"
     " the last commit is durable",
+    "engine_cpu_us_per_note_1": "(and _10) process CPU time per note, engine and commit thread",
     "e2e_cancels_per_s": "single-digest cancel_orders answered per second over WebSocket",
+    "e2e_server_cpu_us_per_cancel": "server process CPU (all threads) per cancel, go to end",
+    "e2e_client_cpu_us_per_cancel": "client processes' CPU per cancel, go to end",
 }
 
 
@@ -154,7 +157,7 @@ def engine_rate(
         if committed is not None:
             committed.result()
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    made = engine.last_seq
+    made = journal.last_seq()
     journal.close()
     if made != count * 2 + len(cancels) or len(cancels) * digests != count:
         raise RuntimeError(f"expected {count} notes, the journal ends at seq {made}")

@@ -194,7 +194,8 @@ class _SignedEntry(_Entry):
         The signed message is the bulk of the row and its JSON is made once per note or
         fill (a server can send the same text); the other fields are joined to it.
         """
-        rest = {name: encode(getattr(self, name)) for name, encode in _unsigned_encoders(type(self))}
+        encoders = _unsigned_encoders(type(self))
+        rest = {name: encode(getattr(self, name)) for name, encode in encoders}
         return _encode_json(rest)[:-1] + "," + self.signed_json[1:]
 
     @cached_property
