@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from importlib.metadata import version
 from pathlib import Path
 
 import attrs
 import coincurve
+from common import write_report
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
@@ -117,16 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": {"sign_ratio": 0.5, "verify_ratio": 0.5},
         "met": figures["sign_ratio"] >= 0.5 and figures["verify_ratio"] >= 0.5,
         "parameters": {"count": args.count, "repeats": args.repeats},
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "coincurve": version("coincurve"),
-            "safe-pysha3": version("safe-pysha3"),
-        },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(json.dumps(report["figures"], indent=2))
     return 0
 

@@ -44,7 +44,6 @@ import io
 import json
 import multiprocessing
 import os
-import platform
 import pstats
 import resource
 import statistics
@@ -55,8 +54,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import coincurve
 import trio
+from common import raw_recover_rate, raw_sign_rate, write_report
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, TextMessage
 from wsproto.events import Request as WsRequest
@@ -93,26 +92,6 @@ DEFINITIONS = {
 
 def trader(n: int) -> Trader:
     return Trader(Signer(keccak(b"bench trader" + n.to_bytes(4, "big"))), DOMAIN)
-
-
-def raw_sign_rate(count: int) -> float:
-    key = coincurve.PrivateKey(keccak(b"raw"))
-    hashes = [keccak(i.to_bytes(8, "big")) for i in range(count)]
-    start = time.perf_counter()
-    for h in hashes:
-        key.sign_recoverable(h, hasher=None)
-    return count / (time.perf_counter() - start)
-
-
-def raw_recover_rate(count: int) -> float:
-    key = coincurve.PrivateKey(keccak(b"raw"))
-    pairs = [
-        (h, key.sign_recoverable(h, hasher=None)) for h in (keccak(b"%d" % i) for i in range(count))
-    ]
-    start = time.perf_counter()
-    for h, signature in pairs:
-        coincurve.PublicKey.from_signature_and_message(signature, h, hasher=None)
-    return count / (time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------------------
@@ -481,14 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "per_client": args.per_client,
             "window": args.window,
         },
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(json.dumps(report["figures"], indent=2))
     return 0
 

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import statistics
 import time
@@ -45,7 +43,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from cancelnote.crypto import Signer, recover_address
+from common import raw_recover_rate, raw_sign_rate, write_report
+
 from cancelnote.sim.kernel import Kernel
 from cancelnote.sim.scenario import load_scenario
 from cancelnote.sim.world import World
@@ -149,20 +148,6 @@ def rates(
     )
 
 
-def ecdsa_rates(count: int = 5_000) -> tuple[float, float]:
-    """Raw coincurve signs and recoveries per CPU second (one key, one 32-byte hash)."""
-    signer = Signer(bytes(31) + b"\x01")
-    digest = bytes(range(32))
-    started = time.process_time()
-    for _ in range(count):
-        signature = signer.sign_hash(digest)
-    signed = time.process_time()
-    for _ in range(count):
-        recover_address(digest, signature)
-    recovered = time.process_time()
-    return count / (signed - started), count / (recovered - signed)
-
-
 def scenario_rate(
     name: str, overrides: dict[str, object], horizon_s: float, repeats: int
 ) -> dict[str, float]:
@@ -233,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     figures = {name: cpu for name, (cpu, _) in workloads.items()}
     figures.update({f"{name}_wall": wall for name, (_, wall) in workloads.items()})
-    sign_rate, recover_rate = ecdsa_rates()
+    sign_rate = raw_sign_rate(5_000, time.process_time)
+    recover_rate = raw_recover_rate(5_000, time.process_time)
     figures["ecdsa_sign_per_s"] = sign_rate
     figures["ecdsa_recover_per_s"] = recover_rate
     pair_rate = 1 / (1 / sign_rate + 1 / recover_rate)
@@ -274,14 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "horizon_s": args.horizon_s,
             "scenario_repeats": args.scenario_repeats,
         },
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(json.dumps({"figures": report["figures"], "scenarios": scenarios}, indent=2))
     return 0
 
