@@ -147,6 +147,7 @@ def _operator_run(args: argparse.Namespace) -> int:
             port=args.port,
             products=frozenset(int(p) for p in args.products.split(",")),
             settlement_delay_ms=args.settlement_delay_ms,
+            max_order_lifetime_s=args.max_order_lifetime_s,
             policy=service.parse_policy(args.policy, args.policy_seed),
             post_bond_wei=args.post_bond,
             durability=args.durability.upper(),
@@ -210,6 +211,13 @@ def _add_operator_commands(commands: argparse._SubParsersAction) -> None:
         type=_int_at_least(0),
         default=0,
         help="how long a match is in flight before its fills are signed (default %(default)s)",
+    )
+    run.add_argument(
+        "--max-order-lifetime-s",
+        type=_int_at_least(1),
+        default=7 * 86_400,  # the engine's MAX_ORDER_LIFETIME_S (imported lazily)
+        help="refuse orders expiring later than this after now; must be below the court's"
+        " exit delay minus its answer window (default %(default)s)",
     )
     run.add_argument(
         "--policy",

@@ -33,11 +33,12 @@ from cancelnote.operator.api import (
     request_to_wire,
 )
 from cancelnote.operator.engine import Engine, split_outputs
-from cancelnote.operator.errors import OrderNotFound
+from cancelnote.operator.errors import JournalCorrupt, OrderNotFound
 from cancelnote.operator.journal import (
     FillIssued,
     Matched,
     NoteIssued,
+    OrdersStopped,
     entry_from_row,
     entry_to_row,
 )
@@ -417,6 +418,127 @@ def test_rejected_cancel_has_a_stable_code_and_changes_no_state(alice, bob, code
     outputs = engine.handle(cancel, T0)
     assert [o.wire["error_code"] for o in outputs] == [code]
     assert engine.snapshot() == before
+
+
+def test_order_expiring_exactly_at_the_maximum_lifetime_is_accepted(alice):
+    engine = make_engine(max_order_lifetime_s=600)
+    assert reply(engine.handle(alice.order(1, 100, 1, T0, lifetime_s=600), T0))["status"] == (
+        "success"
+    )
+
+
+def test_order_expiring_beyond_the_maximum_lifetime_is_invalid_and_changes_nothing(alice):
+    engine = make_engine(max_order_lifetime_s=600)
+    before = engine.snapshot()
+    outputs = engine.handle(alice.order(1, 100, 1, T0, lifetime_s=601), T0)
+    assert [o.wire["error_code"] for o in outputs] == ["INVALID_ORDER"]
+    assert engine.snapshot() == before
+
+
+def test_default_maximum_order_lifetime_is_seven_days(alice):
+    engine = make_engine()
+    assert engine.max_order_lifetime_s == 7 * 86_400
+    too_long = alice.order(1, 100, 1, T0, lifetime_s=7 * 86_400 + 1)
+    assert reply(engine.handle(too_long, T0))["error_code"] == "INVALID_ORDER"
+
+
+def test_maximum_order_lifetime_must_be_positive():
+    with pytest.raises(ValueError):
+        make_engine(max_order_lifetime_s=0)
+
+
+def test_stopped_engine_refuses_new_orders_and_changes_nothing(alice):
+    engine = make_engine()
+    engine.stop_accepting_orders("the court halted the operator", T0)
+    before = engine.snapshot()
+    outputs = engine.handle(alice.order(1, 100, 1, T0), T0)
+    assert [o.wire["error_code"] for o in outputs] == ["NOT_ACCEPTING_ORDERS"]
+    assert "halted" in outputs[0].wire["error"]
+    assert engine.snapshot() == before and not engine.accepting_orders
+
+
+def test_stopped_engine_still_cancels_and_answers_forced_cancels(alice):
+    engine = make_engine()
+    first, second = alice.order(1, 100, 1, T0), alice.order(1, 101, 1, T0)
+    engine.handle(first, T0)
+    engine.handle(second, T0)
+    engine.stop_accepting_orders("exit announced", T0)
+    data = reply(engine.handle(alice.cancel([first], T0), T0))["data"]
+    assert data["successful_cancellations"] == ["0x" + digest(first).hex()]
+    assert data["notes"] and note_of(data["notes"][0]).order_digest == digest(first)
+    assert reply(engine.handle(alice.cancel_products((), T0), T0))["status"] == "success"
+    assert of(engine.force_cancel(digest(second), T0), NoteIssued) == []  # already noted
+
+
+def test_stopped_engine_refuses_cancel_and_place_as_a_whole(alice):
+    engine = make_engine()
+    resting = alice.order(1, 100, 1, T0)
+    engine.handle(resting, T0)
+    engine.stop_accepting_orders("exit announced", T0)
+    before = engine.snapshot()
+    replace = alice.cancel_and_place([resting], alice.order(1, 99, 1, T0), T0)
+    outputs = engine.handle(replace, T0)
+    assert [o.wire["error_code"] for o in outputs] == ["NOT_ACCEPTING_ORDERS"]
+    assert engine.snapshot() == before
+
+
+def test_stopping_orders_is_journaled_once_and_survives_a_replay(alice):
+    engine = make_engine()
+    (entry,) = engine.stop_accepting_orders("first", T0)
+    assert isinstance(entry, OrdersStopped) and (entry.seq, entry.reason) == (1, "first")
+    assert engine.stop_accepting_orders("second", T0 + 1) == []
+    rebuilt = make_engine()
+    rebuilt.restore([entry_from_row(*entry_to_row(entry))])
+    assert rebuilt.snapshot() == engine.snapshot() and rebuilt.snapshot()["stopped"] == "first"
+    placed = alice.order(1, 100, 1, T0 + 1)
+    assert reply(rebuilt.handle(placed, T0 + 1))["error_code"] == "NOT_ACCEPTING_ORDERS"
+
+
+def test_journal_that_stops_orders_twice_is_corrupt():
+    engine = make_engine()
+    with pytest.raises(JournalCorrupt):
+        engine.restore([OrdersStopped(1, T0, "halted"), OrdersStopped(2, T0, "exit")])
+
+
+def test_not_accepting_orders_comes_after_replay_and_before_the_rate_limit(alice):
+    engine = make_engine(rate_limit=1)
+    placed = alice.order(1, 100, 1, T0)
+    engine.handle(placed, T0)  # spends the whole budget
+    engine.stop_accepting_orders("halted", T0)
+    assert reply(engine.handle(placed, T0))["error_code"] == "REPLAYED"
+    assert reply(engine.handle(alice.order(1, 100, 1, T0), T0))["error_code"] == (
+        "NOT_ACCEPTING_ORDERS"
+    )
+
+
+def test_cancel_listing_a_digest_twice_is_invalid_and_charges_nothing(alice):
+    engine = make_engine()
+    maker = alice.order(1, 100, 1, T0)
+    engine.handle(maker, T0)
+    before = engine.snapshot()
+    outputs = engine.handle(alice.cancel([maker, maker], T0), T0)
+    assert [o.wire["error_code"] for o in outputs] == ["INVALID_MESSAGE"]
+    assert engine.snapshot() == before
+    assert engine.snapshot()["rate_used"] == {alice.signer.address: 1}  # the place only
+
+
+def test_cancel_and_place_listing_a_digest_twice_is_invalid_and_changes_nothing(alice):
+    engine = make_engine()
+    maker = alice.order(1, 100, 1, T0)
+    engine.handle(maker, T0)
+    before = engine.snapshot()
+    replace = alice.cancel_and_place([maker, maker], alice.order(1, 99, 1, T0), T0)
+    assert [o.wire["error_code"] for o in engine.handle(replace, T0)] == ["INVALID_MESSAGE"]
+    assert engine.snapshot() == before
+
+
+def test_cancel_listing_distinct_digests_is_answered_per_order(alice):
+    engine = make_engine()
+    maker = alice.order(1, 100, 1, T0)
+    engine.handle(maker, T0)
+    data = reply(engine.handle(alice.cancel([maker, (b"\x05" * 32, 1)], T0), T0))["data"]
+    assert data["successful_cancellations"] == ["0x" + digest(maker).hex()]
+    assert [f["reason_code"] for f in data["failed_cancellations"]] == ["NOT_FOUND"]
 
 
 def test_rate_limit_frees_weight_a_minute_later(alice):

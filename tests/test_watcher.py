@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import World, make_world
+from conftest import ANSWER_WINDOW_S, World, make_world
 from test_server import connect
 
 from cancelnote.dispute.court import CancelState
@@ -176,3 +176,61 @@ async def test_post_bond_adds_to_the_operators_bond(tmp_path, nursery):
     assert world.court.bond() == 5 * 10**18
     operator.cursor.close()
     operator.journal.close()
+
+
+async def test_announced_exit_stops_new_orders_but_not_cancels_and_survives_a_restart(
+    world, tmp_path, nursery
+):
+    db = tmp_path / "j.sqlite"
+    first = Operator(world, db)
+    await first.start(nursery)
+    alice = Trader(world.alice, world.court.domain)
+    resting = alice.order(1, PRICE, 10**18, wall_clock_ms())
+    async with connect(first.server) as client:
+        assert (await client.request(resting))["status"] == "success"
+        await trio.to_thread.run_sync(world.court.announce_exit, world.operator)
+        with trio.fail_after(10):
+            while first.server.engine.accepting_orders:
+                await trio.sleep(POLL_S)
+        refused = await client.request(alice.order(1, PRICE, 10**18, wall_clock_ms()))
+        assert refused["error_code"] == "NOT_ACCEPTING_ORDERS"
+        cancelled = await client.request(alice.cancel([resting], wall_clock_ms()))
+        assert cancelled["data"]["successful_cancellations"]
+    await first.stop()
+    with sqlite3.connect(db) as conn:
+        (body,) = conn.execute("SELECT body FROM journal WHERE kind = 'stop'").fetchone()
+    assert "exit" in json.loads(body)["reason"]
+
+    second = Operator(world, db)  # replayed: refuses orders before its watcher polls once
+    assert not second.server.engine.accepting_orders
+    second.cursor.close()
+    second.journal.close()
+
+
+async def test_halted_court_stops_new_orders(tmp_path, nursery):
+    world = make_world()
+    operator = Operator(world, tmp_path / "j.sqlite")
+    alice = Trader(world.alice, world.court.domain)
+    unanswered, _ = world.order(world.alice)
+    world.court.request_cancel(world.alice, unanswered)
+    world.chain.increase_time(ANSWER_WINDOW_S + 1)
+    world.court.finalize(world.bob, unanswered.digest(world.court.domain))
+    assert world.court.halted()
+    await operator.start(nursery)
+    with trio.fail_after(10):
+        while operator.server.engine.accepting_orders:
+            await trio.sleep(POLL_S)
+    async with connect(operator.server) as client:
+        refused = await client.request(alice.order(1, PRICE, 10**18, wall_clock_ms()))
+    assert refused["error_code"] == "NOT_ACCEPTING_ORDERS"
+    await operator.stop()
+
+
+async def test_watcher_leaves_orders_open_while_the_court_is_neither_halted_nor_exiting(
+    world, tmp_path, nursery
+):
+    operator = Operator(world, tmp_path / "j.sqlite")
+    await operator.start(nursery)
+    await trio.sleep(5 * POLL_S)
+    assert operator.server.engine.accepting_orders and not operator.watcher.stopped_orders
+    await operator.stop()

@@ -32,12 +32,21 @@ the fill at match time instead, with a seq below the note's, would make rules (d
 (e) convict the honest operator: a fill numbered before the note must be counted in its
 ``filledAmount``.) With ``settlement_delay_ms = 0`` a match settles in the same call.
 
-Acceptance (each failure a ``Rejected`` with a stable code, checked in this order):
-request shape (``INVALID_MESSAGE``), known product (``UNKNOWN_PRODUCT``), order amount
-and price (``INVALID_ORDER``), order expiration (``EXPIRED``), the nonce's ``recv_time``
-window (``NONCE_WINDOW``), the sender's signature (``INVALID_SIGNATURE``), replay
-(``REPLAYED``), the wallet's rate limit (``RATE_LIMITED``). Orders carry a Vertex nonce
-too (``recv_time << 20 | random``), so a signed order cannot be submitted late.
+Acceptance (each failure a ``Rejected`` with a stable code, checked in this order,
+protocol §8): request shape, a digest listed twice included (``INVALID_MESSAGE``), known
+product (``UNKNOWN_PRODUCT``), order amount and price (``INVALID_ORDER``), order
+expiration (``EXPIRED``), order lifetime at most ``max_order_lifetime_s``
+(``INVALID_ORDER``), the nonce's ``recv_time`` window (``NONCE_WINDOW``), the sender's
+signature (``INVALID_SIGNATURE``), replay (``REPLAYED``), whether orders are still taken
+(``NOT_ACCEPTING_ORDERS``), the wallet's rate limit (``RATE_LIMITED``). Orders carry a
+Vertex nonce too (``recv_time << 20 | random``), so a signed order cannot be submitted
+late.
+
+Not accepting orders (:meth:`Engine.stop_accepting_orders`) is journaled like every other
+state change (:class:`~.journal.OrdersStopped`), so it survives a restart even though the
+court forgets an announced exit once the bond is withdrawn. The court is its source: the
+service checks it at start and the watcher at every poll (:mod:`.service`,
+:mod:`.watcher`).
 """
 
 from __future__ import annotations
@@ -82,6 +91,7 @@ from .errors import (
     InvalidOrder,
     JournalCorrupt,
     NonceWindow,
+    NotAcceptingOrders,
     OrderExpired,
     OrderNotFound,
     RateLimited,
@@ -99,6 +109,7 @@ from .journal import (
     NoteIssued,
     OrderAccepted,
     OrderForced,
+    OrdersStopped,
 )
 from .lifecycle import CANCEL_REFUSALS, CancellationType, Event, OrderState, ReasonCode, step
 from .policies import EQUIVOCATION_WINDOW_MS, CancelContext, Honest, NoteContext, Policy
@@ -108,6 +119,9 @@ Output = JournalEntry | Reply | Push
 #: Vertex's per-wallet execute limit: 600 weight per rolling minute.
 RATE_LIMIT_WEIGHT = 600
 RATE_WINDOW_MS = 60_000
+#: Default cap on ``expiration - now`` of a new order (protocol §8.1 check 6). The
+#: court's exit delay must exceed it plus the answer window (§13).
+MAX_ORDER_LIFETIME_S = 7 * 86_400
 #: Vertex weights: a place weighs 1, ``cancel_orders`` its number of digests,
 #: ``cancel_product_orders`` 50 for all products, else 5 per product.
 PLACE_WEIGHT = 1
@@ -194,6 +208,7 @@ class Engine:
         settlement_delay_ms: how long a match is in flight before its fills are signed.
         policy: honest (default) or adversarial behaviour (:mod:`.policies`).
         rate_limit: weight per wallet per rolling minute.
+        max_order_lifetime_s: the latest expiration accepted, in seconds after now.
     """
 
     signer: Signer
@@ -202,7 +217,11 @@ class Engine:
     settlement_delay_ms: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     policy: Policy = attrs.Factory(Honest)
     rate_limit: int = RATE_LIMIT_WEIGHT
+    max_order_lifetime_s: int = attrs.field(
+        default=MAX_ORDER_LIFETIME_S, validator=attrs.validators.gt(0)
+    )
 
+    _stopped: str | None = attrs.field(default=None, init=False)  # why orders are refused
     _last_seq: int = attrs.field(default=0, init=False)
     _orders: dict[bytes, _OrderRecord] = attrs.field(factory=dict, init=False)
     _books: dict[int, Book] = attrs.field(init=False)
@@ -286,6 +305,22 @@ class Engine:
             )
         return out
 
+    def stop_accepting_orders(self, reason: str, now_ms: int) -> list[Output]:
+        """Refuse every new order from now on (``NOT_ACCEPTING_ORDERS``); cancels go on.
+
+        Irreversible and idempotent: the first call makes an :class:`~.journal.OrdersStopped`
+        entry (after the work due by ``now_ms``), later ones make nothing.
+        """
+        out: list[Output] = []
+        self._tick(now_ms, out)
+        if self._stopped is None:
+            self._emit(OrdersStopped(self._last_seq + 1, now_ms, reason), out)
+        return out
+
+    @property
+    def accepting_orders(self) -> bool:
+        return self._stopped is None
+
     def set_mark_price(self, product_id: int, price_x18: int) -> None:
         """Tell policies the market price of a product (not journaled: policy input only)."""
         self._marks[product_id] = price_x18
@@ -348,6 +383,7 @@ class Engine:
             "held": tuple(sorted(self._held)),
             "requests": dict(self._requests),
             "rate_used": {w: u for w, u in self._rate_used.items() if u},
+            "stopped": self._stopped,
         }
 
     # -----------------------------------------------------------------------------------
@@ -386,11 +422,19 @@ class Engine:
             raise InvalidOrder("an order needs a non-zero amount and a positive price")
         if order.expiration * 1000 <= now_ms:
             raise OrderExpired(f"order expired at {order.expiration} s")
+        latest_ms = now_ms + self.max_order_lifetime_s * 1000
+        if order.expiration * 1000 > latest_ms:
+            raise InvalidOrder(
+                f"order expires at {order.expiration} s, beyond the maximum lifetime of"
+                f" {self.max_order_lifetime_s} s (latest {latest_ms // 1000} s)"
+            )
         self._check_window(order.nonce, now_ms)
         digest = order.digest(self.domain)
         self._check_signer(digest, request.signature, order.sender, "order")
         if digest in self._orders or digest in self._held_orders:
             raise Replayed(f"order 0x{digest.hex()} was already placed")
+        if self._stopped is not None:
+            raise NotAcceptingOrders(f"no new orders: {self._stopped}; cancels are taken")
         return digest
 
     def _check_cancel(self, request: CancelRequest, now_ms: int) -> tuple[bytes, int]:
@@ -406,6 +450,8 @@ class Engine:
                 raise MessageError(
                     "cancel: needs one product id per digest and at least one digest"
                 )
+            if len(set(tx.digests)) != len(tx.digests):
+                raise MessageError("cancel: a digest is listed twice")
             weight = len(tx.digests)
         if isinstance(request, CancelAndPlace):
             if request.place_order.order.sender != tx.sender:
@@ -837,6 +883,11 @@ class Engine:
         if record.on_book and not entry.fills_after:
             self._take_off_book(record)
 
+    def _apply_stopped(self, entry: OrdersStopped) -> None:
+        if self._stopped is not None:
+            raise JournalCorrupt(f"orders stopped twice, again at {entry.seq}")
+        self._stopped = entry.reason
+
     def _apply_expired(self, entry: Expired) -> None:
         record = self._orders[entry.digest]
         self._step(record, Event.EXPIRE)
@@ -851,6 +902,7 @@ class Engine:
         FillIssued: _apply_fill,
         NoteIssued: _apply_note,
         Expired: _apply_expired,
+        OrdersStopped: _apply_stopped,
     }
 
     def _step(self, record: _OrderRecord, event: Event) -> None:

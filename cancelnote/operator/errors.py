@@ -10,7 +10,8 @@ from cancelnote.errors import Fault, Rejected
 
 
 class InvalidOrder(Rejected):
-    """Raised when an order's amount is zero or its price is not positive."""
+    """Raised when an order's amount is zero, its price is not positive, or it expires
+    beyond the operator's maximum order lifetime (the bond must outlive every order)."""
 
     code = "INVALID_ORDER"
 
@@ -37,6 +38,13 @@ class RateLimited(Rejected):
     """Raised when a wallet's executes would exceed their weight per rolling minute."""
 
     code = "RATE_LIMITED"
+
+
+class NotAcceptingOrders(Rejected):
+    """Raised when an order arrives after the court halted the operator or its exit was
+    announced; cancels are still taken, so a client can always get out."""
+
+    code = "NOT_ACCEPTING_ORDERS"
 
 
 class UnknownProduct(Rejected):

@@ -69,6 +69,7 @@ def _unhex(raw: object) -> bytes:
 _CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "int": (lambda v: v, lambda raw: _typed(raw, int)),
     "bool": (lambda v: v, lambda raw: _typed(raw, bool)),
+    "str": (lambda v: v, lambda raw: _typed(raw, str)),
     "bytes": (_hex, _unhex),
     "Order": (Order.to_wire, Order.from_wire),
     "Fill": (Fill.to_wire, Fill.from_wire),
@@ -254,6 +255,18 @@ class Expired(_Entry):
     digest: bytes
 
 
+@attrs.frozen
+class OrdersStopped(_Entry):
+    """The operator takes no new orders from here on, forever (protocol §8.1 check 10):
+    the court halted it or its exit was announced. Journaled because the court forgets an
+    announced exit once the bond is withdrawn, and the operator must not forget it."""
+
+    KIND: ClassVar[str] = "stop"
+    seq: int
+    at_ms: int
+    reason: str
+
+
 JournalEntry = (
     OrderAccepted
     | OrderForced
@@ -263,6 +276,7 @@ JournalEntry = (
     | FillIssued
     | NoteIssued
     | Expired
+    | OrdersStopped
 )
 ENTRY_CLASSES: dict[str, type[JournalEntry]] = {
     cls.KIND: cls
@@ -275,6 +289,7 @@ ENTRY_CLASSES: dict[str, type[JournalEntry]] = {
         FillIssued,
         NoteIssued,
         Expired,
+        OrdersStopped,
     )
 }
 

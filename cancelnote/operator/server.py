@@ -625,7 +625,7 @@ class OperatorServer:
             elif isinstance(item, ForcedNote):
                 self._force(item, now_ms, batch)
             elif isinstance(item, StopOrders):
-                self.engine.stop_accepting_orders(item.reason)
+                self._route(self.engine.stop_accepting_orders(item.reason, now_ms), None, batch)
             else:
                 batch.deliveries.append(item)
         return batch

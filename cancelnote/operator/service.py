@@ -4,7 +4,10 @@
 
 1. open the journal (it refuses a file of another operator key or court) and replay it
    into a fresh engine, and index its published fills and notes for subscriptions;
-2. connect to the chain and the court, check that the court names this operator;
+2. connect to the chain and the court, check that the court names this operator and
+   that its exit delay exceeds the maximum order lifetime plus the answer window (§13),
+   and stop new orders at once (a journaled entry) if the court is halted or the exit
+   announced, before anyone can place one (the watcher keeps checking while it runs);
 3. post the bond if asked, start the watcher, then listen;
 4. on SIGINT or SIGTERM: stop the watcher, then shut the server down (answer what was
    read, commit, flush, close), then close the journal.
@@ -37,7 +40,7 @@ from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.dispute.inprocess import InProcessChain
 from cancelnote.errors import Fault
 
-from .engine import Engine
+from .engine import MAX_ORDER_LIFETIME_S, Engine, split_outputs
 from .journal import Journal, Synchronous
 from .policies import (
     Backdate,
@@ -50,8 +53,8 @@ from .policies import (
     Policy,
     WithholdNotes,
 )
-from .server import OperatorServer, ServerConfig
-from .watcher import ChainWatcher, CursorStore
+from .server import OperatorServer, ServerConfig, wall_clock_ms
+from .watcher import ChainWatcher, CursorStore, court_stop_reason
 
 LOGGER = logging.getLogger("cancelnote.operator")
 
@@ -79,6 +82,7 @@ class OperatorConfig:
     port: int = 8765
     products: frozenset[int] = frozenset({1, 2})
     settlement_delay_ms: int = 0
+    max_order_lifetime_s: int = MAX_ORDER_LIFETIME_S
     policy: Policy = attrs.Factory(Honest)
     post_bond_wei: int = 0
     durability: Synchronous = "FULL"
@@ -143,7 +147,8 @@ def connect_court(config: OperatorConfig) -> Court:
     """The court of ``config`` (deployed on a fresh in-process chain if there is no rpc).
 
     Raises:
-        ServiceError: no ``--court`` with ``--rpc``, or the court is not this operator's.
+        ServiceError: no ``--court`` with ``--rpc``, the court is not this operator's, or
+            its exit delay is too short for the maximum order lifetime.
     """
     chain: Chain
     if config.rpc is None:
@@ -169,7 +174,22 @@ def connect_court(config: OperatorConfig) -> Court:
             f"court {to_checksum(court.address)} belongs to operator {to_checksum(operator)},"
             f" this key is {config.signer.checksum_address}"
         )
+    check_lifetime(config.max_order_lifetime_s, court.exit_delay(), court.answer_window())
     return court
+
+
+def check_lifetime(max_order_lifetime_s: int, exit_delay_s: int, answer_window_s: int) -> None:
+    """The bond must outlive every order plus its forced cancel (protocol §13).
+
+    Raises:
+        ServiceError: ``max_order_lifetime_s >= exit_delay_s - answer_window_s``.
+    """
+    if max_order_lifetime_s >= exit_delay_s - answer_window_s:
+        raise ServiceError(
+            f"the court's exit delay ({exit_delay_s} s) minus its answer window"
+            f" ({answer_window_s} s) must exceed the maximum order lifetime"
+            f" ({max_order_lifetime_s} s): lower --max-order-lifetime-s"
+        )
 
 
 @attrs.frozen
@@ -199,8 +219,16 @@ def prepare(config: OperatorConfig) -> Prepared:
             config.products,
             settlement_delay_ms=config.settlement_delay_ms,
             policy=config.policy,
+            max_order_lifetime_s=config.max_order_lifetime_s,
         )
         engine.restore(entries)
+        reason = court_stop_reason(court) if engine.accepting_orders else None
+        if reason is not None:
+            now_ms = max(wall_clock_ms(), entries[-1].at_ms if entries else 0)
+            made, _ = split_outputs(engine.stop_accepting_orders(reason, now_ms))
+            journal.append_many(made)
+            entries += made
+            LOGGER.warning("orders_stopped", extra={"fields": {"reason": reason}})
     except BaseException:
         journal.close()
         raise

@@ -13,6 +13,11 @@ An order the engine never accepted is answered too (a note with nothing filled),
 an unanswered request is a default whoever's fault it is: its ``Order`` is read from the
 request transaction's calldata (``Chain.transaction_input``: ``eth_getTransactionByHash``).
 
+Each poll also reads the court's ``halted()`` and ``exit_announced_at()``: once either is
+set, the engine is told to stop accepting orders (:class:`~.server.StopOrders`; cancels
+and forced cancels go on), which it journals, so the refusal survives a restart; the
+service checks the court once more at start (:func:`.service.prepare`).
+
 Every py-evm or HTTP call runs in a worker thread (``trio.to_thread.run_sync``): they
 block, and the engine must not wait for them. Chain errors are logged and retried at the
 next poll; they never stop the operator.
@@ -36,7 +41,7 @@ from cancelnote.dispute.court import ARTIFACT_NAME, CancelState, Court
 from cancelnote.errors import MessageError
 from cancelnote.messages import Order
 
-from .server import ForcedNote
+from .server import ForcedNote, StopOrders
 
 LOGGER = logging.getLogger("cancelnote.operator.watcher")
 
@@ -106,6 +111,16 @@ def order_from_calldata(data: bytes) -> Order | None:
         return None
 
 
+def court_stop_reason(court: Court) -> str | None:
+    """Why the operator must take no new orders (blocking chain calls), or ``None``."""
+    if court.halted():
+        return "the court halted the operator"
+    announced = court.exit_announced_at()
+    if announced:
+        return f"the operator announced its exit at {announced}"
+    return None
+
+
 class ChainWatcher:
     """Follows one court and answers its forced cancels with the engine's notes.
 
@@ -134,6 +149,7 @@ class ChainWatcher:
         self._cursor = cursor
         self._poll_s = poll_s
         self.answered = 0  # answerCancel transactions this watcher got mined
+        self.stopped_orders = False  # whether this watcher told the engine to refuse orders
 
     async def post_bond(self, wei: int) -> None:
         """Deposit ``wei`` into the operator's bond (at start, if asked)."""
@@ -168,7 +184,21 @@ class ChainWatcher:
                 answered += await self._on_log(log)
             await trio.to_thread.run_sync(self._cursor.save, end + 1)  # an fsync
             start = end + 1
+        await self._check_court_state()
         return answered
+
+    async def _check_court_state(self) -> None:
+        """Stop new orders once the court is halted or the exit announced (protocol §13)."""
+        if self.stopped_orders:
+            return
+        reason = await trio.to_thread.run_sync(court_stop_reason, self.court)
+        if reason is None:
+            return
+        if self._inbox is None:
+            raise RuntimeError("the watcher polls only while it runs")
+        await self._inbox.send(StopOrders(reason))
+        self.stopped_orders = True
+        LOGGER.warning("orders_stopped", extra={"fields": {"reason": reason}})
 
     async def _on_log(self, log: Log) -> int:
         event = self.court.decode_log(log)

@@ -134,6 +134,12 @@ class Maker:
     response_last: int = 0
 
 
+def order_lifetime_s(scenario: Scenario) -> int:
+    """Orders outlive the run, in the chain's scaled clock too (the court checks it); the
+    engine's maximum lifetime is exactly this, so every order is within it."""
+    return (math.ceil(scenario.run.horizon_s) + 3_600) * CHAIN_TIME_SCALE
+
+
 @attrs.define
 class World:
     """One replicate of a scenario, built by :meth:`build` and played by :meth:`run`."""
@@ -183,6 +189,7 @@ class World:
             settlement_delay_ms=spec.settlement_delay_ms,
             policy=build_policy(spec, seeds),
             rate_limit=spec.rate_limit,
+            max_order_lifetime_s=order_lifetime_s(scenario),
         )
         count = scenario.makers.count
         onchain = OnChain(
@@ -309,7 +316,7 @@ class World:
             maker.pending.update(maker.live)
             maker.live = {}
         size = round(self.scenario.makers.size * X18)
-        lifetime = self._lifetime_s()
+        lifetime = self.engine.max_order_lifetime_s
         for price_x18, amount in zip(self._quotes(maker, mid), (size, -size), strict=True):
             placed = trader.order(PRODUCT, price_x18, amount, now_ms, lifetime)
             digest = placed.order.digest(trader.domain)
@@ -339,10 +346,6 @@ class World:
             else:
                 ask = max(ask, price + tick_x18)
         return bid, ask
-
-    def _lifetime_s(self) -> int:
-        """Orders outlive the run, in the chain's scaled clock too (the court checks it)."""
-        return (math.ceil(self.scenario.run.horizon_s) + 3_600) * CHAIN_TIME_SCALE
 
     def _sample_book(self) -> None:
         """The quoted spread (``None`` when a side is empty) and the depth at the best
@@ -387,7 +390,7 @@ class World:
 
     def _take(self, trader: Trader, agent: str, price_x18: int, amount: int) -> None:
         """An order that crosses at once (priced and sized from the book it hits)."""
-        lifetime = self._lifetime_s()
+        lifetime = self.engine.max_order_lifetime_s
         placed = trader.order(PRODUCT, price_x18, amount, self.now_ms(), lifetime)
         self._owners[placed.order.digest(trader.domain)] = agent
         self._call(placed)
