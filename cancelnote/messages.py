@@ -465,6 +465,15 @@ MESSAGE_TYPES: tuple[type[SignedMessage], ...] = (
 # Signatures, nonces and senders on the wire.
 
 
+def bytes32_from_wire(name: str, raw: object) -> bytes:
+    """Exactly ``0x`` and 64 hex digits (no spaces, no other length), as 32 bytes.
+
+    Raises:
+        MessageError: naming ``name``.
+    """
+    return _value_from_wire("bytes32", name, raw)
+
+
 def signature_from_wire(raw: object) -> bytes:
     """A 65-byte signature from ``0x`` and 130 hex digits, checked to be canonical."""
     if not isinstance(raw, str) or not _HEX_SIGNATURE.match(raw):

@@ -25,6 +25,7 @@ from cancelnote.messages import (
     Fill,
     Order,
     SignedMessage,
+    bytes32_from_wire,
     make_nonce,
     make_sender,
     nonce_recv_time_ms,
@@ -353,3 +354,19 @@ def test_domain_rejects_a_malformed_verifying_contract(contract: object) -> None
 def test_domain_rejects_a_bad_chain_id(chain_id: int) -> None:
     with pytest.raises(MessageError, match="chainId"):
         Domain(chain_id, b"\x00" * 20)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "0x" + "ab" * 22 + " " * 20,
+        "0x" + "ab" * 31 + " a",
+        "0X" + "ab" * 32,
+        "0x" + "ab" * 32 + "\n",
+    ],
+)
+def test_bytes32_is_exactly_0x_and_64_hex_digits(raw: str) -> None:
+    # bytes.fromhex alone would skip the spaces and return fewer than 32 bytes
+    with pytest.raises(MessageError, match=r"order\.digest: expected 0x and 64 hex digits"):
+        bytes32_from_wire("order.digest", raw)
+    assert bytes32_from_wire("order.digest", "0x" + "ab" * 32) == b"\xab" * 32

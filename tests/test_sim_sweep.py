@@ -43,7 +43,7 @@ def test_process_pool_summary_is_identical_on_one_and_four_workers(serial_summar
 
 
 def test_dask_local_cluster_summary_is_identical_to_serial(serial_summary, tmp_path):
-    pytest.importorskip("dask.distributed")
+    # dask is a test dependency: a missing one fails here rather than skipping quietly
     assert _sweep(tmp_path / "dask", backend="dask", workers=2) == serial_summary
 
 

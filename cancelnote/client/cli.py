@@ -46,9 +46,13 @@ def _x18(text: str) -> int:
 
 
 def _digest(text: str) -> bytes:
-    if not text.startswith("0x") or len(text) != 66:
-        raise argparse.ArgumentTypeError(f"an order id is 0x and 64 hex digits, got {text!r}")
-    return bytes.fromhex(text[2:])
+    from cancelnote.errors import MessageError
+    from cancelnote.messages import bytes32_from_wire
+
+    try:
+        return bytes32_from_wire("order id", text)
+    except MessageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------

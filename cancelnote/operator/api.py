@@ -29,6 +29,7 @@ from cancelnote.messages import (
     CancellationProducts,
     Order,
     SignedMessage,
+    bytes32_from_wire,
     signature_from_wire,
     signature_to_wire,
 )
@@ -46,15 +47,6 @@ def _fields(name: str, obj: object, required: tuple[str, ...]) -> Mapping[str, A
     if unknown or missing:
         raise MessageError(f"{name}: unknown field(s) {unknown}, missing field(s) {missing}")
     return obj
-
-
-def _digest_from_wire(name: str, raw: object) -> bytes:
-    if not isinstance(raw, str) or len(raw) != 66 or not raw.startswith("0x"):
-        raise MessageError(f"{name}.digest: expected 0x and 64 hex digits")
-    try:
-        return bytes.fromhex(raw[2:])
-    except ValueError:
-        raise MessageError(f"{name}.digest: expected 0x and 64 hex digits") from None
 
 
 def _product_from_wire(name: str, raw: object) -> int:
@@ -184,7 +176,7 @@ class _DigestQuery:
     @classmethod
     def from_body(cls, body: object, id: int | None = None) -> Self:
         body = _fields(cls.KEY, body, ("digest",))
-        return cls(_digest_from_wire(cls.KEY, body["digest"]), id)
+        return cls(bytes32_from_wire(f"{cls.KEY}.digest", body["digest"]), id)
 
 
 @attrs.frozen

@@ -63,7 +63,12 @@ from trio_websocket import (
 )
 
 from cancelnote.errors import MessageError, Rejected
-from cancelnote.messages import CancellationNote, signature_from_wire, signature_to_wire
+from cancelnote.messages import (
+    CancellationNote,
+    bytes32_from_wire,
+    signature_from_wire,
+    signature_to_wire,
+)
 
 from .api import (
     CancelAndPlace,
@@ -104,7 +109,6 @@ CLOSE_TIMEOUT_S = 2.0
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 
-_HEX_SENDER_CHARS = 66
 CANCEL_REQUESTS = (CancelOrders, CancelProductOrders, CancelAndPlace)
 _MAX_UINT64 = 2**64 - 1
 
@@ -171,15 +175,6 @@ class Unsubscribe:
     id: int | None = None
 
 
-def _sender_from_wire(key: str, raw: object) -> bytes:
-    if not isinstance(raw, str) or len(raw) != _HEX_SENDER_CHARS or not raw.startswith("0x"):
-        raise MessageError(f"{key}.sender: expected 0x and 64 hex digits")
-    try:
-        return bytes.fromhex(raw[2:])
-    except ValueError:
-        raise MessageError(f"{key}.sender: expected 0x and 64 hex digits") from None
-
-
 def _uint64_from_wire(name: str, raw: object) -> int:
     """A uint64 as the wire writes it (§6.2): a decimal string or a JSON integer."""
     if isinstance(raw, str) and len(raw) <= 20 and raw.isascii() and raw.isdigit():
@@ -208,7 +203,7 @@ def _stream_request_from_wire(obj: dict[str, Any]) -> Subscribe | Unsubscribe:
     fields = ("sender", "after_seq") if key == Subscribe.KEY else ("sender",)
     if not isinstance(body, dict) or sorted(body) != sorted(fields):
         raise MessageError(f"{key}: expected exactly the fields {list(fields)}")
-    sender = _sender_from_wire(key, body["sender"])
+    sender = bytes32_from_wire(f"{key}.sender", body["sender"])
     if key == Subscribe.KEY:
         return Subscribe(
             sender, _uint64_from_wire("subscribe.after_seq", body["after_seq"]), request_id
