@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 
@@ -102,9 +103,22 @@ def _sim_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _missing_plot_extra(command: str) -> bool:
+    """Say so, and return True, when matplotlib (the ``plot`` extra) is not installed."""
+    if importlib.util.find_spec("matplotlib") is not None:
+        return False
+    print(
+        f"cancelnote {command}: plotting needs matplotlib: pip install 'cancelnote[plot]'",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _sim_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if _missing_plot_extra("sim plot"):
+        return 2
     from .sim.plot import plot_sweep
 
     try:
@@ -118,6 +132,8 @@ def _sim_plot(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if _missing_plot_extra("demo"):
+        return 2
     from .sim.demo import run_demo
     from .sim.progress import ProgressBar
 

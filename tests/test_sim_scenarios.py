@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import tomllib
 from pathlib import Path
@@ -194,3 +195,15 @@ def test_a_query_that_releases_a_held_cancel_still_gets_its_own_reply():
     # a held cancel is released: the engine's outputs then hold the cancel's reply first.
     scenario = load_scenario(SIMULATIONS / "backdating.toml", {"run.horizon_s": 17.0})
     assert run_replicate(scenario, 1)["disputes_won"] > 0
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["sim", "plot", "anywhere"]])
+def test_plotting_without_the_plot_extra_says_what_to_install(argv, monkeypatch, capsys):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *rest: None if name == "matplotlib" else real_find_spec(name, *rest),
+    )
+    assert main(argv) == 2
+    assert "pip install 'cancelnote[plot]'" in capsys.readouterr().err
