@@ -14,15 +14,16 @@ import pytest
 
 from cancelnote.crypto import Signer
 from cancelnote.dispute.chain import TransactionReverted
-from cancelnote.dispute.court import Court
+from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.dispute.inprocess import InProcessChain
 from cancelnote.messages import CancellationNote, Fill, Order, make_sender
 
-ANSWER_WINDOW_S = 3_600
-PENALTY_WEI = 10**18
-MIN_BOND_WEI = 3 * 10**18
-DISPUTE_BOND_WEI = 10**17
-EXIT_DELAY_S = 30 * 86_400
+# The court of the tests is the dev court (cancelnote.dispute.court.DEV_PARAMETERS).
+ANSWER_WINDOW_S = DEV_PARAMETERS["answer_window_s"]
+PENALTY_WEI = DEV_PARAMETERS["penalty_wei"]
+MIN_BOND_WEI = DEV_PARAMETERS["min_bond_wei"]
+DISPUTE_BOND_WEI = DEV_PARAMETERS["dispute_bond_wei"]
+EXIT_DELAY_S = DEV_PARAMETERS["exit_delay_s"]
 PRICE = 2_000 * 10**18
 ORDER_LIFETIME_S = 86_400
 
@@ -121,12 +122,7 @@ def make_world(
         chain,
         deployer,
         operator=operator.address,
-        answer_window_s=ANSWER_WINDOW_S,
-        penalty_wei=PENALTY_WEI,
-        min_bond_wei=MIN_BOND_WEI,
-        dispute_bond_wei=DISPUTE_BOND_WEI,
-        exit_delay_s=EXIT_DELAY_S,
-        halt_on_default=halt_on_default,
+        **{**DEV_PARAMETERS, "halt_on_default": halt_on_default},
     )
     if bond:
         court.deposit_bond(operator, bond)

@@ -19,7 +19,7 @@ from conftest import (
 from eth_abi import encode as abi_encode
 
 from cancelnote.crypto import SECP256K1_N
-from cancelnote.dispute.court import Court
+from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.messages import make_sender
 
 REENTER_VY = Path(__file__).resolve().parent.parent / "contracts" / "test" / "Reenter.vy"
@@ -53,12 +53,7 @@ def test_evidence_signed_for_another_court_is_worthless(world, reverts):
         world.chain,
         world.deployer,
         operator=world.operator.address,
-        answer_window_s=ANSWER_WINDOW_S,
-        penalty_wei=PENALTY_WEI,
-        min_bond_wei=MIN_BOND_WEI,
-        dispute_bond_wei=DISPUTE_BOND_WEI,
-        exit_delay_s=EXIT_DELAY_S,
-        halt_on_default=True,
+        **DEV_PARAMETERS,
     )
     twin.deposit_bond(world.operator, MIN_BOND_WEI)
     with reverts("court: not signed by the operator"):
