@@ -23,15 +23,19 @@ from cancelnote.operator.api import Notes, Push, Reply
 from cancelnote.operator.engine import Engine
 from cancelnote.operator.journal import CancelAccepted, FillIssued, NoteIssued
 from cancelnote.operator.policies import (
+    POLICY_NAMES,
     Backdate,
     ConditionalDelay,
     Delay,
     Equivocate,
     FillAfterNote,
+    HoldAndBackdate,
     Honest,
     Ignore,
     WithholdNotes,
+    build_policy,
 )
+from cancelnote.operator.service import parse_policy
 from cancelnote.operator.testing import Trader, rule1, rule2_notes
 
 DOMAIN = Domain(31337, "0x" + "c0" * 20)
@@ -283,3 +287,25 @@ TestCourtCatchesExactlyTheCheats = CourtCatchesExactlyTheCheats.TestCase
 TestCourtCatchesExactlyTheCheats.settings = settings(
     max_examples=150, stateful_step_count=30, deadline=None
 )
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_every_policy_name_is_reachable_from_the_command_line(name):
+    argument = {"delay": ":250", "conditional_delay": ":250", "backdate": ":250", "ignore": ":0.5"}
+    text = name.replace("_", "-") + argument.get(name, "")
+    # the command line's one argument is the backdate for ``backdate`` (no hold), else the hold
+    parameters = {"backdate_ms": 250} if name == "backdate" else {"delay_ms": 250, "ignore_p": 0.5}
+    assert type(parse_policy(text)) is type(build_policy(name, **parameters))
+
+
+def test_backdate_holds_only_when_given_a_delay():
+    assert build_policy("backdate", backdate_ms=300) == Backdate(300)
+    assert build_policy("backdate", delay_ms=500, backdate_ms=300) == HoldAndBackdate(
+        Delay(500), Backdate(300)
+    )
+
+
+@pytest.mark.parametrize("text", ["nosuch", "delay", "delay:x", "honest:1", "ignore:2", "delay:-5"])
+def test_a_malformed_policy_is_refused(text):
+    with pytest.raises(ValueError):
+        parse_policy(text)

@@ -182,3 +182,61 @@ class WithholdNotes(Policy):
 
     def on_note(self, ctx: NoteContext) -> NotePlan:
         return HONEST_PLAN if ctx.on_chain else NotePlan(published=False)
+
+
+@attrs.frozen
+class HoldAndBackdate(Policy):
+    """Hold every cancel (``Delay``) and backdate its note (``Backdate``): the operator
+    that snipes during the hold and then claims it received the cancel earlier."""
+
+    hold: Delay
+    backdate: Backdate
+
+    def on_cancel(self, ctx: CancelContext) -> int | None:
+        return self.hold.on_cancel(ctx)
+
+    def on_note(self, ctx: NoteContext) -> NotePlan:
+        return self.backdate.on_note(ctx)
+
+
+#: Every policy's name, as scenario files and ``cancelnote operator run --policy`` write it.
+POLICY_NAMES = (
+    "honest",
+    "delay",
+    "conditional_delay",
+    "ignore",
+    "backdate",
+    "fill_after_note",
+    "equivocate",
+    "withhold_notes",
+)
+
+
+def build_policy(
+    name: str, *, delay_ms: int = 0, backdate_ms: int = 0, ignore_p: float = 0.0, seed: int = 0
+) -> Policy:
+    """The policy called ``name``, the one table the CLI and the simulator share.
+
+    ``delay_ms`` is the hold of ``delay``, ``conditional_delay`` and ``backdate`` (which
+    holds only when it is positive); ``seed`` seeds ``ignore``'s draws.
+
+    Raises:
+        ValueError: an unknown name or an out-of-range parameter.
+    """
+    if delay_ms < 0 or backdate_ms < 0 or not 0 <= ignore_p <= 1:
+        raise ValueError("delays are ms >= 0 and ignore_p a probability")
+    if name == "backdate":
+        backdate = Backdate(backdate_ms)
+        return HoldAndBackdate(Delay(delay_ms), backdate) if delay_ms else backdate
+    builders = {
+        "honest": Honest,
+        "delay": lambda: Delay(delay_ms),
+        "conditional_delay": lambda: ConditionalDelay(delay_ms),
+        "ignore": lambda: Ignore(ignore_p, random.Random(seed)),
+        "fill_after_note": FillAfterNote,
+        "equivocate": Equivocate,
+        "withhold_notes": WithholdNotes,
+    }
+    if name not in builders:
+        raise ValueError(f"unknown policy {name!r}: one of {', '.join(POLICY_NAMES)}")
+    return builders[name]()

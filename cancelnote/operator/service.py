@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import signal
 import sys
 import time
@@ -42,17 +41,7 @@ from cancelnote.errors import Fault
 
 from .engine import MAX_ORDER_LIFETIME_S, Engine, split_outputs
 from .journal import Journal, Synchronous
-from .policies import (
-    Backdate,
-    ConditionalDelay,
-    Delay,
-    Equivocate,
-    FillAfterNote,
-    Honest,
-    Ignore,
-    Policy,
-    WithholdNotes,
-)
+from .policies import Honest, Policy, build_policy
 from .server import OperatorServer, ServerConfig, wall_clock_ms
 from .watcher import ChainWatcher, CursorStore, court_stop_reason
 
@@ -91,6 +80,15 @@ class OperatorConfig:
     server: ServerConfig = attrs.Factory(ServerConfig)
 
 
+#: The argument of each ``--policy NAME:ARG`` that takes one.
+_POLICY_ARGUMENTS = {
+    "delay": "delay_ms",
+    "conditional_delay": "delay_ms",
+    "backdate": "backdate_ms",
+    "ignore": "ignore_p",
+}
+
+
 def parse_policy(text: str, seed: int = 0) -> Policy:
     """``honest``, ``delay:MS``, ``conditional-delay:MS``, ``ignore:P``, ``fill-after-note``,
     ``backdate:MS``, ``equivocate`` or ``withhold-notes`` (adversarial ones: tests and labs).
@@ -99,22 +97,17 @@ def parse_policy(text: str, seed: int = 0) -> Policy:
         ValueError: an unknown name or a bad argument.
     """
     name, _, arg = text.partition(":")
-    simple = {
-        "honest": Honest,
-        "fill-after-note": FillAfterNote,
-        "equivocate": Equivocate,
-        "withhold-notes": WithholdNotes,
-    }
-    if name in simple and not arg:
-        return simple[name]()
-    if name in ("delay", "conditional-delay", "backdate") and arg.isdigit():
-        kind = {"delay": Delay, "conditional-delay": ConditionalDelay, "backdate": Backdate}
-        return kind[name](int(arg))
-    if name == "ignore" and arg:
-        p = float(arg)
-        if 0 <= p <= 1:
-            return Ignore(p, random.Random(seed))
-    raise ValueError(f"unknown policy {text!r}")
+    name = name.replace("-", "_")
+    keyword = _POLICY_ARGUMENTS.get(name)
+    if (keyword is None) != (arg == ""):
+        raise ValueError(f"unknown policy {text!r}")
+    arguments: dict[str, float] = {}
+    if keyword is not None:
+        try:
+            arguments[keyword] = float(arg) if keyword == "ignore_p" else int(arg)
+        except ValueError:
+            raise ValueError(f"unknown policy {text!r}") from None
+    return build_policy(name, seed=seed, **arguments)  # type: ignore[arg-type]
 
 
 class JsonFormatter(logging.Formatter):

@@ -29,21 +29,11 @@ from typing import Any, Literal
 import attrs
 from attrs import validators as v
 
+from ..operator.policies import POLICY_NAMES
 from .config import ScenarioError
 from .latency import LatencyModel, latency_from_config
 from .market import MarketModel, market_from_config
 
-Policy = Literal[
-    "honest",
-    "delay",
-    "conditional_delay",
-    "ignore",
-    "backdate",
-    "fill_after_note",
-    "equivocate",
-    "withhold_notes",
-]
-POLICIES: tuple[str, ...] = Policy.__args__  # type: ignore[attr-defined]
 Ordering = Literal["fifo", "cancel_first", "seeded_random", "adversarial"]
 ORDERINGS: tuple[str, ...] = Ordering.__args__  # type: ignore[attr-defined]
 
@@ -120,7 +110,7 @@ class OperatorSpec:
     ignored. ``answer_on_chain = false`` lets forced cancels default.
     """
 
-    policy: Policy = attrs.field(default="honest", validator=v.in_(POLICIES))
+    policy: str = attrs.field(default="honest", validator=v.in_(POLICY_NAMES))
     delay_ms: int = attrs.field(default=0, validator=_nonneg_int)
     ignore_p: float = _float(0.0, ge=0.0, le=1.0)
     backdate_ms: int = attrs.field(default=0, validator=_nonneg_int)

@@ -32,7 +32,6 @@ Time: the engine's clock is ``EPOCH_MS + t_ns // 1_000_000`` (unix ms), the chai
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -47,20 +46,7 @@ from ..operator.api import BookDepth, CancelOrders, OrderStatus, PlaceOrder, Pus
 from ..operator.engine import Engine, Output
 from ..operator.journal import CancelAccepted, FillIssued, Matched, NoteIssued
 from ..operator.lifecycle import CancellationType
-from ..operator.policies import (
-    Backdate,
-    CancelContext,
-    ConditionalDelay,
-    Delay,
-    Equivocate,
-    FillAfterNote,
-    Honest,
-    Ignore,
-    NoteContext,
-    NotePlan,
-    Policy,
-    WithholdNotes,
-)
+from ..operator.policies import ConditionalDelay, Policy, build_policy
 from ..operator.testing import Trader
 from .clients import SimClient, is_disputable
 from .eventlog import EventLog
@@ -85,36 +71,18 @@ OPERATOR_ACCOUNT, SNIPER_ACCOUNT, TAKER_ACCOUNT, FIRST_MAKER_ACCOUNT = 0, 1, 2, 
 SNIPER, TAKER = "sniper", "taker"
 
 
-@attrs.frozen
-class HoldAndBackdate(Policy):
-    """Hold every cancel (``Delay``) and backdate its note (``Backdate``): the operator
-    that snipes during the hold and then claims it received the cancel earlier."""
-
-    hold: Delay
-    backdate: Backdate
-
-    def on_cancel(self, ctx: CancelContext) -> int | None:
-        return self.hold.on_cancel(ctx)
-
-    def on_note(self, ctx: NoteContext) -> NotePlan:
-        return self.backdate.on_note(ctx)
-
-
-def build_policy(spec: OperatorSpec, seeds: Seeds) -> Policy:
+def policy_of(spec: OperatorSpec, seeds: Seeds) -> Policy:
     """The engine policy a scenario's ``[operator]`` table names."""
-    if spec.policy == "ignore":
+    seed = 0
+    if spec.policy == "ignore":  # drawn only when used, so no other policy's run changes
         seed = int(seeds.generator("operator/policy").integers(2**63))
-        return Ignore(spec.ignore_p, random.Random(seed))
-    builders: dict[str, Callable[[], Policy]] = {
-        "honest": Honest,
-        "delay": lambda: Delay(spec.delay_ms),
-        "conditional_delay": lambda: ConditionalDelay(spec.delay_ms),
-        "backdate": lambda: HoldAndBackdate(Delay(spec.delay_ms), Backdate(spec.backdate_ms)),
-        "fill_after_note": FillAfterNote,
-        "equivocate": Equivocate,
-        "withhold_notes": WithholdNotes,
-    }
-    return builders[spec.policy]()
+    return build_policy(
+        spec.policy,
+        delay_ms=spec.delay_ms,
+        backdate_ms=spec.backdate_ms,
+        ignore_p=spec.ignore_p,
+        seed=seed,
+    )
 
 
 @attrs.define
@@ -187,7 +155,7 @@ class World:
             domain,
             {PRODUCT},
             settlement_delay_ms=spec.settlement_delay_ms,
-            policy=build_policy(spec, seeds),
+            policy=policy_of(spec, seeds),
             rate_limit=spec.rate_limit,
             max_order_lifetime_s=order_lifetime_s(scenario),
         )
