@@ -1,0 +1,378 @@
+"""revm in this process (the ``pyrevm`` package): the lab's fast chain, proven equal to py-evm.
+
+Blocks, transactions, logs and gas estimates follow :class:`~cancelnote.dispute.local.LocalChain`
+as on :class:`~cancelnote.dispute.inprocess.InProcessChain`; only execution differs.
+
+pyrevm 0.3.7 (revm 8) runs a call as the EVM does but has no transaction boundary: it never
+finalizes revm's journal, so every account and slot a call touched would stay warm for the
+next call (100 gas instead of 2,100 for a read) and a slot's original value (EIP-2200)
+would be its value when first read. So each transaction runs inside a journal checkpoint:
+its changes (accounts, and the storage slots whose value moved) are read from the journal,
+the checkpoint is reverted (the journal is empty and cold again) and the changes are written
+to revm's database directly. The sender's gas, nonce and the fee recipient's tip are applied
+here, in py-evm's order (gas bought before the call, the unused part refunded after), with
+EIP-7623's calldata floor, which revm 8 predates.
+
+Rules beyond ``LocalChain``:
+
+* **Equal to py-evm** in return data, revert reasons, gas, logs, nonces and balances, for
+  legacy and EIP-1559 transactions without access lists (others are refused):
+  ``tests/test_differential.py`` replays the court's histories and random sequences on
+  both. Known differences, none of which the court uses: ``BASEFEE`` and ``GASPRICE`` read
+  0 (pyrevm sets them so), ``BLOCKHASH`` is not the chain's, the BLS precompiles (EIP-2537)
+  are absent, and a self-destructed contract's storage is not cleared.
+* **Only the newest state is kept**: reads at an older block, or at the latest while a
+  block with transactions is being built, are a :class:`ChainError`.
+* **Blocks have no Merkle roots** (zero), and their hash only identifies them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+
+import attrs
+import pyrevm
+import rlp
+from eth.vm.forks.london.constants import INITIAL_BASE_FEE
+
+from ..crypto import keccak
+from .chain import ChainError
+from .local import (
+    COINBASE,
+    DEFAULT_BLOCK_TIME_MS,
+    DEFAULT_GENESIS_TIMESTAMP,
+    GAS_LIMIT,
+    BlockInfo,
+    DryRun,
+    Execution,
+    LocalChain,
+    PendingBlock,
+    Run,
+    Transaction,
+)
+
+EMPTY_CODE_HASH = keccak(b"")
+SPEC = "PRAGUE"
+#: Transaction types this backend takes (the access lists of types 1 and 2 must be empty).
+TRANSACTION_TYPES = (0, 1, 2)
+
+#: revm's halt reasons in the words of :data:`~cancelnote.dispute.local.HALTS`.
+_HALTS = {
+    "OutOfGas": "out of gas",
+    "CreateContractSizeLimit": "out of gas",  # py-evm runs out of gas on EIP-170's limit
+    "OpcodeNotFound": "invalid instruction",
+    "InvalidFEOpcode": "invalid instruction",
+    "NotActivated": "invalid instruction",
+    "InvalidJump": "invalid jump destination",
+    "StackUnderflow": "stack underflow",
+    "StackOverflow": "stack overflow",
+    "CallTooDeep": "call depth limit",
+    "StateChangeDuringStaticCall": "state change in a static call",
+    "CallNotAllowedInsideStatic": "state change in a static call",
+    "OutOfOffset": "return data out of bounds",
+    "CreateCollision": "contract address collision",
+    "CreateContractStartingWithEF": "code starts with 0xef",
+    "OutOfFunds": "insufficient funds",
+}
+_REVERT = re.compile(r"Revert \{ gas_used: \d+, output: 0x([0-9a-f]*) \}")
+_HALT = re.compile(r"Halt \{ reason: (\w+)")
+_ACCOUNT = re.compile(r"(0x[0-9a-f]{40}): Account \{ info: ")
+_SLOT = re.compile(
+    r"(\d+): StorageSlot \{ previous_or_original_value: (\d+), present_value: (\d+) \}"
+)
+_STATE_END = "}, transient_storage: "
+_STORAGE = ", storage: {"
+_STATUS = "}, status: AccountStatus("
+
+
+@attrs.frozen
+class _Account:
+    balance: int = 0
+    nonce: int = 0
+    code_hash: bytes = EMPTY_CODE_HASH
+
+
+_EMPTY = _Account()
+
+
+@attrs.frozen
+class _Changes:
+    """What one transaction changed, read from revm's journal before it is reverted."""
+
+    accounts: dict[bytes, tuple[_Account, bytes | None]]  # the new code of a new contract
+    storage: list[tuple[bytes, int, int]]  # (address, slot, new value)
+
+
+def _hex(address: bytes) -> str:
+    return "0x" + address.hex()
+
+
+def _failure(error: RuntimeError) -> tuple[str, bytes]:
+    """A revert or a halt from pyrevm's error text; anything else was refused before running."""
+    text = str(error)
+    reverted = _REVERT.match(text)
+    if reverted:
+        return "revert", bytes.fromhex(reverted.group(1))
+    halted = _HALT.match(text)
+    if halted:
+        return _HALTS.get(halted.group(1), halted.group(1)), b""
+    raise ChainError(f"the transaction is invalid: {text}")
+
+
+def _storage_changes(journal: str) -> tuple[list[tuple[bytes, int, int]], set[bytes]]:
+    """Slots whose value moved, and self-destructed accounts, from revm's journal (Debug text).
+
+    The journal lists every account the transaction loaded, with the slots it touched as
+    ``previous_or_original_value`` (at the transaction's start: the journal is empty then)
+    and ``present_value``.
+    """
+    state = journal[: journal.index(_STATE_END)]
+    headers = list(_ACCOUNT.finditer(state))
+    changed: list[tuple[bytes, int, int]] = []
+    destroyed: set[bytes] = set()
+    for header, following in zip(headers, [*headers[1:], None], strict=True):
+        end = len(state) if following is None else following.start()
+        storage = state.index(_STORAGE, header.end(), end)
+        status = state.index(_STATUS, storage, end)
+        address = bytes.fromhex(header.group(1)[2:])
+        if "SelfDestructed" in state[status:end]:
+            destroyed.add(address)
+        for slot in _SLOT.finditer(state, storage, status):
+            key, original, present = map(int, slot.groups())
+            if present != original:
+                changed.append((address, key, present))
+    return changed, destroyed
+
+
+class RevmChain(LocalChain):
+    """A deterministic revm dev chain (see :class:`~cancelnote.dispute.local.LocalChain`)."""
+
+    engine = f"revm (pyrevm {version('pyrevm')}, {SPEC.title()})"
+
+    def __init__(
+        self,
+        chain_id: int = 1337,
+        accounts: int = 10,
+        genesis_timestamp: int = DEFAULT_GENESIS_TIMESTAMP,
+        block_time_ms: int = DEFAULT_BLOCK_TIME_MS,
+    ) -> None:
+        environment = pyrevm.Env(cfg=pyrevm.CfgEnv(chain_id=chain_id))
+        self._evm = pyrevm.EVM(env=environment, gas_limit=GAS_LIMIT, spec_id=SPEC)
+        self._accounts: dict[bytes, _Account] = {}  # what revm's database holds, mirrored
+        self._codes: dict[bytes, bytes] = {EMPTY_CODE_HASH: b""}
+        self._block_env: tuple[int, int] | None = None
+        super().__init__(chain_id, accounts, genesis_timestamp, block_time_ms)
+
+    # --- state ----------------------------------------------------------------------------
+
+    def balance(self, address: bytes, *, block_number: int | None = None) -> int:
+        with self._lock:
+            self._newest(block_number)
+            return self._accounts.get(address, _EMPTY).balance
+
+    def nonce(self, address: bytes, *, block_number: int | None = None) -> int:
+        with self._lock:
+            self._newest(block_number)
+            return self._accounts.get(address, _EMPTY).nonce
+
+    def code(self, address: bytes, *, block_number: int | None = None) -> bytes:
+        with self._lock:
+            self._newest(block_number)
+            return self._codes[self._accounts.get(address, _EMPTY).code_hash]
+
+    # --- the backend ------------------------------------------------------------------------
+
+    def _genesis(self, balances: dict[bytes, int], timestamp: int) -> BlockInfo:
+        for address, balance in balances.items():
+            self._write(address, _Account(balance=balance))
+        return BlockInfo(
+            number=0,
+            hash=keccak(rlp.encode([bytes(32), 0, timestamp * 1_000])),
+            parent_hash=bytes(32),
+            timestamp=timestamp,
+            timestamp_ms=timestamp * 1_000,
+            gas_limit=GAS_LIMIT,
+            gas_used=0,
+            base_fee_per_gas=INITIAL_BASE_FEE,
+            miner=COINBASE,
+            state_root=bytes(32),
+            transactions_root=bytes(32),
+            receipts_root=bytes(32),
+            transactions=(),
+        )
+
+    def _prepare(self, block: PendingBlock) -> None:
+        """Nothing to open: revm is told the block when it runs something in it."""
+
+    def _execute(self, transaction: Transaction, block: PendingBlock) -> Execution:
+        if transaction.type_id not in TRANSACTION_TYPES or transaction.access_list:
+            raise ChainError(
+                f"the revm backend takes transactions of types {TRANSACTION_TYPES} without "
+                f"access lists, got type {transaction.type_id}"
+            )
+        self._use_block(block.number, block.timestamp)
+        price = transaction.price(block.base_fee)
+        sender = self._accounts.get(transaction.sender, _EMPTY)
+        bumped = sender.nonce + (transaction.to is not None)  # a creation bumps it in revm
+        self._write(
+            transaction.sender,
+            attrs.evolve(sender, balance=sender.balance - transaction.gas * price, nonce=bumped),
+        )  # the gas is bought first: the call sees the sender's balance without it
+        try:
+            run, changes, logs, created = self._run(
+                transaction.sender, transaction.to, transaction.data, transaction.value,
+                transaction.gas, keep=True,
+            )  # fmt: skip
+        except ChainError:
+            self._write(transaction.sender, sender)
+            raise
+        assert changes is not None
+        for address, (account, code) in changes.accounts.items():
+            self._write(address, account, code)
+        for address, slot, value in changes.storage:
+            checkpoint = self._evm.snapshot()  # the write loads the account: forget that
+            self._evm.insert_account_storage(_hex(address), slot, value)
+            self._evm.revert(checkpoint)
+        charged = run.charged_gas(transaction.data)
+        after = self._accounts[transaction.sender]
+        unused = (transaction.gas - charged) * price
+        self._write(transaction.sender, attrs.evolve(after, balance=after.balance + unused))
+        tip = (price - block.base_fee) * charged
+        if tip:
+            miner = self._accounts.get(COINBASE, _EMPTY)
+            self._write(COINBASE, attrs.evolve(miner, balance=miner.balance + tip))
+        return Execution(
+            run=run,
+            gas_used=charged,
+            logs=logs,
+            contract_address=created if run.failure is None else None,
+        )
+
+    def _seal_block(self, block: PendingBlock) -> BlockInfo:
+        parent = self._blocks[-1]
+        hashes = tuple(transaction.hash for transaction, _, _ in block.transactions)
+        return BlockInfo(
+            number=block.number,
+            hash=keccak(rlp.encode([parent.hash, block.number, block.timestamp_ms, list(hashes)])),
+            parent_hash=parent.hash,
+            timestamp=block.timestamp,
+            timestamp_ms=block.timestamp_ms,
+            gas_limit=block.gas_limit,
+            gas_used=block.gas_used,
+            base_fee_per_gas=block.base_fee,
+            miner=COINBASE,
+            state_root=bytes(32),
+            transactions_root=bytes(32),
+            receipts_root=bytes(32),
+            transactions=hashes,
+        )
+
+    @contextmanager
+    def _dry_runs(self, block_number: int | None) -> Iterator[DryRun]:
+        if block_number is None:
+            self._use_block(self._pending.number, self._pending.timestamp)
+        else:
+            self._newest(block_number)
+            self._use_block(block_number, self._blocks[block_number].timestamp)
+
+        def run(sender: bytes, to: bytes | None, data: bytes, value: int, gas: int) -> Run:
+            return self._run(sender, to, data, value, gas, keep=False)[0]
+
+        yield run
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _newest(self, block_number: int | None) -> None:
+        """Refuse a read at a block whose state revm no longer has."""
+        at = self._read_at(block_number)
+        if at is not None and (at != self._blocks[-1].number or self._pending.transactions):
+            raise ChainError(
+                f"the revm backend keeps only the newest state, not block {at}'s "
+                f"(the latest is {self._blocks[-1].number}"
+                f"{', and a block is being built' if self._building else ''})"
+            )
+
+    def _use_block(self, number: int, timestamp: int) -> None:
+        if self._block_env != (number, timestamp):
+            self._evm.set_block_env(
+                pyrevm.BlockEnv(
+                    number=number,
+                    coinbase=_hex(COINBASE),
+                    timestamp=timestamp,
+                    difficulty=0,
+                    prevrandao=bytes(32),
+                    gas_limit=GAS_LIMIT,
+                )
+            )
+            self._block_env = (number, timestamp)
+
+    def _write(self, address: bytes, account: _Account, code: bytes | None = None) -> None:
+        """Set an account in revm's database (its journal is empty: the account is cold)."""
+        if code is not None:
+            self._codes[account.code_hash] = code
+        self._accounts[address] = account
+        self._evm.insert_account_info(
+            _hex(address),
+            pyrevm.AccountInfo(
+                balance=account.balance,
+                nonce=account.nonce,
+                code_hash=account.code_hash,
+                code=code,
+            ),
+        )
+
+    def _run(
+        self, sender: bytes, to: bytes | None, data: bytes, value: int, gas: int, *, keep: bool
+    ) -> tuple[
+        Run, _Changes | None, tuple[tuple[bytes, tuple[bytes, ...], bytes], ...], bytes | None
+    ]:
+        """Run a call or creation in a journal checkpoint and revert it.
+
+        Returns the run (a creation's output is its runtime code), and, if ``keep``, what it
+        changed, its logs and the created contract, for the caller to write.
+        """
+        evm = self._evm
+        checkpoint = evm.snapshot()
+        created = changes = None
+        logs: tuple[tuple[bytes, tuple[bytes, ...], bytes], ...] = ()
+        try:
+            try:
+                if to is None:
+                    created = bytes.fromhex(evm.deploy(_hex(sender), data, value, gas)[2:])
+                    output = evm.get_code(_hex(created)) or b""
+                else:
+                    output = evm.message_call(_hex(sender), _hex(to), data, value, gas)
+                failure = None
+            except RuntimeError as exc:
+                failure, output = _failure(exc)
+            result = evm.result
+            refund = result.gas_refunded if failure is None else 0
+            run = Run(failure, output, result.gas_used + refund, refund)
+            if keep:
+                changes = self._changes()
+                if failure is None:
+                    logs = tuple(
+                        (bytes.fromhex(entry.address[2:]), *entry.data) for entry in result.logs
+                    )
+        finally:
+            evm.revert(checkpoint)
+        return run, changes, logs, created
+
+    def _changes(self) -> _Changes:
+        storage, destroyed = _storage_changes(self._evm.journal_str)
+        accounts: dict[bytes, tuple[_Account, bytes | None]] = {}
+        for key, info in self._evm.journal_state.items():
+            address = bytes.fromhex(key[2:])
+            now = (
+                _EMPTY
+                if address in destroyed
+                else _Account(info.balance, info.nonce, info.code_hash)
+            )
+            if now != self._accounts.get(address, _EMPTY):
+                new_code = now.code_hash not in self._codes
+                accounts[address] = (now, info.code if new_code else None)
+        storage = [change for change in storage if change[0] not in destroyed]
+        return _Changes(accounts, storage)
