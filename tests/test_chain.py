@@ -1,9 +1,11 @@
-"""The chain backends: the same behaviours in-process and over JSON-RPC, plus the server.
+"""The chain backends: the same behaviours on py-evm, on revm and over JSON-RPC, plus the server.
 
-Every test taking the ``chain`` fixture runs twice: on an :class:`InProcessChain` and on a
-:class:`JsonRpcChain` talking to an :class:`RpcServer` that serves an InProcessChain on
-127.0.0.1. The raw-HTTP tests pin the JSON-RPC error codes; one test starts the real
-``cancelnote chain serve`` in a subprocess.
+Every test taking the ``chain`` fixture runs four times: on each in-process backend
+(:class:`InProcessChain` on py-evm, :class:`RevmChain` on revm) and on a
+:class:`JsonRpcChain` talking to an :class:`RpcServer` that serves that backend on
+127.0.0.1. Tests taking ``local`` run on both in-process backends (block building, raw
+transactions). The raw-HTTP tests pin the JSON-RPC error codes on both backends; one test
+starts the real ``cancelnote chain serve`` in a subprocess for each backend.
 """
 
 from __future__ import annotations
@@ -35,13 +37,15 @@ from cancelnote.dispute.chain import (
     ChainError,
     TransactionReverted,
 )
-from cancelnote.dispute.inprocess import (
+from cancelnote.dispute.jsonrpc import JsonRpcChain
+from cancelnote.dispute.local import (
+    BACKENDS,
     DEFAULT_GENESIS_TIMESTAMP,
     DEV_BALANCE,
-    InProcessChain,
+    LocalChain,
     dev_account,
+    make_chain,
 )
-from cancelnote.dispute.jsonrpc import JsonRpcChain
 from cancelnote.dispute.rpcserver import RpcServer, serve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,21 +111,39 @@ def initcode() -> bytes:
     return bytes.fromhex(compiled["bytecode"].removeprefix("0x"))
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture
-def server() -> Iterator[RpcServer]:
-    rpc = RpcServer(InProcessChain(), "127.0.0.1", 0)
+def local(backend: str) -> LocalChain:
+    return make_chain(backend)
+
+
+@contextmanager
+def serving(chain: LocalChain) -> Iterator[RpcServer]:
+    rpc = RpcServer(chain, "127.0.0.1", 0)
     thread = threading.Thread(target=rpc.serve_forever, args=(0.01,), daemon=True)
     thread.start()
-    yield rpc
-    rpc.shutdown()
-    rpc.server_close()
-    thread.join(timeout=5)
+    try:
+        yield rpc
+    finally:
+        rpc.shutdown()
+        rpc.server_close()
+        thread.join(timeout=5)
 
 
-@pytest.fixture(params=["inprocess", "jsonrpc"])
-def chain(request: pytest.FixtureRequest) -> Chain:
-    if request.param == "inprocess":
-        return InProcessChain()
+@pytest.fixture
+def server(local: LocalChain) -> Iterator[RpcServer]:
+    with serving(local) as rpc:
+        yield rpc
+
+
+@pytest.fixture(params=["local", "jsonrpc"])
+def chain(request: pytest.FixtureRequest, local: LocalChain) -> Chain:
+    if request.param == "local":
+        return local
     return JsonRpcChain(request.getfixturevalue("server").url)
 
 
@@ -306,11 +328,11 @@ def test_threads_sending_from_one_account_all_get_mined(chain, counter):
     assert chain.nonce(ALICE.address) == 13
 
 
-# --- in-process only ----------------------------------------------------------------------
+# --- in-process backends ------------------------------------------------------------------
 
 
-def test_dev_chain_is_deterministic():
-    one, two = InProcessChain(accounts=3), InProcessChain(accounts=3)
+def test_dev_chain_is_deterministic(backend):
+    one, two = make_chain(backend, accounts=3), make_chain(backend, accounts=3)
 
     assert [s.address for s in one.dev_accounts] == [s.address for s in two.dev_accounts]
     assert one.dev_accounts[2].secret == keccak(b"cancelnote dev account" + (2).to_bytes(4, "big"))
@@ -321,8 +343,8 @@ def test_dev_chain_is_deterministic():
     assert one.block().hash == two.block().hash
 
 
-def test_genesis_timestamp_and_chain_id_are_chosen_by_the_caller(initcode):
-    chain = InProcessChain(chain_id=31337, accounts=1, genesis_timestamp=1_000)
+def test_genesis_timestamp_and_chain_id_are_chosen_by_the_caller(backend, initcode):
+    chain = make_chain(backend, chain_id=31337, accounts=1, genesis_timestamp=1_000)
 
     receipt = chain.deploy(chain.dev_accounts[0], initcode)  # signed for chain 31337
 
@@ -336,8 +358,10 @@ def test_genesis_timestamp_and_chain_id_are_chosen_by_the_caller(initcode):
     ("change", "message"),
     [({"chainId": 1}, "chain 1"), ({"nonce": 5}, "nonce"), ({"value": 10**30}, "balance")],
 )
-def test_raw_transaction_that_cannot_be_included_is_refused_and_changes_nothing(change, message):
-    chain = InProcessChain(accounts=2)
+def test_raw_transaction_that_cannot_be_included_is_refused_and_changes_nothing(
+    backend, change, message
+):
+    chain = make_chain(backend, accounts=2)
     transfer = {"chainId": 1337, "nonce": 0, "gas": 21_000, "gasPrice": 10**10, "value": 1}
     signed = Account.sign_transaction({**transfer, "to": BOB.address, **change}, ALICE.secret)
 
@@ -577,7 +601,7 @@ def test_node_revert_errors_of_geth_anvil_and_hardhat_shapes_decode(error, reaso
 
 
 @pytest.mark.slow
-def test_chain_serve_command_serves_json_rpc_until_sigterm(initcode):
+def test_chain_serve_command_serves_json_rpc_until_sigterm(backend, initcode):
     process = subprocess.Popen(
         [
             sys.executable,
@@ -589,6 +613,8 @@ def test_chain_serve_command_serves_json_rpc_until_sigterm(initcode):
             "0",
             "--accounts",
             "2",
+            "--backend",
+            backend,
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -602,6 +628,7 @@ def test_chain_serve_command_serves_json_rpc_until_sigterm(initcode):
         while not (banner and banner[-1].startswith("Listening on ")):
             banner.append(lines.get(timeout=30).strip())
         url = banner[-1].removeprefix("Listening on ")
+        assert banner[0].startswith(f"cancelnote dev chain: {backend} ")
         assert f"(0) {ALICE.checksum_address} (1000000 ETH)" in banner
         assert f"(1) 0x{BOB.secret.hex()}" in banner
 

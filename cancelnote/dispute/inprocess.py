@@ -144,7 +144,7 @@ class InProcessChain(LocalChain):
     def _genesis(self, balances: dict[bytes, int], timestamp: int) -> BlockInfo:
         self._chain = _chain_class(self.chain_id).from_genesis(
             AtomicDB(),
-            {"difficulty": 0, "gas_limit": GAS_LIMIT, "timestamp": timestamp},
+            {"difficulty": 0, "gas_limit": self.gas_limit, "timestamp": timestamp},
             {
                 address: {"balance": balance, "nonce": 0, "code": b"", "storage": {}}
                 for address, balance in balances.items()

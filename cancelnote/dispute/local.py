@@ -62,6 +62,8 @@ from .chain import (
 )
 
 GAS_LIMIT = 30_000_000  # per block (mainnet's from 2021 to 2025), the same in every block
+MIN_GAS_LIMIT = 21_000  # a block must hold a transfer
+MAX_GAS_LIMIT = 2**63 - 1  # py-evm's and revm's (u64) bound
 DEFAULT_GENESIS_TIMESTAMP = 1_700_000_000  # 2023-11-14: fixed so that runs are reproducible
 DEFAULT_BLOCK_TIME_MS = 1_000  # how far a spilled-over block comes after a full one
 DEV_BALANCE = 10**24  # wei per dev account: a million ether, enough for any test
@@ -317,7 +319,7 @@ class PendingBlock:
     number: int
     timestamp_ms: int
     base_fee: int
-    gas_limit: int = GAS_LIMIT
+    gas_limit: int
     gas_used: int = 0
     log_count: int = 0
     transactions: list[tuple[Transaction, Execution, Receipt]] = attrs.Factory(list)
@@ -387,6 +389,7 @@ class LocalChain(Chain):
         genesis_timestamp: the genesis block's timestamp; auto-mined block ``n`` gets
             ``genesis + n`` unless time is moved explicitly.
         block_time_ms: how long after a full block the block taking its spill-over comes.
+        gas_limit: every block's gas limit (30 million, mainnet's, unless a scenario says).
     """
 
     #: What executes the transactions (banners, ``web3_clientVersion``).
@@ -398,13 +401,19 @@ class LocalChain(Chain):
         accounts: int = 10,
         genesis_timestamp: int = DEFAULT_GENESIS_TIMESTAMP,
         block_time_ms: int = DEFAULT_BLOCK_TIME_MS,
+        gas_limit: int = GAS_LIMIT,
     ) -> None:
         if accounts < 0:
             raise ChainError(f"accounts must be >= 0, got {accounts}")
         if block_time_ms <= 0:
             raise ChainError(f"block_time_ms must be > 0, got {block_time_ms}")
+        if not MIN_GAS_LIMIT <= gas_limit <= MAX_GAS_LIMIT:
+            raise ChainError(
+                f"gas_limit must be in [{MIN_GAS_LIMIT:,}, {MAX_GAS_LIMIT:,}], got {gas_limit}"
+            )
         self.chain_id = chain_id
         self.block_time_ms = block_time_ms
+        self.gas_limit = gas_limit
         self.dev_accounts: list[Signer] = [dev_account(i) for i in range(accounts)]
         self._lock = threading.RLock()
         self._transactions: dict[bytes, MinedTransaction] = {}
@@ -530,7 +539,7 @@ class LocalChain(Chain):
         ``to=None`` runs a creation (``eth_call`` without ``to``) and returns the runtime code.
         """
         with self._lock, self._dry_runs(self._read_at(block_number)) as run:
-            result = run(sender or bytes(20), to, data, value, GAS_LIMIT)
+            result = run(sender or bytes(20), to, data, value, self.gas_limit)
         if result.failure:
             raise TransactionReverted(result.reason, output=result.output)
         return result.output
@@ -645,6 +654,7 @@ class LocalChain(Chain):
             number=parent.number + 1,
             timestamp_ms=timestamp_ms,
             base_fee=calculate_expected_base_fee_per_gas(parent),  # type: ignore[arg-type]
+            gas_limit=self.gas_limit,
         )
         self._prepare(block)
         return block

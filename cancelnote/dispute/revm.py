@@ -122,6 +122,11 @@ def _failure(error: RuntimeError) -> tuple[str, bytes]:
     raise ChainError(f"the transaction is invalid: {text}")
 
 
+def _log(entry: pyrevm.Log) -> tuple[bytes, tuple[bytes, ...], bytes]:
+    topics, data = entry.data
+    return bytes.fromhex(entry.address[2:]), tuple(topics), data
+
+
 def _storage_changes(journal: str) -> tuple[list[tuple[bytes, int, int]], set[bytes]]:
     """Slots whose value moved, and self-destructed accounts, from revm's journal (Debug text).
 
@@ -158,13 +163,14 @@ class RevmChain(LocalChain):
         accounts: int = 10,
         genesis_timestamp: int = DEFAULT_GENESIS_TIMESTAMP,
         block_time_ms: int = DEFAULT_BLOCK_TIME_MS,
+        gas_limit: int = GAS_LIMIT,
     ) -> None:
         environment = pyrevm.Env(cfg=pyrevm.CfgEnv(chain_id=chain_id))
-        self._evm = pyrevm.EVM(env=environment, gas_limit=GAS_LIMIT, spec_id=SPEC)
+        self._evm = pyrevm.EVM(env=environment, gas_limit=gas_limit, spec_id=SPEC)
         self._accounts: dict[bytes, _Account] = {}  # what revm's database holds, mirrored
         self._codes: dict[bytes, bytes] = {EMPTY_CODE_HASH: b""}
         self._block_env: tuple[int, int] | None = None
-        super().__init__(chain_id, accounts, genesis_timestamp, block_time_ms)
+        super().__init__(chain_id, accounts, genesis_timestamp, block_time_ms, gas_limit)
 
     # --- state ----------------------------------------------------------------------------
 
@@ -194,7 +200,7 @@ class RevmChain(LocalChain):
             parent_hash=bytes(32),
             timestamp=timestamp,
             timestamp_ms=timestamp * 1_000,
-            gas_limit=GAS_LIMIT,
+            gas_limit=self.gas_limit,
             gas_used=0,
             base_fee_per_gas=INITIAL_BASE_FEE,
             miner=COINBASE,
@@ -304,7 +310,7 @@ class RevmChain(LocalChain):
                     timestamp=timestamp,
                     difficulty=0,
                     prevrandao=bytes(32),
-                    gas_limit=GAS_LIMIT,
+                    gas_limit=self.gas_limit,
                 )
             )
             self._block_env = (number, timestamp)
@@ -354,9 +360,7 @@ class RevmChain(LocalChain):
             if keep:
                 changes = self._changes()
                 if failure is None:
-                    logs = tuple(
-                        (bytes.fromhex(entry.address[2:]), *entry.data) for entry in result.logs
-                    )
+                    logs = tuple(_log(entry) for entry in result.logs)
         finally:
             evm.revert(checkpoint)
         return run, changes, logs, created
