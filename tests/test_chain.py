@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -29,6 +30,9 @@ import rlp
 import vyper
 from eth_abi import decode, encode
 from eth_account import Account
+from evm_probe import probe_call, probe_initcode
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cancelnote.crypto import Signer, keccak
 from cancelnote.dispute.chain import (
@@ -85,6 +89,7 @@ def deposit():
 STORED_TOPIC = keccak(b"Stored(address,uint256)")
 REVERT_DATA = ERROR_SELECTOR + encode(["string"], ["no"])
 ALICE, BOB = dev_account(0), dev_account(1)
+STRANGER = Signer(keccak(b"nobody funded me"))
 
 
 def calldata(signature: str, types: tuple[str, ...] = (), args: tuple = ()) -> bytes:
@@ -372,6 +377,251 @@ def test_raw_transaction_that_cannot_be_included_is_refused_and_changes_nothing(
     good = Account.sign_transaction({**transfer, "to": BOB.address}, ALICE.secret)
     assert chain.send_raw_transaction(bytes(good.raw_transaction)) == bytes(good.hash)
     assert chain.balance(BOB.address) == DEV_BALANCE + 1
+
+
+# --- blocks built at slot times (both in-process backends) ---------------------------------
+
+
+def counter_on(chain: LocalChain, initcode: bytes) -> bytes:
+    address = chain.deploy(ALICE, initcode).contract_address
+    assert address is not None
+    return address
+
+
+def test_transactions_sent_during_a_slot_share_one_block_at_the_slot_time(local, initcode):
+    counter = counter_on(local, initcode)
+    head = local.block_number()
+    slot_ms = local.timestamp_ms() + 2_000
+
+    local.begin_block(slot_ms)
+    receipts = [local.transact(sender, counter, store(v)) for sender, v in ((ALICE, 1), (BOB, 2))]
+    receipts.append(local.transact(ALICE, counter, store(3)))
+
+    assert [r.block_number for r in receipts] == [head + 1] * 3
+    assert [r.transaction_index for r in receipts] == [0, 1, 2]
+    assert [log.log_index for r in receipts for log in r.logs] == [0, 1, 2]
+    assert local.block_number() == head  # not sealed: its logs are not out yet
+    assert local.get_logs(counter, head + 1) == []
+    assert local.transaction(receipts[0].transaction_hash) is None
+    assert read_uint(local, counter, "value()") == 3  # calls see the block being built
+    assert read_uint(local, counter, "now()") == slot_ms // 1000
+
+    sealed = local.seal_block()
+
+    assert sealed is not None and sealed == local.block()
+    assert (sealed.number, sealed.timestamp_ms, sealed.timestamp) == (
+        head + 1,
+        slot_ms,
+        slot_ms // 1000,
+    )
+    assert sealed.transactions == tuple(r.transaction_hash for r in receipts)
+    assert sealed.gas_used == sum(r.gas_used for r in receipts)
+    assert local.get_logs(counter, head + 1) == [log for r in receipts for log in r.logs]
+    assert read_uint(local, counter, "last_seen()") == slot_ms // 1000
+    mined = local.transaction(receipts[2].transaction_hash)
+    assert mined is not None and (mined.block_hash, mined.receipt) == (sealed.hash, receipts[2])
+    auto = local.transact(BOB, counter, store(4))  # no block being built: auto-mined again
+    assert (auto.block_number, local.timestamp()) == (head + 2, slot_ms // 1000 + 1)
+
+
+def test_sub_second_slots_share_an_evm_second_and_keep_their_milliseconds(local, initcode):
+    counter = counter_on(local, initcode)
+    second = local.timestamp() + 10
+    slots = [second * 1000, second * 1000 + 250, second * 1000 + 500, second * 1000 + 1_250]
+
+    for value, slot_ms in enumerate(slots, start=1):
+        local.begin_block(slot_ms)
+        local.transact(ALICE, counter, store(value))
+        assert read_uint(local, counter, "now()") == slot_ms // 1000
+    local.seal_block()
+
+    blocks = [local.block(number) for number in range(2, 6)]
+    assert [b.timestamp_ms for b in blocks] == slots
+    assert [b.timestamp for b in blocks] == [second, second, second, second + 1]
+    assert local.timestamp_ms() == slots[-1]
+
+
+def test_a_full_block_pushes_the_rest_into_the_next_slot(backend, initcode):
+    limit = 200_000  # five stores
+    local = make_chain(backend, gas_limit=limit, block_time_ms=2_000)
+    counter = counter_on(local, initcode)
+    slot_ms = local.timestamp_ms() + 2_000
+
+    local.begin_block(slot_ms)
+    receipts = [local.transact(ALICE, counter, store(v)) for v in range(1, 8)]
+
+    full = local.block()
+    spilled = [r for r in receipts if r.block_number > full.number]
+    assert full.timestamp_ms == slot_ms and full.gas_used <= limit
+    assert [r.block_number for r in receipts[: -len(spilled)]] == [full.number] * 5
+    first_out = spilled[0]
+    building = local.building
+    assert building is not None
+    assert (building.number, building.timestamp_ms) == (full.number + 1, slot_ms + 2_000)
+    assert local.seal_block() is None  # the spill-over waits for its slot
+    local.begin_block(slot_ms + 2_000)  # the caller's clock reaches it: it goes on
+    later = local.transact(BOB, counter, store(99))
+    sealed = local.seal_block()
+
+    assert sealed is not None and sealed.number == full.number + 1 == later.block_number
+    assert sealed.timestamp_ms == slot_ms + 2_000 and sealed.gas_used <= limit
+    assert sealed.transactions == (*(r.transaction_hash for r in spilled), later.transaction_hash)
+    mined = local.transaction(first_out.transaction_hash)
+    assert mined is not None and full.gas_used + mined.gas > limit  # it did not fit
+
+
+def test_a_transaction_the_block_can_never_hold_is_refused(backend):
+    local = make_chain(backend, gas_limit=100_000)
+    transfer = {"chainId": 1337, "nonce": 0, "gas": 100_001, "gasPrice": 10**10, "value": 1}
+    signed = Account.sign_transaction({**transfer, "to": BOB.address}, ALICE.secret)
+
+    with pytest.raises(ChainError, match="above the block gas limit"):
+        local.send_raw_transaction(bytes(signed.raw_transaction))
+    assert (local.block_number(), local.nonce(ALICE.address)) == (0, 0)
+
+
+def test_slots_go_forward_and_time_stays_put_while_a_block_is_built(local):
+    latest_ms = local.timestamp_ms()
+    with pytest.raises(ChainError, match="after the latest block's"):
+        local.begin_block(latest_ms)
+
+    local.begin_block(latest_ms + 500)
+
+    with pytest.raises(ChainError, match="slots go forward"):
+        local.begin_block(latest_ms + 400)
+    with pytest.raises(ChainError, match="is being built"):
+        local.set_next_block_timestamp(local.timestamp() + 60)
+    with pytest.raises(ChainError, match="is being built"):
+        local.increase_time(60)
+    local.begin_block(latest_ms + 500)  # the same slot again: nothing changes
+    assert local.building is not None and local.block_number() == 0
+    local.mine()  # seals the block being built, empty
+    assert (local.block_number(), local.timestamp_ms(), local.building) == (
+        1,
+        latest_ms + 500,
+        None,
+    )
+    assert local.seal_block() is None
+
+
+def test_server_reports_each_transaction_of_a_built_block(server, initcode):
+    chain = server.dispatcher.chain
+    counter = counter_on(chain, initcode)
+    chain.begin_block(chain.timestamp_ms() + 1_000)
+    receipts = [chain.transact(sender, counter, store(v)) for sender, v in ((ALICE, 1), (BOB, 2))]
+    chain.seal_block()
+
+    block = rpc(server.url, "eth_getBlockByNumber", "latest", True)["result"]
+    answers = [
+        rpc(server.url, "eth_getTransactionReceipt", "0x" + r.transaction_hash.hex())["result"]
+        for r in receipts
+    ]
+    logs = rpc(server.url, "eth_getLogs", {"fromBlock": block["number"]})["result"]
+
+    assert [tx["transactionIndex"] for tx in block["transactions"]] == ["0x0", "0x1"]
+    assert [a["transactionIndex"] for a in answers] == ["0x0", "0x1"]
+    assert [a["cumulativeGasUsed"] for a in answers] == [
+        hex(receipts[0].gas_used),
+        hex(receipts[0].gas_used + receipts[1].gas_used),
+    ]
+    assert [(log["logIndex"], log["transactionIndex"]) for log in logs] == [
+        ("0x0", "0x0"),
+        ("0x1", "0x1"),
+    ]
+    assert block["gasUsed"] == answers[1]["cumulativeGasUsed"]
+    assert JsonRpcChain(server.url).get_logs(counter, int(block["number"], 16)) == [
+        log for r in receipts for log in r.logs
+    ]
+
+
+# --- logs by interest ---------------------------------------------------------------------
+
+TOPICS = [keccak(b"topic %d" % i) for i in range(3)]
+
+
+@pytest.fixture(scope="module", params=[(b, via) for b in BACKENDS for via in ("local", "jsonrpc")])
+def logged(request: pytest.FixtureRequest) -> Iterator[tuple[Chain, list[bytes]]]:
+    """A chain whose two probes logged 60 logs of 0-3 topics, some blocks holding several."""
+    backend, via = request.param
+    chain = make_chain(backend)
+    probes = [counter_on(chain, probe_initcode()) for _ in range(2)]
+    rng = random.Random(12)
+    for index in range(60):
+        if index % 10 == 0:
+            chain.begin_block(chain.timestamp_ms() + 1_000)
+        topics = [rng.choice(TOPICS) for _ in range(rng.randrange(4))]
+        sender, probe = rng.choice((ALICE, BOB)), rng.choice(probes)
+        chain.transact(sender, probe, probe_call(f"log{len(topics)}", *topics, b"%d" % index))
+        if index % 10 == 4:
+            chain.seal_block()
+    if via == "local":
+        yield chain, probes
+        return
+    with serving(chain) as rpc_server:
+        yield JsonRpcChain(rpc_server.url), probes
+
+
+def kept(log, address, first, last, topics) -> bool:
+    """The filter's rules, written out as eth_getLogs documents them (the test's own model)."""
+    addresses = [address] if isinstance(address, bytes) else list(address or [])
+    if addresses and log.address not in addresses:
+        return False
+    if log.block_number < first or (last is not None and log.block_number > last):
+        return False
+    for position, wanted in enumerate(topics):
+        alternatives = [wanted] if isinstance(wanted, bytes) else list(wanted or [])
+        if position >= len(log.topics):
+            return False
+        if alternatives and log.topics[position] not in alternatives:
+            return False
+    return True
+
+
+@given(data=st.data())
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_a_filtered_query_returns_exactly_what_a_scan_would_keep(logged, data):
+    chain, probes = logged
+    everything = chain.get_logs(None)
+    head = chain.block_number()
+    one = st.sampled_from([*probes, STRANGER.address])
+    address = data.draw(st.none() | one | st.lists(one, max_size=3))
+    topic = st.sampled_from([*TOPICS, bytes(32)])
+    topics = data.draw(st.lists(st.none() | topic | st.lists(topic, max_size=3), max_size=4))
+    first = data.draw(st.integers(0, head + 1))
+    last = data.draw(st.none() | st.integers(first, head + 1))
+
+    expected = [log for log in everything if kept(log, address, first, last, topics)]
+
+    assert chain.get_logs(address, first, last, topics) == expected
+
+
+def test_the_unfiltered_scan_is_every_log_in_chain_order(logged):
+    chain, _ = logged
+    everything = chain.get_logs(None)
+
+    assert len(everything) == 60
+    assert [(log.block_number, log.log_index) for log in everything] == sorted(
+        (log.block_number, log.log_index) for log in everything
+    )
+    assert {len(log.topics) for log in everything} == {0, 1, 2, 3}
+    assert max(log.log_index for log in everything) >= 4  # some blocks hold several
+
+
+@pytest.mark.parametrize(
+    ("address", "topics", "first", "last", "message"),
+    [
+        (b"\x01" * 19, (), 0, None, "address is 20 bytes"),
+        (None, (b"\x01" * 31,), 0, None, "topic is 32 bytes"),
+        (None, ([TOPICS[0], "0x00"],), 0, None, "topic is 32 bytes"),
+        (None, (), -1, None, "0 <= from <= to"),
+        (None, (), 5, 4, "0 <= from <= to"),
+    ],
+)
+def test_a_malformed_filter_is_refused(local, address, topics, first, last, message):
+    with pytest.raises(ChainError, match=message):
+        local.get_logs(address, first, last, topics)
 
 
 # --- the JSON-RPC server over raw HTTP ----------------------------------------------------

@@ -95,10 +95,15 @@ class Receipt:
 Topic = bytes | Sequence[bytes] | None
 
 
-def _exact(value: bytes, length: int, what: str) -> bytes:
-    if not isinstance(value, bytes) or len(value) != length:
-        raise ChainError(f"a log filter's {what} is {length} bytes, got {value!r:.80}")
-    return value
+def _alternatives(
+    value: bytes | Sequence[bytes] | None, length: int, what: str
+) -> frozenset[bytes] | None:
+    """One value, or any of several, as a set; ``None`` or no value at all means any."""
+    values = (value,) if isinstance(value, bytes) else value or ()
+    for one in values:
+        if not isinstance(one, bytes) or len(one) != length:
+            raise ChainError(f"a log filter's {what} is {length} bytes, got {one!r:.80}")
+    return frozenset(values) or None
 
 
 @attrs.frozen
@@ -107,8 +112,10 @@ class LogFilter:
 
     * ``addresses``: ``None`` for any address, else the set a log's address must be in.
     * ``topics``: by position, ``None`` for any topic or the set of topics allowed there (an
-      OR); a log must have at least as many topics as the filter has positions (geth's rule).
+      OR); a log must have at least as many topics as the filter has positions.
     * ``[from_block, to_block]``, ``to_block=None`` meaning the latest block.
+
+    As in geth, an empty list of addresses or of alternatives means "any".
     """
 
     addresses: frozenset[bytes] | None = None
@@ -130,20 +137,8 @@ class LogFilter:
             ChainError: an address that is not 20 bytes, a topic that is not 32 bytes, a
                 negative block, or a range that ends before it starts.
         """
-        if address is None:
-            addresses = None
-        elif isinstance(address, bytes):
-            addresses = frozenset((_exact(address, 20, "address"),))
-        else:
-            addresses = frozenset(_exact(one, 20, "address") for one in address)
-        positions = tuple(
-            None
-            if topic is None
-            else frozenset((_exact(topic, 32, "topic"),))
-            if isinstance(topic, bytes)
-            else frozenset(_exact(one, 32, "topic") for one in topic)
-            for topic in topics
-        )
+        addresses = _alternatives(address, 20, "address")
+        positions = tuple(_alternatives(topic, 32, "topic") for topic in topics)
         if from_block < 0 or (to_block is not None and to_block < from_block):
             raise ChainError(
                 f"a log filter's blocks are 0 <= from <= to, got {from_block}..{to_block}"

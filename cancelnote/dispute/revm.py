@@ -122,6 +122,14 @@ def _failure(error: RuntimeError) -> tuple[str, bytes]:
     raise ChainError(f"the transaction is invalid: {text}")
 
 
+def _original_code(padded: bytes, code_hash: bytes) -> bytes:
+    """Code as deployed: revm hands out its analysed copy, with up to 33 zero bytes added."""
+    for cut in range(len(padded), max(len(padded) - 34, -1), -1):
+        if keccak(padded[:cut]) == code_hash:
+            return padded[:cut]
+    raise ChainError(f"revm holds code that does not hash to {code_hash.hex()}")
+
+
 def _log(entry: pyrevm.Log) -> tuple[bytes, tuple[bytes, ...], bytes]:
     topics, data = entry.data
     return bytes.fromhex(entry.address[2:]), tuple(topics), data
@@ -348,7 +356,8 @@ class RevmChain(LocalChain):
             try:
                 if to is None:
                     created = bytes.fromhex(evm.deploy(_hex(sender), data, value, gas)[2:])
-                    output = evm.get_code(_hex(created)) or b""
+                    info = evm.basic(_hex(created))
+                    output = _original_code(info.code or b"", info.code_hash)
                 else:
                     output = evm.message_call(_hex(sender), _hex(to), data, value, gas)
                 failure = None
@@ -377,6 +386,7 @@ class RevmChain(LocalChain):
             )
             if now != self._accounts.get(address, _EMPTY):
                 new_code = now.code_hash not in self._codes
-                accounts[address] = (now, info.code if new_code else None)
+                code = _original_code(info.code or b"", now.code_hash) if new_code else None
+                accounts[address] = (now, code)
         storage = [change for change in storage if change[0] not in destroyed]
         return _Changes(accounts, storage)
