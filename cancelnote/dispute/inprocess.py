@@ -38,6 +38,7 @@ from .local import (
     Execution,
     LocalChain,
     MinedTransaction,
+    Outcome,
     PendingBlock,
     Run,
     Transaction,
@@ -162,7 +163,17 @@ class InProcessChain(LocalChain):
         assert self._chain.header.base_fee_per_gas == block.base_fee, "one EIP-1559 rule"
         self._natives, self._receipts = [], []
 
-    def _execute(self, transaction: Transaction, block: PendingBlock) -> Execution:
+    def _execute(
+        self, transaction: Transaction, block: PendingBlock, expect: Outcome | None = None
+    ) -> Execution | None:
+        if expect is not None:  # py-evm cannot undo a transaction: check with a dry run
+            with self._dry_runs(None, transaction.price(block.base_fee)) as run:
+                checked = run(
+                    transaction.sender, transaction.to, transaction.data, transaction.value,
+                    transaction.gas,
+                )  # fmt: skip
+            if checked.outcome != expect:
+                return None
         native = self._chain.get_vm().get_transaction_builder().decode(transaction.raw)
         assert native.hash == transaction.hash, "py-evm reads the transaction as it was signed"
         vm = self._chain.get_vm()
@@ -197,18 +208,18 @@ class InProcessChain(LocalChain):
         return _info(header, block.timestamp_ms, tuple(tx.hash for tx in self._natives))
 
     @contextmanager
-    def _dry_runs(self, block_number: int | None) -> Iterator[DryRun]:
-        """Dry runs on a throw-away state with a zero base fee.
+    def _dry_runs(self, block_number: int | None, price: int = 0) -> Iterator[DryRun]:
+        """Dry runs on a throw-away state (with a zero base fee when the gas is free).
 
         py-evm's own ``in_costless_state`` stamps its block with the wall clock; this keeps
         the header's timestamp.
         """
         header = self._chain.header if block_number is None else self._header(block_number)
-        state = self._chain.get_vm(header.copy(base_fee_per_gas=0)).state
+        state = self._chain.get_vm(header if price else header.copy(base_fee_per_gas=0)).state
         snapshot = state.snapshot()
 
         def run(sender: bytes, to: bytes | None, data: bytes, value: int, gas: int) -> Run:
-            return _run(self._dry_run(state, sender, to, data, value, gas), gas)
+            return _run(self._dry_run(state, sender, to, data, value, gas, price), gas)
 
         try:
             yield run
@@ -225,11 +236,18 @@ class InProcessChain(LocalChain):
         return self._chain.get_vm(self._chain.header if at is None else self._header(at)).state
 
     def _dry_run(
-        self, state: StateAPI, sender: bytes, to: bytes | None, data: bytes, value: int, gas: int
+        self,
+        state: StateAPI,
+        sender: bytes,
+        to: bytes | None,
+        data: bytes,
+        value: int,
+        gas: int,
+        price: int,
     ) -> ComputationAPI:
         unsigned = self._chain.get_vm().create_unsigned_transaction(
             nonce=state.get_nonce(sender),
-            gas_price=0,
+            gas_price=price,
             gas=gas,
             to=to or b"",
             value=value,

@@ -35,7 +35,6 @@ from importlib.metadata import version
 
 import attrs
 import pyrevm
-import rlp
 from eth.vm.forks.london.constants import INITIAL_BASE_FEE
 
 from ..crypto import keccak
@@ -49,6 +48,7 @@ from .local import (
     DryRun,
     Execution,
     LocalChain,
+    Outcome,
     PendingBlock,
     Run,
     Transaction,
@@ -79,13 +79,9 @@ _HALTS = {
 }
 _REVERT = re.compile(r"Revert \{ gas_used: \d+, output: 0x([0-9a-f]*) \}")
 _HALT = re.compile(r"Halt \{ reason: (\w+)")
-_ACCOUNT = re.compile(r"(0x[0-9a-f]{40}): Account \{ info: ")
-_SLOT = re.compile(
-    r"(\d+): StorageSlot \{ previous_or_original_value: (\d+), present_value: (\d+) \}"
-)
-_STATE_END = "}, transient_storage: "
-_STORAGE = ", storage: {"
-_STATUS = "}, status: AccountStatus("
+_JOURNAL = "journal: ["
+_WRITE = re.compile(r"StorageChange \{ address: (0x[0-9a-f]{40}), key: (\d+), had_value: Some")
+_DESTROYED = re.compile(r"AccountDestroyed \{ address: (0x[0-9a-f]{40})")
 
 
 @attrs.frozen
@@ -122,6 +118,13 @@ def _failure(error: RuntimeError) -> tuple[str, bytes]:
     raise ChainError(f"the transaction is invalid: {text}")
 
 
+def _block_hash(parent: bytes, number: int, timestamp_ms: int, hashes: tuple[bytes, ...]) -> bytes:
+    """An identifier for a revm block (it has no header to hash): its parent, place, time and
+    transactions."""
+    place = number.to_bytes(8, "big") + timestamp_ms.to_bytes(8, "big")
+    return keccak(parent + place + b"".join(hashes))
+
+
 def _original_code(padded: bytes, code_hash: bytes) -> bytes:
     """Code as deployed: revm hands out its analysed copy, with up to 33 zero bytes added."""
     for cut in range(len(padded), max(len(padded) - 34, -1), -1):
@@ -135,29 +138,16 @@ def _log(entry: pyrevm.Log) -> tuple[bytes, tuple[bytes, ...], bytes]:
     return bytes.fromhex(entry.address[2:]), tuple(topics), data
 
 
-def _storage_changes(journal: str) -> tuple[list[tuple[bytes, int, int]], set[bytes]]:
-    """Slots whose value moved, and self-destructed accounts, from revm's journal (Debug text).
+def _written(journal: str) -> tuple[set[tuple[bytes, int]], set[bytes]]:
+    """Slots a transaction wrote, and accounts it destroyed, from revm's journal (Debug text).
 
-    The journal lists every account the transaction loaded, with the slots it touched as
-    ``previous_or_original_value`` (at the transaction's start: the journal is empty then)
-    and ``present_value``.
+    The journal's entries come last (after the state, which prints every loaded contract's
+    code): a write is a ``StorageChange`` with ``had_value: Some``, a mere read ``None``.
     """
-    state = journal[: journal.index(_STATE_END)]
-    headers = list(_ACCOUNT.finditer(state))
-    changed: list[tuple[bytes, int, int]] = []
-    destroyed: set[bytes] = set()
-    for header, following in zip(headers, [*headers[1:], None], strict=True):
-        end = len(state) if following is None else following.start()
-        storage = state.index(_STORAGE, header.end(), end)
-        status = state.index(_STATUS, storage, end)
-        address = bytes.fromhex(header.group(1)[2:])
-        if "SelfDestructed" in state[status:end]:
-            destroyed.add(address)
-        for slot in _SLOT.finditer(state, storage, status):
-            key, original, present = map(int, slot.groups())
-            if present != original:
-                changed.append((address, key, present))
-    return changed, destroyed
+    entries = journal[journal.rindex(_JOURNAL) :]
+    written = {(bytes.fromhex(address[2:]), int(key)) for address, key in _WRITE.findall(entries)}
+    destroyed = {bytes.fromhex(address[2:]) for address in _DESTROYED.findall(entries)}
+    return written, destroyed
 
 
 class RevmChain(LocalChain):
@@ -204,7 +194,7 @@ class RevmChain(LocalChain):
             self._write(address, _Account(balance=balance))
         return BlockInfo(
             number=0,
-            hash=keccak(rlp.encode([bytes(32), 0, timestamp * 1_000])),
+            hash=_block_hash(bytes(32), 0, timestamp * 1_000, ()),
             parent_hash=bytes(32),
             timestamp=timestamp,
             timestamp_ms=timestamp * 1_000,
@@ -221,7 +211,9 @@ class RevmChain(LocalChain):
     def _prepare(self, block: PendingBlock) -> None:
         """Nothing to open: revm is told the block when it runs something in it."""
 
-    def _execute(self, transaction: Transaction, block: PendingBlock) -> Execution:
+    def _execute(
+        self, transaction: Transaction, block: PendingBlock, expect: Outcome | None = None
+    ) -> Execution | None:
         if transaction.type_id not in TRANSACTION_TYPES or transaction.access_list:
             raise ChainError(
                 f"the revm backend takes transactions of types {TRANSACTION_TYPES} without "
@@ -229,35 +221,35 @@ class RevmChain(LocalChain):
             )
         self._use_block(block.number, block.timestamp)
         price = transaction.price(block.base_fee)
-        sender = self._accounts.get(transaction.sender, _EMPTY)
-        bumped = sender.nonce + (transaction.to is not None)  # a creation bumps it in revm
-        self._write(
-            transaction.sender,
-            attrs.evolve(sender, balance=sender.balance - transaction.gas * price, nonce=bumped),
-        )  # the gas is bought first: the call sees the sender's balance without it
-        try:
-            run, changes, logs, created = self._run(
-                transaction.sender, transaction.to, transaction.data, transaction.value,
-                transaction.gas, keep=True,
-            )  # fmt: skip
-        except ChainError:
-            self._write(transaction.sender, sender)
-            raise
+        run, changes, logs, created = self._run(
+            transaction.sender, transaction.to, transaction.data, transaction.value,
+            transaction.gas, keep=True, bought=transaction.gas * price,
+        )  # fmt: skip
+        if expect is not None and run.outcome != expect:  # nothing was written
+            return None
         assert changes is not None
-        for address, (account, code) in changes.accounts.items():
+        charged = run.charged_gas(transaction.data)
+        accounts = changes.accounts
+        before = self._accounts.get(transaction.sender, _EMPTY)
+        after = accounts.get(transaction.sender, (before, None))[0]
+        accounts[transaction.sender] = (
+            attrs.evolve(
+                after,
+                balance=after.balance + (transaction.gas - charged) * price,  # unused gas back
+                nonce=before.nonce + 1,  # revm bumps it for a creation only
+            ),
+            None,
+        )
+        tip = (price - block.base_fee) * charged
+        if tip:
+            miner = accounts.get(COINBASE, (self._accounts.get(COINBASE, _EMPTY), None))[0]
+            accounts[COINBASE] = (attrs.evolve(miner, balance=miner.balance + tip), None)
+        for address, (account, code) in accounts.items():
             self._write(address, account, code)
         for address, slot, value in changes.storage:
             checkpoint = self._evm.snapshot()  # the write loads the account: forget that
             self._evm.insert_account_storage(_hex(address), slot, value)
             self._evm.revert(checkpoint)
-        charged = run.charged_gas(transaction.data)
-        after = self._accounts[transaction.sender]
-        unused = (transaction.gas - charged) * price
-        self._write(transaction.sender, attrs.evolve(after, balance=after.balance + unused))
-        tip = (price - block.base_fee) * charged
-        if tip:
-            miner = self._accounts.get(COINBASE, _EMPTY)
-            self._write(COINBASE, attrs.evolve(miner, balance=miner.balance + tip))
         return Execution(
             run=run,
             gas_used=charged,
@@ -270,7 +262,7 @@ class RevmChain(LocalChain):
         hashes = tuple(transaction.hash for transaction, _, _ in block.transactions)
         return BlockInfo(
             number=block.number,
-            hash=keccak(rlp.encode([parent.hash, block.number, block.timestamp_ms, list(hashes)])),
+            hash=_block_hash(parent.hash, block.number, block.timestamp_ms, hashes),
             parent_hash=parent.hash,
             timestamp=block.timestamp,
             timestamp_ms=block.timestamp_ms,
@@ -285,7 +277,7 @@ class RevmChain(LocalChain):
         )
 
     @contextmanager
-    def _dry_runs(self, block_number: int | None) -> Iterator[DryRun]:
+    def _dry_runs(self, block_number: int | None, price: int = 0) -> Iterator[DryRun]:
         if block_number is None:
             self._use_block(self._pending.number, self._pending.timestamp)
         else:
@@ -293,7 +285,7 @@ class RevmChain(LocalChain):
             self._use_block(block_number, self._blocks[block_number].timestamp)
 
         def run(sender: bytes, to: bytes | None, data: bytes, value: int, gas: int) -> Run:
-            return self._run(sender, to, data, value, gas, keep=False)[0]
+            return self._run(sender, to, data, value, gas, keep=False, bought=gas * price)[0]
 
         yield run
 
@@ -339,17 +331,32 @@ class RevmChain(LocalChain):
         )
 
     def _run(
-        self, sender: bytes, to: bytes | None, data: bytes, value: int, gas: int, *, keep: bool
+        self,
+        sender: bytes,
+        to: bytes | None,
+        data: bytes,
+        value: int,
+        gas: int,
+        *,
+        keep: bool,
+        bought: int = 0,
     ) -> tuple[
         Run, _Changes | None, tuple[tuple[bytes, tuple[bytes, ...], bytes], ...], bytes | None
     ]:
         """Run a call or creation in a journal checkpoint and revert it.
 
         Returns the run (a creation's output is its runtime code), and, if ``keep``, what it
-        changed, its logs and the created contract, for the caller to write.
+        changed, its logs and the created contract, for the caller to write. ``bought`` is
+        wei the sender pays for its gas first (in the checkpoint, so it is undone too).
         """
         evm = self._evm
         checkpoint = evm.snapshot()
+        if bought:
+            balance = self._accounts.get(sender, _EMPTY).balance
+            if balance < bought + value:
+                evm.revert(checkpoint)
+                raise ChainError(f"the transaction is invalid: {balance} wei cannot buy its gas")
+            evm.set_balance(_hex(sender), balance - bought)
         created = changes = None
         logs: tuple[tuple[bytes, tuple[bytes, ...], bytes], ...] = ()
         try:
@@ -375,7 +382,13 @@ class RevmChain(LocalChain):
         return run, changes, logs, created
 
     def _changes(self) -> _Changes:
-        storage, destroyed = _storage_changes(self._evm.journal_str)
+        evm = self._evm
+        written, destroyed = _written(evm.journal_str)
+        storage = [
+            (address, slot, evm.storage(_hex(address), slot))
+            for address, slot in sorted(written)
+            if address not in destroyed
+        ]
         accounts: dict[bytes, tuple[_Account, bytes | None]] = {}
         for key, info in self._evm.journal_state.items():
             address = bytes.fromhex(key[2:])
@@ -388,5 +401,4 @@ class RevmChain(LocalChain):
                 new_code = now.code_hash not in self._codes
                 code = _original_code(info.code or b"", now.code_hash) if new_code else None
                 accounts[address] = (now, code)
-        storage = [change for change in storage if change[0] not in destroyed]
         return _Changes(accounts, storage)
