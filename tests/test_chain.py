@@ -47,8 +47,10 @@ from cancelnote.dispute.local import (
     DEFAULT_GENESIS_TIMESTAMP,
     DEV_BALANCE,
     LocalChain,
+    decode_transaction,
     dev_account,
     make_chain,
+    sign_transaction,
 )
 from cancelnote.dispute.rpcserver import RpcServer, serve
 
@@ -377,6 +379,87 @@ def test_raw_transaction_that_cannot_be_included_is_refused_and_changes_nothing(
     good = Account.sign_transaction({**transfer, "to": BOB.address}, ALICE.secret)
     assert chain.send_raw_transaction(bytes(good.raw_transaction)) == bytes(good.hash)
     assert chain.balance(BOB.address) == DEV_BALANCE + 1
+
+
+@given(
+    nonce=st.integers(0, 2**64 - 1),
+    fee=st.integers(0, 2**128),
+    gas=st.integers(21_000, 2**63 - 1),
+    create=st.booleans(),
+    value=st.integers(0, 2**200),
+    data=st.binary(max_size=300),
+)
+@settings(max_examples=60, deadline=None)
+def test_transactions_are_signed_byte_for_byte_as_eth_account_signs_them(
+    nonce, fee, gas, create, value, data
+):
+    fields = {"chainId": 1337, "nonce": nonce, "maxFeePerGas": fee, "gas": gas, "value": value}
+    to = None if create else BOB.address
+    expected = Account.sign_transaction(
+        {
+            **fields,
+            "type": 2,
+            "maxPriorityFeePerGas": 0,
+            "data": data,
+            "accessList": [],
+            **({} if to is None else {"to": to}),
+        },
+        ALICE.secret,
+    )
+
+    signed = sign_transaction(
+        ALICE,
+        chain_id=1337,
+        nonce=nonce,
+        max_fee_per_gas=fee,
+        gas=gas,
+        to=to,
+        value=value,
+        data=data,
+    )
+
+    assert (signed.raw, signed.hash) == (bytes(expected.raw_transaction), bytes(expected.hash))
+    decoded = decode_transaction(signed.raw)
+    assert (decoded.sender, decoded.to, decoded.data, decoded.gas) == (ALICE.address, to, data, gas)
+
+
+def test_an_unknown_backend_or_block_gas_limit_is_refused():
+    with pytest.raises(ChainError, match="unknown chain backend 'geth'"):
+        make_chain("geth")
+    for backend in BACKENDS:
+        with pytest.raises(ChainError, match="gas_limit must be in"):
+            make_chain(backend, gas_limit=20_999)
+
+
+def test_revm_reads_only_its_newest_state(initcode):
+    revm = make_chain("revm")
+    counter = counter_on(revm, initcode)
+    revm.transact(BOB, counter, store(5))
+
+    with pytest.raises(ChainError, match="keeps only the newest state, not block 1's"):
+        revm.balance(BOB.address, block_number=1)
+    with pytest.raises(ChainError, match="keeps only the newest state"):
+        revm.call(counter, calldata("value()"), block_number=0)
+    assert revm.balance(BOB.address, block_number=2) == revm.balance(BOB.address)
+    revm.begin_block(revm.timestamp_ms() + 1_000)
+    revm.transact(BOB, counter, store(6))
+    with pytest.raises(ChainError, match="a block is being built"):
+        revm.call(counter, calldata("value()"), block_number=2)
+    assert read_uint(revm, counter, "value()") == 6  # the newest state: the block being built
+
+
+def test_revm_refuses_transactions_with_an_access_list():
+    revm = make_chain("revm")
+    transfer = {"chainId": 1337, "nonce": 0, "gas": 30_000, "gasPrice": 10**10, "value": 1}
+    slots = [{"address": "0x" + BOB.address.hex(), "storageKeys": ["0x" + "00" * 32]}]
+    signed = Account.sign_transaction(
+        {**transfer, "to": BOB.address, "accessList": slots, "type": 1}, ALICE.secret
+    )
+
+    with pytest.raises(ChainError, match="without access lists, got type 1"):
+        revm.send_raw_transaction(bytes(signed.raw_transaction))
+    assert (revm.block_number(), revm.nonce(ALICE.address)) == (0, 0)
+    assert make_chain("py-evm").send_raw_transaction(bytes(signed.raw_transaction))
 
 
 # --- blocks built at slot times (both in-process backends) ---------------------------------
