@@ -26,9 +26,11 @@ Rules:
   the transaction will be mined in. ``block_number`` and ``timestamp`` are the latest sealed
   block's.
 * **Gas is estimated, never guessed**: a limit checked to end the transaction exactly as an
-  unlimited run does (geth's optimistic first guess, the gas used plus a 63/64 call margin,
-  else a binary search like geth's ``eth_estimateGas``), and never below EIP-7623's calldata
-  floor.
+  unlimited, costless run does (geth's optimistic first guess, the gas used plus a 63/64 call
+  margin and at least EIP-7623's calldata floor, else a binary search like geth's
+  ``eth_estimateGas``). ``transact`` checks the guess by running the transaction as it will
+  execute (its gas bought first); a backend that can undo a run (revm) checks with the
+  execution itself, one that cannot (py-evm) with a dry run: the same gas either way.
 * **One lock** guards the chain: the JSON-RPC server and ``trio.to_thread`` callers share one.
 """
 
@@ -551,8 +553,8 @@ class LocalChain(Chain):
 
     def estimate_gas(self, sender: bytes, to: bytes | None, data: bytes, *, value: int = 0) -> int:
         """The gas limit :meth:`transact` would send with (costless runs: no gas is bought)."""
-        cap = self._pending.gas_limit
         with self._lock, self._dry_runs(None) as run:
+            cap = self._pending.gas_limit
             unlimited = run(sender, to, data, value, cap)
             gas = _first_guess(unlimited, data, cap)
             if run(sender, to, data, value, gas).outcome != unlimited.outcome:
