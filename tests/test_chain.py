@@ -358,7 +358,7 @@ def test_genesis_timestamp_and_chain_id_are_chosen_by_the_caller(backend, initco
     assert chain.chain_id == 31337
     assert chain.timestamp() == 1_001
     mined = chain.transaction(receipt.transaction_hash)
-    assert mined is not None and mined.sender == ALICE.address
+    assert mined is not None and mined.transaction.sender == ALICE.address
 
 
 @pytest.mark.parametrize(
@@ -550,7 +550,7 @@ def test_a_full_block_pushes_the_rest_into_the_next_slot(backend, initcode):
     assert sealed.timestamp_ms == slot_ms + 2_000 and sealed.gas_used <= limit
     assert sealed.transactions == (*(r.transaction_hash for r in spilled), later.transaction_hash)
     mined = local.transaction(first_out.transaction_hash)
-    assert mined is not None and full.gas_used + mined.gas > limit  # it did not fit
+    assert mined is not None and full.gas_used + mined.transaction.gas > limit  # it did not fit
 
 
 def test_a_transaction_the_block_can_never_hold_is_refused(backend):

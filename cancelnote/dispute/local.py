@@ -309,17 +309,11 @@ class Execution:
 
 @attrs.frozen
 class MinedTransaction:
-    """A mined transaction as the JSON-RPC server reports it (its receipt and envelope)."""
+    """A sealed transaction as the JSON-RPC server reports it: receipt, envelope, price."""
 
     receipt: Receipt
-    sender: bytes
-    to: bytes | None
-    nonce: int
-    value: int
-    data: bytes
-    gas: int
+    transaction: Transaction
     effective_gas_price: int
-    transaction_type: int
     block_hash: bytes
 
 
@@ -620,7 +614,7 @@ class LocalChain(Chain):
 
     def transaction_input(self, transaction_hash: bytes) -> bytes | None:
         mined = self.transaction(transaction_hash)
-        return None if mined is None else mined.data
+        return None if mined is None else mined.transaction.data
 
     def logs(self, wanted: LogFilter) -> list[Log]:
         with self._lock:
@@ -713,16 +707,7 @@ class LocalChain(Chain):
         self._blocks.append(info)
         for transaction, _, receipt in block.transactions:
             self._transactions[transaction.hash] = MinedTransaction(
-                receipt=receipt,
-                sender=transaction.sender,
-                to=transaction.to,
-                nonce=transaction.nonce,
-                value=transaction.value,
-                data=transaction.data,
-                gas=transaction.gas,
-                effective_gas_price=transaction.price(block.base_fee),
-                transaction_type=transaction.type_id,
-                block_hash=info.hash,
+                receipt, transaction, transaction.price(block.base_fee), info.hash
             )
             for log in receipt.logs:
                 self._log_index.add(log)

@@ -41,9 +41,6 @@ from ..crypto import keccak
 from .chain import ChainError
 from .local import (
     COINBASE,
-    DEFAULT_BLOCK_TIME_MS,
-    DEFAULT_GENESIS_TIMESTAMP,
-    GAS_LIMIT,
     BlockInfo,
     DryRun,
     Execution,
@@ -155,20 +152,10 @@ class RevmChain(LocalChain):
 
     engine = f"revm (pyrevm {version('pyrevm')}, {SPEC.title()})"
 
-    def __init__(
-        self,
-        chain_id: int = 1337,
-        accounts: int = 10,
-        genesis_timestamp: int = DEFAULT_GENESIS_TIMESTAMP,
-        block_time_ms: int = DEFAULT_BLOCK_TIME_MS,
-        gas_limit: int = GAS_LIMIT,
-    ) -> None:
-        environment = pyrevm.Env(cfg=pyrevm.CfgEnv(chain_id=chain_id))
-        self._evm = pyrevm.EVM(env=environment, gas_limit=gas_limit, spec_id=SPEC)
-        self._accounts: dict[bytes, _Account] = {}  # what revm's database holds, mirrored
-        self._codes: dict[bytes, bytes] = {EMPTY_CODE_HASH: b""}
-        self._block_env: tuple[int, int] | None = None
-        super().__init__(chain_id, accounts, genesis_timestamp, block_time_ms, gas_limit)
+    _evm: pyrevm.EVM
+    _accounts: dict[bytes, _Account]  # what revm's database holds, mirrored
+    _codes: dict[bytes, bytes]
+    _block_env: tuple[int, int] | None
 
     # --- state ----------------------------------------------------------------------------
 
@@ -190,6 +177,10 @@ class RevmChain(LocalChain):
     # --- the backend ------------------------------------------------------------------------
 
     def _genesis(self, balances: dict[bytes, int], timestamp: int) -> BlockInfo:
+        environment = pyrevm.Env(cfg=pyrevm.CfgEnv(chain_id=self.chain_id))
+        self._evm = pyrevm.EVM(env=environment, gas_limit=self.gas_limit, spec_id=SPEC)
+        self._accounts, self._codes = {}, {EMPTY_CODE_HASH: b""}
+        self._block_env = None
         for address, balance in balances.items():
             self._write(address, _Account(balance=balance))
         return BlockInfo(

@@ -111,19 +111,20 @@ def _log_json(log: Log, block_hash: bytes) -> dict[str, Any]:
 
 
 def _transaction_json(mined: MinedTransaction) -> dict[str, Any]:
+    transaction = mined.transaction
     return {
-        "hash": to_data(mined.receipt.transaction_hash),
+        "hash": to_data(transaction.hash),
         "blockHash": to_data(mined.block_hash),
         "blockNumber": to_quantity(mined.receipt.block_number),
         "transactionIndex": to_quantity(mined.receipt.transaction_index),
-        "from": to_data(mined.sender),
-        "to": None if mined.to is None else to_data(mined.to),
-        "nonce": to_quantity(mined.nonce),
-        "value": to_quantity(mined.value),
-        "gas": to_quantity(mined.gas),
+        "from": to_data(transaction.sender),
+        "to": None if transaction.to is None else to_data(transaction.to),
+        "nonce": to_quantity(transaction.nonce),
+        "value": to_quantity(transaction.value),
+        "gas": to_quantity(transaction.gas),
         "gasPrice": to_quantity(mined.effective_gas_price),
-        "input": to_data(mined.data),
-        "type": to_quantity(mined.transaction_type),
+        "input": to_data(transaction.data),
+        "type": to_quantity(transaction.type_id),
     }
 
 
@@ -134,8 +135,8 @@ def _receipt_json(mined: MinedTransaction, cumulative_gas: int) -> dict[str, Any
         "transactionIndex": to_quantity(receipt.transaction_index),
         "blockHash": to_data(mined.block_hash),
         "blockNumber": to_quantity(receipt.block_number),
-        "from": to_data(mined.sender),
-        "to": None if mined.to is None else to_data(mined.to),
+        "from": to_data(mined.transaction.sender),
+        "to": None if mined.transaction.to is None else to_data(mined.transaction.to),
         "cumulativeGasUsed": to_quantity(cumulative_gas),
         "gasUsed": to_quantity(receipt.gas_used),
         "effectiveGasPrice": to_quantity(mined.effective_gas_price),
@@ -145,7 +146,7 @@ def _receipt_json(mined: MinedTransaction, cumulative_gas: int) -> dict[str, Any
         "logs": [_log_json(log, mined.block_hash) for log in receipt.logs],
         "logsBloom": _bloom(receipt.logs),
         "status": to_quantity(receipt.status),
-        "type": to_quantity(mined.transaction_type),
+        "type": to_quantity(mined.transaction.type_id),
     }
 
 
