@@ -115,13 +115,6 @@ def _failure(error: RuntimeError) -> tuple[str, bytes]:
     raise ChainError(f"the transaction is invalid: {text}")
 
 
-def _block_hash(parent: bytes, number: int, timestamp_ms: int, hashes: tuple[bytes, ...]) -> bytes:
-    """An identifier for a revm block (it has no header to hash): its parent, place, time and
-    transactions."""
-    place = number.to_bytes(8, "big") + timestamp_ms.to_bytes(8, "big")
-    return keccak(parent + place + b"".join(hashes))
-
-
 def _original_code(padded: bytes, code_hash: bytes) -> bytes:
     """Code as deployed: revm hands out its analysed copy, with up to 33 zero bytes added."""
     for cut in range(len(padded), max(len(padded) - 34, -1), -1):
@@ -183,21 +176,7 @@ class RevmChain(LocalChain):
         self._block_env = None
         for address, balance in balances.items():
             self._write(address, _Account(balance=balance))
-        return BlockInfo(
-            number=0,
-            hash=_block_hash(bytes(32), 0, timestamp * 1_000, ()),
-            parent_hash=bytes(32),
-            timestamp=timestamp,
-            timestamp_ms=timestamp * 1_000,
-            gas_limit=self.gas_limit,
-            gas_used=0,
-            base_fee_per_gas=INITIAL_BASE_FEE,
-            miner=COINBASE,
-            state_root=bytes(32),
-            transactions_root=bytes(32),
-            receipts_root=bytes(32),
-            transactions=(),
-        )
+        return self._block_info(0, bytes(32), timestamp * 1_000, 0, INITIAL_BASE_FEE, ())
 
     def _prepare(self, block: PendingBlock) -> None:
         """Nothing to open: revm is told the block when it runs something in it."""
@@ -249,17 +228,31 @@ class RevmChain(LocalChain):
         )
 
     def _seal_block(self, block: PendingBlock) -> BlockInfo:
-        parent = self._blocks[-1]
         hashes = tuple(transaction.hash for transaction, _, _ in block.transactions)
+        parent = self._blocks[-1].hash
+        info = (block.number, parent, block.timestamp_ms, block.gas_used, block.base_fee, hashes)
+        return self._block_info(*info)
+
+    def _block_info(
+        self,
+        number: int,
+        parent_hash: bytes,
+        timestamp_ms: int,
+        gas_used: int,
+        base_fee: int,
+        hashes: tuple[bytes, ...],
+    ) -> BlockInfo:
+        """A revm block: no header to hash, no Merkle roots; the hash only identifies it."""
+        place = number.to_bytes(8, "big") + timestamp_ms.to_bytes(8, "big")
         return BlockInfo(
-            number=block.number,
-            hash=_block_hash(parent.hash, block.number, block.timestamp_ms, hashes),
-            parent_hash=parent.hash,
-            timestamp=block.timestamp,
-            timestamp_ms=block.timestamp_ms,
-            gas_limit=block.gas_limit,
-            gas_used=block.gas_used,
-            base_fee_per_gas=block.base_fee,
+            number=number,
+            hash=keccak(parent_hash + place + b"".join(hashes)),
+            parent_hash=parent_hash,
+            timestamp=timestamp_ms // 1_000,
+            timestamp_ms=timestamp_ms,
+            gas_limit=self.gas_limit,
+            gas_used=gas_used,
+            base_fee_per_gas=base_fee,
             miner=COINBASE,
             state_root=bytes(32),
             transactions_root=bytes(32),
