@@ -587,6 +587,27 @@ def test_slots_go_forward_and_time_stays_put_while_a_block_is_built(local):
     assert local.seal_block() is None
 
 
+@pytest.mark.parametrize("when", [2**64, -1, 1.5, "soon", True])
+def test_a_block_time_outside_a_headers_64_bits_is_refused_and_changes_nothing(local, when):
+    head = (local.block_number(), local.timestamp_ms(), local.building)
+    with pytest.raises(ChainError, match="whole number of 64 bits"):
+        local.set_next_block_timestamp(when)
+    with pytest.raises(ChainError, match="whole number of 64 bits"):
+        local.begin_block(when * 1000 if type(when) is int else when)
+    local.mine()
+    assert (local.block_number(), local.timestamp_ms()) == (head[0] + 1, head[1] + 1_000)
+
+
+def test_server_refuses_a_block_time_past_64_bits(server):
+    answer = rpc(server.url, "evm_setNextBlockTimestamp", hex(2**64))
+    assert error_code(answer) == -32000
+    assert "64 bits" in answer["error"]["message"]
+    assert error_code(rpc(server.url, "evm_increaseTime", hex(2**64))) == -32000
+    assert rpc(server.url, "evm_mine")["result"] == "0x0"
+    block = rpc(server.url, "eth_getBlockByNumber", "latest", False)["result"]
+    assert block["timestamp"] == hex(DEFAULT_GENESIS_TIMESTAMP + 1)
+
+
 def test_server_reports_each_transaction_of_a_built_block(server, initcode):
     chain = server.dispatcher.chain
     counter = counter_on(chain, initcode)

@@ -63,6 +63,8 @@ from .chain import (
 
 GAS_LIMIT = 30_000_000  # per block (mainnet's from 2021 to 2025), the same in every block
 MIN_GAS_LIMIT = 21_000  # a block must hold a transfer
+MAX_TIMESTAMP = 2**64 - 1  # a header's timestamp is a uint64 (seconds)
+MAX_BLOCK_TIME_MS = 10**9  # eleven days: anything longer is a mistake
 MAX_GAS_LIMIT = 2**63 - 1  # py-evm's and revm's (u64) bound
 DEFAULT_GENESIS_TIMESTAMP = 1_700_000_000  # 2023-11-14: fixed so that runs are reproducible
 DEFAULT_BLOCK_TIME_MS = 1_000  # how far a spilled-over block comes after a full one
@@ -432,8 +434,10 @@ class LocalChain(Chain):
     ) -> None:
         if accounts < 0:
             raise ChainError(f"accounts must be >= 0, got {accounts}")
-        if block_time_ms <= 0:
-            raise ChainError(f"block_time_ms must be > 0, got {block_time_ms}")
+        if not 0 < block_time_ms <= MAX_BLOCK_TIME_MS:
+            raise ChainError(
+                f"block_time_ms must be in (0, {MAX_BLOCK_TIME_MS:,}], got {block_time_ms}"
+            )
         if not MIN_GAS_LIMIT <= gas_limit <= MAX_GAS_LIMIT:
             raise ChainError(
                 f"gas_limit must be in [{MIN_GAS_LIMIT:,}, {MAX_GAS_LIMIT:,}], got {gas_limit}"
@@ -469,6 +473,7 @@ class LocalChain(Chain):
         Raises:
             ChainError: the slot is not after the latest block, or before the last slot.
         """
+        _check_time(timestamp_ms, per_second=1_000)
         with self._lock:
             if timestamp_ms < self._slot_ms:
                 raise ChainError(
@@ -506,6 +511,7 @@ class LocalChain(Chain):
             self._seal()
 
     def set_next_block_timestamp(self, timestamp: int) -> None:
+        _check_time(timestamp)
         with self._lock:
             self._not_building("set the next block's timestamp")
             latest = self._blocks[-1].timestamp
@@ -826,6 +832,16 @@ class LocalChain(Chain):
         if not self._building:
             self._seal()
         return receipt
+
+
+def _check_time(when: object, per_second: int = 1) -> None:
+    """A block's time is an int whose seconds fit a header's 64 bits."""
+    if (
+        isinstance(when, bool)
+        or not isinstance(when, int)
+        or not 0 <= when // per_second <= MAX_TIMESTAMP
+    ):
+        raise ChainError(f"a block's time is a whole number of 64 bits, got {when!r:.40}")
 
 
 def _first_guess(unlimited: Run, data: bytes, cap: int) -> int:
