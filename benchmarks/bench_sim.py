@@ -36,7 +36,8 @@ Chain figures (:func:`chain_speedup`), the court's work replayed on both EVMs:
   withdrawal; calldata encoded before the clock starts) in the same run, each transaction
   auto-mined in its own block; ``chain_speedup_in_blocks``: the same with blocks of ten
   transactions built at slot times; ``chain_*_court_tx_per_s``: the rates themselves. The
-  two backends' gas must agree transaction by transaction, or the benchmark fails.
+  two backends' gas must agree transaction by transaction, or the benchmark fails;
+  ``chain_revm_*_us``: where a revm transaction's time goes (:func:`chain_costs`).
 
     python benchmarks/bench_sim.py --out results/sim.json
 """
@@ -44,6 +45,7 @@ Chain figures (:func:`chain_speedup`), the court's work replayed on both EVMs:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -57,7 +59,7 @@ from common import raw_recover_rate, raw_sign_rate, write_report
 from cancelnote.crypto import Signer
 from cancelnote.dispute.chain import TransactionReverted
 from cancelnote.dispute.court import DEV_PARAMETERS, Court
-from cancelnote.dispute.local import make_chain
+from cancelnote.dispute.local import LocalChain, make_chain, sign_transaction
 from cancelnote.messages import CancellationNote, Fill, Order, make_sender
 from cancelnote.sim.kernel import Kernel
 from cancelnote.sim.scenario import load_scenario
@@ -240,32 +242,44 @@ def court_sequence(court: Court, signers: Sequence[Signer], rounds: int) -> list
     return steps
 
 
-def court_rate(backend: str, rounds: int, per_block: int | None) -> tuple[float, list[int]]:
-    """Court transactions per CPU second on ``backend`` (auto-mined, or ``per_block`` to a
-    built block), and the gas of each."""
+def court_setup(backend: str, rounds: int) -> tuple[LocalChain, Court, list[CourtStep]]:
+    """A fresh chain on ``backend`` with a bonded court, and the sequence to replay on it."""
     chain = make_chain(backend, accounts=4)
     operator, deployer, *_ = chain.dev_accounts
     parameters = {**DEV_PARAMETERS, "halt_on_default": False}
     court = Court.deploy(chain, deployer, operator=operator.address, **parameters)
     court.deposit_bond(operator, 100 * 10**18)  # enough for every default
-    steps = court_sequence(court, chain.dev_accounts, rounds)
+    return chain, court, court_sequence(court, chain.dev_accounts, rounds)
+
+
+def replay(
+    chain: LocalChain, court: Court, steps: list[CourtStep], per_block: int | None
+) -> list[int]:
+    """Send ``steps`` (auto-mined, or ``per_block`` to a built block); the gas of each."""
     gas: list[int] = []
+    for index, (sender, data, value, wait_s) in enumerate(steps):
+        if per_block is None:
+            if wait_s:
+                chain.increase_time(wait_s)
+        elif index % per_block == 0 or wait_s:
+            building = chain.building
+            slot_ms = chain.timestamp_ms() if building is None else building.timestamp_ms
+            chain.begin_block(slot_ms + 1_000 * (1 + wait_s))
+        try:
+            gas.append(chain.transact(sender, court.address, data, value=value).gas_used)
+        except TransactionReverted as exc:  # none is expected; it would still count
+            assert exc.receipt is not None
+            gas.append(exc.receipt.gas_used)
+    chain.seal_block()
+    return gas
+
+
+def court_rate(backend: str, rounds: int, per_block: int | None) -> tuple[float, list[int]]:
+    """Court transactions per CPU second replaying the sequence on ``backend``, and their gas."""
+    chain, court, steps = court_setup(backend, rounds)
     times: list[float] = []
     with stopwatch(times):
-        for index, (sender, data, value, wait_s) in enumerate(steps):
-            if per_block is None:
-                if wait_s:
-                    chain.increase_time(wait_s)
-            elif index % per_block == 0 or wait_s:
-                building = chain.building
-                slot_ms = chain.timestamp_ms() if building is None else building.timestamp_ms
-                chain.begin_block(slot_ms + 1_000 * (1 + wait_s))
-            try:
-                gas.append(chain.transact(sender, court.address, data, value=value).gas_used)
-            except TransactionReverted as exc:  # none is expected; it would still count
-                assert exc.receipt is not None
-                gas.append(exc.receipt.gas_used)
-        chain.seal_block()
+        gas = replay(chain, court, steps, per_block)
     return len(steps) / times[0], gas
 
 
@@ -284,6 +298,44 @@ def chain_speedup(rounds: int, repeats: int) -> dict[str, float]:
         figures[f"chain_revm_court_tx_per_s{suffix}"] = rates["revm"]
         figures[f"chain_py_evm_court_tx_per_s{suffix}"] = rates["py-evm"]
     return figures
+
+
+def chain_costs(rounds: int) -> dict[str, float]:
+    """Where a revm transaction's CPU time goes, in µs: the whole ``transact``, one EVM run
+    (a ``call`` of the same step on the same state; a transaction makes two), signing, and
+    the rest (journal read and write-back, blocks, receipts, logs, checks). A call runs on
+    the latest block: a step whose call reverts there (a default, due in the next block)
+    is left out of the EVM run's mean."""
+    chain, court, steps = court_setup("revm", rounds)
+    parts = {"transact": 0.0, "signing": 0.0, "one_evm_run": 0.0}
+    runs = 0
+    for sender, data, value, wait_s in steps:
+        if wait_s:
+            chain.increase_time(wait_s)
+        started = time.process_time()
+        with contextlib.suppress(TransactionReverted):
+            chain.call(court.address, data, sender=sender.address, value=value)
+            parts["one_evm_run"] += time.process_time() - started
+            runs += 1
+        started = time.process_time()
+        sign_transaction(
+            sender, chain_id=chain.chain_id, nonce=chain.nonce(sender.address),
+            max_fee_per_gas=2 * chain.base_fee(), gas=10**6, to=court.address, value=value,
+            data=data,
+        )  # fmt: skip
+        signed = time.process_time()
+        chain.transact(sender, court.address, data, value=value)
+        parts["signing"] += signed - started
+        parts["transact"] += time.process_time() - signed
+    costs = {
+        "chain_revm_transact_us": 1e6 * parts["transact"] / len(steps),
+        "chain_revm_signing_us": 1e6 * parts["signing"] / len(steps),
+        "chain_revm_one_evm_run_us": 1e6 * parts["one_evm_run"] / runs,
+    }
+    costs["chain_revm_rest_us"] = costs["chain_revm_transact_us"] - (
+        2 * costs["chain_revm_one_evm_run_us"] + costs["chain_revm_signing_us"]
+    )
+    return costs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -332,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "time_shares": time_shares(file, overrides, args.horizon_s),
         }
     figures.update(chain_speedup(args.chain_rounds, args.repeats))
+    figures.update(chain_costs(args.chain_rounds))
     report = {
         "benchmark": "sim",
         "figures": {
