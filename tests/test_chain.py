@@ -486,6 +486,8 @@ def test_transactions_sent_during_a_slot_share_one_block_at_the_slot_time(local,
     assert local.block_number() == head  # not sealed: its logs are not out yet
     assert local.get_logs(counter, head + 1) == []
     assert local.transaction(receipts[0].transaction_hash) is None
+    assert [local.receipt(r.transaction_hash) for r in receipts] == receipts
+    assert local.receipt(b"\x99" * 32) is None
     assert read_uint(local, counter, "value()") == 3  # calls see the block being built
     assert read_uint(local, counter, "now()") == slot_ms // 1000
 
@@ -503,6 +505,7 @@ def test_transactions_sent_during_a_slot_share_one_block_at_the_slot_time(local,
     assert read_uint(local, counter, "last_seen()") == slot_ms // 1000
     mined = local.transaction(receipts[2].transaction_hash)
     assert mined is not None and (mined.block_hash, mined.receipt) == (sealed.hash, receipts[2])
+    assert local.receipt(receipts[2].transaction_hash) == receipts[2]
     auto = local.transact(BOB, counter, store(4))  # no block being built: auto-mined again
     assert (auto.block_number, local.timestamp()) == (head + 2, slot_ms // 1000 + 1)
 

@@ -618,6 +618,17 @@ class LocalChain(Chain):
         with self._lock:
             return self._transactions.get(transaction_hash)
 
+    def receipt(self, transaction_hash: bytes) -> Receipt | None:
+        """The receipt of a transaction sealed or in the block being built (``None`` if
+        neither): what a party sending during a slot learns before the slot's block is out."""
+        with self._lock:
+            mined = self._transactions.get(transaction_hash)
+            if mined is not None:
+                return mined.receipt
+            return next(
+                (r for t, _, r in self._pending.transactions if t.hash == transaction_hash), None
+            )
+
     def transaction_input(self, transaction_hash: bytes) -> bytes | None:
         mined = self.transaction(transaction_hash)
         return None if mined is None else mined.transaction.data
