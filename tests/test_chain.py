@@ -601,6 +601,24 @@ def test_a_block_time_outside_a_headers_64_bits_is_refused_and_changes_nothing(l
     assert (local.block_number(), local.timestamp_ms()) == (head[0] + 1, head[1] + 1_000)
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (2**256, f"a value is a uint256, got {2**256}"),
+        (DEV_BALANCE + 1, f"the sender's balance {DEV_BALANCE} cannot pay {DEV_BALANCE + 1}"),
+    ],
+)
+@pytest.mark.parametrize("method", ["eth_call", "eth_estimateGas"])
+def test_server_refuses_a_value_the_sender_cannot_hold_in_the_same_words(
+    server, method, value, message
+):
+    call = {"from": "0x" + ALICE.address.hex(), "to": "0x" + BOB.address.hex(), "value": hex(value)}
+    answer = rpc(server.url, method, call)
+    assert error_code(answer) == -32000
+    assert answer["error"]["message"] == f"the transaction is invalid: {message}"
+    assert server.dispatcher.chain.block_number() == 0
+
+
 def test_server_refuses_a_block_time_past_64_bits(server):
     answer = rpc(server.url, "evm_setNextBlockTimestamp", hex(2**64))
     assert error_code(answer) == -32000

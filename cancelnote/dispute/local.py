@@ -554,6 +554,7 @@ class LocalChain(Chain):
     def estimate_gas(self, sender: bytes, to: bytes | None, data: bytes, *, value: int = 0) -> int:
         """The gas limit :meth:`transact` would send with (costless runs: no gas is bought)."""
         with self._lock, self._dry_runs(None) as run:
+            self._can_pay(sender, value, None)
             cap = self._pending.gas_limit
             unlimited = run(sender, to, data, value, cap)
             gas = _first_guess(unlimited, data, cap)
@@ -576,8 +577,10 @@ class LocalChain(Chain):
 
         ``to=None`` runs a creation (``eth_call`` without ``to``) and returns the runtime code.
         """
+        sender = sender or bytes(20)
         with self._lock, self._dry_runs(self._read_at(block_number)) as run:
-            result = run(sender or bytes(20), to, data, value, self.gas_limit)
+            self._can_pay(sender, value, block_number)
+            result = run(sender, to, data, value, self.gas_limit)
         if result.failure:
             raise TransactionReverted(result.reason, output=result.output)
         return result.output
@@ -697,6 +700,16 @@ class LocalChain(Chain):
             return None if self._building else self._blocks[-1].number
         return self._sealed(block_number)
 
+    def _can_pay(self, sender: bytes, value: int, block_number: int | None) -> None:
+        """A run's value must be a uint256 the sender holds (the same words on every backend)."""
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**256:
+            raise ChainError(f"the transaction is invalid: a value is a uint256, got {value!r:.80}")
+        balance = self.balance(sender, block_number=block_number)
+        if balance < value:
+            raise ChainError(
+                f"the transaction is invalid: the sender's balance {balance} cannot pay {value}"
+            )
+
     def _not_building(self, what: str) -> None:
         if self._building:
             raise ChainError(
@@ -770,6 +783,7 @@ class LocalChain(Chain):
         """Include a transaction with the gas it needs; ``None`` if the block filled first."""
         block = self._pending
         call = (sender.address, to, data, value)
+        self._can_pay(sender.address, value, None)
         with self._dry_runs(None) as run:  # eth_estimateGas' first, costless run
             unlimited = run(*call, block.gas_limit)
         gas = _first_guess(unlimited, data, block.gas_limit)
