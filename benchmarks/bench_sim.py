@@ -29,12 +29,23 @@ per CPU second of a whole :class:`~cancelnote.sim.world.World` run):
   how many events the world runs in the time of one sign-and-recover pair;
 * ``time_shares``: where a scenario's time goes (cProfile, own time by category).
 
+Chain figures (:func:`chain_speedup`), the court's work replayed on both EVMs:
+
+* ``chain_speedup`` (target 100): court transactions per CPU second on revm over py-evm,
+  the same sequence (forced cancels, answers, defaults after the window, fraud proofs, a
+  withdrawal; calldata encoded before the clock starts) in the same run, each transaction
+  auto-mined in its own block; ``chain_speedup_in_blocks``: the same with blocks of ten
+  transactions built at slot times; ``chain_*_court_tx_per_s``: the rates themselves. The
+  two backends' gas must agree transaction by transaction, or the benchmark fails;
+  ``chain_revm_*_us``: where a revm transaction's time goes (:func:`chain_costs`).
+
     python benchmarks/bench_sim.py --out results/sim.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -45,12 +56,18 @@ from pathlib import Path
 
 from common import raw_recover_rate, raw_sign_rate, write_report
 
+from cancelnote.crypto import Signer
+from cancelnote.dispute.chain import TransactionReverted
+from cancelnote.dispute.court import DEV_PARAMETERS, Court
+from cancelnote.dispute.local import LocalChain, make_chain, sign_transaction
+from cancelnote.messages import CancellationNote, Fill, Order, make_sender
 from cancelnote.sim.kernel import Kernel
 from cancelnote.sim.scenario import load_scenario
 from cancelnote.sim.world import World
 
 TARGET_EVENTS_PER_S = 1_000_000
 TARGET_SCENARIO_EVENTS_PER_S = 100_000
+TARGET_CHAIN_SPEEDUP = 100
 SIMULATIONS = Path(__file__).resolve().parent.parent / "simulations"
 #: The two scenario workloads: (file, overrides).
 SCENARIOS = {
@@ -194,6 +211,133 @@ def time_shares(name: str, overrides: dict[str, object], horizon_s: float) -> di
     return {label: round(share / total, 3) for label, share in shares.items()}
 
 
+#: One court step: (sender, calldata, value, seconds to wait first).
+CourtStep = tuple[Signer, bytes, int, int]
+
+
+def court_sequence(court: Court, signers: Sequence[Signer], rounds: int) -> list[CourtStep]:
+    """The court's work in the lab, encoded once: every round forces a cancel; three of four
+    are answered (one of those then proven a fill after its note), the fourth defaults."""
+    operator, _, alice, bob = signers
+    window, bond = DEV_PARAMETERS["answer_window_s"], DEV_PARAMETERS["dispute_bond_wei"]
+    price, domain = 2_000 * 10**18, court.domain
+    steps: list[CourtStep] = []
+    for round_ in range(rounds):
+        order = Order(make_sender(alice.address), 1, price, 10**18, 2**40, round_ + 1)
+        digest = order.digest(domain)
+        steps.append((alice, court.encode_call("requestCancel", order), bond, 0))
+        if round_ % 4 == 3:
+            steps.append((bob, court.encode_call("finalize", digest), 0, window + 1))
+            continue
+        note = CancellationNote(digest, order.sender, bytes(32), 3 * 10**17, 41, 10**17, 90, 0, 42)
+        note_sig = note.sign(operator, domain)
+        steps.append((operator, court.encode_call("answerCancel", note, note_sig), 0, 0))
+        if round_ % 4 == 1:
+            fill = Fill(digest, order.sender, 43, 10**17, 5 * 10**17, price, 43)
+            proof = court.encode_call(
+                "proveFillAfterNote", note, note_sig, fill, fill.sign(operator, domain)
+            )
+            steps.append((bob, proof, 0, 0))
+    steps.append((alice, court.encode_call("withdraw"), 0, 0))
+    return steps
+
+
+def court_setup(backend: str, rounds: int) -> tuple[LocalChain, Court, list[CourtStep]]:
+    """A fresh chain on ``backend`` with a bonded court, and the sequence to replay on it."""
+    chain = make_chain(backend, accounts=4)
+    operator, deployer, *_ = chain.dev_accounts
+    parameters = {**DEV_PARAMETERS, "halt_on_default": False}
+    court = Court.deploy(chain, deployer, operator=operator.address, **parameters)
+    court.deposit_bond(operator, 100 * 10**18)  # enough for every default
+    return chain, court, court_sequence(court, chain.dev_accounts, rounds)
+
+
+def replay(
+    chain: LocalChain, court: Court, steps: list[CourtStep], per_block: int | None
+) -> list[int]:
+    """Send ``steps`` (auto-mined, or ``per_block`` to a built block); the gas of each."""
+    gas: list[int] = []
+    for index, (sender, data, value, wait_s) in enumerate(steps):
+        if per_block is None:
+            if wait_s:
+                chain.increase_time(wait_s)
+        elif index % per_block == 0 or wait_s:
+            building = chain.building
+            slot_ms = chain.timestamp_ms() if building is None else building.timestamp_ms
+            chain.begin_block(slot_ms + 1_000 * (1 + wait_s))
+        try:
+            gas.append(chain.transact(sender, court.address, data, value=value).gas_used)
+        except TransactionReverted as exc:  # none is expected; it would still count
+            assert exc.receipt is not None
+            gas.append(exc.receipt.gas_used)
+    chain.seal_block()
+    return gas
+
+
+def court_rate(backend: str, rounds: int, per_block: int | None) -> tuple[float, list[int]]:
+    """Court transactions per CPU second replaying the sequence on ``backend``, and their gas."""
+    chain, court, steps = court_setup(backend, rounds)
+    times: list[float] = []
+    with stopwatch(times):
+        gas = replay(chain, court, steps, per_block)
+    return len(steps) / times[0], gas
+
+
+def chain_speedup(rounds: int, repeats: int) -> dict[str, float]:
+    """``chain_speedup`` and its parts (see the module docstring); medians of ``repeats``."""
+    figures: dict[str, float] = {}
+    for suffix, per_block in (("", None), ("_in_blocks", 10)):
+        rates = {}
+        for backend in ("revm", "py-evm"):
+            runs = [court_rate(backend, rounds, per_block) for _ in range(repeats)]
+            rates[backend] = statistics.median(rate for rate, _ in runs)
+            rates[f"{backend} gas"] = runs[0][1]
+        if rates["revm gas"] != rates["py-evm gas"]:
+            raise AssertionError("revm and py-evm charged different gas: not the same run")
+        figures[f"chain_speedup{suffix}"] = rates["revm"] / rates["py-evm"]
+        figures[f"chain_revm_court_tx_per_s{suffix}"] = rates["revm"]
+        figures[f"chain_py_evm_court_tx_per_s{suffix}"] = rates["py-evm"]
+    return figures
+
+
+def chain_costs(rounds: int) -> dict[str, float]:
+    """Where a revm transaction's CPU time goes, in µs: the whole ``transact``, one EVM run
+    (a ``call`` of the same step on the same state; a transaction makes two), signing, and
+    the rest (journal read and write-back, blocks, receipts, logs, checks). A call runs on
+    the latest block: a step whose call reverts there (a default, due in the next block)
+    is left out of the EVM run's mean."""
+    chain, court, steps = court_setup("revm", rounds)
+    parts = {"transact": 0.0, "signing": 0.0, "one_evm_run": 0.0}
+    runs = 0
+    for sender, data, value, wait_s in steps:
+        if wait_s:
+            chain.increase_time(wait_s)
+        started = time.process_time()
+        with contextlib.suppress(TransactionReverted):
+            chain.call(court.address, data, sender=sender.address, value=value)
+            parts["one_evm_run"] += time.process_time() - started
+            runs += 1
+        started = time.process_time()
+        sign_transaction(
+            sender, chain_id=chain.chain_id, nonce=chain.nonce(sender.address),
+            max_fee_per_gas=2 * chain.base_fee(), gas=10**6, to=court.address, value=value,
+            data=data,
+        )  # fmt: skip
+        signed = time.process_time()
+        chain.transact(sender, court.address, data, value=value)
+        parts["signing"] += signed - started
+        parts["transact"] += time.process_time() - signed
+    costs = {
+        "chain_revm_transact_us": 1e6 * parts["transact"] / len(steps),
+        "chain_revm_signing_us": 1e6 * parts["signing"] / len(steps),
+        "chain_revm_one_evm_run_us": 1e6 * parts["one_evm_run"] / runs,
+    }
+    costs["chain_revm_rest_us"] = costs["chain_revm_transact_us"] - (
+        2 * costs["chain_revm_one_evm_run_us"] + costs["chain_revm_signing_us"]
+    )
+    return costs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
@@ -206,6 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--scenario-repeats", type=int, default=3, help="replicates per scenario (median)"
+    )
+    parser.add_argument(
+        "--chain-rounds", type=int, default=40, help="forced cancels in the chain sequence"
     )
     args = parser.parse_args(argv)
 
@@ -236,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "court_transactions_per_run": measured["transactions"],
             "time_shares": time_shares(file, overrides, args.horizon_s),
         }
+    figures.update(chain_speedup(args.chain_rounds, args.repeats))
+    figures.update(chain_costs(args.chain_rounds))
     report = {
         "benchmark": "sim",
         "figures": {
@@ -245,11 +394,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": {
             "kernel_events_per_s": TARGET_EVENTS_PER_S,
             "scenario_events_per_s": TARGET_SCENARIO_EVENTS_PER_S,
+            "chain_speedup": TARGET_CHAIN_SPEEDUP,
         },
         "met": {
             "kernel_events_per_s": figures["kernel_events_per_s"] >= TARGET_EVENTS_PER_S,
             "scenario_events_per_s": figures["scenario_events_per_s"]
             >= TARGET_SCENARIO_EVENTS_PER_S,
+            "chain_speedup": figures["chain_speedup"] >= TARGET_CHAIN_SPEEDUP,
         },
         "scenarios": scenarios,
         "parameters": {
@@ -259,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "repeats": args.repeats,
             "horizon_s": args.horizon_s,
             "scenario_repeats": args.scenario_repeats,
+            "chain_rounds": args.chain_rounds,
         },
     }
     write_report(args.out, report)

@@ -1,15 +1,18 @@
-"""The chain backends: the same behaviours in-process and over JSON-RPC, plus the server.
+"""The chain backends: the same behaviours on py-evm, on revm and over JSON-RPC, plus the server.
 
-Every test taking the ``chain`` fixture runs twice: on an :class:`InProcessChain` and on a
-:class:`JsonRpcChain` talking to an :class:`RpcServer` that serves an InProcessChain on
-127.0.0.1. The raw-HTTP tests pin the JSON-RPC error codes; one test starts the real
-``cancelnote chain serve`` in a subprocess.
+Every test taking the ``chain`` fixture runs four times: on each in-process backend
+(:class:`InProcessChain` on py-evm, :class:`RevmChain` on revm) and on a
+:class:`JsonRpcChain` talking to an :class:`RpcServer` that serves that backend on
+127.0.0.1. Tests taking ``local`` run on both in-process backends (block building, raw
+transactions). The raw-HTTP tests pin the JSON-RPC error codes on both backends; one test
+starts the real ``cancelnote chain serve`` in a subprocess for each backend.
 """
 
 from __future__ import annotations
 
 import json
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -27,6 +30,9 @@ import rlp
 import vyper
 from eth_abi import decode, encode
 from eth_account import Account
+from evm_probe import probe_call, probe_initcode
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cancelnote.crypto import Signer, keccak
 from cancelnote.dispute.chain import (
@@ -35,13 +41,17 @@ from cancelnote.dispute.chain import (
     ChainError,
     TransactionReverted,
 )
-from cancelnote.dispute.inprocess import (
+from cancelnote.dispute.jsonrpc import JsonRpcChain
+from cancelnote.dispute.local import (
+    BACKENDS,
     DEFAULT_GENESIS_TIMESTAMP,
     DEV_BALANCE,
-    InProcessChain,
+    LocalChain,
+    decode_transaction,
     dev_account,
+    make_chain,
+    sign_transaction,
 )
-from cancelnote.dispute.jsonrpc import JsonRpcChain
 from cancelnote.dispute.rpcserver import RpcServer, serve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,6 +91,7 @@ def deposit():
 STORED_TOPIC = keccak(b"Stored(address,uint256)")
 REVERT_DATA = ERROR_SELECTOR + encode(["string"], ["no"])
 ALICE, BOB = dev_account(0), dev_account(1)
+STRANGER = Signer(keccak(b"nobody funded me"))
 
 
 def calldata(signature: str, types: tuple[str, ...] = (), args: tuple = ()) -> bytes:
@@ -107,21 +118,39 @@ def initcode() -> bytes:
     return bytes.fromhex(compiled["bytecode"].removeprefix("0x"))
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture
-def server() -> Iterator[RpcServer]:
-    rpc = RpcServer(InProcessChain(), "127.0.0.1", 0)
+def local(backend: str) -> LocalChain:
+    return make_chain(backend)
+
+
+@contextmanager
+def serving(chain: LocalChain) -> Iterator[RpcServer]:
+    rpc = RpcServer(chain, "127.0.0.1", 0)
     thread = threading.Thread(target=rpc.serve_forever, args=(0.01,), daemon=True)
     thread.start()
-    yield rpc
-    rpc.shutdown()
-    rpc.server_close()
-    thread.join(timeout=5)
+    try:
+        yield rpc
+    finally:
+        rpc.shutdown()
+        rpc.server_close()
+        thread.join(timeout=5)
 
 
-@pytest.fixture(params=["inprocess", "jsonrpc"])
-def chain(request: pytest.FixtureRequest) -> Chain:
-    if request.param == "inprocess":
-        return InProcessChain()
+@pytest.fixture
+def server(local: LocalChain) -> Iterator[RpcServer]:
+    with serving(local) as rpc:
+        yield rpc
+
+
+@pytest.fixture(params=["local", "jsonrpc"])
+def chain(request: pytest.FixtureRequest, local: LocalChain) -> Chain:
+    if request.param == "local":
+        return local
     return JsonRpcChain(request.getfixturevalue("server").url)
 
 
@@ -306,11 +335,11 @@ def test_threads_sending_from_one_account_all_get_mined(chain, counter):
     assert chain.nonce(ALICE.address) == 13
 
 
-# --- in-process only ----------------------------------------------------------------------
+# --- in-process backends ------------------------------------------------------------------
 
 
-def test_dev_chain_is_deterministic():
-    one, two = InProcessChain(accounts=3), InProcessChain(accounts=3)
+def test_dev_chain_is_deterministic(backend):
+    one, two = make_chain(backend, accounts=3), make_chain(backend, accounts=3)
 
     assert [s.address for s in one.dev_accounts] == [s.address for s in two.dev_accounts]
     assert one.dev_accounts[2].secret == keccak(b"cancelnote dev account" + (2).to_bytes(4, "big"))
@@ -321,23 +350,25 @@ def test_dev_chain_is_deterministic():
     assert one.block().hash == two.block().hash
 
 
-def test_genesis_timestamp_and_chain_id_are_chosen_by_the_caller(initcode):
-    chain = InProcessChain(chain_id=31337, accounts=1, genesis_timestamp=1_000)
+def test_genesis_timestamp_and_chain_id_are_chosen_by_the_caller(backend, initcode):
+    chain = make_chain(backend, chain_id=31337, accounts=1, genesis_timestamp=1_000)
 
     receipt = chain.deploy(chain.dev_accounts[0], initcode)  # signed for chain 31337
 
     assert chain.chain_id == 31337
     assert chain.timestamp() == 1_001
     mined = chain.transaction(receipt.transaction_hash)
-    assert mined is not None and mined.sender == ALICE.address
+    assert mined is not None and mined.transaction.sender == ALICE.address
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [({"chainId": 1}, "chain 1"), ({"nonce": 5}, "nonce"), ({"value": 10**30}, "balance")],
 )
-def test_raw_transaction_that_cannot_be_included_is_refused_and_changes_nothing(change, message):
-    chain = InProcessChain(accounts=2)
+def test_raw_transaction_that_cannot_be_included_is_refused_and_changes_nothing(
+    backend, change, message
+):
+    chain = make_chain(backend, accounts=2)
     transfer = {"chainId": 1337, "nonce": 0, "gas": 21_000, "gasPrice": 10**10, "value": 1}
     signed = Account.sign_transaction({**transfer, "to": BOB.address, **change}, ALICE.secret)
 
@@ -348,6 +379,374 @@ def test_raw_transaction_that_cannot_be_included_is_refused_and_changes_nothing(
     good = Account.sign_transaction({**transfer, "to": BOB.address}, ALICE.secret)
     assert chain.send_raw_transaction(bytes(good.raw_transaction)) == bytes(good.hash)
     assert chain.balance(BOB.address) == DEV_BALANCE + 1
+
+
+@given(
+    nonce=st.integers(0, 2**64 - 1),
+    fee=st.integers(0, 2**128),
+    gas=st.integers(21_000, 2**63 - 1),
+    create=st.booleans(),
+    value=st.integers(0, 2**200),
+    data=st.binary(max_size=300),
+)
+@settings(max_examples=60, deadline=None)
+def test_transactions_are_signed_byte_for_byte_as_eth_account_signs_them(
+    nonce, fee, gas, create, value, data
+):
+    fields = {"chainId": 1337, "nonce": nonce, "maxFeePerGas": fee, "gas": gas, "value": value}
+    to = None if create else BOB.address
+    expected = Account.sign_transaction(
+        {
+            **fields,
+            "type": 2,
+            "maxPriorityFeePerGas": 0,
+            "data": data,
+            "accessList": [],
+            **({} if to is None else {"to": to}),
+        },
+        ALICE.secret,
+    )
+
+    signed = sign_transaction(
+        ALICE,
+        chain_id=1337,
+        nonce=nonce,
+        max_fee_per_gas=fee,
+        gas=gas,
+        to=to,
+        value=value,
+        data=data,
+    )
+
+    assert (signed.raw, signed.hash) == (bytes(expected.raw_transaction), bytes(expected.hash))
+    decoded = decode_transaction(signed.raw)
+    assert (decoded.sender, decoded.to, decoded.data, decoded.gas) == (ALICE.address, to, data, gas)
+
+
+def test_an_unknown_backend_or_block_gas_limit_is_refused():
+    with pytest.raises(ChainError, match="unknown chain backend 'geth'"):
+        make_chain("geth")
+    for backend in BACKENDS:
+        with pytest.raises(ChainError, match="gas_limit must be in"):
+            make_chain(backend, gas_limit=20_999)
+
+
+def test_revm_reads_only_its_newest_state(initcode):
+    revm = make_chain("revm")
+    counter = counter_on(revm, initcode)
+    revm.transact(BOB, counter, store(5))
+
+    with pytest.raises(ChainError, match="keeps only the newest state, not block 1's"):
+        revm.balance(BOB.address, block_number=1)
+    with pytest.raises(ChainError, match="keeps only the newest state"):
+        revm.call(counter, calldata("value()"), block_number=0)
+    assert revm.balance(BOB.address, block_number=2) == revm.balance(BOB.address)
+    revm.begin_block(revm.timestamp_ms() + 1_000)
+    revm.transact(BOB, counter, store(6))
+    with pytest.raises(ChainError, match="a block is being built"):
+        revm.call(counter, calldata("value()"), block_number=2)
+    assert read_uint(revm, counter, "value()") == 6  # the newest state: the block being built
+
+
+def test_revm_refuses_transactions_with_an_access_list():
+    revm = make_chain("revm")
+    transfer = {"chainId": 1337, "nonce": 0, "gas": 30_000, "gasPrice": 10**10, "value": 1}
+    slots = [{"address": "0x" + BOB.address.hex(), "storageKeys": ["0x" + "00" * 32]}]
+    signed = Account.sign_transaction(
+        {**transfer, "to": BOB.address, "accessList": slots, "type": 1}, ALICE.secret
+    )
+
+    with pytest.raises(ChainError, match="without access lists, got type 1"):
+        revm.send_raw_transaction(bytes(signed.raw_transaction))
+    assert (revm.block_number(), revm.nonce(ALICE.address)) == (0, 0)
+    assert make_chain("py-evm").send_raw_transaction(bytes(signed.raw_transaction))
+
+
+# --- blocks built at slot times (both in-process backends) ---------------------------------
+
+
+def counter_on(chain: LocalChain, initcode: bytes) -> bytes:
+    address = chain.deploy(ALICE, initcode).contract_address
+    assert address is not None
+    return address
+
+
+def test_transactions_sent_during_a_slot_share_one_block_at_the_slot_time(local, initcode):
+    counter = counter_on(local, initcode)
+    head = local.block_number()
+    slot_ms = local.timestamp_ms() + 2_000
+
+    local.begin_block(slot_ms)
+    receipts = [local.transact(sender, counter, store(v)) for sender, v in ((ALICE, 1), (BOB, 2))]
+    receipts.append(local.transact(ALICE, counter, store(3)))
+
+    assert [r.block_number for r in receipts] == [head + 1] * 3
+    assert [r.transaction_index for r in receipts] == [0, 1, 2]
+    assert [log.log_index for r in receipts for log in r.logs] == [0, 1, 2]
+    assert local.block_number() == head  # not sealed: its logs are not out yet
+    assert local.get_logs(counter, head + 1) == []
+    assert local.transaction(receipts[0].transaction_hash) is None
+    assert [local.receipt(r.transaction_hash) for r in receipts] == receipts
+    assert local.receipt(b"\x99" * 32) is None
+    assert read_uint(local, counter, "value()") == 3  # calls see the block being built
+    assert read_uint(local, counter, "now()") == slot_ms // 1000
+
+    sealed = local.seal_block()
+
+    assert sealed is not None and sealed == local.block()
+    assert (sealed.number, sealed.timestamp_ms, sealed.timestamp) == (
+        head + 1,
+        slot_ms,
+        slot_ms // 1000,
+    )
+    assert sealed.transactions == tuple(r.transaction_hash for r in receipts)
+    assert sealed.gas_used == sum(r.gas_used for r in receipts)
+    assert local.get_logs(counter, head + 1) == [log for r in receipts for log in r.logs]
+    assert read_uint(local, counter, "last_seen()") == slot_ms // 1000
+    mined = local.transaction(receipts[2].transaction_hash)
+    assert mined is not None and (mined.block_hash, mined.receipt) == (sealed.hash, receipts[2])
+    assert local.receipt(receipts[2].transaction_hash) == receipts[2]
+    auto = local.transact(BOB, counter, store(4))  # no block being built: auto-mined again
+    assert (auto.block_number, local.timestamp()) == (head + 2, slot_ms // 1000 + 1)
+
+
+def test_sub_second_slots_share_an_evm_second_and_keep_their_milliseconds(local, initcode):
+    counter = counter_on(local, initcode)
+    second = local.timestamp() + 10
+    slots = [second * 1000, second * 1000 + 250, second * 1000 + 500, second * 1000 + 1_250]
+
+    for value, slot_ms in enumerate(slots, start=1):
+        local.begin_block(slot_ms)
+        local.transact(ALICE, counter, store(value))
+        assert read_uint(local, counter, "now()") == slot_ms // 1000
+    local.seal_block()
+
+    blocks = [local.block(number) for number in range(2, 6)]
+    assert [b.timestamp_ms for b in blocks] == slots
+    assert [b.timestamp for b in blocks] == [second, second, second, second + 1]
+    assert local.timestamp_ms() == slots[-1]
+
+
+def test_a_full_block_pushes_the_rest_into_the_next_slot(backend, initcode):
+    limit = 200_000  # five stores
+    local = make_chain(backend, gas_limit=limit, block_time_ms=2_000)
+    counter = counter_on(local, initcode)
+    slot_ms = local.timestamp_ms() + 2_000
+
+    local.begin_block(slot_ms)
+    receipts = [local.transact(ALICE, counter, store(v)) for v in range(1, 8)]
+
+    full = local.block()
+    spilled = [r for r in receipts if r.block_number > full.number]
+    assert full.timestamp_ms == slot_ms and full.gas_used <= limit
+    assert [r.block_number for r in receipts[: -len(spilled)]] == [full.number] * 5
+    first_out = spilled[0]
+    building = local.building
+    assert building is not None
+    assert (building.number, building.timestamp_ms) == (full.number + 1, slot_ms + 2_000)
+    assert local.seal_block() is None  # the spill-over waits for its slot
+    local.begin_block(slot_ms + 2_000)  # the caller's clock reaches it: it goes on
+    later = local.transact(BOB, counter, store(99))
+    sealed = local.seal_block()
+
+    assert sealed is not None and sealed.number == full.number + 1 == later.block_number
+    assert sealed.timestamp_ms == slot_ms + 2_000 and sealed.gas_used <= limit
+    assert sealed.transactions == (*(r.transaction_hash for r in spilled), later.transaction_hash)
+    mined = local.transaction(first_out.transaction_hash)
+    assert mined is not None and full.gas_used + mined.transaction.gas > limit  # it did not fit
+
+
+def test_a_transaction_the_block_can_never_hold_is_refused(backend):
+    local = make_chain(backend, gas_limit=100_000)
+    transfer = {"chainId": 1337, "nonce": 0, "gas": 100_001, "gasPrice": 10**10, "value": 1}
+    signed = Account.sign_transaction({**transfer, "to": BOB.address}, ALICE.secret)
+
+    with pytest.raises(ChainError, match="above the block gas limit"):
+        local.send_raw_transaction(bytes(signed.raw_transaction))
+    assert (local.block_number(), local.nonce(ALICE.address)) == (0, 0)
+
+
+def test_slots_go_forward_and_time_stays_put_while_a_block_is_built(local):
+    latest_ms = local.timestamp_ms()
+    with pytest.raises(ChainError, match="after the latest block's"):
+        local.begin_block(latest_ms)
+
+    local.begin_block(latest_ms + 500)
+
+    with pytest.raises(ChainError, match="slots go forward"):
+        local.begin_block(latest_ms + 400)
+    with pytest.raises(ChainError, match="is being built"):
+        local.set_next_block_timestamp(local.timestamp() + 60)
+    with pytest.raises(ChainError, match="is being built"):
+        local.increase_time(60)
+    local.begin_block(latest_ms + 500)  # the same slot again: nothing changes
+    assert local.building is not None and local.block_number() == 0
+    local.mine()  # seals the block being built, empty
+    assert (local.block_number(), local.timestamp_ms(), local.building) == (
+        1,
+        latest_ms + 500,
+        None,
+    )
+    assert local.seal_block() is None
+
+
+@pytest.mark.parametrize("when", [2**64, -1, 1.5, "soon", True])
+def test_a_block_time_outside_a_headers_64_bits_is_refused_and_changes_nothing(local, when):
+    head = (local.block_number(), local.timestamp_ms(), local.building)
+    with pytest.raises(ChainError, match="whole number of 64 bits"):
+        local.set_next_block_timestamp(when)
+    with pytest.raises(ChainError, match="whole number of 64 bits"):
+        local.begin_block(when * 1000 if type(when) is int else when)
+    local.mine()
+    assert (local.block_number(), local.timestamp_ms()) == (head[0] + 1, head[1] + 1_000)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (2**256, f"a value is a uint256, got {2**256}"),
+        (DEV_BALANCE + 1, f"the sender's balance {DEV_BALANCE} cannot pay {DEV_BALANCE + 1}"),
+    ],
+)
+@pytest.mark.parametrize("method", ["eth_call", "eth_estimateGas"])
+def test_server_refuses_a_value_the_sender_cannot_hold_in_the_same_words(
+    server, method, value, message
+):
+    call = {"from": "0x" + ALICE.address.hex(), "to": "0x" + BOB.address.hex(), "value": hex(value)}
+    answer = rpc(server.url, method, call)
+    assert error_code(answer) == -32000
+    assert answer["error"]["message"] == f"the transaction is invalid: {message}"
+    assert server.dispatcher.chain.block_number() == 0
+
+
+def test_server_refuses_a_block_time_past_64_bits(server):
+    answer = rpc(server.url, "evm_setNextBlockTimestamp", hex(2**64))
+    assert error_code(answer) == -32000
+    assert "64 bits" in answer["error"]["message"]
+    assert error_code(rpc(server.url, "evm_increaseTime", hex(2**64))) == -32000
+    assert rpc(server.url, "evm_mine")["result"] == "0x0"
+    block = rpc(server.url, "eth_getBlockByNumber", "latest", False)["result"]
+    assert block["timestamp"] == hex(DEFAULT_GENESIS_TIMESTAMP + 1)
+
+
+def test_server_reports_each_transaction_of_a_built_block(server, initcode):
+    chain = server.dispatcher.chain
+    counter = counter_on(chain, initcode)
+    chain.begin_block(chain.timestamp_ms() + 1_000)
+    receipts = [chain.transact(sender, counter, store(v)) for sender, v in ((ALICE, 1), (BOB, 2))]
+    chain.seal_block()
+
+    block = rpc(server.url, "eth_getBlockByNumber", "latest", True)["result"]
+    answers = [
+        rpc(server.url, "eth_getTransactionReceipt", "0x" + r.transaction_hash.hex())["result"]
+        for r in receipts
+    ]
+    logs = rpc(server.url, "eth_getLogs", {"fromBlock": block["number"]})["result"]
+
+    assert [tx["transactionIndex"] for tx in block["transactions"]] == ["0x0", "0x1"]
+    assert [a["transactionIndex"] for a in answers] == ["0x0", "0x1"]
+    assert [a["cumulativeGasUsed"] for a in answers] == [
+        hex(receipts[0].gas_used),
+        hex(receipts[0].gas_used + receipts[1].gas_used),
+    ]
+    assert [(log["logIndex"], log["transactionIndex"]) for log in logs] == [
+        ("0x0", "0x0"),
+        ("0x1", "0x1"),
+    ]
+    assert block["gasUsed"] == answers[1]["cumulativeGasUsed"]
+    assert JsonRpcChain(server.url).get_logs(counter, int(block["number"], 16)) == [
+        log for r in receipts for log in r.logs
+    ]
+
+
+# --- logs by interest ---------------------------------------------------------------------
+
+TOPICS = [keccak(b"topic %d" % i) for i in range(3)]
+
+
+@pytest.fixture(scope="module", params=[(b, via) for b in BACKENDS for via in ("local", "jsonrpc")])
+def logged(request: pytest.FixtureRequest) -> Iterator[tuple[Chain, list[bytes]]]:
+    """A chain whose two probes logged 60 logs of 0-3 topics, some blocks holding several."""
+    backend, via = request.param
+    chain = make_chain(backend)
+    probes = [counter_on(chain, probe_initcode()) for _ in range(2)]
+    rng = random.Random(12)
+    for index in range(60):
+        if index % 10 == 0:
+            chain.begin_block(chain.timestamp_ms() + 1_000)
+        topics = [rng.choice(TOPICS) for _ in range(rng.randrange(4))]
+        sender, probe = rng.choice((ALICE, BOB)), rng.choice(probes)
+        chain.transact(sender, probe, probe_call(f"log{len(topics)}", *topics, b"%d" % index))
+        if index % 10 == 4:
+            chain.seal_block()
+    if via == "local":
+        yield chain, probes
+        return
+    with serving(chain) as rpc_server:
+        yield JsonRpcChain(rpc_server.url), probes
+
+
+def kept(log, address, first, last, topics) -> bool:
+    """The filter's rules, written out as eth_getLogs documents them (the test's own model)."""
+    addresses = [address] if isinstance(address, bytes) else list(address or [])
+    if addresses and log.address not in addresses:
+        return False
+    if log.block_number < first or (last is not None and log.block_number > last):
+        return False
+    for position, wanted in enumerate(topics):
+        alternatives = [wanted] if isinstance(wanted, bytes) else list(wanted or [])
+        if position >= len(log.topics):
+            return False
+        if alternatives and log.topics[position] not in alternatives:
+            return False
+    return True
+
+
+@given(data=st.data())
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_a_filtered_query_returns_exactly_what_a_scan_would_keep(logged, data):
+    chain, probes = logged
+    everything = chain.get_logs(None)
+    head = chain.block_number()
+    one = st.sampled_from([*probes, STRANGER.address])
+    address = data.draw(st.none() | one | st.lists(one, max_size=3))
+    topic = st.sampled_from([*TOPICS, bytes(32)])
+    topics = data.draw(st.lists(st.none() | topic | st.lists(topic, max_size=3), max_size=4))
+    first = data.draw(st.integers(0, head + 1))
+    last = data.draw(st.none() | st.integers(first, head + 1))
+
+    expected = [log for log in everything if kept(log, address, first, last, topics)]
+
+    assert chain.get_logs(address, first, last, topics) == expected
+
+
+def test_the_unfiltered_scan_is_every_log_in_chain_order(logged):
+    chain, _ = logged
+    everything = chain.get_logs(None)
+
+    assert len(everything) == 60
+    assert [(log.block_number, log.log_index) for log in everything] == sorted(
+        (log.block_number, log.log_index) for log in everything
+    )
+    assert {len(log.topics) for log in everything} == {0, 1, 2, 3}
+    assert max(log.log_index for log in everything) >= 4  # some blocks hold several
+
+
+@pytest.mark.parametrize(
+    ("address", "topics", "first", "last", "message"),
+    [
+        (b"\x01" * 19, (), 0, None, "address is 20 bytes"),
+        (None, (b"\x01" * 31,), 0, None, "topic is 32 bytes"),
+        (None, ([TOPICS[0], "0x00"],), 0, None, "topic is 32 bytes"),
+        (None, (), -1, None, "0 <= from <= to"),
+        (None, (), 5, 4, "0 <= from <= to"),
+    ],
+)
+def test_a_malformed_filter_is_refused(local, address, topics, first, last, message):
+    with pytest.raises(ChainError, match=message):
+        local.get_logs(address, first, last, topics)
 
 
 # --- the JSON-RPC server over raw HTTP ----------------------------------------------------
@@ -577,7 +976,7 @@ def test_node_revert_errors_of_geth_anvil_and_hardhat_shapes_decode(error, reaso
 
 
 @pytest.mark.slow
-def test_chain_serve_command_serves_json_rpc_until_sigterm(initcode):
+def test_chain_serve_command_serves_json_rpc_until_sigterm(backend, initcode):
     process = subprocess.Popen(
         [
             sys.executable,
@@ -589,6 +988,8 @@ def test_chain_serve_command_serves_json_rpc_until_sigterm(initcode):
             "0",
             "--accounts",
             "2",
+            "--backend",
+            backend,
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -602,6 +1003,7 @@ def test_chain_serve_command_serves_json_rpc_until_sigterm(initcode):
         while not (banner and banner[-1].startswith("Listening on ")):
             banner.append(lines.get(timeout=30).strip())
         url = banner[-1].removeprefix("Listening on ")
+        assert banner[0].startswith(f"cancelnote dev chain: {backend} ")
         assert f"(0) {ALICE.checksum_address} (1000000 ETH)" in banner
         assert f"(1) 0x{BOB.secret.hex()}" in banner
 

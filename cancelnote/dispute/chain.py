@@ -1,10 +1,11 @@
 """The chain as an interface: what the court binding, the watchers and the simulator need.
 
-Two backends implement it: :class:`~cancelnote.dispute.inprocess.InProcessChain` (py-evm in
-this process: tests, simulations, the demo) and
+Three backends implement it: :class:`~cancelnote.dispute.inprocess.InProcessChain` (py-evm in
+this process, the reference: tests, the demo), :class:`~cancelnote.dispute.revm.RevmChain`
+(revm in this process, proven equal to py-evm by differential tests: the lab) and
 :class:`~cancelnote.dispute.jsonrpc.JsonRpcChain` (any Ethereum node over standard
 JSON-RPC, including ``cancelnote chain serve``). Code written against :class:`Chain` runs
-unchanged on both.
+unchanged on all three.
 
 Rules every backend keeps:
 
@@ -13,11 +14,14 @@ Rules every backend keeps:
   transaction reverts; a reverted transaction still costs gas and is still mined.
 * ``call`` never changes state and raises :class:`TransactionReverted` on revert.
 * Addresses are 20-byte ``bytes``; hashes are 32-byte ``bytes``.
+* Logs are asked for by interest (:class:`LogFilter`: addresses, topics by position with
+  alternatives, a block range), as ``eth_getLogs`` asks, so a watcher reads only its own.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import attrs
 from eth_abi import decode as abi_decode
@@ -63,7 +67,7 @@ def decode_revert_reason(output: bytes) -> str:
 
 @attrs.frozen
 class Log:
-    """One event log as mined."""
+    """One event log as mined; ``log_index`` counts the logs of its block, as JSON-RPC does."""
 
     address: bytes
     topics: tuple[bytes, ...]
@@ -71,6 +75,7 @@ class Log:
     block_number: int
     transaction_hash: bytes
     log_index: int
+    transaction_index: int = 0
 
 
 @attrs.frozen
@@ -83,6 +88,77 @@ class Receipt:
     status: int
     logs: tuple[Log, ...]
     contract_address: bytes | None = None
+    transaction_index: int = 0
+
+
+#: One position of a topic filter: ``None`` (any topic), a topic, or alternatives (any of them).
+Topic = bytes | Sequence[bytes] | None
+
+
+def _alternatives(
+    value: bytes | Sequence[bytes] | None, length: int, what: str
+) -> frozenset[bytes] | None:
+    """One value, or any of several, as a set; ``None`` or no value at all means any."""
+    values = (value,) if isinstance(value, bytes) else value or ()
+    for one in values:
+        if not isinstance(one, bytes) or len(one) != length:
+            raise ChainError(f"a log filter's {what} is {length} bytes, got {one!r:.80}")
+    return frozenset(values) or None
+
+
+@attrs.frozen
+class LogFilter:
+    """Which logs a query wants, with ``eth_getLogs``' rules (one definition for every backend).
+
+    * ``addresses``: ``None`` for any address, else the set a log's address must be in.
+    * ``topics``: by position, ``None`` for any topic or the set of topics allowed there (an
+      OR); a log must have at least as many topics as the filter has positions.
+    * ``[from_block, to_block]``, ``to_block=None`` meaning the latest block.
+
+    As in geth, an empty list of addresses or of alternatives means "any".
+    """
+
+    addresses: frozenset[bytes] | None = None
+    topics: tuple[frozenset[bytes] | None, ...] = ()
+    from_block: int = 0
+    to_block: int | None = None
+
+    @classmethod
+    def of(
+        cls,
+        address: bytes | Sequence[bytes] | None = None,
+        from_block: int = 0,
+        to_block: int | None = None,
+        topics: Sequence[Topic] = (),
+    ) -> LogFilter:
+        """The filter of a :meth:`Chain.get_logs` call (a single value stands for a set of one).
+
+        Raises:
+            ChainError: an address that is not 20 bytes, a topic that is not 32 bytes, a
+                negative block, or a range that ends before it starts.
+        """
+        addresses = _alternatives(address, 20, "address")
+        positions = tuple(_alternatives(topic, 32, "topic") for topic in topics)
+        if from_block < 0 or (to_block is not None and to_block < from_block):
+            raise ChainError(
+                f"a log filter's blocks are 0 <= from <= to, got {from_block}..{to_block}"
+            )
+        return cls(addresses, positions, from_block, to_block)
+
+    def matches(self, log: Log) -> bool:
+        """Whether ``log`` is one the filter wants."""
+        if self.addresses is not None and log.address not in self.addresses:
+            return False
+        if log.block_number < self.from_block or (
+            self.to_block is not None and log.block_number > self.to_block
+        ):
+            return False
+        if len(log.topics) < len(self.topics):
+            return False
+        return all(
+            allowed is None or topic in allowed
+            for allowed, topic in zip(self.topics, log.topics, strict=False)
+        )
 
 
 class Chain(ABC):
@@ -104,21 +180,31 @@ class Chain(ABC):
 
     @abstractmethod
     def call(self, to: bytes, data: bytes, *, sender: bytes | None = None) -> bytes:
-        """Run a read-only call against the latest block and return its output."""
+        """Run a read-only call against the newest state and return its output.
+
+        The newest state is the latest block's, or, while a dev chain builds a block, the
+        block being built (as ``eth_call`` at ``pending``).
+        """
 
     @abstractmethod
     def estimate_gas(self, sender: bytes, to: bytes | None, data: bytes, *, value: int = 0) -> int:
         """Gas the transaction would use (raises :class:`TransactionReverted` if it reverts)."""
 
-    @abstractmethod
     def get_logs(
         self,
-        address: bytes,
+        address: bytes | Sequence[bytes] | None,
         from_block: int = 0,
         to_block: int | None = None,
-        topics: tuple[bytes | None, ...] = (),
+        topics: Sequence[Topic] = (),
     ) -> list[Log]:
-        """Logs of ``address`` in ``[from_block, to_block]`` matching ``topics`` by position."""
+        """Logs of ``address`` (one, any of several, or ``None`` for every address) in
+        ``[from_block, to_block]`` whose topics match ``topics`` (see :class:`LogFilter`),
+        in chain order."""
+        return self.logs(LogFilter.of(address, from_block, to_block, topics))
+
+    @abstractmethod
+    def logs(self, wanted: LogFilter) -> list[Log]:
+        """The logs ``wanted`` selects, in chain order (block, then index in the block)."""
 
     @abstractmethod
     def block_number(self) -> int:

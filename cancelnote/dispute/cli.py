@@ -13,6 +13,7 @@ from typing import Any
 
 from cancelnote.crypto import Signer, parse_address, to_checksum
 from cancelnote.dispute.court import DEV_PARAMETERS
+from cancelnote.dispute.local import BACKENDS
 from cancelnote.errors import CancelnoteError
 
 
@@ -85,7 +86,9 @@ def _court_status(args: argparse.Namespace) -> int:
 def _chain_serve(args: argparse.Namespace) -> int:
     from cancelnote.dispute.rpcserver import serve
 
-    return serve(args.host, args.port, chain_id=args.chain_id, accounts=args.accounts)
+    return serve(
+        args.host, args.port, chain_id=args.chain_id, accounts=args.accounts, backend=args.backend
+    )
 
 
 def _chain_fund(args: argparse.Namespace) -> int:
@@ -118,7 +121,7 @@ def add_chain_commands(commands: argparse._SubParsersAction) -> None:
     chain = commands.add_parser("chain", help="a local dev chain for separate processes")
     chain_commands = chain.add_subparsers(dest="chain_command", required=True, metavar="COMMAND")
     serve = chain_commands.add_parser(
-        "serve", help="serve an in-process py-evm chain over Ethereum JSON-RPC until Ctrl-C"
+        "serve", help="serve an in-process dev chain over Ethereum JSON-RPC until Ctrl-C"
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     serve.add_argument(
@@ -127,6 +130,13 @@ def add_chain_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--chain-id", type=int, default=1337, help="chain id (default %(default)s)")
     serve.add_argument(
         "--accounts", type=int, default=10, help="funded dev accounts (default %(default)s)"
+    )
+    serve.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="py-evm",
+        help="the EVM: py-evm (the reference) or revm (fast; needs cancelnote[fast])"
+        " (default %(default)s)",
     )
     serve.set_defaults(run=_chain_serve)
 

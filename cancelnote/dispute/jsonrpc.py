@@ -37,7 +37,15 @@ from typing import Any
 from eth_account import Account
 
 from ..crypto import Signer
-from .chain import Chain, ChainError, Log, Receipt, TransactionReverted, decode_revert_reason
+from .chain import (
+    Chain,
+    ChainError,
+    Log,
+    LogFilter,
+    Receipt,
+    TransactionReverted,
+    decode_revert_reason,
+)
 
 MAX_JSON_DEPTH = 32  # a JSON-RPC batch of eth_getLogs filters nests 5 deep
 REVERTED_CODE = 3  # geth's and anvil's error code for "execution reverted"
@@ -149,6 +157,7 @@ def _log_from_wire(entry: object) -> Log:
         block_number=_quantity(_field(entry, "blockNumber"), "log blockNumber"),
         transaction_hash=_data(_field(entry, "transactionHash"), "log transactionHash", 32),
         log_index=_quantity(_field(entry, "logIndex"), "logIndex"),
+        transaction_index=_quantity(_field(entry, "transactionIndex"), "log transactionIndex"),
     )
 
 
@@ -161,6 +170,7 @@ def _receipt_from_wire(answer: object) -> Receipt:
         status=_quantity(_field(answer, "status"), "status"),
         logs=tuple(_log_from_wire(entry) for entry in _list(_field(answer, "logs"), "logs")),
         contract_address=None if created is None else _data(created, "contractAddress", 20),
+        transaction_index=_quantity(_field(answer, "transactionIndex"), "transactionIndex"),
     )
 
 
@@ -276,19 +286,19 @@ class JsonRpcChain(Chain):
         result = self._rpc("eth_estimateGas", self._call_object(sender, to, data, value))
         return _quantity(result, "eth_estimateGas result")
 
-    def get_logs(
-        self,
-        address: bytes,
-        from_block: int = 0,
-        to_block: int | None = None,
-        topics: tuple[bytes | None, ...] = (),
-    ) -> list[Log]:
-        query = {
-            "address": to_data(address),
-            "fromBlock": to_quantity(from_block),
-            "toBlock": LATEST if to_block is None else to_quantity(to_block),
-            "topics": [None if topic is None else to_data(topic) for topic in topics],
+    def logs(self, wanted: LogFilter) -> list[Log]:
+        """``eth_getLogs`` with the filter (alternatives as JSON arrays, sorted: the same
+        filter is the same request)."""
+        query: dict[str, Any] = {
+            "fromBlock": to_quantity(wanted.from_block),
+            "toBlock": LATEST if wanted.to_block is None else to_quantity(wanted.to_block),
+            "topics": [
+                None if allowed is None else [to_data(topic) for topic in sorted(allowed)]
+                for allowed in wanted.topics
+            ],
         }
+        if wanted.addresses is not None:
+            query["address"] = [to_data(address) for address in sorted(wanted.addresses)]
         answer = self._rpc("eth_getLogs", query)
         return [_log_from_wire(entry) for entry in _list(answer, "eth_getLogs result")]
 

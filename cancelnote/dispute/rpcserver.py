@@ -1,8 +1,10 @@
-"""Serve an :class:`InProcessChain` over standard Ethereum JSON-RPC on HTTP.
+"""Serve a chain of this process (py-evm or revm) over standard Ethereum JSON-RPC on HTTP.
 
 ``cancelnote chain serve`` runs this so separate processes (operator, clients, watchers)
 share one chain, through :class:`~cancelnote.dispute.jsonrpc.JsonRpcChain` or any other
-Ethereum client.
+Ethereum client. The chain is a :class:`~cancelnote.dispute.local.LocalChain`: py-evm by
+default, revm with ``--backend revm`` (whose blocks have no Merkle roots, and which reads
+only its newest state).
 
 The :class:`Dispatcher` turns request bytes into response bytes and does no I/O; the HTTP
 server around it only moves bytes (h11's split).
@@ -33,12 +35,10 @@ import signal
 import sys
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib.metadata import version
 from typing import Any
 
 from .. import __version__
-from .chain import ChainError, Log, TransactionReverted
-from .inprocess import DEV_BALANCE, InProcessChain, MinedTransaction
+from .chain import ChainError, Log, LogFilter, TransactionReverted
 from .jsonrpc import (
     REVERTED_CODE,
     REVERTED_MESSAGE,
@@ -48,6 +48,7 @@ from .jsonrpc import (
     to_data,
     to_quantity,
 )
+from .local import DEV_BALANCE, LocalChain, MinedTransaction, logs_bloom, make_chain
 
 LOGGER = logging.getLogger(__name__)
 
@@ -88,16 +89,6 @@ def _hash32(value: object, what: str) -> bytes:
     return _parsed(lambda v: parse_data(v, 32), value, what)
 
 
-def _topics_allowed(log: Log, topics: list[frozenset[bytes] | None]) -> bool:
-    """``eth_getLogs`` topic rules: by position, ``None`` is any, a set is any of it."""
-    if len(log.topics) < len(topics):
-        return False
-    return all(
-        allowed is None or topic in allowed
-        for allowed, topic in zip(topics, log.topics[: len(topics)], strict=True)
-    )
-
-
 def _error(request_id: object, code: int, message: str, data: str | None = None) -> dict:
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
@@ -113,55 +104,60 @@ def _log_json(log: Log, block_hash: bytes) -> dict[str, Any]:
         "blockNumber": to_quantity(log.block_number),
         "blockHash": to_data(block_hash),
         "transactionHash": to_data(log.transaction_hash),
-        "transactionIndex": "0x0",  # one transaction a block
+        "transactionIndex": to_quantity(log.transaction_index),
         "logIndex": to_quantity(log.log_index),
         "removed": False,
     }
 
 
 def _transaction_json(mined: MinedTransaction) -> dict[str, Any]:
+    transaction = mined.transaction
     return {
-        "hash": to_data(mined.receipt.transaction_hash),
+        "hash": to_data(transaction.hash),
         "blockHash": to_data(mined.block_hash),
         "blockNumber": to_quantity(mined.receipt.block_number),
-        "transactionIndex": "0x0",
-        "from": to_data(mined.sender),
-        "to": None if mined.to is None else to_data(mined.to),
-        "nonce": to_quantity(mined.nonce),
-        "value": to_quantity(mined.value),
-        "gas": to_quantity(mined.gas),
+        "transactionIndex": to_quantity(mined.receipt.transaction_index),
+        "from": to_data(transaction.sender),
+        "to": None if transaction.to is None else to_data(transaction.to),
+        "nonce": to_quantity(transaction.nonce),
+        "value": to_quantity(transaction.value),
+        "gas": to_quantity(transaction.gas),
         "gasPrice": to_quantity(mined.effective_gas_price),
-        "input": to_data(mined.data),
-        "type": to_quantity(mined.transaction_type),
+        "input": to_data(transaction.data),
+        "type": to_quantity(transaction.type_id),
     }
 
 
-def _receipt_json(mined: MinedTransaction) -> dict[str, Any]:
+def _receipt_json(mined: MinedTransaction, cumulative_gas: int) -> dict[str, Any]:
     receipt = mined.receipt
     return {
         "transactionHash": to_data(receipt.transaction_hash),
-        "transactionIndex": "0x0",
+        "transactionIndex": to_quantity(receipt.transaction_index),
         "blockHash": to_data(mined.block_hash),
         "blockNumber": to_quantity(receipt.block_number),
-        "from": to_data(mined.sender),
-        "to": None if mined.to is None else to_data(mined.to),
-        "cumulativeGasUsed": to_quantity(receipt.gas_used),
+        "from": to_data(mined.transaction.sender),
+        "to": None if mined.transaction.to is None else to_data(mined.transaction.to),
+        "cumulativeGasUsed": to_quantity(cumulative_gas),
         "gasUsed": to_quantity(receipt.gas_used),
         "effectiveGasPrice": to_quantity(mined.effective_gas_price),
         "contractAddress": (
             None if receipt.contract_address is None else to_data(receipt.contract_address)
         ),
         "logs": [_log_json(log, mined.block_hash) for log in receipt.logs],
-        "logsBloom": to_data(mined.logs_bloom.to_bytes(256, "big")),
+        "logsBloom": _bloom(receipt.logs),
         "status": to_quantity(receipt.status),
-        "type": to_quantity(mined.transaction_type),
+        "type": to_quantity(mined.transaction.type_id),
     }
 
 
-class Dispatcher:
-    """JSON-RPC over an :class:`InProcessChain`: request bytes in, response bytes out."""
+def _bloom(logs: tuple[Log, ...] | list[Log]) -> str:
+    return to_data(logs_bloom(logs).to_bytes(256, "big"))
 
-    def __init__(self, chain: InProcessChain) -> None:
+
+class Dispatcher:
+    """JSON-RPC over a :class:`LocalChain`: request bytes in, response bytes out."""
+
+    def __init__(self, chain: LocalChain) -> None:
         self.chain = chain
         self._methods: dict[str, Callable[..., Any]] = {
             "web3_clientVersion": self._client_version,
@@ -281,9 +277,8 @@ class Dispatcher:
 
     # --- methods ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _client_version() -> str:
-        return f"cancelnote/{__version__}/py-evm-{version('py-evm')}"
+    def _client_version(self) -> str:
+        return f"cancelnote/{__version__}/{self.chain.engine}"
 
     def _get_block_by_number(self, tag: object, full: object = False) -> dict | None:
         number = self._block(tag)
@@ -306,7 +301,7 @@ class Dispatcher:
             "stateRoot": to_data(block.state_root),
             "transactionsRoot": to_data(block.transactions_root),
             "receiptsRoot": to_data(block.receipts_root),
-            "logsBloom": to_data(block.logs_bloom.to_bytes(256, "big")),
+            "logsBloom": _bloom(self.chain.logs(LogFilter.of(None, block.number, block.number))),
             "difficulty": "0x0",
             "extraData": "0x",
             "uncles": [],
@@ -343,7 +338,12 @@ class Dispatcher:
 
     def _get_transaction_receipt(self, tx_hash: object) -> dict | None:
         mined = self._mined(tx_hash)
-        return None if mined is None else _receipt_json(mined)
+        if mined is None:
+            return None
+        block = self.chain.block(mined.receipt.block_number)
+        earlier = block.transactions[: mined.receipt.transaction_index + 1]
+        cumulative = sum(self._recorded(tx).receipt.gas_used for tx in earlier)
+        return _receipt_json(mined, cumulative)
 
     def _get_transaction_by_hash(self, tx_hash: object) -> dict | None:
         mined = self._mined(tx_hash)
@@ -358,28 +358,19 @@ class Dispatcher:
         from_block = self._block(query.get("fromBlock", "latest"))
         to_block = self._block(query.get("toBlock", "latest"))
         addresses = query.get("address")
-        if addresses is None:
-            wanted: list[bytes | None] = [None]
-        elif isinstance(addresses, list):
-            wanted = list(dict.fromkeys(_address(address) for address in addresses))
-        else:
-            wanted = [_address(addresses)]
-        topics = self._topic_sets(query.get("topics", []))
-        logs = sorted(
-            (
-                log
-                for address in wanted
-                for log in self.chain.get_logs(
-                    address, head if from_block is None else from_block, to_block
-                )
-                if _topics_allowed(log, topics)
-            ),
-            key=lambda log: (log.block_number, log.log_index),
-        )
+        if isinstance(addresses, list):
+            addresses = [_address(address) for address in addresses]
+        elif addresses is not None:
+            addresses = _address(addresses)
+        start = head if from_block is None else from_block
+        end = head if to_block is None else to_block
+        if end < start:
+            return []  # geth answers an empty list for a range that ends before it starts
+        logs = self.chain.get_logs(addresses, start, end, self._topics(query.get("topics")))
         return [_log_json(log, self._recorded(log.transaction_hash).block_hash) for log in logs]
 
-    def _topic_sets(self, topics: object) -> list[frozenset[bytes] | None]:
-        """Each position: ``None`` (any topic) or the set of topics allowed there (OR)."""
+    def _topics(self, topics: object) -> list[bytes | list[bytes] | None]:
+        """Each position: ``None`` (any topic), a topic, or a list of alternatives (OR)."""
         if topics is None:
             return []
         if not isinstance(topics, list):
@@ -387,9 +378,9 @@ class Dispatcher:
         return [
             None
             if entry is None
-            else frozenset(_hash32(value, "topic") for value in entry)
+            else [_hash32(value, "topic") for value in entry]
             if isinstance(entry, list)
-            else frozenset((_hash32(entry, "topic"),))
+            else _hash32(entry, "topic")
             for entry in topics
         ]
 
@@ -463,7 +454,7 @@ class RpcServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, chain: InProcessChain, host: str = "127.0.0.1", port: int = 8545) -> None:
+    def __init__(self, chain: LocalChain, host: str = "127.0.0.1", port: int = 8545) -> None:
         super().__init__((host, port), _Handler)
         self.dispatcher = Dispatcher(chain)
 
@@ -480,8 +471,10 @@ class RpcServer(ThreadingHTTPServer):
         return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
 
 
-def serve(host: str, port: int, *, chain_id: int, accounts: int) -> int:
+def serve(host: str, port: int, *, chain_id: int, accounts: int, backend: str = "py-evm") -> int:
     """Run a fresh dev chain on ``host:port`` until SIGINT or SIGTERM (``chain serve``).
+
+    ``backend`` is one of :data:`~cancelnote.dispute.local.BACKENDS` (py-evm by default).
 
     Prints the dev accounts and their keys first, then ``Listening on <url>`` as the
     last line of the banner (scripts wait for it; with port 0 it names the bound port).
@@ -489,14 +482,18 @@ def serve(host: str, port: int, *, chain_id: int, accounts: int) -> int:
     Returns:
         the exit status: 0 after a signal, 1 if the address cannot be bound.
     """
-    chain = InProcessChain(chain_id=chain_id, accounts=accounts)
+    try:
+        chain = make_chain(backend, chain_id=chain_id, accounts=accounts)
+    except ChainError as exc:  # revm without its package
+        print(f"cannot start the chain: {exc}", file=sys.stderr)
+        return 1
     try:
         server = RpcServer(chain, host, port)
     except OSError as exc:  # port taken, host not ours
         print(f"cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
     lines = [
-        f"cancelnote dev chain: py-evm {version('py-evm')} (Prague), chain id {chain_id}",
+        f"cancelnote dev chain: {chain.engine}, chain id {chain_id}",
         "",
         "Available accounts",
         "==================",
