@@ -60,9 +60,9 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, TextMessage
 from wsproto.events import Request as WsRequest
 
+from cancelnote.api import request_to_wire
 from cancelnote.crypto import Signer, keccak
 from cancelnote.messages import Domain
-from cancelnote.operator.api import request_to_wire
 from cancelnote.operator.engine import Engine, split_outputs
 from cancelnote.operator.journal import Journal
 from cancelnote.operator.server import OperatorServer, wall_clock_ms

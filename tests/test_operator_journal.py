@@ -7,10 +7,10 @@ import sqlite3
 
 import pytest
 
+from cancelnote.api import Notes, OrderStatus, Reply
 from cancelnote.crypto import Signer
 from cancelnote.errors import Fault
 from cancelnote.messages import Domain
-from cancelnote.operator.api import Notes, OrderStatus, Reply
 from cancelnote.operator.engine import Engine, split_outputs
 from cancelnote.operator.errors import JournalCorrupt, JournalMismatch
 from cancelnote.operator.journal import Journal, OrderAccepted

@@ -14,9 +14,9 @@ import trio
 from test_server import DOMAIN, PRICE, SIZE, connect, operator_factory, trader
 from trio_websocket import ConnectionClosed
 
+from cancelnote.api import PlaceOrder, request_to_wire
 from cancelnote.crypto import SECP256K1_N
 from cancelnote.messages import Order, make_nonce
-from cancelnote.operator.api import PlaceOrder, request_to_wire
 from cancelnote.operator.server import ServerConfig, wall_clock_ms
 
 

@@ -58,19 +58,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from cancelnote.crypto import Signer, recover_address
-from cancelnote.errors import CancelnoteError, MessageError, Rejected, SignatureError
-from cancelnote.messages import (
-    RECV_WINDOW_MS,
-    CancellationNote,
-    Domain,
-    Fill,
-    Order,
-    nonce_recv_time_ms,
-    sender_address,
-)
-
-from .api import (
+from cancelnote.api import (
     BookDepth,
     CancelAndPlace,
     CancelOrders,
@@ -86,6 +74,18 @@ from .api import (
     request_from_wire,
     request_type_of,
 )
+from cancelnote.crypto import Signer, recover_address
+from cancelnote.errors import CancelnoteError, MessageError, Rejected, SignatureError
+from cancelnote.messages import (
+    RECV_WINDOW_MS,
+    CancellationNote,
+    Domain,
+    Fill,
+    Order,
+    nonce_recv_time_ms,
+    sender_address,
+)
+
 from .book import Book
 from .errors import (
     InvalidOrder,

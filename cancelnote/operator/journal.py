@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
+from cancelnote.api import CancelRequest, request_from_wire, request_to_wire
 from cancelnote.crypto import to_checksum
 from cancelnote.errors import CancelnoteError
 from cancelnote.messages import (
@@ -41,7 +42,6 @@ from cancelnote.messages import (
     signature_to_wire,
 )
 
-from .api import CancelRequest, request_from_wire, request_to_wire
 from .errors import JournalCorrupt, JournalMismatch
 from .lifecycle import CancellationType
 

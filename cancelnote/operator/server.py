@@ -62,15 +62,7 @@ from trio_websocket import (
     serve_websocket,
 )
 
-from cancelnote.errors import MessageError, Rejected
-from cancelnote.messages import (
-    CancellationNote,
-    bytes32_from_wire,
-    signature_from_wire,
-    signature_to_wire,
-)
-
-from .api import (
+from cancelnote.api import (
     CancelAndPlace,
     CancelOrders,
     CancelProductOrders,
@@ -81,6 +73,14 @@ from .api import (
     request_from_wire,
     request_type_of,
 )
+from cancelnote.errors import MessageError, Rejected
+from cancelnote.messages import (
+    CancellationNote,
+    bytes32_from_wire,
+    signature_from_wire,
+    signature_to_wire,
+)
+
 from .engine import Engine
 from .journal import FillIssued, Journal, JournalEntry, NoteIssued
 from .lifecycle import CancellationType
