@@ -63,9 +63,10 @@ from wsproto.events import Request as WsRequest
 from cancelnote.api import request_to_wire
 from cancelnote.crypto import Signer, keccak
 from cancelnote.messages import Domain
+from cancelnote.operator.clock import wall_clock_ms
 from cancelnote.operator.engine import Engine, split_outputs
 from cancelnote.operator.journal import Journal
-from cancelnote.operator.server import OperatorServer, wall_clock_ms
+from cancelnote.operator.server import OperatorServer
 from cancelnote.operator.testing import Trader
 
 DOMAIN = Domain(1337, b"\xc0" * 20)

@@ -35,7 +35,7 @@ from cancelnote.dispute.court import DEV_PARAMETERS, CancelState, Court
 from cancelnote.dispute.inprocess import dev_account
 from cancelnote.dispute.jsonrpc import JsonRpcChain
 from cancelnote.messages import Domain
-from cancelnote.operator.server import wall_clock_ms
+from cancelnote.operator.clock import wall_clock_ms
 from cancelnote.operator.testing import Trader
 
 pytestmark = pytest.mark.slow
