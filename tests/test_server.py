@@ -25,7 +25,8 @@ from cancelnote.messages import CancellationNote, Domain, Fill
 from cancelnote.operator.clock import wall_clock_ms
 from cancelnote.operator.engine import Engine
 from cancelnote.operator.journal import Journal
-from cancelnote.operator.server import OperatorServer, ServerConfig
+from cancelnote.operator.limits import ServerConfig
+from cancelnote.operator.server import OperatorServer
 from cancelnote.operator.testing import Trader
 
 DOMAIN = Domain(31337, "0x" + "c0" * 20)

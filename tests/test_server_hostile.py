@@ -18,7 +18,7 @@ from cancelnote.api import PlaceOrder, request_to_wire
 from cancelnote.crypto import SECP256K1_N
 from cancelnote.messages import Order, make_nonce
 from cancelnote.operator.clock import wall_clock_ms
-from cancelnote.operator.server import ServerConfig
+from cancelnote.operator.limits import ServerConfig
 
 
 @pytest.fixture

@@ -115,6 +115,7 @@ from .journal import (
     OrdersStopped,
 )
 from .lifecycle import CANCEL_REFUSALS, CancellationType, Event, OrderState, ReasonCode, step
+from .limits import MAX_OPEN_ORDERS, MAX_OPEN_ORDERS_PER_PRODUCT
 from .policies import EQUIVOCATION_WINDOW_MS, CancelContext, Honest, NoteContext, Policy
 
 Output = JournalEntry | Reply | Push
@@ -122,10 +123,6 @@ Output = JournalEntry | Reply | Push
 #: Vertex's per-wallet execute limit: 600 weight per rolling minute.
 RATE_LIMIT_WEIGHT = 600
 RATE_WINDOW_MS = 60_000
-#: Open orders one subaccount may rest in one product (Vertex's limit), and in total over
-#: every sender: each resting order costs memory and time in every book operation.
-MAX_OPEN_ORDERS_PER_PRODUCT = 500
-MAX_OPEN_ORDERS = 20_000
 #: Default cap on ``expiration - now`` of a new order (protocol §8.1 check 6). The
 #: court's exit delay must exceed it plus the answer window (§13).
 MAX_ORDER_LIFETIME_S = 7 * 86_400

@@ -504,6 +504,37 @@ class Journal:
             raise _refuse(path, f"its seal {seal.path} belongs to another journal")
         return journal
 
+    @classmethod
+    def open_readonly(cls, path: str | Path) -> Journal:
+        """Open an existing journal to read and verify it, whoever's it is (the operator
+        and domain it binds are read from its meta); nothing is written, not even a seal.
+
+        Raises:
+            JournalCorrupt, JournalMismatch: as :meth:`open`, for a file that is not a
+                journal of this format, or whose seal says it lost entries.
+        """
+        path = Path(path)
+        seal = Seal(path.with_name(path.name + "-seal"), fsync=False)
+        sealed = seal.read()
+        if not path.exists() or path.stat().st_size == 0:
+            what = "missing" if not path.exists() else "empty"
+            sealed_count = f"; its seal says {sealed.count} entries" if sealed else ""
+            raise _refuse(path, f"the file is {what}{sealed_count}")
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+        except sqlite3.Error as exc:
+            raise _refuse(path, f"is not a readable journal ({exc})") from None
+        binding = {key: meta.get(key, "") for key in ("format", "operator", "domain")}
+        if binding["format"] != FORMAT_VERSION:
+            conn.close()
+            raise JournalMismatch(f"journal {path} has format {binding['format']!r}")
+        genesis = genesis_hash(binding)
+        if sealed is not None and sealed.genesis != genesis:
+            conn.close()
+            raise _refuse(path, f"its seal {seal.path} belongs to another journal")
+        return cls(conn, path, seal, genesis)
+
     @staticmethod
     def _prepare(
         conn: sqlite3.Connection, expected: dict[str, str], existed: bool

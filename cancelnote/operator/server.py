@@ -105,6 +105,7 @@ from .engine import Engine
 from .errors import QueryRateLimited, RejectRateLimited, ReplayLimit, SubscriptionLimit
 from .journal import FillIssued, Journal, JournalEntry, NoteIssued
 from .lifecycle import CancellationType
+from .limits import ServerConfig
 
 LOGGER = logging.getLogger("cancelnote.operator.server")
 
@@ -123,42 +124,6 @@ CLOSE_TIMEOUT_S = 0.5
 CANCEL_REQUESTS = (CancelOrders, CancelProductOrders, CancelAndPlace)
 EXECUTES = (PlaceOrder, *CANCEL_REQUESTS)
 _HTTP_REASONS = {400: "Bad Request", 503: "Service Unavailable"}
-
-
-@attrs.frozen
-class ServerConfig:
-    """Limits of one server; the defaults suit a single operator process (operations §9)."""
-
-    #: Largest request parsed, in characters (a 1,024-digest cancel is ~75,000).
-    max_message_chars: int = 256 * 1024
-    #: Characters queued for one client before it counts as not reading and is closed.
-    max_send_bytes: int = 4 * 1024 * 1024
-    #: Characters buffered over all connections, in and out, before back-pressure.
-    max_buffered_bytes: int = 256 * 1024 * 1024
-    handshake_timeout_s: float = 5.0
-    #: Nothing received for this long closes the connection (pinged at half of it).
-    idle_timeout_s: float = 60.0
-    #: A message begun must be complete within this.
-    message_timeout_s: float = 10.0
-    #: One socket write blocked this long closes the connection.
-    write_timeout_s: float = 10.0
-    max_connections: int = 1000
-    max_connections_per_address: int = 64
-    max_subscriptions: int = 64
-    #: Subscriptions of one connection whose replay is still streaming.
-    max_replays: int = 4
-    #: Replayed messages per second per address (the burst is one second's worth).
-    replay_rate: float = 5_000.0
-    #: Queries (and subscribes) per second, per connection and per address; burst 2 s.
-    query_rate: float = 50.0
-    query_rate_per_address: float = 200.0
-    #: Executes the engine rejected, per second, per connection and per address; burst 5 s.
-    reject_rate: float = 10.0
-    reject_rate_per_address: float = 40.0
-    inbox_size: int = 4096
-    max_batch: int = 1024
-    tick_s: float = 0.02
-    shutdown_timeout_s: float = 1.0
 
 
 _encode_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
@@ -481,8 +446,9 @@ class OperatorServer:
         journal: Journal,
         *,
         clock: Clock | None = None,
-        config: ServerConfig = ServerConfig(),
+        config: ServerConfig | None = None,
     ) -> None:
+        config = config if config is not None else ServerConfig()
         self.engine = engine
         self.journal = journal
         self.config = config

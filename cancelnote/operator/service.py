@@ -41,16 +41,11 @@ from cancelnote.dispute.inprocess import InProcessChain
 from cancelnote.errors import Fault
 
 from .clock import Clock
-from .engine import (
-    MAX_OPEN_ORDERS,
-    MAX_OPEN_ORDERS_PER_PRODUCT,
-    MAX_ORDER_LIFETIME_S,
-    Engine,
-    split_outputs,
-)
+from .engine import MAX_ORDER_LIFETIME_S, Engine, split_outputs
 from .journal import Journal, JournalEntry, Synchronous
+from .limits import MAX_OPEN_ORDERS, MAX_OPEN_ORDERS_PER_PRODUCT, ServerConfig
 from .policies import Honest, Policy, build_policy
-from .server import OperatorServer, ServerConfig, publication, root_cause
+from .server import OperatorServer, publication, root_cause
 from .watcher import ChainWatcher, CursorStore, court_stop_reason
 
 LOGGER = logging.getLogger("cancelnote.operator")
