@@ -728,8 +728,31 @@ class OperatorServer:
         return "".join(parts)
 
     async def _submit(self, conn: _Connection, message: str | MessageError) -> bool:
-        """Decode one message and queue it for the engine; false once the inbox is closed."""
+        """Decode one message and queue it for the engine; false once the inbox is closed.
+
+        A connection over its own rates waits here before its next message is decoded
+        (so its excess waits in TCP, costing nothing); an address over its rates gets
+        ``QUERY_RATE_LIMITED`` or ``REJECT_RATE_LIMITED`` answers, unchecked.
+        """
+        if not conn.rejects.has():
+            await trio.sleep(conn.rejects.wait_s())
         item = self._item(conn, message)
+        if isinstance(item, _Answer):
+            conn.rejects.take()  # a malformed message: as a rejection, never the address's
+        elif not isinstance(item.request, EXECUTES):
+            if not conn.queries.has():
+                await trio.sleep(conn.queries.wait_s())
+            conn.queries.take()
+            if conn.shared.queries.has():
+                conn.shared.queries.take()
+            else:
+                error = QueryRateLimited(
+                    f"queries from {conn.address} are limited to"
+                    f" {self.config.query_rate_per_address:g}/s"
+                )
+                item = _Answer(
+                    conn, failure_wire(error, item.request.REQUEST_TYPE, item.request.id)
+                )
         try:
             await self._inbox.send(item)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -737,7 +760,7 @@ class OperatorServer:
         return True
 
     def _item(self, conn: _Connection, message: str | MessageError) -> _Execute | _Answer | _Stream:
-        """One message as an inbox item, its allowances applied; never raises on any input."""
+        """One message as an inbox item; never raises on any input."""
         if isinstance(message, MessageError):
             return _Answer(conn, failure_wire(message, None))
         try:
@@ -745,20 +768,12 @@ class OperatorServer:
         except Rejected as exc:
             return _Answer(conn, failure_wire(exc, *describe_failed(message)))
         if isinstance(request, EXECUTES):
-            if not (conn.rejects.has() and conn.shared.rejects.has()):
+            if not conn.shared.rejects.has():
                 error = RejectRateLimited(
-                    "too many rejected requests from this connection or address: slow down"
+                    f"too many rejected requests from {conn.address} lately: slow down"
                 )
                 return _Answer(conn, failure_wire(error, request.REQUEST_TYPE, request.id))
             return _Execute(conn, request)
-        if not (conn.queries.has() and conn.shared.queries.has()):
-            error = QueryRateLimited(
-                f"queries are limited to {self.config.query_rate:g}/s a connection and"
-                f" {self.config.query_rate_per_address:g}/s an address"
-            )
-            return _Answer(conn, failure_wire(error, request.REQUEST_TYPE, request.id))
-        conn.queries.take()
-        conn.shared.queries.take()
         if isinstance(request, Subscribe | Unsubscribe):
             return _Stream(conn, request)
         return _Execute(conn, request)
