@@ -14,6 +14,7 @@ after the upgrade.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import random
@@ -24,7 +25,7 @@ from typing import Any
 import attrs
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Message, Request
+from wsproto.events import AcceptConnection, CloseConnection, Message, Request, TextMessage
 
 from cancelnote.api import request_to_wire
 from cancelnote.crypto import Signer, keccak
@@ -73,6 +74,9 @@ class RawClient:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.ws = WSConnection(ConnectionType.CLIENT)
+        self._parts: list[str] = []
+        self._texts: collections.deque[str] = collections.deque()
+        self.close_code: int | None = None
 
     @classmethod
     async def connect(cls, port: int, source: str, receive_buffer: int = 0) -> RawClient:
@@ -102,6 +106,24 @@ class RawClient:
             raise EOFError("closed")
         self.ws.receive_data(data)
         return list(self.ws.events())
+
+    async def text(self) -> str:
+        """The next whole text message (frames arrive in pieces).
+
+        Raises:
+            EOFError: the server closed (its code is then :attr:`close_code`).
+        """
+        while not self._texts:
+            for event in await self.receive():
+                if isinstance(event, TextMessage):
+                    self._parts.append(event.data)
+                    if event.message_finished:
+                        self._texts.append("".join(self._parts))
+                        self._parts = []
+                elif isinstance(event, CloseConnection):
+                    self.close_code = event.code
+                    raise EOFError(f"closed with {event.code}")
+        return self._texts.popleft()
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)

@@ -217,12 +217,13 @@ class _Connection:
     budget: _Budget
     max_send_bytes: int
     ws: WSConnection = attrs.Factory(lambda: WSConnection(ConnectionType.SERVER))
-    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     reader_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     outbox: collections.deque[str | bytes] = attrs.Factory(collections.deque)
     queued: int = 0
     wake: trio.Event = attrs.Factory(trio.Event)
     finishing: bool = False  # nothing more will be queued: the writer ends when empty
+    torn: bool = False  # a write was cut off mid-frame: no close frame can follow
+    write_scope: trio.CancelScope | None = None  # the socket write in progress
     open_ws: bool = False
     close_code: int | None = None
     close_reason: str = ""
@@ -248,6 +249,7 @@ class _Connection:
                 CloseCode.SEND_BUDGET,
                 f"SEND_BUDGET: send queue full: the client does not read fast enough"
                 f" ({self.queued + size} bytes queued, at most {self.max_send_bytes})",
+                abort_write=True,
             )
             return
         self.outbox.append(item)
@@ -260,12 +262,17 @@ class _Connection:
         self.queued = 0
         self.outbox.clear()
 
-    def close(self, code: int, reason: str) -> None:
-        """Disconnect now (both tasks are cancelled; the handler sends the close frame)."""
+    def close(self, code: int, reason: str, abort_write: bool = False) -> None:
+        """Disconnect: stop reading, drop the queue; the writer ends after the write it is
+        in (so frames stay whole) and the handler sends the close frame. ``abort_write``
+        (a client that does not read): cut the write off; no close frame can follow."""
         if self.is_open:
             self.close_code, self.close_reason = code, reason
             self.drop_queue()
-            self.scope.cancel()
+            self.reader_scope.cancel()
+            self.wake.set()
+            if abort_write and self.write_scope is not None:
+                self.write_scope.cancel()
 
     def finish(self) -> None:
         """No more will be queued (shutdown): the writer flushes and ends."""
@@ -594,18 +601,17 @@ class OperatorServer:
     async def _connection(self, conn: _Connection) -> None:
         """Everything of one client; nothing it causes leaves this task."""
         try:
-            with conn.scope:
-                async with trio.open_nursery() as tasks:
-                    with conn.reader_scope:
-                        if await self._handshake(conn) and not self._stopping:
-                            LOGGER.info(
-                                "connection_open",
-                                extra={"fields": {"conn": conn.number, "peer": conn.peer}},
-                            )
-                            tasks.start_soon(self._write, conn)
-                            await self._read(conn)
-                    if not self._stopping:  # the client left: nothing more to send it
-                        tasks.cancel_scope.cancel()
+            async with trio.open_nursery() as tasks:
+                with conn.reader_scope:
+                    if await self._handshake(conn) and not self._stopping:
+                        LOGGER.info(
+                            "connection_open",
+                            extra={"fields": {"conn": conn.number, "peer": conn.peer}},
+                        )
+                        tasks.start_soon(self._write, conn)
+                        await self._read(conn)
+                if conn.is_open and not self._stopping:  # the client left
+                    tasks.cancel_scope.cancel()
         except Exception as exc:  # a client's doing (a reset, a protocol error): its own end
             if conn.is_open:
                 conn.close(CloseCode.PROTOCOL_ERROR, f"PROTOCOL_ERROR: {type(exc).__name__}")
@@ -781,7 +787,7 @@ class OperatorServer:
     async def _write(self, conn: _Connection) -> None:
         """Send what is queued for ``conn`` (several messages per write), then its replays."""
         ws, stream, config = conn.ws, conn.stream, self.config
-        while True:
+        while conn.is_open:
             if not conn.outbox:
                 if conn.replays and not conn.finishing:
                     await self._replay(conn)
@@ -798,13 +804,16 @@ class OperatorServer:
                 taken += len(item)
                 frames.append(item if isinstance(item, bytes) else ws.send(TextMessage(data=item)))
             timeout = min(config.write_timeout_s, max(self._deadline - trio.current_time(), 0))
-            with trio.move_on_after(timeout):
+            conn.torn = True
+            with trio.move_on_after(timeout) as conn.write_scope:
                 await stream.send_all(b"".join(frames))
+                conn.torn = False
+            conn.write_scope = None
+            if conn.is_open:  # (a close dropped the queue and its bytes already)
                 conn.queued -= taken
                 self._budget.give(taken)
+            if not conn.torn:
                 continue
-            conn.queued -= taken
-            self._budget.give(taken)
             conn.close(
                 CloseCode.SEND_BUDGET, "SEND_BUDGET: a write was blocked: the client does not read"
             )
@@ -845,9 +854,14 @@ class OperatorServer:
                 min(CLOSE_TIMEOUT_S, max(self._deadline - trio.current_time(), 0.05))
             ):
                 try:
-                    if conn.open_ws and conn.ws.state in (
-                        ConnectionState.OPEN,
-                        ConnectionState.REMOTE_CLOSING,
+                    if (
+                        conn.open_ws
+                        and not conn.torn
+                        and conn.ws.state
+                        in (
+                            ConnectionState.OPEN,
+                            ConnectionState.REMOTE_CLOSING,
+                        )
                     ):
                         reason = conn.close_reason[:120] or None
                         await conn.stream.send_all(
@@ -1021,6 +1035,7 @@ class OperatorServer:
                 CloseCode.MEMORY_BUDGET,
                 f"MEMORY_BUDGET: the server buffers {self._budget.used} bytes, at most"
                 f" {self._budget.limit}; this client's queue is the largest",
+                abort_write=True,
             )
 
     def _serve_stream(self, item: _Stream) -> None:
