@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -40,25 +41,29 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 from common import write_report
-from trio_websocket import open_websocket_url
+from trio_websocket import wrap_client_stream
 
 from cancelnote import keystore
 from cancelnote.api import request_to_wire
 from cancelnote.crypto import Signer, keccak
 from cancelnote.messages import Domain
 from cancelnote.operator.clock import wall_clock_ms
-from cancelnote.operator.hostile import ATTACKS, PRICE, SIZE, Target
+from cancelnote.operator.hostile import ATTACKS, PRICE, SIZE, Target, open_tcp
 from cancelnote.operator.testing import Trader
 
 LISTENING = re.compile(rb"listening on ws://[\d.]+:(\d+) chain_id=(\d+) court=(0x[0-9a-fA-F]{40})")
 TARGETS = {"all_alive": True, "worst_p99_ratio": 2.0, "max_peak_rss_mib": 512}
+#: The networks the setup and the honest wallets connect from (the attackers: 127.0.0.x).
+SETUP_NET, HONEST_NET = "127.0.2", "127.0.1"
 BOOK_LEVELS = 500
-REPLAY_NOTES = 290  # within one wallet's 600 weight a minute: 290 places + 290 cancels
+REPLAY_NOTES = 190  # within one address's burst of 400 weight: 190 places + 190 cancels
 
 
 def _json_dumps(obj: Any) -> str:
@@ -77,14 +82,32 @@ def _trader(domain: Domain, name: bytes) -> Trader:
     return Trader(Signer(keccak(b"bench hostile " + name)), domain)
 
 
-async def _setup(url: str, domain: Domain) -> bytes:
-    """A 500-level book on product 1, and a sender with notes to replay; returns it."""
-    async with open_websocket_url(url) as ws:
-        for k in range(BOOK_LEVELS):
-            maker = _trader(domain, b"book %d" % (k // 100))
-            placed = maker.order(1, PRICE - (k + 1) * 10**15, SIZE, wall_clock_ms())
-            assert (await _request(ws, request_to_wire(placed)))["status"] == "success"
-        busy = _trader(domain, b"busy")
+@asynccontextmanager
+async def _websocket(port: int, source: str) -> AsyncIterator[Any]:
+    """A trio-websocket client connection from ``source`` (a loopback address)."""
+    stream = await open_tcp(port, source)
+    async with stream, trio.open_nursery() as nursery:
+        ws = await wrap_client_stream(nursery, stream, "127.0.0.1", "/")
+        try:
+            yield ws
+        finally:
+            with trio.move_on_after(2):
+                await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def _setup(port: int, domain: Domain) -> bytes:
+    """A 500-level book on product 1, and a sender with notes to replay; returns it.
+
+    Each wallet connects from its own address, within that address's execute limit."""
+    for w in range(BOOK_LEVELS // 100):
+        maker = _trader(domain, b"book %d" % w)
+        async with _websocket(port, f"{SETUP_NET}.{w + 1}") as ws:
+            for k in range(w * 100, (w + 1) * 100):
+                placed = maker.order(1, PRICE - (k + 1) * 10**15, SIZE, wall_clock_ms())
+                assert (await _request(ws, request_to_wire(placed)))["status"] == "success"
+    busy = _trader(domain, b"busy")
+    async with _websocket(port, f"{SETUP_NET}.100") as ws:
         placed = []
         for k in range(REPLAY_NOTES):
             order = busy.order(2, PRICE // 4 - k * 10**12, SIZE, wall_clock_ms())
@@ -96,30 +119,53 @@ async def _setup(url: str, domain: Domain) -> bytes:
     return busy.sender
 
 
+async def _prefill(port: int, domain: Domain, wallets: int, count: int) -> list[list[Any]]:
+    """``count`` resting orders (far from the book) for each honest wallet, placed ahead
+    so that the measured requests are pure cancels (a full book refuses new orders)."""
+    orders: list[list[Any]] = []
+    for n in range(wallets):
+        me = _trader(domain, b"honest %d" % n)
+        mine = [me.order(1, PRICE * 2 + k * 10**15, -SIZE, wall_clock_ms()) for k in range(count)]
+        async with _websocket(port, _honest_source(n)) as ws:
+            for placed in mine:
+                assert (await _request(ws, request_to_wire(placed)))["status"] == "success"
+        orders.append(mine)
+    return orders
+
+
+def _honest_source(n: int) -> str:
+    """Honest wallet ``n``'s address: a trader behind its own IP, as on the internet."""
+    return f"{HONEST_NET}.{n + 1}"
+
+
 async def _honest(
-    url: str, domain: Domain, wallets: int, pace: float, until: float, times: list[float]
+    port: int,
+    domain: Domain,
+    orders: list[list[Any]],
+    pace: float,
+    until: float,
+    times: list[float],
 ) -> int:
-    """Place-and-cancel from each wallet until ``until`` (trio time); returns failures."""
+    """Each wallet cancels its next resting order ``pace`` times a second until ``until``
+    (trio time), timing each round trip; returns how many failed."""
     failures = 0
 
     async def one(n: int) -> None:
         nonlocal failures
         me = _trader(domain, b"honest %d" % n)
-        async with open_websocket_url(url) as ws:
-            while trio.current_time() < until:
+        async with _websocket(port, _honest_source(n)) as ws:
+            while trio.current_time() < until and orders[n]:
                 started = trio.current_time()
-                placed = me.order(1, PRICE * 2 + n * 10**15, -SIZE, wall_clock_ms())
-                if (await _request(ws, request_to_wire(placed)))["status"] != "success":
-                    failures += 1
+                cancel = me.cancel([orders[n].pop()], wall_clock_ms())
                 sent = time.perf_counter()
-                answer = await _request(ws, request_to_wire(me.cancel([placed], wall_clock_ms())))
+                answer = await _request(ws, request_to_wire(cancel))
                 times.append((time.perf_counter() - sent) * 1000)
                 if answer["status"] != "success" or not answer["data"]["notes"]:
                     failures += 1
                 await trio.sleep_until(started + 1 / pace)
 
     async with trio.open_nursery() as nursery:
-        for n in range(wallets):
+        for n in range(len(orders)):
             nursery.start_soon(one, n)
     return failures
 
@@ -189,12 +235,13 @@ async def _start_operator(folder: Path, name: str) -> tuple[trio.Process, int, D
 
 async def _measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     process, port, domain = await _start_operator(folder, name)
-    url = f"ws://127.0.0.1:{port}/"
     try:
-        sender = await _setup(url, domain)
+        sender = await _setup(port, domain)
+        per_wallet = math.ceil((args.before_s + args.during_s) * args.pace) + 2
+        orders = await _prefill(port, domain, args.honest, per_wallet)
         before: list[float] = []
         failures = await _honest(
-            url, domain, args.honest, args.pace, trio.current_time() + args.before_s, before
+            port, domain, orders, args.pace, trio.current_time() + args.before_s, before
         )
         rss_before = _rss_kib(process.pid, "VmRSS")
         Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # reset the peak (VmHWM)
@@ -212,7 +259,7 @@ async def _measure(name: str, folder: Path, args: argparse.Namespace) -> dict[st
         await trio.sleep(args.warmup_s)
         during: list[float] = []
         failures += await _honest(
-            url, domain, args.honest, args.pace, trio.current_time() + args.during_s, during
+            port, domain, orders, args.pace, trio.current_time() + args.during_s, during
         )
         await trio.to_thread.run_sync(attack.join, 15)
         if attack.is_alive():
@@ -221,7 +268,7 @@ async def _measure(name: str, folder: Path, args: argparse.Namespace) -> dict[st
         alive = process.returncode is None
         if alive:
             after: list[float] = []
-            failures += await _honest(url, domain, 1, 1, trio.current_time() + 0.5, after)
+            failures += await _honest(port, domain, orders[:1], 1, trio.current_time() + 0.5, after)
             alive = bool(after) and process.returncode is None
     finally:
         if process.returncode is None:

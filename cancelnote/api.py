@@ -414,6 +414,23 @@ def describe_failed(text: str) -> tuple[str | None, int | None]:
     return request_type, request_id
 
 
+#: Vertex weights: a place weighs 1, ``cancel_orders`` its number of digests,
+#: ``cancel_product_orders`` 50 for all products, else 5 per product; a replace both.
+PLACE_WEIGHT = 1
+CANCEL_ALL_PRODUCTS_WEIGHT = 50
+CANCEL_PER_PRODUCT_WEIGHT = 5
+
+
+def weight_of(request: Execute) -> int:
+    """What an execute counts against the rate limits (protocol §8.1)."""
+    if isinstance(request, PlaceOrder):
+        return PLACE_WEIGHT
+    if isinstance(request, CancelProductOrders):
+        return CANCEL_PER_PRODUCT_WEIGHT * len(request.tx.product_ids) or CANCEL_ALL_PRODUCTS_WEIGHT
+    weight = len(request.tx.digests)
+    return weight + PLACE_WEIGHT if isinstance(request, CancelAndPlace) else weight
+
+
 def request_to_wire(request: WireRequest) -> dict[str, Any]:
     wire: dict[str, Any] = {request.KEY: request.body()}
     if request.id is not None:

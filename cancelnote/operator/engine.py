@@ -60,6 +60,7 @@ from typing import Any, ClassVar
 import attrs
 
 from cancelnote.api import (
+    PLACE_WEIGHT,
     BookDepth,
     CancelAndPlace,
     CancelOrders,
@@ -74,6 +75,7 @@ from cancelnote.api import (
     Request,
     request_from_wire,
     request_type_of,
+    weight_of,
 )
 from cancelnote.crypto import Signer, recover_address
 from cancelnote.errors import CancelnoteError, MessageError, Rejected, SignatureError
@@ -126,11 +128,6 @@ RATE_WINDOW_MS = 60_000
 #: Default cap on ``expiration - now`` of a new order (protocol §8.1 check 6). The
 #: court's exit delay must exceed it plus the answer window (§13).
 MAX_ORDER_LIFETIME_S = 7 * 86_400
-#: Vertex weights: a place weighs 1, ``cancel_orders`` its number of digests,
-#: ``cancel_product_orders`` 50 for all products, else 5 per product.
-PLACE_WEIGHT = 1
-CANCEL_ALL_PRODUCTS_WEIGHT = 50
-CANCEL_PER_PRODUCT_WEIGHT = 5
 #: ``requestHash`` of a note answering an on-chain ``requestCancel``.
 ON_CHAIN_REQUEST_HASH = bytes(32)
 
@@ -461,7 +458,6 @@ class Engine:
             unknown = sorted(set(tx.product_ids) - self.products)
             if unknown:
                 raise UnknownProduct(f"products {unknown} are not traded")
-            weight = CANCEL_PER_PRODUCT_WEIGHT * len(tx.product_ids) or CANCEL_ALL_PRODUCTS_WEIGHT
         else:
             if not tx.digests or len(tx.digests) != len(tx.product_ids):
                 raise MessageError(
@@ -469,12 +465,11 @@ class Engine:
                 )
             if len(set(tx.digests)) != len(tx.digests):
                 raise MessageError("cancel: a digest is listed twice")
-            weight = len(tx.digests)
+        weight = weight_of(request)
         if isinstance(request, CancelAndPlace):
             if request.place_order.order.sender != tx.sender:
                 raise MessageError("cancel_and_place: the order's sender is not the cancel's")
             self._check_order(request.place_order, now_ms, self._freed_by(request))
-            weight += PLACE_WEIGHT
         self._check_window(tx.nonce, now_ms)
         request_hash = tx.digest(self.domain)
         self._check_signer(request_hash, request.signature, tx.sender, request.KEY)

@@ -90,6 +90,13 @@ class BookFull(Rejected):
     code = "BOOK_FULL"
 
 
+class AddressRateLimited(Rejected):
+    """Raised, without checking the request, when the executes of one source address
+    would exceed their weight per minute (Vertex's 2,400 per IP)."""
+
+    code = "ADDRESS_RATE_LIMITED"
+
+
 class QueryRateLimited(Rejected):
     """Raised when a connection or its address sends queries faster than allowed."""
 

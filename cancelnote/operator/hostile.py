@@ -344,16 +344,21 @@ async def book_flood(target: Target, stop: trio.Event, connections: int = 12) ->
             nursery.start_soon(one)
 
 
-async def many_wallets(target: Target, stop: trio.Event, wallets: int = 64) -> None:
+async def many_wallets(
+    target: Target, stop: trio.Event, wallets: int = 64, addresses: int = 16
+) -> None:
     """Many wallets each resting as many orders as their own limits allow (far from the
-    market: they never trade), one connection each."""
+    market: they never trade), one connection each, from ``addresses`` addresses (each
+    under its own address's limits): enough to fill the operator's global cap."""
+    base, _, last = target.source.rpartition(".")
 
     async def one(n: int) -> None:
         me = _trader(target.domain, b"wallet %d" % n)
         rng = random.Random(n)
+        source = f"{base}.{int(last) + n % addresses}"
 
         async def place() -> None:
-            client = await RawClient.connect(target.port, target.source)
+            client = await RawClient.connect(target.port, source)
             try:
                 while not stop.is_set():
                     price = PRICE // 2 - rng.randrange(10**6) * 10**12

@@ -45,6 +45,8 @@ class ServerConfig:
     #: Executes the engine rejected, per second, per connection and per address; burst 5 s.
     reject_rate: float = 10.0
     reject_rate_per_address: float = 40.0
+    #: Execute weight per second per address (Vertex's 2,400 a minute per IP); burst 10 s.
+    execute_rate_per_address: float = 40.0
     inbox_size: int = 4096
     max_batch: int = 1024
     tick_s: float = 0.02
@@ -69,5 +71,6 @@ SERVER_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--query-rate-per-address", "query_rate_per_address", float, "per address"),
     ("--reject-rate", "reject_rate", float, "rejected executes per second per connection"),
     ("--reject-rate-per-address", "reject_rate_per_address", float, "per address"),
+    ("--execute-rate-per-address", "execute_rate_per_address", float, "weight/s per address"),
     ("--shutdown-timeout-s", "shutdown_timeout_s", float, "to flush clients after SIGTERM"),
 )

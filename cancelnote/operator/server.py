@@ -9,9 +9,11 @@ arrives or waits to leave is counted against a budget and every wait has a timeo
   shared inbox; the writer frames what was queued for that client, everything waiting
   at once, into one socket write;
 * the **engine task** is the engine's only caller (it is not thread-safe). It takes
-  every request waiting in the inbox (a batch), reads the clock once (``now_ms``: the
-  engine never reads one), calls :meth:`Engine.advance` and then ``handle`` for each
-  request, and hands the batch's journal entries and outgoing messages on. When no
+  every request waiting in the inbox, cancels and queries first and new orders after
+  (each client's own requests keep their order: :func:`_cancels_first`), and for each of
+  the two parts (a batch) reads the clock once (``now_ms``: the engine never reads one),
+  calls :meth:`Engine.advance` and then ``handle`` for each request, and hands the
+  batch's journal entries and outgoing messages on. When no
   request comes for :attr:`ServerConfig.tick_s` it still calls ``advance``, so that
   in-flight matches settle, orders expire and held cancels are released on time;
 * the **dispatcher** commits the entries of every batch waiting for it in one
@@ -96,13 +98,20 @@ from cancelnote.api import (
     describe_failed,
     failure_wire,
     success_wire,
+    weight_of,
 )
 from cancelnote.errors import MessageError, Rejected
 from cancelnote.messages import CancellationNote, signature_from_wire, signature_to_wire
 
 from .clock import Clock
 from .engine import Engine
-from .errors import QueryRateLimited, RejectRateLimited, ReplayLimit, SubscriptionLimit
+from .errors import (
+    AddressRateLimited,
+    QueryRateLimited,
+    RejectRateLimited,
+    ReplayLimit,
+    SubscriptionLimit,
+)
 from .journal import FillIssued, Journal, JournalEntry, NoteIssued
 from .lifecycle import CancellationType
 from .limits import ServerConfig
@@ -193,6 +202,7 @@ class _Address:
     queries: _Bucket
     rejects: _Bucket
     replays: _Bucket
+    executes: _Bucket
 
 
 @attrs.define(eq=False)
@@ -407,6 +417,27 @@ def publication(entry: JournalEntry) -> _Publish | None:
     return None
 
 
+def _cancels_first(items: list[Any]) -> tuple[list[Any], list[Any]]:
+    """Split a batch: everything but new orders first, then the orders (and whatever
+    follows an order from the same connection, so that each client's requests keep their
+    order). As Hyperliquid orders a block, cancels go before orders: a flood of orders
+    can delay nobody's cancel, and the first part is committed and answered while the
+    engine works on the second."""
+    first: list[Any] = []
+    later: list[Any] = []
+    waiting: set[_Connection] = set()  # connections with an order in ``later``
+    for item in items:
+        conn = getattr(item, "conn", None)
+        request = getattr(item, "request", None)
+        if conn in waiting or isinstance(request, PlaceOrder):
+            later.append(item)
+            if conn is not None:
+                waiting.add(conn)
+        else:
+            first.append(item)
+    return first, later
+
+
 def _push_item(push: Push) -> _Publish:
     return _Publish(push.sender, push.entry.seq, push.text)
 
@@ -580,6 +611,7 @@ class OperatorServer:
                 _Bucket(config.query_rate_per_address, 2.0),
                 _Bucket(config.reject_rate_per_address, 5.0),
                 _Bucket(config.replay_rate, 1.0),
+                _Bucket(config.execute_rate_per_address, 10.0),
             )
         shared.connections += 1
         conn = _Connection(
@@ -774,11 +806,20 @@ class OperatorServer:
         except Rejected as exc:
             return _Answer(conn, failure_wire(exc, *describe_failed(message)))
         if isinstance(request, EXECUTES):
-            if not conn.shared.rejects.has():
+            shared, weight = conn.shared, weight_of(request)
+            error: Rejected | None = None
+            if not shared.rejects.has():
                 error = RejectRateLimited(
                     f"too many rejected requests from {conn.address} lately: slow down"
                 )
+            elif not shared.executes.has(weight):
+                error = AddressRateLimited(
+                    f"executes from {conn.address} are limited to"
+                    f" {self.config.execute_rate_per_address * 60:g} weight a minute"
+                )
+            if error is not None:
                 return _Answer(conn, failure_wire(error, request.REQUEST_TYPE, request.id))
+            shared.executes.take(weight)
             return _Execute(conn, request)
         if isinstance(request, Subscribe | Unsubscribe):
             return _Stream(conn, request)
@@ -909,9 +950,10 @@ class OperatorServer:
                         items.append(self._inbox_out.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                batch = self._step(items)
-                if batch.entries or batch.deliveries:
-                    await batches.send(batch)
+                for part in _cancels_first(items):
+                    batch = self._step(part)
+                    if batch.entries or batch.deliveries:
+                        await batches.send(batch)
 
     def _step(self, items: list[Any]) -> _Batch:
         now_ms = self.clock.now_ms()
