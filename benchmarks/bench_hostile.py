@@ -6,12 +6,13 @@ flood, book flood, many wallets), one run of the real ``cancelnote operator run`
 (in-process chain, durability FULL, default limits) is set up (a 500-level book on
 product 1, a sender with a few hundred notes to replay), then:
 
-1. **before**: ``--honest`` honest wallets on ``127.0.0.1`` place a far-off order and
-   cancel it, each on its own connection, ``--pace`` pairs a second each, for
+1. **before**: ``--honest`` honest wallets, each on its own connection from its own
+   loopback address (``127.0.1.N``: traders behind their own IPs), cancel one of the
+   orders they placed ahead (far from the book), ``--pace`` a second each, for
    ``--before-s``; every cancel's round trip is timed;
-2. **during**: the attack starts in its own process, from ``127.0.0.2`` (so that the
-   per-address limits apply to it and not to the honest clients); after ``--warmup-s``
-   the honest cancels are timed again for ``--during-s``;
+2. **during**: the attack starts in its own process, from ``127.0.0.2`` (the many-wallets
+   attack from sixteen addresses), so that per-address limits apply to it as to a remote
+   attacker; after ``--warmup-s`` the honest cancels are timed again for ``--during-s``;
 3. the attack stops; the server's peak RSS during the attack (``VmHWM`` after resetting
    it through ``/proc/PID/clear_refs``) is read, and the operator is ``alive`` if its
    process still runs and answers an honest request, and every honest cancel of the run
