@@ -84,7 +84,7 @@ def test_the_clock_never_starts_before_the_journal():
     clock = fake.clock(floor_ms=floor)
     assert clock.now_ms() >= floor
     fake.advance(10)
-    assert clock.now_ms() >= floor + 10
+    assert clock.now_ms() >= floor + 10 * (1 - SLEW)  # running slow to let the wall catch up
 
 
 @pytest.fixture
@@ -141,8 +141,8 @@ async def test_a_failed_commit_ends_the_server_and_logs_the_sqlite_error(tmp_pat
             async with connect(server) as client:
                 await client.request(alice.order(1, PRICE, SIZE, time.time_ns() // 10**6))
     journal.close()
-    cause = root_cause(caught.value)
-    assert isinstance(cause, sqlite3.OperationalError)
+    # The server's own failure is the sqlite error (the client's is its consequence).
+    assert caught.value.subgroup(sqlite3.OperationalError) is not None
     (fault,) = [r for r in caplog.records if r.getMessage() == "journal_fault"]
     assert "OperationalError" in fault.fields["error"] and "readonly" in fault.fields["error"]
 

@@ -221,7 +221,7 @@ def _subscribe(me, request_id: int) -> str:
 
 
 async def test_a_replay_streams_as_the_client_reads_and_replays_are_capped(start_operator):
-    config = ServerConfig(max_replays=2, max_send_bytes=50_000)
+    config = ServerConfig(max_replays=2, max_send_bytes=50_000, execute_rate_per_address=1e6)
     server = await start_operator(config=config, rate_limit=10_000)
     busy, other, third = trader(1), trader(2), trader(3)
     await _history(server, busy, 300)  # ~500 bytes a note: 150 kB, three send budgets

@@ -133,9 +133,12 @@ async def _keep_trying(stop: trio.Event, once: Callable[[], Awaitable[None]]) ->
     """Run ``once`` again and again until ``stop``; a connection the operator drops or
     refuses is the defence working, so the attacker just starts over."""
     while not stop.is_set():
+        dropped = False
         try:
             await once()
-        except DROPPED:
+        except* DROPPED:
+            dropped = True
+        if dropped:
             await trio.sleep(0.1)
 
 

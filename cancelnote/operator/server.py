@@ -391,6 +391,11 @@ class _Streams:
         texts = self._texts.get(sender, [])[start : start + most]
         return texts, seqs[start + len(texts) - 1] if texts else seq
 
+    def seq_of(self, sender: bytes, seq: int, count: int) -> int:
+        """The seq of the ``count``-th publication after ``seq`` (1-based)."""
+        seqs = self._seqs[sender]
+        return seqs[bisect.bisect_right(seqs, seq) + count - 1]
+
     def subscribe(self, conn: _Connection, sender: bytes) -> None:
         self._subscribers.setdefault(sender, set()).add(conn)
 
@@ -542,8 +547,8 @@ class OperatorServer:
                         )
                         task_status.started(self.port)
         finally:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
+            for listener in listeners:  # closed without waiting: a fault in flight stays
+                listener.socket.close()
             self._stopped.set()
 
     async def shutdown(self) -> None:
@@ -870,11 +875,19 @@ class OperatorServer:
             return
         most = min(REPLAY_CHUNK, max(int(bucket.tokens), 1))
         texts, last_seq = self._streams.chunk_after(replay.sender, replay.after_seq, most)
+        ended = len(texts) < most
+        room, size = conn.max_send_bytes // 2, 0
+        for count, text in enumerate(texts):  # never more than half the send budget
+            size += len(text)
+            if count and size > room:
+                texts, ended = texts[:count], False
+                last_seq = self._streams.seq_of(replay.sender, replay.after_seq, count)
+                break
         bucket.take(len(texts))
         replay.after_seq = last_seq
         for text in texts:
             conn.send(text)
-        if len(texts) < most:  # the end: live from here, nothing in between
+        if ended:  # the end: live from here, nothing in between
             conn.replays.popleft()
             self._streams.subscribe(conn, replay.sender)
 
