@@ -60,12 +60,14 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, TextMessage
 from wsproto.events import Request as WsRequest
 
+from cancelnote.api import request_to_wire
 from cancelnote.crypto import Signer, keccak
 from cancelnote.messages import Domain
-from cancelnote.operator.api import request_to_wire
+from cancelnote.operator.clock import wall_clock_ms
 from cancelnote.operator.engine import Engine, split_outputs
 from cancelnote.operator.journal import Journal
-from cancelnote.operator.server import OperatorServer, wall_clock_ms
+from cancelnote.operator.limits import ServerConfig
+from cancelnote.operator.server import OperatorServer
 from cancelnote.operator.testing import Trader
 
 DOMAIN = Domain(1337, b"\xc0" * 20)
@@ -73,6 +75,12 @@ OPERATOR = Signer(keccak(b"bench operator"))
 PRICE = 100 * 10**18
 SIZE = 10**18
 UNLIMITED = 10**12  # rate limit: the benchmark's wallets are not the subject
+#: The engine's limits lifted (per-wallet rate, open orders): the wallets are not the subject.
+UNCAPPED = {
+    "rate_limit": UNLIMITED,
+    "max_open_orders": UNLIMITED,
+    "max_open_orders_per_product": UNLIMITED,
+}
 DEFINITIONS = {
     "engine_cancel_notes_per_s": "= engine_cancel_notes_per_s_10: notes/s answering"
     " cancel_orders of 10 digests each (one signature recovery per 10 notes)",
@@ -107,7 +115,7 @@ def engine_rate(
     Returns ``{"notes_per_s", "cpu_us_per_note"}``.
     """
     journal = Journal.open(path, DOMAIN, OPERATOR.address, durability)
-    engine = Engine(OPERATOR, DOMAIN, {1}, rate_limit=UNLIMITED)
+    engine = Engine(OPERATOR, DOMAIN, {1}, **UNCAPPED)
     traders = [trader(n) for n in range(16)]
     now = wall_clock_ms()
     count = notes // (16 * digests) * 16 * digests  # every trader's cancels are full
@@ -168,8 +176,10 @@ def _serve(db: str, durability: str, ports: Any, stop: Any, profile: bool) -> No
 
     async def main() -> None:
         journal = Journal.open(db, DOMAIN, OPERATOR.address, durability)
-        engine = Engine(OPERATOR, DOMAIN, {1}, rate_limit=UNLIMITED)
-        server = OperatorServer(engine, journal)
+        engine = Engine(OPERATOR, DOMAIN, {1}, **UNCAPPED)
+        server = OperatorServer(
+            engine, journal, config=ServerConfig(execute_rate_per_address=UNLIMITED)
+        )
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve, "127.0.0.1", 0)
             ports.put(port)

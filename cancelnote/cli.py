@@ -150,6 +150,7 @@ def _operator_run(args: argparse.Namespace) -> int:
     from .crypto import parse_address
     from .errors import CancelnoteError
     from .operator import service
+    from .operator.limits import SERVER_FLAGS, ServerConfig
 
     service.configure_logging()
     try:
@@ -169,11 +170,62 @@ def _operator_run(args: argparse.Namespace) -> int:
             durability=args.durability.upper(),
             watch=not args.no_watch,
             poll_s=args.poll_s,
+            max_open_orders=args.max_open_orders,
+            max_open_orders_per_product=args.max_open_orders_per_product,
+            server=ServerConfig(**{field: getattr(args, field) for _, field, _, _ in SERVER_FLAGS}),
         )
         return service.run(config)
     except (CancelnoteError, ValueError) as exc:
         print(f"cancelnote operator run: {exc}", file=sys.stderr)
         return 2
+
+
+def _journal_verify(args: argparse.Namespace) -> int:
+    """Verify a journal's chain, meta and seal (and parse every row)."""
+    from .errors import CancelnoteError
+    from .operator.journal import Journal
+
+    try:
+        journal = Journal.open_readonly(args.db)
+        try:
+            count = sum(1 for _ in journal.entries())
+        finally:
+            journal.close()
+    except CancelnoteError as exc:
+        print(f"cancelnote operator journal verify: {exc}", file=sys.stderr)
+        return 2
+    print(f"ok: {count} entries, last seq {journal.last_seq()}, head 0x{journal.head.hex()}")
+    return 0
+
+
+def _journal_export(args: argparse.Namespace) -> int:
+    """Every row as a JSON line (seq, kind, body, chain), verified as it streams."""
+    import json
+
+    from .errors import CancelnoteError
+    from .operator.journal import Journal
+
+    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        journal = Journal.open_readonly(args.db)
+        try:
+            for seq, kind, body, chain in journal.rows():
+                line = {
+                    "seq": seq,
+                    "kind": kind,
+                    "body": json.loads(body),
+                    "chain": "0x" + chain.hex(),
+                }
+                out.write(json.dumps(line, separators=(",", ":")) + "\n")
+        finally:
+            journal.close()
+    except CancelnoteError as exc:
+        print(f"cancelnote operator journal export: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
 
 
 def _keys_create(args: argparse.Namespace) -> int:
@@ -194,6 +246,39 @@ def _keys_create(args: argparse.Namespace) -> int:
         return 2
     print(f"{signer.checksum_address} {args.out}")
     return 0
+
+
+def _add_limit_flags(run: argparse.ArgumentParser) -> None:
+    """The operator's limits (docs/operations.md §9), each with its default."""
+    from .operator.limits import (
+        MAX_OPEN_ORDERS,
+        MAX_OPEN_ORDERS_PER_PRODUCT,
+        SERVER_FLAGS,
+        ServerConfig,
+    )
+
+    limits = run.add_argument_group("limits (docs/operations.md §9)")
+    defaults = ServerConfig()
+    for flag, field, kind, text in SERVER_FLAGS:
+        limits.add_argument(
+            flag,
+            dest=field,
+            type=kind,
+            default=getattr(defaults, field),
+            help=f"{text} (%(default)s)",
+        )
+    limits.add_argument(
+        "--max-open-orders",
+        type=_int_at_least(1),
+        default=MAX_OPEN_ORDERS,
+        help="open orders resting in total (%(default)s)",
+    )
+    limits.add_argument(
+        "--max-open-orders-per-product",
+        type=_int_at_least(1),
+        default=MAX_OPEN_ORDERS_PER_PRODUCT,
+        help="per subaccount and product (%(default)s)",
+    )
 
 
 def _add_operator_commands(commands: argparse._SubParsersAction) -> None:
@@ -255,7 +340,24 @@ def _add_operator_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--poll-s", type=float, default=1.0, help="seconds between chain polls (default 1)"
     )
+    _add_limit_flags(run)
     run.set_defaults(run=_operator_run)
+
+    journal = operator_commands.add_parser("journal", help="check or dump an operator journal")
+    journal_commands = journal.add_subparsers(
+        dest="journal_command", required=True, metavar="COMMAND"
+    )
+    verify = journal_commands.add_parser(
+        "verify", help="check the hash chain, the meta and the seal; exit 2 on any damage"
+    )
+    verify.add_argument("--db", required=True, help="the journal file")
+    verify.set_defaults(run=_journal_verify)
+    export = journal_commands.add_parser(
+        "export", help="every row as a JSON line (seq, kind, body, chain), verified"
+    )
+    export.add_argument("--db", required=True, help="the journal file")
+    export.add_argument("--out", default="-", help="output file (default: stdout)")
+    export.set_defaults(run=_journal_export)
 
     keys = commands.add_parser("keys", help="encrypted key files (operator and client)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")

@@ -22,9 +22,10 @@ import re
 import secrets
 from collections.abc import Callable, Mapping
 from functools import cached_property
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
 import attrs
+import msgspec
 
 from .crypto import (
     ZERO_ADDRESS,
@@ -535,3 +536,94 @@ def sender_subaccount(sender: bytes) -> str:
         return name.decode("ascii")
     except UnicodeDecodeError:
         raise MessageError(f"sender: subaccount {name!r} is not ASCII") from None
+
+
+# ---------------------------------------------------------------------------------------
+# The wire schema: untrusted JSON decoded straight into typed structs.
+#
+# A schema decoder follows the schema, not the input: an array where a string is due, or a
+# field nobody declared, is refused at its first byte, so the nesting it ever descends is
+# the schema's own (a handful of levels), whatever the process's recursion limit. (The
+# standard library's C decoder recurses on the input and overflows the C stack, killing
+# the process, on ``[[[[...`` once py-evm has raised the recursion limit to 100,000.)
+
+#: ``re.search`` patterns (msgspec's) of the wire's strings.
+HEX32_WIRE = Annotated[str, msgspec.Meta(pattern="^" + _HEX32.pattern)]
+DECIMAL_WIRE = Annotated[str, msgspec.Meta(pattern="^" + _DECIMAL.pattern)]
+
+
+def _schema_type(sol: str) -> Any:
+    """The msgspec type of one wire value of Solidity type ``sol`` (ranges are checked by
+    the message's own validators once it is built)."""
+    if sol.endswith("[]"):
+        return Annotated[list[_schema_type(sol[:-2])], msgspec.Meta(max_length=MAX_ARRAY_LENGTH)]
+    if sol == "bytes32":
+        return HEX32_WIRE
+    return DECIMAL_WIRE | int
+
+
+def _from_schema_value(sol: str) -> Callable[[Any], Any]:
+    if sol.endswith("[]"):
+        item = _from_schema_value(sol[:-2])
+        return lambda values: tuple(map(item, values))
+    if sol == "bytes32":
+        return lambda value: bytes.fromhex(value[2:])
+    return lambda value: int(value) if type(value) is str else value
+
+
+@attrs.frozen
+class WireSchema:
+    """A signed type's wire form as a msgspec struct, and the way back to the type."""
+
+    message: type[SignedMessage]
+    struct: type[msgspec.Struct]
+    converters: tuple[Callable[[Any], Any], ...]
+    fields: tuple[str, ...]  # wire names, in field order
+
+    def build(self, decoded: msgspec.Struct) -> Any:
+        """The message from its decoded struct (the message's validators check ranges).
+
+        Raises:
+            MessageError: a value is out of its type's range.
+        """
+        values = [
+            convert(getattr(decoded, name))
+            for name, convert in zip(self.fields, self.converters, strict=True)
+        ]
+        return self.message(*values)
+
+
+_WIRE_SCHEMAS: dict[type, WireSchema] = {}
+
+
+def wire_schema(cls: type[SignedMessage]) -> WireSchema:
+    """The :class:`WireSchema` of ``cls``, derived from its fields (made once per type)."""
+    schema = _WIRE_SCHEMAS.get(cls)
+    if schema is None:
+        struct = msgspec.defstruct(
+            f"{cls.__name__}Wire",
+            [(wire, _schema_type(sol)) for _, wire, sol in cls._WIRE],
+            forbid_unknown_fields=True,
+        )
+        converters = tuple(_from_schema_value(sol) for _, _, sol in cls._WIRE)
+        fields = tuple(wire for _, wire, _ in cls._WIRE)
+        schema = _WIRE_SCHEMAS[cls] = WireSchema(cls, struct, converters, fields)
+    return schema
+
+
+#: Most JSON containers (objects and arrays) a wire message or a journal row may hold.
+#: The deepest request (``cancel_and_place``) has seven; counting is one C pass over the
+#: text, and bounds the nesting of any decoder that follows, schema or not.
+MAX_CONTAINERS = 32
+
+
+def check_containers(text: str, limit: int = MAX_CONTAINERS) -> None:
+    """Refuse JSON text with more than ``limit`` objects and arrays (so nested no deeper).
+
+    Brackets inside strings count too: no string of the protocol holds one.
+
+    Raises:
+        MessageError: too many containers.
+    """
+    if text.count("[") + text.count("{") > limit:
+        raise MessageError(f"more than {limit} JSON objects and arrays (or nested deeper)")

@@ -29,13 +29,13 @@ from test_server import PRICE, SIZE, WsClient, connect
 from trio_websocket import ConnectionClosed, HandshakeError
 
 from cancelnote import keystore
+from cancelnote.api import PlaceOrder
 from cancelnote.crypto import Signer, keccak, to_checksum
 from cancelnote.dispute.court import DEV_PARAMETERS, CancelState, Court
 from cancelnote.dispute.inprocess import dev_account
 from cancelnote.dispute.jsonrpc import JsonRpcChain
 from cancelnote.messages import Domain
-from cancelnote.operator.api import PlaceOrder
-from cancelnote.operator.server import wall_clock_ms
+from cancelnote.operator.clock import wall_clock_ms
 from cancelnote.operator.testing import Trader
 
 pytestmark = pytest.mark.slow

@@ -18,9 +18,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from cancelnote.crypto import Signer, recover_address
-from cancelnote.messages import CancellationNote, Domain, Fill, make_nonce
-from cancelnote.operator.api import (
+from cancelnote.api import (
     BookDepth,
     CancelOrders,
     Fills,
@@ -32,6 +30,8 @@ from cancelnote.operator.api import (
     request_from_wire,
     request_to_wire,
 )
+from cancelnote.crypto import Signer, recover_address
+from cancelnote.messages import CancellationNote, Domain, Fill, make_nonce
 from cancelnote.operator.engine import Engine, split_outputs
 from cancelnote.operator.errors import JournalCorrupt, OrderNotFound
 from cancelnote.operator.journal import (

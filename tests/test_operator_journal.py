@@ -7,13 +7,13 @@ import sqlite3
 
 import pytest
 
+from cancelnote.api import Notes, OrderStatus, Reply
 from cancelnote.crypto import Signer
 from cancelnote.errors import Fault
 from cancelnote.messages import Domain
-from cancelnote.operator.api import Notes, OrderStatus, Reply
 from cancelnote.operator.engine import Engine, split_outputs
 from cancelnote.operator.errors import JournalCorrupt, JournalMismatch
-from cancelnote.operator.journal import Journal, OrderAccepted
+from cancelnote.operator.journal import Journal, OrderAccepted, chain_hash, leaf_hash
 from cancelnote.operator.policies import Delay, FillAfterNote
 from cancelnote.operator.testing import Trader
 
@@ -143,9 +143,12 @@ def test_journal_of_another_operator_or_domain_is_refused(tmp_path):
     ],
 )
 def test_corrupt_rows_raise_a_fault_naming_the_row(tmp_path, kind, body, message):
-    open_journal(tmp_path / "j.sqlite").close()
+    journal = open_journal(tmp_path / "j.sqlite")
+    genesis = journal.head
+    journal.close()
+    chain = chain_hash(genesis, leaf_hash(1, kind, body))  # a row chained as if written so
     with sqlite3.connect(tmp_path / "j.sqlite") as conn:
-        conn.execute("INSERT INTO journal VALUES (1, ?, ?)", (kind, body))
+        conn.execute("INSERT INTO journal VALUES (1, ?, ?, ?)", (kind, body, chain))
     with pytest.raises(JournalCorrupt, match=re.escape(message)) as caught:
         list(open_journal(tmp_path / "j.sqlite").entries())
     assert isinstance(caught.value, Fault) and caught.value.code == "JOURNAL_CORRUPT"

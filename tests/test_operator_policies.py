@@ -17,9 +17,9 @@ from hypothesis.stateful import (
     rule,
 )
 
+from cancelnote.api import Notes, Push, Reply
 from cancelnote.crypto import Signer
 from cancelnote.messages import CancellationNote, Domain, Fill
-from cancelnote.operator.api import Notes, Push, Reply
 from cancelnote.operator.engine import Engine
 from cancelnote.operator.journal import CancelAccepted, FillIssued, NoteIssued
 from cancelnote.operator.policies import (

@@ -19,12 +19,14 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
+from cancelnote.api import request_to_wire
 from cancelnote.crypto import Signer, recover_address
 from cancelnote.messages import CancellationNote, Domain, Fill
-from cancelnote.operator.api import request_to_wire
+from cancelnote.operator.clock import wall_clock_ms
 from cancelnote.operator.engine import Engine
 from cancelnote.operator.journal import Journal
-from cancelnote.operator.server import OperatorServer, ServerConfig, wall_clock_ms
+from cancelnote.operator.limits import ServerConfig
+from cancelnote.operator.server import OperatorServer
 from cancelnote.operator.testing import Trader
 
 DOMAIN = Domain(31337, "0x" + "c0" * 20)

@@ -14,10 +14,11 @@ import trio
 from test_server import DOMAIN, PRICE, SIZE, connect, operator_factory, trader
 from trio_websocket import ConnectionClosed
 
+from cancelnote.api import PlaceOrder, request_to_wire
 from cancelnote.crypto import SECP256K1_N
 from cancelnote.messages import Order, make_nonce
-from cancelnote.operator.api import PlaceOrder, request_to_wire
-from cancelnote.operator.server import ServerConfig, wall_clock_ms
+from cancelnote.operator.clock import wall_clock_ms
+from cancelnote.operator.limits import ServerConfig
 
 
 @pytest.fixture
@@ -302,7 +303,12 @@ async def test_junk_flood_does_not_stop_honest_clients_connected_at_the_same_tim
 async def test_a_client_that_stops_reading_is_disconnected_and_others_are_not_held_up(
     start_operator, caplog
 ):
-    server = await start_operator(config=ServerConfig(send_queue_size=4), rate_limit=10_000)
+    server = await start_operator(
+        config=ServerConfig(
+            max_send_bytes=200_000, query_rate=10_000, query_rate_per_address=10_000
+        ),
+        rate_limit=10_000,
+    )
     alice = trader(1)
     caplog.set_level(logging.INFO, logger="cancelnote.operator.server")
 

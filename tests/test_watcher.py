@@ -13,9 +13,10 @@ from test_server import connect
 
 from cancelnote.dispute.court import CancelState
 from cancelnote.messages import CancellationNote
+from cancelnote.operator.clock import wall_clock_ms
 from cancelnote.operator.engine import Engine
 from cancelnote.operator.journal import Journal
-from cancelnote.operator.server import OperatorServer, wall_clock_ms
+from cancelnote.operator.server import OperatorServer
 from cancelnote.operator.testing import Trader
 from cancelnote.operator.watcher import ChainWatcher, CursorStore
 

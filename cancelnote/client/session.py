@@ -34,17 +34,7 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
 
-from cancelnote.crypto import Signer
-from cancelnote.dispute.jsonrpc import parse_json
-from cancelnote.errors import Rejected
-from cancelnote.messages import (
-    Cancellation,
-    CancellationProducts,
-    Order,
-    make_nonce,
-    make_sender,
-)
-from cancelnote.operator.api import (
+from cancelnote.api import (
     BookDepth,
     CancelAndPlace,
     CancelOrders,
@@ -55,6 +45,16 @@ from cancelnote.operator.api import (
     PlaceOrder,
     Request,
     request_to_wire,
+)
+from cancelnote.crypto import Signer
+from cancelnote.dispute.jsonrpc import parse_json
+from cancelnote.errors import Rejected
+from cancelnote.messages import (
+    Cancellation,
+    CancellationProducts,
+    Order,
+    make_nonce,
+    make_sender,
 )
 
 from .verifier import Received, Verifier

@@ -19,6 +19,15 @@ from typing import Any
 
 import attrs
 
+from cancelnote.api import (
+    CancelAndPlace,
+    CancelOrders,
+    CancelProductOrders,
+    PlaceOrder,
+    Push,
+    Reply,
+    Request,
+)
 from cancelnote.crypto import Signer
 from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.dispute.inprocess import InProcessChain
@@ -27,15 +36,6 @@ from cancelnote.messages import (
     make_sender,
     signature_from_wire,
     signature_to_wire,
-)
-from cancelnote.operator.api import (
-    CancelAndPlace,
-    CancelOrders,
-    CancelProductOrders,
-    PlaceOrder,
-    Push,
-    Reply,
-    Request,
 )
 from cancelnote.operator.engine import Engine
 from cancelnote.operator.policies import Honest, Policy

@@ -38,9 +38,10 @@ product (``UNKNOWN_PRODUCT``), order amount and price (``INVALID_ORDER``), order
 expiration (``EXPIRED``), order lifetime at most ``max_order_lifetime_s``
 (``INVALID_ORDER``), the nonce's ``recv_time`` window (``NONCE_WINDOW``), the sender's
 signature (``INVALID_SIGNATURE``), replay (``REPLAYED``), whether orders are still taken
-(``NOT_ACCEPTING_ORDERS``), the wallet's rate limit (``RATE_LIMITED``). Orders carry a
-Vertex nonce too (``recv_time << 20 | random``), so a signed order cannot be submitted
-late.
+(``NOT_ACCEPTING_ORDERS``), the open orders of the subaccount in that product and in
+total (``OPEN_ORDER_LIMIT``, ``BOOK_FULL``), the wallet's rate limit (``RATE_LIMITED``).
+Orders carry a Vertex nonce too (``recv_time << 20 | random``), so a signed order cannot
+be submitted late.
 
 Not accepting orders (:meth:`Engine.stop_accepting_orders`) is journaled like every other
 state change (:class:`~.journal.OrdersStopped`), so it survives a restart even though the
@@ -58,19 +59,8 @@ from typing import Any, ClassVar
 
 import attrs
 
-from cancelnote.crypto import Signer, recover_address
-from cancelnote.errors import CancelnoteError, MessageError, Rejected, SignatureError
-from cancelnote.messages import (
-    RECV_WINDOW_MS,
-    CancellationNote,
-    Domain,
-    Fill,
-    Order,
-    nonce_recv_time_ms,
-    sender_address,
-)
-
-from .api import (
+from cancelnote.api import (
+    PLACE_WEIGHT,
     BookDepth,
     CancelAndPlace,
     CancelOrders,
@@ -85,13 +75,28 @@ from .api import (
     Request,
     request_from_wire,
     request_type_of,
+    weight_of,
 )
+from cancelnote.crypto import Signer, recover_address
+from cancelnote.errors import CancelnoteError, MessageError, Rejected, SignatureError
+from cancelnote.messages import (
+    RECV_WINDOW_MS,
+    CancellationNote,
+    Domain,
+    Fill,
+    Order,
+    nonce_recv_time_ms,
+    sender_address,
+)
+
 from .book import Book
 from .errors import (
+    BookFull,
     InvalidOrder,
     JournalCorrupt,
     NonceWindow,
     NotAcceptingOrders,
+    OpenOrderLimit,
     OrderExpired,
     OrderNotFound,
     RateLimited,
@@ -112,6 +117,7 @@ from .journal import (
     OrdersStopped,
 )
 from .lifecycle import CANCEL_REFUSALS, CancellationType, Event, OrderState, ReasonCode, step
+from .limits import MAX_OPEN_ORDERS, MAX_OPEN_ORDERS_PER_PRODUCT
 from .policies import EQUIVOCATION_WINDOW_MS, CancelContext, Honest, NoteContext, Policy
 
 Output = JournalEntry | Reply | Push
@@ -122,11 +128,6 @@ RATE_WINDOW_MS = 60_000
 #: Default cap on ``expiration - now`` of a new order (protocol §8.1 check 6). The
 #: court's exit delay must exceed it plus the answer window (§13).
 MAX_ORDER_LIFETIME_S = 7 * 86_400
-#: Vertex weights: a place weighs 1, ``cancel_orders`` its number of digests,
-#: ``cancel_product_orders`` 50 for all products, else 5 per product.
-PLACE_WEIGHT = 1
-CANCEL_ALL_PRODUCTS_WEIGHT = 50
-CANCEL_PER_PRODUCT_WEIGHT = 5
 #: ``requestHash`` of a note answering an on-chain ``requestCancel``.
 ON_CHAIN_REQUEST_HASH = bytes(32)
 
@@ -220,6 +221,8 @@ class Engine:
     max_order_lifetime_s: int = attrs.field(
         default=MAX_ORDER_LIFETIME_S, validator=attrs.validators.gt(0)
     )
+    max_open_orders: int = MAX_OPEN_ORDERS
+    max_open_orders_per_product: int = MAX_OPEN_ORDERS_PER_PRODUCT
 
     _stopped: str | None = attrs.field(default=None, init=False)  # why orders are refused
     _last_seq: int = attrs.field(default=0, init=False)
@@ -237,6 +240,8 @@ class Engine:
     _rate_log: deque[tuple[int, bytes, int]] = attrs.field(factory=deque, init=False)
     _rate_used: dict[bytes, int] = attrs.field(factory=dict, init=False)
     _marks: dict[int, int] = attrs.field(factory=dict, init=False)
+    _open: dict[tuple[bytes, int], int] = attrs.field(factory=dict, init=False)
+    _open_total: int = attrs.field(default=0, init=False)
 
     @_books.default
     def _make_books(self) -> dict[int, Book]:
@@ -409,8 +414,9 @@ class Engine:
                 f" in the last minute; this request weighs {weight}"
             )
 
-    def _check_order(self, request: PlaceOrder, now_ms: int) -> bytes:
-        """All checks of a place but the rate limit; returns the order digest."""
+    def _check_order(self, request: PlaceOrder, now_ms: int, freed: int = 0) -> bytes:
+        """All checks of a place but the rate limit; returns the order digest. ``freed``:
+        open orders of the same sender and product that a replace's cancel takes away."""
         order = request.order
         if request.product_id != order.product_id:
             raise MessageError(
@@ -435,6 +441,14 @@ class Engine:
             raise Replayed(f"order 0x{digest.hex()} was already placed")
         if self._stopped is not None:
             raise NotAcceptingOrders(f"no new orders: {self._stopped}; cancels are taken")
+        open_here = self._open.get((order.sender, order.product_id), 0) - freed
+        if open_here >= self.max_open_orders_per_product:
+            raise OpenOrderLimit(
+                f"{sender_address(order.sender)} already has {open_here} open orders in product"
+                f" {order.product_id} (at most {self.max_open_orders_per_product})"
+            )
+        if self._open_total - freed >= self.max_open_orders:
+            raise BookFull(f"the operator rests its most open orders ({self.max_open_orders})")
         return digest
 
     def _check_cancel(self, request: CancelRequest, now_ms: int) -> tuple[bytes, int]:
@@ -444,7 +458,6 @@ class Engine:
             unknown = sorted(set(tx.product_ids) - self.products)
             if unknown:
                 raise UnknownProduct(f"products {unknown} are not traded")
-            weight = CANCEL_PER_PRODUCT_WEIGHT * len(tx.product_ids) or CANCEL_ALL_PRODUCTS_WEIGHT
         else:
             if not tx.digests or len(tx.digests) != len(tx.product_ids):
                 raise MessageError(
@@ -452,12 +465,11 @@ class Engine:
                 )
             if len(set(tx.digests)) != len(tx.digests):
                 raise MessageError("cancel: a digest is listed twice")
-            weight = len(tx.digests)
+        weight = weight_of(request)
         if isinstance(request, CancelAndPlace):
             if request.place_order.order.sender != tx.sender:
                 raise MessageError("cancel_and_place: the order's sender is not the cancel's")
-            self._check_order(request.place_order, now_ms)
-            weight += PLACE_WEIGHT
+            self._check_order(request.place_order, now_ms, self._freed_by(request))
         self._check_window(tx.nonce, now_ms)
         request_hash = tx.digest(self.domain)
         self._check_signer(request_hash, request.signature, tx.sender, request.KEY)
@@ -465,6 +477,18 @@ class Engine:
             raise Replayed(f"{request.KEY} 0x{request_hash.hex()} was already accepted")
         self._check_rate(tx.sender, weight)
         return request_hash, weight
+
+    def _freed_by(self, request: CancelAndPlace) -> int:
+        """Open orders of the replacing order's sender and product that its cancel names."""
+        sender, product = request.tx.sender, request.place_order.order.product_id
+        return sum(
+            1
+            for digest in set(request.tx.digests)
+            if (record := self._orders.get(digest)) is not None
+            and record.state is OrderState.ACTIVE
+            and record.order.sender == sender
+            and record.product_id == product
+        )
 
     # -----------------------------------------------------------------------------------
     # Request handlers: check everything, then make entries.
@@ -809,6 +833,9 @@ class Engine:
         record = _OrderRecord(product_id, order, signature, digest, at_ms, abs(order.amount))
         self._orders[digest] = record
         self._active_by_sender.setdefault(order.sender, {})[digest] = None
+        key = (order.sender, product_id)
+        self._open[key] = self._open.get(key, 0) + 1
+        self._open_total += 1
         return record
 
     def _apply_cancel(self, entry: CancelAccepted, request_hash: bytes | None = None) -> None:
@@ -911,6 +938,8 @@ class Engine:
         record.state = step(record.state, event, record.digest, record.order.sender)
         if was_active and record.state is not OrderState.ACTIVE:
             del self._active_by_sender[record.order.sender][record.digest]
+            self._open[record.order.sender, record.product_id] -= 1
+            self._open_total -= 1
 
     def _take_off_book(self, record: _OrderRecord) -> None:
         if record.on_book:

@@ -75,3 +75,48 @@ class JournalMismatch(Fault):
     """Raised when a journal belongs to another operator key or another domain."""
 
     code = "JOURNAL_MISMATCH"
+
+
+class OpenOrderLimit(Rejected):
+    """Raised when a subaccount already rests the most open orders a product allows
+    (Vertex's 500 per subaccount and market)."""
+
+    code = "OPEN_ORDER_LIMIT"
+
+
+class BookFull(Rejected):
+    """Raised when the operator already rests its global cap of open orders."""
+
+    code = "BOOK_FULL"
+
+
+class AddressRateLimited(Rejected):
+    """Raised, without checking the request, when the executes of one source address
+    would exceed their weight per minute (Vertex's 2,400 per IP)."""
+
+    code = "ADDRESS_RATE_LIMITED"
+
+
+class QueryRateLimited(Rejected):
+    """Raised when a connection or its address sends queries faster than allowed."""
+
+    code = "QUERY_RATE_LIMITED"
+
+
+class RejectRateLimited(Rejected):
+    """Raised, without checking the request, when a connection or its address had too
+    many executes rejected lately (a flood of bad signatures costs no recoveries)."""
+
+    code = "REJECT_RATE_LIMITED"
+
+
+class SubscriptionLimit(Rejected):
+    """Raised when a connection subscribes to more senders than allowed."""
+
+    code = "SUBSCRIPTION_LIMIT"
+
+
+class ReplayLimit(Rejected):
+    """Raised when a connection asks for a replay while too many still stream."""
+
+    code = "REPLAY_LIMIT"

@@ -22,8 +22,12 @@ transaction and one fsync.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sqlite3
+import struct
+import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache, cached_property
 from pathlib import Path
@@ -31,6 +35,7 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
+from cancelnote.api import CancelRequest, request_from_wire, request_to_wire
 from cancelnote.crypto import to_checksum
 from cancelnote.errors import CancelnoteError
 from cancelnote.messages import (
@@ -38,15 +43,15 @@ from cancelnote.messages import (
     Domain,
     Fill,
     Order,
+    check_containers,
     signature_to_wire,
 )
 
-from .api import CancelRequest, request_from_wire, request_to_wire
 from .errors import JournalCorrupt, JournalMismatch
 from .lifecycle import CancellationType
 
 #: Bumped whenever a row's meaning changes; a journal of another format is refused.
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 
 
 def _typed(raw: object, kind: type) -> Any:
@@ -308,6 +313,7 @@ def entry_from_row(seq: int, kind: str, body: str) -> JournalEntry:
     if cls is None:
         raise JournalCorrupt(f"journal row {seq}: unknown kind {kind!r}")
     try:
+        check_containers(body)
         return cls.from_body(seq, json.loads(body))
     except (CancelnoteError, ValueError, TypeError, KeyError, IndexError) as exc:
         raise JournalCorrupt(f"journal row {seq} ({kind}): {type(exc).__name__}: {exc}") from None
@@ -315,17 +321,140 @@ def entry_from_row(seq: int, kind: str, body: str) -> JournalEntry:
 
 Synchronous = Literal["FULL", "NORMAL"]
 
+# ---------------------------------------------------------------------------------------
+# Integrity: a hash chain over the rows, and a seal kept outside the database.
+
+
+def leaf_hash(seq: int, kind: str, body: str) -> bytes:
+    """SHA-256 of one row as a log leaf (RFC 9162's ``0x00`` prefix): what a Merkle tree
+    over the journal takes as leaf ``seq`` and what the chain links."""
+    return hashlib.sha256(
+        b"\x00" + seq.to_bytes(8, "big") + kind.encode() + b"\x00" + body.encode()
+    ).digest()
+
+
+def chain_hash(previous: bytes, leaf: bytes) -> bytes:
+    """The chain head after a leaf: SHA-256 of the previous head and the leaf hash."""
+    return hashlib.sha256(previous + leaf).digest()
+
+
+def genesis_hash(meta: dict[str, str]) -> bytes:
+    """The chain head of an empty journal: bound to its operator, domain and format."""
+    return hashlib.sha256(b"cancelnote journal\x00" + _encode_json(meta).encode()).digest()
+
+
+@attrs.frozen
+class SealState:
+    """What a seal records: how many entries, the last seq, the chain head after them."""
+
+    count: int
+    last_seq: int
+    head: bytes
+    genesis: bytes
+
+
+class Seal:
+    """The journal's high-water mark, in a small file beside it (``<db>-seal``).
+
+    Written after every commit, so it never says more than the database holds, and it
+    outlives what the database can lose without noticing (a lost ``-wal``, a restored
+    copy, rows deleted by hand). Two fixed-size slots are written in turn, each with its
+    own checksum, so a write torn by a crash leaves the other slot whole; the valid slot
+    with the higher count is the seal. The write is one ``pwrite`` per commit; with
+    ``fsync`` it is made durable at most every :attr:`SYNC_S` seconds and at close (the
+    database's own fsync already makes every commit durable: after a power cut the seal
+    may say up to that much less, which is still a lower bound, never more).
+    """
+
+    SLOT = 128
+    SYNC_S = 1.0
+    MAGIC = b"CNSEAL01"
+    _LAYOUT = struct.Struct(">8sQQ32s32s")  # magic, count, last seq, head, genesis
+
+    def __init__(self, path: Path, fsync: bool) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._fd: int | None = None
+        self._synced_at = 0.0
+        self._dirty = False
+
+    def read(self) -> SealState | None:
+        """The sealed state, or ``None`` if there is no seal file.
+
+        Raises:
+            JournalCorrupt: the file exists but holds no valid slot.
+        """
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        states = []
+        for offset in (0, self.SLOT):
+            slot = data[offset : offset + self._LAYOUT.size + 32]
+            if len(slot) < self._LAYOUT.size + 32:
+                continue
+            fields, checksum = slot[: self._LAYOUT.size], slot[self._LAYOUT.size :]
+            if hashlib.sha256(fields).digest() != checksum:
+                continue
+            magic, count, last_seq, head, genesis = self._LAYOUT.unpack(fields)
+            if magic == self.MAGIC:
+                states.append((count, last_seq, head, genesis))
+        if not states:
+            raise JournalCorrupt(f"seal {self.path} is damaged (no valid slot)")
+        return SealState(*max(states))
+
+    def write(self, state: SealState) -> None:
+        """Record ``state`` in the slot of its count's parity (see the class docstring)."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fields = self._LAYOUT.pack(
+            self.MAGIC, state.count, state.last_seq, state.head, state.genesis
+        )
+        os.pwrite(self._fd, fields + hashlib.sha256(fields).digest(), self.SLOT * (state.count % 2))
+        self._dirty = True
+        if self._fsync and time.monotonic() - self._synced_at >= self.SYNC_S:
+            self.sync()
+
+    def sync(self) -> None:
+        """Make the last write durable."""
+        if self._fd is not None and self._dirty:
+            os.fdatasync(self._fd)
+            self._synced_at = time.monotonic()
+            self._dirty = False
+
+    def close(self) -> None:
+        if self._fd is not None:
+            if self._fsync:
+                self.sync()
+            os.close(self._fd)
+            self._fd = None
+
+
+def _refuse(path: Path, problem: str) -> JournalCorrupt:
+    return JournalCorrupt(f"journal {path}: {problem}; not starting (docs/operations.md §7)")
+
 
 class Journal:
     """An open journal file. One caller at a time (the operator's server), any thread.
 
-    Use :meth:`open`; the constructor only wraps an already configured connection.
+    Use :meth:`open`; :meth:`entries` verifies the whole chain as it streams the rows.
     """
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "_count", "_genesis", "_head", "_last_seq", "_seal", "path", "timings")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, seal: Seal, genesis: bytes) -> None:
         self._conn = conn
+        self.path = path
+        self._seal = seal
+        self._genesis = genesis
+        meta = dict(
+            conn.execute("SELECT key, value FROM meta WHERE key IN ('count', 'head', 'last_seq')")
+        )
+        self._count = int(meta.get("count", 0))
+        self._last_seq = int(meta.get("last_seq", 0))
+        self._head = bytes.fromhex(meta["head"]) if "head" in meta else genesis
+        #: Nanoseconds spent committing rows and writing the seal (the seal's cost).
+        self.timings = {"commits": 0, "commit_ns": 0, "seal_ns": 0}
 
     @classmethod
     def open(
@@ -337,62 +466,207 @@ class Journal:
     ) -> Journal:
         """Open (or create) the journal of ``operator`` (20-byte address) in ``domain``.
 
+        A journal is created only where no file is; a file that exists but is empty,
+        or a missing journal whose seal says it had entries, is refused.
+
         Raises:
             JournalMismatch: the file belongs to another operator, domain or format.
+            JournalCorrupt: the file is not a journal, or a seal says it lost entries.
             ValueError: ``synchronous`` is neither ``"FULL"`` nor ``"NORMAL"``.
         """
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
-        # One writer at a time, but not necessarily the opening thread (a trio server
-        # commits from trio.to_thread workers).
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS journal"
-            " (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL)"
-        )
-        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        path = Path(path)
         expected = {
             "format": FORMAT_VERSION,
             "operator": to_checksum(operator),
             "domain": json.dumps(domain.to_wire(), sort_keys=True),
         }
+        genesis = genesis_hash(expected)
+        seal = Seal(path.with_name(path.name + "-seal"), synchronous == "FULL")
+        sealed = seal.read()
+        exists = path.exists()
+        if exists and path.stat().st_size == 0:
+            raise _refuse(path, "the file is empty (a new journal is made only where none is)")
+        if not exists and sealed is not None and sealed.count:
+            raise _refuse(
+                path,
+                f"the file is missing but its seal says {sealed.count} entries"
+                f" (last seq {sealed.last_seq})",
+            )
+        try:
+            # One writer at a time, but not necessarily the opening thread (a trio server
+            # commits from trio.to_thread workers).
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _refuse(path, f"cannot be opened: {exc}") from None
+        try:
+            found = cls._prepare(conn, expected, exists)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _refuse(path, f"is not a readable journal ({exc})") from None
+        if found != expected:
+            conn.close()
+            raise JournalMismatch(f"journal {path} was written for {found}, not {expected}")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        journal = cls(conn, path, seal, genesis)
+        if sealed is None:
+            if journal._count:
+                conn.close()
+                raise _refuse(path, f"its seal {seal.path} is missing")
+            seal.write(SealState(0, 0, genesis, genesis))
+        elif sealed.genesis != genesis:
+            conn.close()
+            raise _refuse(path, f"its seal {seal.path} belongs to another journal")
+        return journal
+
+    @classmethod
+    def open_readonly(cls, path: str | Path) -> Journal:
+        """Open an existing journal to read and verify it, whoever's it is (the operator
+        and domain it binds are read from its meta); nothing is written, not even a seal.
+
+        Raises:
+            JournalCorrupt, JournalMismatch: as :meth:`open`, for a file that is not a
+                journal of this format, or whose seal says it lost entries.
+        """
+        path = Path(path)
+        seal = Seal(path.with_name(path.name + "-seal"), fsync=False)
+        sealed = seal.read()
+        if not path.exists() or path.stat().st_size == 0:
+            what = "missing" if not path.exists() else "empty"
+            sealed_count = f"; its seal says {sealed.count} entries" if sealed else ""
+            raise _refuse(path, f"the file is {what}{sealed_count}")
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+        except sqlite3.Error as exc:
+            raise _refuse(path, f"is not a readable journal ({exc})") from None
+        binding = {key: meta.get(key, "") for key in ("format", "operator", "domain")}
+        if binding["format"] != FORMAT_VERSION:
+            conn.close()
+            raise JournalMismatch(f"journal {path} has format {binding['format']!r}")
+        genesis = genesis_hash(binding)
+        if sealed is not None and sealed.genesis != genesis:
+            conn.close()
+            raise _refuse(path, f"its seal {seal.path} belongs to another journal")
+        return cls(conn, path, seal, genesis)
+
+    @staticmethod
+    def _prepare(
+        conn: sqlite3.Connection, expected: dict[str, str], existed: bool
+    ) -> dict[str, str]:
+        """Set WAL mode, make the tables of a new journal, return its binding meta."""
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        if existed and "meta" not in tables:
+            raise sqlite3.DatabaseError("no meta table: not a cancelnote journal")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL,"
+            " body TEXT NOT NULL, chain BLOB NOT NULL)"
+        )
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         found = dict(conn.execute("SELECT key, value FROM meta"))
         if not found:
             with conn:
                 conn.execute("BEGIN")
                 conn.executemany("INSERT INTO meta VALUES (?, ?)", expected.items())
-        elif found != expected:
-            conn.close()
-            raise JournalMismatch(f"journal {path} was written for {found}, not {expected}")
-        return cls(conn)
+            return expected
+        return {key: found.get(key, "") for key in expected}
 
     def append_many(self, entries: Iterable[JournalEntry]) -> None:
-        """Write ``entries`` in one transaction (one fsync): group commit.
+        """Write ``entries`` in one transaction (one fsync), then seal it: group commit.
 
         Raises:
-            JournalCorrupt: a seq is already taken (the engine and journal disagree).
+            JournalCorrupt: a seq is already taken, or does not follow the last one.
+            sqlite3.Error, OSError: the disk failed (nothing of the batch is visible).
         """
-        rows = [entry_to_row(entry) for entry in entries]
+        head, seq = self._head, self._last_seq
+        rows = []
+        for entry in entries:
+            if entry.seq != seq + 1:
+                raise JournalCorrupt(f"journal append of seq {entry.seq} after {seq}")
+            seq, kind, body = entry_to_row(entry)
+            head = chain_hash(head, leaf_hash(seq, kind, body))
+            rows.append((seq, kind, body, head))
         if not rows:
             return
+        count = self._count + len(rows)
+        started = time.perf_counter_ns()
         try:
             with self._conn:
                 self._conn.execute("BEGIN")
-                self._conn.executemany("INSERT INTO journal VALUES (?, ?, ?)", rows)
+                self._conn.executemany("INSERT INTO journal VALUES (?, ?, ?, ?)", rows)
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    (("count", str(count)), ("last_seq", str(seq)), ("head", head.hex())),
+                )
         except sqlite3.IntegrityError as exc:
             raise JournalCorrupt(f"journal append of seq {rows[0][0]}..: {exc}") from None
+        committed = time.perf_counter_ns()
+        self._head, self._last_seq, self._count = head, seq, count
+        self._seal.write(SealState(count, seq, head, self._genesis))
+        timings = self.timings
+        timings["commits"] += 1
+        timings["commit_ns"] += committed - started
+        timings["seal_ns"] += time.perf_counter_ns() - committed
+
+    def rows(self) -> Iterator[tuple[int, str, str, bytes]]:
+        """Every row ``(seq, kind, body, chain)``, checked against the chain, the meta and
+        the seal as it streams (the checks of the end come after the last row).
+
+        Raises:
+            JournalCorrupt: naming the first damage found (one line).
+        """
+        sealed = self._seal.read()
+        if sealed is not None and sealed.genesis != self._genesis:
+            raise _refuse(self.path, f"its seal {self._seal.path} belongs to another journal")
+        head, count, previous = self._genesis, 0, 0
+        try:
+            cursor = self._conn.execute("SELECT seq, kind, body, chain FROM journal ORDER BY seq")
+            for seq, kind, body, chain in cursor:
+                if type(seq) is not int or type(kind) is not str or type(body) is not str:
+                    raise _refuse(self.path, f"row {seq} has columns of the wrong type")
+                if seq != previous + 1:
+                    raise _refuse(self.path, f"seq {seq} follows {previous}: rows are missing")
+                head = chain_hash(head, leaf_hash(seq, kind, body))
+                if chain != head:
+                    raise _refuse(
+                        self.path,
+                        f"row {seq} ({kind}) does not match its chain hash: it was changed",
+                    )
+                count, previous = count + 1, seq
+                if sealed is not None and count == sealed.count and head != sealed.head:
+                    raise _refuse(self.path, f"the first {count} rows are not the ones sealed")
+                yield seq, kind, body, chain
+        except sqlite3.Error as exc:
+            raise _refuse(self.path, f"cannot be read ({exc})") from None
+        if sealed is not None and count < sealed.count:
+            raise _refuse(
+                self.path,
+                f"it has {count} entries but its seal says {sealed.count} (last seq"
+                f" {sealed.last_seq}): entries were lost (a rollback, a restored copy or a"
+                " lost -wal file)",
+            )
+        if (count, previous, head) != (self._count, self._last_seq, self._head):
+            raise _refuse(
+                self.path,
+                f"it has {count} entries up to seq {previous}, its meta says {self._count}"
+                f" up to {self._last_seq}: rows were deleted or added by hand",
+            )
 
     def entries(self) -> Iterator[JournalEntry]:
-        """Every entry in seq order."""
-        rows = self._conn.execute("SELECT seq, kind, body FROM journal ORDER BY seq")
-        for seq, kind, body in rows:
+        """Every entry in seq order, verified as :meth:`rows` does."""
+        for seq, kind, body, _ in self.rows():
             yield entry_from_row(seq, kind, body)
 
     def last_seq(self) -> int:
-        (seq,) = self._conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()
-        return seq
+        return self._last_seq
+
+    @property
+    def head(self) -> bytes:
+        """The chain head after the last committed entry."""
+        return self._head
 
     def close(self) -> None:
         self._conn.close()
+        self._seal.close()

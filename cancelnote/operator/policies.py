@@ -36,9 +36,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from cancelnote.api import CancelRequest
 from cancelnote.messages import Order
-
-from .api import CancelRequest
 
 #: How far an equivocating note pushes its pending window beyond the time of signing.
 EQUIVOCATION_WINDOW_MS = 3_600_000

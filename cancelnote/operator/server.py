@@ -1,15 +1,19 @@
 """The operator's WebSocket server: the JSON API of docs/protocol.md §15 over trio.
 
-Three kinds of task share one process, and only one of them touches the engine:
+WebSocket is spoken with wsproto directly on trio's TCP streams, so that every byte that
+arrives or waits to leave is counted against a budget and every wait has a timeout
+(DESIGN §8). Three kinds of task share one process, and only one touches the engine:
 
-* a **connection** task pair per client: the reader parses each text message (strict
-  JSON, size limit) into a request and queues it on the shared inbox; the writer sends
-  what the dispatcher queued for that client, in order, everything waiting at once in
-  one socket write (:data:`WRITE_COALESCE` messages at most);
+* a **connection** task pair per client: the reader turns bytes into messages and each
+  message into a request (:func:`cancelnote.api.decode_request`) and queues it on the
+  shared inbox; the writer frames what was queued for that client, everything waiting
+  at once, into one socket write;
 * the **engine task** is the engine's only caller (it is not thread-safe). It takes
-  every request waiting in the inbox (a batch), reads the clock once (``now_ms``: the
-  engine never reads one), calls :meth:`Engine.advance` and then ``handle`` for each
-  request, and hands the batch's journal entries and outgoing messages on. When no
+  every request waiting in the inbox, cancels and queries first and new orders after
+  (each client's own requests keep their order: :func:`_cancels_first`), and for each of
+  the two parts (a batch) reads the clock once (``now_ms``: the engine never reads one),
+  calls :meth:`Engine.advance` and then ``handle`` for each request, and hands the
+  batch's journal entries and outgoing messages on. When no
   request comes for :attr:`ServerConfig.tick_s` it still calls ``advance``, so that
   in-flight matches settle, orders expire and held cancels are released on time;
 * the **dispatcher** commits the entries of every batch waiting for it in one
@@ -18,261 +22,280 @@ Three kinds of task share one process, and only one of them touches the engine:
   waits for the disk, the engine task works on the next batch.
 
 Subscriptions (``{"subscribe": {"sender", "after_seq"}}``, §15.3) are served by the
-dispatcher, which publishes fills and notes in journal order: it replays the sender's
-published fills and notes with ``seq > after_seq`` from its index, then streams new ones,
-so the stream has no gap and no duplicate. A stream is not private: fills and notes are
-the operator's signed statements and are also returned by the ``fills``/``notes``
+dispatcher, which publishes fills and notes in journal order. A subscription first
+replays the sender's published fills and notes with ``seq > after_seq`` from the index,
+streamed by the connection's writer as the client reads (a replay is never queued
+whole), then streams new ones: no gap and no duplicate. A stream is not private: fills
+and notes are the operator's signed statements, also returned by the ``fills``/``notes``
 queries to anyone who names a digest.
 
-Resource handling: each client has a send queue of :attr:`ServerConfig.send_queue_size`
-messages; a client that lets it fill (it does not read) is disconnected with close code
-1008 and a reason, so a slow client never holds up the dispatcher or anyone else. The
-inbox is bounded too: when the engine falls behind, readers wait, and TCP pushes back.
+Limits (:class:`ServerConfig`; protocol §15.5 lists the codes, docs/operations.md the
+defaults and flags). Before the handshake: connections in total and per source address
+(over either, an HTTP 503 and the socket closes), and a handshake timeout. On a
+connection: the message size (over it, ``INVALID_MESSAGE``; far over it, close 1009),
+how long a begun message may take (4001), an idle timeout with pings (4000), the bytes
+queued for the client (over them, or a write stuck for the write timeout: close 1008),
+subscriptions and replays in progress (``SUBSCRIPTION_LIMIT``, ``REPLAY_LIMIT``), and
+token-bucket rates per connection and per address for queries (``QUERY_RATE_LIMITED``)
+and for executes the engine rejected (beyond them an execute is refused unchecked,
+``REJECT_RATE_LIMITED``: a flood of bad signatures costs no signature recoveries).
+Replays stream at most at a rate per address. In total: the bytes buffered in and out
+over all connections; past that budget readers stop reading (TCP pushes back) and the
+client with the largest queue is closed (1013).
 
-Error handling: malformed input (bad JSON, wrong types, binary frames, a message over
-:attr:`ServerConfig.max_message_chars`) gets a failure answer with ``error_code``
-``INVALID_MESSAGE`` and the connection stays open; a message over the transport limit
-(four times that) closes the connection with 1009. A rejected request changes nothing.
-An exception out of the engine, or a failed journal commit, is a fault: it is logged and
-ends the server, and the journal is the truth on restart (no reply of an uncommitted
-batch ever left).
+Error handling: whatever a connection does is handled in its own task, and nothing it
+raises leaves that task (a client that resets mid-handshake is one log line). A
+rejected request changes nothing. An exception out of the engine, or a failed journal
+commit, is a fault: it is logged with its cause and ends the server, and the journal is
+the truth on restart (no reply of an uncommitted batch ever left).
 
 Shutdown (:meth:`OperatorServer.shutdown`): stop accepting, stop reading, answer every
-request already read, commit, flush every send queue, close each socket with 1001.
+request already read, commit, flush every queue, close each socket with 1001; whatever a
+client does, every socket is closed within :attr:`ServerConfig.shutdown_timeout_s`.
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
+import contextlib
+import errno
 import itertools
 import json
 import logging
-import time
-from collections.abc import Callable, Iterable
-from functools import partial
+import math
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    Endpoint,
-    WebSocketConnection,
-    WebSocketRequest,
-    serve_websocket,
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    Request,
+    TextMessage,
 )
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from cancelnote.errors import MessageError, Rejected
-from cancelnote.messages import (
-    CancellationNote,
-    bytes32_from_wire,
-    signature_from_wire,
-    signature_to_wire,
-)
-
-from .api import (
+from cancelnote.api import (
     CancelAndPlace,
     CancelOrders,
     CancelProductOrders,
     CancelRequest,
+    CloseCode,
+    PlaceOrder,
     Push,
     Reply,
-    Request,
-    request_from_wire,
-    request_type_of,
+    Subscribe,
+    Unsubscribe,
+    WireRequest,
+    decode_request,
+    describe_failed,
+    failure_wire,
+    success_wire,
+    weight_of,
 )
+from cancelnote.errors import MessageError, Rejected
+from cancelnote.messages import CancellationNote, signature_from_wire, signature_to_wire
+
+from .clock import Clock
 from .engine import Engine
+from .errors import (
+    AddressRateLimited,
+    QueryRateLimited,
+    RejectRateLimited,
+    ReplayLimit,
+    SubscriptionLimit,
+)
 from .journal import FillIssued, Journal, JournalEntry, NoteIssued
 from .lifecycle import CancellationType
+from .limits import ServerConfig
 
 LOGGER = logging.getLogger("cancelnote.operator.server")
 
-#: Largest request we parse, in characters. A ``cancel_orders`` of the most digests a
-#: message may carry (1024) is about 75,000 characters.
-MAX_MESSAGE_CHARS = 256 * 1024
-#: Above this the transport itself closes the connection (1009) without reading on.
+#: Above ``max_message_chars`` times this the connection is closed (1009) without reading on.
 TRANSPORT_LIMIT_FACTOR = 4
-#: Messages queued for one client before it counts as too slow and is disconnected.
-SEND_QUEUE_SIZE = 4096
-#: Requests read but not yet taken by the engine task, over all clients.
-INBOX_SIZE = 4096
-#: Most requests the engine task takes into one batch.
-MAX_BATCH = 1024
-#: Most messages a connection's writer frames into one socket write.
+#: Most bytes asked of the socket in one read.
+RECEIVE_BYTES = 64 * 1024
+#: Most messages a connection's writer frames into one socket write, and most bytes.
 WRITE_COALESCE = 64
-#: How often the engine advances time when no request comes.
-TICK_S = 0.02
+WRITE_BYTES = 256 * 1024
+#: Replay items a writer takes from the index at a time.
+REPLAY_CHUNK = 64
 #: How long a closing handshake may take before the socket is dropped.
-CLOSE_TIMEOUT_S = 2.0
-
-#: WebSocket close codes (RFC 6455 §7.4.1).
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
+CLOSE_TIMEOUT_S = 0.5
 
 CANCEL_REQUESTS = (CancelOrders, CancelProductOrders, CancelAndPlace)
-_MAX_UINT64 = 2**64 - 1
+EXECUTES = (PlaceOrder, *CANCEL_REQUESTS)
+_HTTP_REASONS = {400: "Bad Request", 503: "Service Unavailable"}
 
 
-def wall_clock_ms() -> int:
-    """Unix milliseconds, the operator's clock (protocol §3)."""
-    return time.time_ns() // 1_000_000
-
-
-@attrs.frozen
-class ServerConfig:
-    """Limits of one server; the defaults suit a single operator process."""
-
-    max_message_chars: int = MAX_MESSAGE_CHARS
-    send_queue_size: int = SEND_QUEUE_SIZE
-    inbox_size: int = INBOX_SIZE
-    max_batch: int = MAX_BATCH
-    tick_s: float = TICK_S
-
-
-# ---------------------------------------------------------------------------------------
-# JSON in and out.
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate key in a JSON object")
-    return obj
-
-
-#: Strict JSON: no NaN/Infinity, no duplicate keys (two parsers could read a message
-#: with duplicate keys differently, and what is signed must be what is parsed).
-_decode_json = json.JSONDecoder(
-    parse_constant=_reject_constant, object_pairs_hook=_unique_keys
-).decode
 _encode_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
-# ---------------------------------------------------------------------------------------
-# Subscriptions: requests of the server itself, beside the engine's API.
+class _Bucket:
+    """A token bucket: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    __slots__ = ("at", "burst", "rate", "tokens")
+
+    def __init__(self, rate: float, burst_s: float) -> None:
+        self.rate = rate
+        self.burst = max(rate * burst_s, 1.0)
+        self.tokens = self.burst
+        self.at = trio.current_time()
+
+    def _fill(self) -> float:
+        now = trio.current_time()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        return self.tokens
+
+    def has(self, amount: float = 1.0) -> bool:
+        return self._fill() >= amount
+
+    def take(self, amount: float = 1.0) -> None:
+        self._fill()
+        self.tokens -= amount
+
+    def wait_s(self, amount: float = 1.0) -> float:
+        """Seconds until ``amount`` tokens are there."""
+        return max(amount - self._fill(), 0.0) / self.rate
 
 
-@attrs.frozen
-class Subscribe:
-    """Stream ``sender``'s fills and notes with ``seq > after_seq``, then every new one."""
+class _Budget:
+    """Bytes buffered over all connections; readers wait while it is spent."""
 
-    KEY = "subscribe"
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._room = trio.Event()
+        self._room.set()
+
+    @property
+    def spent(self) -> bool:
+        return self.used > self.limit
+
+    def take(self, amount: int) -> None:
+        self.used += amount
+        if self.used > self.limit and self._room.is_set():
+            self._room = trio.Event()
+
+    def give(self, amount: int) -> None:
+        self.used -= amount
+        if self.used <= self.limit:
+            self._room.set()
+
+    async def wait_for_room(self) -> None:
+        await self._room.wait()
+
+
+@attrs.define(eq=False)
+class _Address:
+    """What the connections of one source address share."""
+
+    connections: int
+    queries: _Bucket
+    rejects: _Bucket
+    replays: _Bucket
+    executes: _Bucket
+
+
+@attrs.define(eq=False)
+class _Replay:
+    """A subscription whose history is still streaming; live once ``after_seq`` is last."""
+
     sender: bytes
     after_seq: int
-    id: int | None = None
-
-
-@attrs.frozen
-class Unsubscribe:
-    """Stop streaming ``sender`` on this connection."""
-
-    KEY = "unsubscribe"
-    sender: bytes
-    id: int | None = None
-
-
-def _uint64_from_wire(name: str, raw: object) -> int:
-    """A uint64 as the wire writes it (§6.2): a decimal string or a JSON integer."""
-    if isinstance(raw, str) and len(raw) <= 20 and raw.isascii() and raw.isdigit():
-        if raw != str(int(raw)):
-            raise MessageError(f"{name}: no leading zeros")
-        value = int(raw)
-    elif type(raw) is int:
-        value = raw
-    else:
-        raise MessageError(f"{name}: expected a uint64 decimal string")
-    if not 0 <= value <= _MAX_UINT64:
-        raise MessageError(f"{name}: {value} is out of range for uint64")
-    return value
-
-
-def _stream_request_from_wire(obj: dict[str, Any]) -> Subscribe | Unsubscribe:
-    """Parse a ``subscribe``/``unsubscribe`` request as strictly as the API's requests."""
-    keys = [key for key in obj if key != "id"]
-    request_id = obj.get("id")
-    if request_id is not None and type(request_id) is not int:
-        raise MessageError("request: id must be an integer")
-    if len(keys) != 1:
-        raise MessageError(f"request: expected exactly one request key, got {keys}")
-    (key,) = keys
-    body = obj[key]
-    fields = ("sender", "after_seq") if key == Subscribe.KEY else ("sender",)
-    if not isinstance(body, dict) or sorted(body) != sorted(fields):
-        raise MessageError(f"{key}: expected exactly the fields {list(fields)}")
-    sender = bytes32_from_wire(f"{key}.sender", body["sender"])
-    if key == Subscribe.KEY:
-        return Subscribe(
-            sender, _uint64_from_wire("subscribe.after_seq", body["after_seq"]), request_id
-        )
-    return Unsubscribe(sender, request_id)
-
-
-def _failure(error: Rejected, request_type: str | None, obj: object) -> dict[str, Any]:
-    """A failure envelope for a request that did not parse (echoing its id if it had one)."""
-    wire = Reply.failure(None, error, request_type).wire
-    if isinstance(obj, dict) and type(obj.get("id")) is int:
-        wire["id"] = obj["id"]
-    return wire
-
-
-def _success(request_type: str, data: Any, request_id: int | None) -> dict[str, Any]:
-    wire = {"status": "success", "signature": None, "data": data, "request_type": request_type}
-    if request_id is not None:
-        wire["id"] = request_id
-    return wire
-
-
-# ---------------------------------------------------------------------------------------
-# Connections and the items that flow between the tasks.
 
 
 @attrs.define(eq=False)
 class _Connection:
-    """One client. ``outbox`` is the bounded queue its writer task drains."""
+    """One client: its socket, its WebSocket state, its queue and its allowances."""
 
     number: int
-    ws: WebSocketConnection
+    stream: trio.SocketStream
+    address: str
     peer: str
-    outbox: trio.MemorySendChannel[str | list[str]]
-    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    shared: _Address
+    queries: _Bucket
+    rejects: _Bucket
+    budget: _Budget
+    max_send_bytes: int
+    ws: WSConnection = attrs.Factory(lambda: WSConnection(ConnectionType.SERVER))
     reader_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    outbox: collections.deque[str | bytes] = attrs.Factory(collections.deque)
+    queued: int = 0
+    wake: trio.Event = attrs.Factory(trio.Event)
+    finishing: bool = False  # nothing more will be queued: the writer ends when empty
+    torn: bool = False  # a write was cut off mid-frame: no close frame can follow
+    write_scope: trio.CancelScope | None = None  # the socket write in progress
+    open_ws: bool = False
     close_code: int | None = None
     close_reason: str = ""
+    client_code: int | None = None
     subscriptions: set[bytes] = attrs.Factory(set)
+    replays: collections.deque[_Replay] = attrs.Factory(collections.deque)
     held: set[str] = attrs.Factory(set)  # signatures of its cancels a policy holds
 
     @property
     def is_open(self) -> bool:
         return self.close_code is None
 
-    def send(self, item: str | list[str]) -> None:
-        """Queue ``item`` without waiting; a full queue disconnects this client."""
+    def send(self, item: str | bytes) -> None:
+        """Queue a text message (or a framed control frame) without waiting.
+
+        A queue over :attr:`max_send_bytes` closes this client: it does not read.
+        """
         if not self.is_open:
             return
-        try:
-            self.outbox.send_nowait(item)
-        except trio.WouldBlock:
-            self.close(CLOSE_POLICY, "send queue full: the client does not read fast enough")
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass  # shutting down (queue closed), or the writer is gone with the client
+        size = len(item)
+        if self.queued + size > self.max_send_bytes:
+            self.close(
+                CloseCode.SEND_BUDGET,
+                f"SEND_BUDGET: send queue full: the client does not read fast enough"
+                f" ({self.queued + size} bytes queued, at most {self.max_send_bytes})",
+                abort_write=True,
+            )
+            return
+        self.outbox.append(item)
+        self.queued += size
+        self.budget.take(size)
+        self.wake.set()
 
-    def close(self, code: int, reason: str) -> None:
-        """Disconnect now (both tasks are cancelled; the handler sends the close frame)."""
+    def drop_queue(self) -> None:
+        self.budget.give(self.queued)
+        self.queued = 0
+        self.outbox.clear()
+
+    def close(self, code: int, reason: str, abort_write: bool = False) -> None:
+        """Disconnect: stop reading, drop the queue; the writer ends after the write it is
+        in (so frames stay whole) and the handler sends the close frame. ``abort_write``
+        (a client that does not read): cut the write off; no close frame can follow."""
         if self.is_open:
             self.close_code, self.close_reason = code, reason
-            self.scope.cancel()
+            self.drop_queue()
+            self.reader_scope.cancel()
+            self.wake.set()
+            if abort_write and self.write_scope is not None:
+                self.write_scope.cancel()
+
+    def finish(self) -> None:
+        """No more will be queued (shutdown): the writer flushes and ends."""
+        self.finishing = True
+        self.wake.set()
 
 
 @attrs.frozen
 class _Execute:
-    """A parsed API request of ``conn``."""
+    """A decoded API request of ``conn``."""
 
     conn: _Connection
-    request: Request
+    request: Any
 
 
 @attrs.frozen
@@ -330,9 +353,10 @@ class _Batch:
 class _Streams:
     """Every published fill and note by sender, in seq order, and who subscribes to it.
 
-    Only the dispatcher uses it, after the entries are durable, so what it holds is
-    what clients may see, and a subscriber added between two publications misses
-    nothing and gets nothing twice.
+    Only the dispatcher adds to it, after the entries are durable, so what it holds is
+    what clients may see. Publications come in seq order (a replay's cursor is a seq),
+    and a replay that reaches the end goes live in the same step (no wait between), so
+    it misses nothing and gets nothing twice.
     """
 
     def __init__(self) -> None:
@@ -356,13 +380,24 @@ class _Streams:
             for conn in self._subscribers.get(item.sender, ()):
                 conn.send(item.text)
 
-    def after(self, sender: bytes, seq: int) -> list[str]:
+    def count_after(self, sender: bytes, seq: int) -> int:
         seqs = self._seqs.get(sender, [])
-        return self._texts.get(sender, [])[bisect.bisect_right(seqs, seq) :]
+        return len(seqs) - bisect.bisect_right(seqs, seq)
+
+    def chunk_after(self, sender: bytes, seq: int, most: int) -> tuple[list[str], int]:
+        """Up to ``most`` texts with a seq after ``seq``, and the seq of the last one."""
+        seqs = self._seqs.get(sender, [])
+        start = bisect.bisect_right(seqs, seq)
+        texts = self._texts.get(sender, [])[start : start + most]
+        return texts, seqs[start + len(texts) - 1] if texts else seq
+
+    def seq_of(self, sender: bytes, seq: int, count: int) -> int:
+        """The seq of the ``count``-th publication after ``seq`` (1-based)."""
+        seqs = self._seqs[sender]
+        return seqs[bisect.bisect_right(seqs, seq) + count - 1]
 
     def subscribe(self, conn: _Connection, sender: bytes) -> None:
         self._subscribers.setdefault(sender, set()).add(conn)
-        conn.subscriptions.add(sender)
 
     def unsubscribe(self, conn: _Connection, sender: bytes) -> None:
         subscribers = self._subscribers.get(sender)
@@ -370,14 +405,13 @@ class _Streams:
             subscribers.discard(conn)
             if not subscribers:
                 del self._subscribers[sender]
-        conn.subscriptions.discard(sender)
 
     def drop(self, conn: _Connection) -> None:
-        for sender in list(conn.subscriptions):
+        for sender in conn.subscriptions:
             self.unsubscribe(conn, sender)
 
 
-def _publication(entry: JournalEntry) -> _Publish | None:
+def publication(entry: JournalEntry) -> _Publish | None:
     """The stream item a journaled fill or note became, or ``None`` (not published)."""
     if isinstance(entry, FillIssued):
         return _Publish(entry.fill.sender, entry.seq, entry.signed_json)
@@ -388,8 +422,51 @@ def _publication(entry: JournalEntry) -> _Publish | None:
     return None
 
 
+def _cancels_first(items: list[Any]) -> tuple[list[Any], list[Any]]:
+    """Split a batch: everything but new orders first, then the orders (and whatever
+    follows an order from the same connection, so that each client's requests keep their
+    order). As Hyperliquid orders a block, cancels go before orders: a flood of orders
+    can delay nobody's cancel, and the first part is committed and answered while the
+    engine works on the second."""
+    first: list[Any] = []
+    later: list[Any] = []
+    waiting: set[_Connection] = set()  # connections with an order in ``later``
+    for item in items:
+        conn = getattr(item, "conn", None)
+        request = getattr(item, "request", None)
+        if conn in waiting or isinstance(request, PlaceOrder):
+            later.append(item)
+            if conn is not None:
+                waiting.add(conn)
+        else:
+            first.append(item)
+    return first, later
+
+
 def _push_item(push: Push) -> _Publish:
     return _Publish(push.sender, push.entry.seq, push.text)
+
+
+#: What tasks raise when another task's failure ends them: never the cause of a fault.
+_CONSEQUENCES = (trio.Cancelled, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception that started a fault, out of the group trio gathers (the others are
+    its consequences: tasks whose channels broke when it ended its own)."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [root_cause(inner) for inner in exc.exceptions]
+        return next((e for e in leaves if not isinstance(e, _CONSEQUENCES)), leaves[0])
+    return exc
+
+
+def _http_response(status: int, body: str) -> bytes:
+    """A complete HTTP/1.1 response that ends the connection (a refusal before upgrade)."""
+    payload = body.encode()
+    return (
+        f"HTTP/1.1 {status} {_HTTP_REASONS[status]}\r\ncontent-type: text/plain\r\n"
+        f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n"
+    ).encode() + payload
 
 
 # ---------------------------------------------------------------------------------------
@@ -402,9 +479,8 @@ class OperatorServer:
     Args:
         engine: the engine, already restored from ``journal``; only this server calls it.
         journal: the engine's journal; the server is its only writer.
-        clock: unix ms; read by the engine task only, never allowed to go backwards.
+        clock: the operator's clock (read by the engine task only).
         config: limits.
-        start_ms: the time of the last journaled entry: the clock never goes before it.
     """
 
     def __init__(
@@ -412,31 +488,42 @@ class OperatorServer:
         engine: Engine,
         journal: Journal,
         *,
-        clock: Callable[[], int] = wall_clock_ms,
-        config: ServerConfig = ServerConfig(),
-        start_ms: int = 0,
+        clock: Clock | None = None,
+        config: ServerConfig | None = None,
     ) -> None:
+        config = config if config is not None else ServerConfig()
         self.engine = engine
         self.journal = journal
         self.config = config
-        self._clock = clock
-        self._last_ms = start_ms
+        self.clock = clock if clock is not None else Clock()
         self._streams = _Streams()
         self._numbers = itertools.count(1)
         self._connections: set[_Connection] = set()
+        self._addresses: dict[str, _Address] = {}
         self._held: dict[str, _Connection] = {}  # held cancel's signature -> its client
         self._inbox, self._inbox_out = trio.open_memory_channel[Any](config.inbox_size)
+        self._budget = _Budget(config.max_buffered_bytes)
         self._listen_scope = trio.CancelScope()
+        self._handlers_scope = trio.CancelScope()
         self._stopping = False
+        self._deadline = math.inf
         self._stopped = trio.Event()
         self.port: int | None = None
 
+    def restore_stream(self, entry: JournalEntry) -> None:
+        """Index a replayed journal entry if it is a published fill or note (before serving)."""
+        item = publication(entry)
+        if item is not None:
+            self._streams.add(item.sender, item.seq, item.text)
+
     def restore_streams(self, entries: Iterable[JournalEntry]) -> None:
-        """Index the published fills and notes of a replayed journal (before serving)."""
         for entry in entries:
-            item = _publication(entry)
-            if item is not None:
-                self._streams.add(item.sender, item.seq, item.text)
+            self.restore_stream(entry)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes buffered over all connections now (the total budget's use)."""
+        return self._budget.used
 
     # --- running --------------------------------------------------------------------------
 
@@ -444,74 +531,408 @@ class OperatorServer:
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until :meth:`shutdown` has drained everything; ``task_status`` gets the port."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        self.port = listeners[0].socket.getsockname()[1]
         batches_in, batches_out = trio.open_memory_channel[_Batch](16)
-        async with trio.open_nursery() as handlers, trio.open_nursery() as core:
-            core.start_soon(self._run_engine, batches_in)
-            core.start_soon(self._run_dispatcher, batches_out)
-            listening = partial(
-                serve_websocket,
-                self._handle,
-                host,
-                port,
-                None,
-                handler_nursery=handlers,
-                message_queue_size=1,
-                max_message_size=TRANSPORT_LIMIT_FACTOR * self.config.max_message_chars,
-            )
-            server = await core.start(self._listen, listening)
-            self.port = server.port
-            LOGGER.info("listening", extra={"fields": {"host": host, "port": self.port}})
-            task_status.started(self.port)
-        self._stopped.set()
-
-    async def _listen(self, listening: Any, *, task_status: trio.TaskStatus[Any]) -> None:
-        with self._listen_scope:
-            await listening(task_status=task_status)
+        try:
+            async with trio.open_nursery() as core:
+                core.start_soon(self._run_engine, batches_in)
+                core.start_soon(self._run_dispatcher, batches_out)
+                with self._handlers_scope:
+                    async with trio.open_nursery() as handlers:
+                        for listener in listeners:
+                            handlers.start_soon(self._accept, listener, handlers)
+                        LOGGER.info(
+                            "listening", extra={"fields": {"host": host, "port": self.port}}
+                        )
+                        task_status.started(self.port)
+        finally:
+            for listener in listeners:  # closed without waiting: a fault in flight stays
+                listener.socket.close()
+            self._stopped.set()
 
     async def shutdown(self) -> None:
-        """Stop accepting and reading, answer and commit what was read, close every socket."""
+        """Stop accepting and reading, answer and commit what was read, close every socket.
+
+        Every socket is closed within :attr:`ServerConfig.shutdown_timeout_s` whatever the
+        clients do; the journal commit of what was read is always waited for.
+        """
         if not self._stopping:
             self._stopping = True
+            self._deadline = trio.current_time() + self.config.shutdown_timeout_s
             LOGGER.info("shutdown", extra={"fields": {"connections": len(self._connections)}})
             self._listen_scope.cancel()
             for conn in self._connections:
                 conn.reader_scope.cancel()
             await self._inbox.aclose()
+        with trio.move_on_at(self._deadline + CLOSE_TIMEOUT_S):
+            await self._stopped.wait()
+        self._handlers_scope.cancel()  # a client still holding on: dropped
         await self._stopped.wait()
 
     def inbox(self) -> trio.MemorySendChannel[Any]:
         """A clone of the inbox for another producer (the chain watcher); close it when done."""
         return self._inbox.clone()
 
-    # --- connections ------------------------------------------------------------------------
+    # --- accepting ------------------------------------------------------------------------
 
-    async def _handle(self, request: WebSocketRequest) -> None:
-        if self._stopping:
-            await request.reject(503)
-            return
-        ws = await request.accept()
-        outbox, queued = trio.open_memory_channel[str | list[str]](self.config.send_queue_size)
-        remote = ws.remote
-        peer = f"{remote.address}:{remote.port}" if isinstance(remote, Endpoint) else remote
-        conn = _Connection(next(self._numbers), ws, peer, outbox)
-        self._connections.add(conn)
-        LOGGER.info("connection_open", extra={"fields": {"conn": conn.number, "peer": conn.peer}})
+    async def _accept(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        with self._listen_scope:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # out of descriptors or memory: wait, never exit
+                    LOGGER.warning("accept_failed", extra={"fields": {"error": repr(exc)}})
+                    await trio.sleep(0.1 if exc.errno in (errno.EMFILE, errno.ENFILE) else 0.01)
+                    continue
+                await self._admit(stream, handlers)
+
+    async def _admit(self, stream: trio.SocketStream, handlers: trio.Nursery) -> None:
+        """Start a connection, or refuse it at once (503) if a connection cap is reached."""
+        config = self.config
         try:
-            with conn.scope:
-                async with trio.open_nursery() as tasks:
-                    tasks.start_soon(self._write, conn, queued)
-                    await self._read(conn)
-                    if not self._stopping:  # the client left: nothing more to send it
-                        tasks.cancel_scope.cancel()
-        finally:
-            self._connections.discard(conn)
-            self._streams.drop(conn)
-            for signature in conn.held:
-                self._held.pop(signature, None)
+            host, port, *_ = stream.socket.getpeername()
+        except OSError:  # reset before we looked
+            await trio.aclose_forcefully(stream)
+            return
+        shared = self._addresses.get(host)
+        refusal = None
+        if len(self._connections) >= config.max_connections:
+            refusal = f"CONNECTION_LIMIT: {config.max_connections} connections are open"
+        elif shared is not None and shared.connections >= config.max_connections_per_address:
+            refusal = (
+                f"ADDRESS_CONNECTION_LIMIT: {config.max_connections_per_address} connections"
+                f" from {host} are open"
+            )
+        if refusal is not None:
+            with trio.move_on_after(0.05):
+                with contextlib.suppress(OSError, trio.BrokenResourceError):
+                    await stream.send_all(_http_response(503, refusal + "\n"))
+            await trio.aclose_forcefully(stream)
+            return
+        if shared is None:
+            shared = self._addresses[host] = _Address(
+                0,
+                _Bucket(config.query_rate_per_address, 2.0),
+                _Bucket(config.reject_rate_per_address, 5.0),
+                _Bucket(config.replay_rate, 1.0),
+                _Bucket(config.execute_rate_per_address, 10.0),
+            )
+        shared.connections += 1
+        conn = _Connection(
+            next(self._numbers),
+            stream,
+            host,
+            f"{host}:{port}",
+            shared,
+            _Bucket(config.query_rate, 2.0),
+            _Bucket(config.reject_rate, 5.0),
+            self._budget,
+            config.max_send_bytes,
+        )
+        self._connections.add(conn)
+        handlers.start_soon(self._connection, conn)
+
+    # --- one connection -------------------------------------------------------------------
+
+    async def _connection(self, conn: _Connection) -> None:
+        """Everything of one client; nothing it causes leaves this task."""
+        try:
+            async with trio.open_nursery() as tasks:
+                with conn.reader_scope:
+                    if await self._handshake(conn) and not self._stopping:
+                        LOGGER.info(
+                            "connection_open",
+                            extra={"fields": {"conn": conn.number, "peer": conn.peer}},
+                        )
+                        tasks.start_soon(self._write, conn)
+                        await self._read(conn)
+                if conn.is_open and not self._stopping:  # the client left
+                    tasks.cancel_scope.cancel()
+        except Exception as exc:  # a client's doing (a reset, a protocol error): its own end
             if conn.is_open:
-                conn.close_code = CLOSE_GOING_AWAY if self._stopping else 1000
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-                await ws.aclose(conn.close_code, conn.close_reason or None)
+                conn.close(CloseCode.PROTOCOL_ERROR, f"PROTOCOL_ERROR: {type(exc).__name__}")
+            LOGGER.info(
+                "connection_error",
+                extra={
+                    "fields": {
+                        "conn": conn.number,
+                        "peer": conn.peer,
+                        "error": repr(root_cause(exc)),
+                    }
+                },
+            )
+        finally:
+            await self._close(conn)
+
+    async def _handshake(self, conn: _Connection) -> bool:
+        """The opening handshake, within the handshake timeout; true once open."""
+        if self._stopping:
+            return False
+        with trio.move_on_after(self.config.handshake_timeout_s):
+            while True:
+                data = await conn.stream.receive_some(RECEIVE_BYTES)
+                if not data:
+                    return False
+                try:
+                    conn.ws.receive_data(data)
+                    for event in conn.ws.events():
+                        if isinstance(event, Request):
+                            await conn.stream.send_all(conn.ws.send(AcceptConnection()))
+                            conn.open_ws = True
+                            return True
+                except RemoteProtocolError as exc:  # not a WebSocket upgrade
+                    reason = f"BAD_HANDSHAKE: {exc}\n"
+                    await conn.stream.send_all(_http_response(400, reason))
+                    return False
+        return False
+
+    async def _read(self, conn: _Connection) -> None:
+        """Read messages until the client leaves, enforcing sizes and timeouts."""
+        config, ws, stream, budget = self.config, conn.ws, conn.stream, self._budget
+        limit = config.max_message_chars
+        transport_limit = TRANSPORT_LIMIT_FACTOR * limit
+        parts: list[str] = []
+        held = 0  # characters of the unfinished message kept (and taken from the budget)
+        size = 0  # characters of the unfinished message so far
+        begun = math.inf  # when the unfinished message began
+        last = trio.current_time()
+        pinged = False
+        try:
+            while True:
+                deadline = min(begun + config.message_timeout_s, last + config.idle_timeout_s)
+                ping_at = math.inf if pinged else last + config.idle_timeout_s / 2
+                with trio.move_on_at(min(deadline, ping_at)):
+                    if budget.spent:
+                        await budget.wait_for_room()
+                    data = await stream.receive_some(RECEIVE_BYTES)
+                    if not data:
+                        return
+                    last, pinged = trio.current_time(), False
+                    ws.receive_data(data)
+                    for event in ws.events():
+                        if isinstance(event, Message):
+                            if begun == math.inf:
+                                begun = last
+                            size += len(event.data)
+                            if size > transport_limit:
+                                conn.close(
+                                    CloseCode.MESSAGE_TOO_BIG,
+                                    f"MESSAGE_TOO_BIG: over {transport_limit} characters",
+                                )
+                                return
+                            if size <= limit:
+                                parts.append(event.data)
+                                held += len(event.data)
+                                budget.take(len(event.data))
+                            elif parts:  # over the limit: answered, not kept
+                                parts.clear()
+                            if event.message_finished:
+                                message = self._message(event, parts, size)
+                                budget.give(held)
+                                parts, held, size, begun = [], 0, 0, math.inf
+                                if not await self._submit(conn, message):
+                                    return
+                        elif isinstance(event, Ping):
+                            conn.send(ws.send(event.response()))
+                        elif isinstance(event, CloseConnection):
+                            conn.client_code = event.code
+                            return
+                    continue
+                # The deadline or the ping time came.
+                now = trio.current_time()
+                if now >= begun + config.message_timeout_s:
+                    conn.close(
+                        CloseCode.MESSAGE_TIMEOUT,
+                        f"MESSAGE_TIMEOUT: a message not finished in {config.message_timeout_s} s",
+                    )
+                    return
+                if now >= last + config.idle_timeout_s:
+                    conn.close(
+                        CloseCode.IDLE_TIMEOUT,
+                        f"IDLE_TIMEOUT: nothing received for {config.idle_timeout_s} s",
+                    )
+                    return
+                if not pinged:
+                    conn.send(ws.send(Ping()))
+                    pinged = True
+        finally:
+            budget.give(held)
+
+    def _message(self, event: Message, parts: list[str], size: int) -> Any:
+        """A finished message as text, or the error it earns."""
+        if isinstance(event, BytesMessage):
+            return MessageError("binary frames are not accepted: send JSON text")
+        if size > self.config.max_message_chars:
+            return MessageError(
+                f"message of {size} characters exceeds {self.config.max_message_chars}"
+            )
+        assert isinstance(event, TextMessage)
+        return "".join(parts)
+
+    async def _submit(self, conn: _Connection, message: str | MessageError) -> bool:
+        """Decode one message and queue it for the engine; false once the inbox is closed.
+
+        A connection over its own rates waits here before its next message is decoded
+        (so its excess waits in TCP, costing nothing); an address over its rates gets
+        ``QUERY_RATE_LIMITED`` or ``REJECT_RATE_LIMITED`` answers, unchecked.
+        """
+        if not conn.rejects.has():
+            await trio.sleep(conn.rejects.wait_s())
+        item = self._item(conn, message)
+        if isinstance(item, _Answer):
+            conn.rejects.take()  # a malformed message: as a rejection, never the address's
+        elif not isinstance(item.request, EXECUTES):
+            if not conn.queries.has():
+                await trio.sleep(conn.queries.wait_s())
+            conn.queries.take()
+            if conn.shared.queries.has():
+                conn.shared.queries.take()
+            else:
+                error = QueryRateLimited(
+                    f"queries from {conn.address} are limited to"
+                    f" {self.config.query_rate_per_address:g}/s"
+                )
+                item = _Answer(
+                    conn, failure_wire(error, item.request.REQUEST_TYPE, item.request.id)
+                )
+        try:
+            await self._inbox.send(item)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return False  # shutting down: what was read before is answered
+        return True
+
+    def _item(self, conn: _Connection, message: str | MessageError) -> _Execute | _Answer | _Stream:
+        """One message as an inbox item; never raises on any input."""
+        if isinstance(message, MessageError):
+            return _Answer(conn, failure_wire(message, None))
+        try:
+            request: WireRequest = decode_request(message)
+        except Rejected as exc:
+            return _Answer(conn, failure_wire(exc, *describe_failed(message)))
+        if isinstance(request, EXECUTES):
+            shared, weight = conn.shared, weight_of(request)
+            error: Rejected | None = None
+            if not shared.rejects.has():
+                error = RejectRateLimited(
+                    f"too many rejected requests from {conn.address} lately: slow down"
+                )
+            elif not shared.executes.has(weight):
+                error = AddressRateLimited(
+                    f"executes from {conn.address} are limited to"
+                    f" {self.config.execute_rate_per_address * 60:g} weight a minute"
+                )
+            if error is not None:
+                return _Answer(conn, failure_wire(error, request.REQUEST_TYPE, request.id))
+            shared.executes.take(weight)
+            return _Execute(conn, request)
+        if isinstance(request, Subscribe | Unsubscribe):
+            return _Stream(conn, request)
+        return _Execute(conn, request)
+
+    async def _write(self, conn: _Connection) -> None:
+        """Send what is queued for ``conn`` (several messages per write), then its replays."""
+        ws, stream, config = conn.ws, conn.stream, self.config
+        while conn.is_open:
+            if not conn.outbox:
+                if conn.replays and not conn.finishing:
+                    await self._replay(conn)
+                    continue
+                if conn.finishing:
+                    return
+                conn.wake = trio.Event()
+                await conn.wake.wait()
+                continue
+            frames: list[bytes] = []
+            taken = 0
+            while conn.outbox and len(frames) < WRITE_COALESCE and taken < WRITE_BYTES:
+                item = conn.outbox.popleft()
+                taken += len(item)
+                frames.append(item if isinstance(item, bytes) else ws.send(TextMessage(data=item)))
+            timeout = min(config.write_timeout_s, max(self._deadline - trio.current_time(), 0))
+            conn.torn = True
+            with trio.move_on_after(timeout) as conn.write_scope:
+                await stream.send_all(b"".join(frames))
+                conn.torn = False
+            conn.write_scope = None
+            if conn.is_open:  # (a close dropped the queue and its bytes already)
+                conn.queued -= taken
+                self._budget.give(taken)
+            if not conn.torn:
+                continue
+            conn.close(
+                CloseCode.SEND_BUDGET, "SEND_BUDGET: a write was blocked: the client does not read"
+            )
+            return
+
+    async def _replay(self, conn: _Connection) -> None:
+        """Queue the next chunk of the first replay, at the address's replay rate; a replay
+        that reaches the end goes live in the same step."""
+        replay = conn.replays[0]
+        bucket = conn.shared.replays
+        if not bucket.has():
+            await trio.sleep(bucket.wait_s())
+            return
+        most = min(REPLAY_CHUNK, max(int(bucket.tokens), 1))
+        texts, last_seq = self._streams.chunk_after(replay.sender, replay.after_seq, most)
+        ended = len(texts) < most
+        room, size = conn.max_send_bytes // 2, 0
+        for count, text in enumerate(texts):  # never more than half the send budget
+            size += len(text)
+            if count and size > room:
+                texts, ended = texts[:count], False
+                last_seq = self._streams.seq_of(replay.sender, replay.after_seq, count)
+                break
+        bucket.take(len(texts))
+        replay.after_seq = last_seq
+        for text in texts:
+            conn.send(text)
+        if ended:  # the end: live from here, nothing in between
+            conn.replays.popleft()
+            self._streams.subscribe(conn, replay.sender)
+
+    async def _close(self, conn: _Connection) -> None:
+        """Forget ``conn``, send its close frame (briefly), close its socket, log it."""
+        self._connections.discard(conn)
+        self._streams.drop(conn)
+        for signature in conn.held:
+            self._held.pop(signature, None)
+        conn.shared.connections -= 1
+        if not conn.shared.connections:
+            del self._addresses[conn.address]
+        if conn.is_open:
+            conn.close_code = CloseCode.GOING_AWAY if self._stopping else CloseCode.NORMAL
+        conn.drop_queue()
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(
+                min(CLOSE_TIMEOUT_S, max(self._deadline - trio.current_time(), 0.05))
+            ):
+                try:
+                    if (
+                        conn.open_ws
+                        and not conn.torn
+                        and conn.ws.state
+                        in (
+                            ConnectionState.OPEN,
+                            ConnectionState.REMOTE_CLOSING,
+                        )
+                    ):
+                        reason = conn.close_reason[:120] or None
+                        await conn.stream.send_all(
+                            conn.ws.send(CloseConnection(conn.close_code, reason))
+                        )
+                        await conn.stream.send_eof()
+                        while await conn.stream.receive_some(RECEIVE_BYTES):
+                            pass  # until the client's close: unread data would reset it
+                except (
+                    OSError,
+                    trio.BrokenResourceError,
+                    trio.ClosedResourceError,
+                    LocalProtocolError,
+                ):
+                    pass
+            await trio.aclose_forcefully(conn.stream)
+        if conn.open_ws:
             LOGGER.info(
                 "connection_closed",
                 extra={
@@ -519,72 +940,12 @@ class OperatorServer:
                         "conn": conn.number,
                         "code": conn.close_code,
                         "reason": conn.close_reason,
-                        "client_code": ws.closed.code if ws.closed else None,
+                        "client_code": conn.client_code,
                     }
                 },
             )
 
-    async def _read(self, conn: _Connection) -> None:
-        try:
-            inbox = self._inbox.clone()
-        except trio.ClosedResourceError:  # shutdown began while this client connected
-            return
-        async with inbox:
-            with conn.reader_scope:
-                while True:
-                    try:
-                        message = await conn.ws.get_message()
-                    except ConnectionClosed:
-                        return
-                    await inbox.send(self._parse(conn, message))
-
-    async def _write(
-        self, conn: _Connection, queued: trio.MemoryReceiveChannel[str | list[str]]
-    ) -> None:
-        """Send what is queued for ``conn``: everything waiting at once, in one write."""
-        async with queued:
-            try:
-                async for item in queued:
-                    texts = [item] if isinstance(item, str) else list(item)
-                    while len(texts) < WRITE_COALESCE:
-                        try:
-                            more = queued.receive_nowait()
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                        texts.extend([more] if isinstance(more, str) else more)
-                    await _send_texts(conn.ws, texts)
-            except ConnectionClosed:
-                conn.scope.cancel()
-
-    def _parse(self, conn: _Connection, message: str | bytes) -> _Execute | _Answer | _Stream:
-        """One message as an inbox item; never raises on any input."""
-        if isinstance(message, bytes):
-            error = MessageError("binary frames are not accepted: send JSON text")
-            return _Answer(conn, _failure(error, None, None))
-        if len(message) > self.config.max_message_chars:
-            error = MessageError(
-                f"message of {len(message)} characters exceeds {self.config.max_message_chars}"
-            )
-            return _Answer(conn, _failure(error, None, None))
-        try:
-            obj = _decode_json(message)
-        except (ValueError, RecursionError) as exc:
-            return _Answer(conn, _failure(MessageError(f"malformed JSON: {exc}"), None, None))
-        try:
-            if isinstance(obj, dict) and (Subscribe.KEY in obj or Unsubscribe.KEY in obj):
-                return _Stream(conn, _stream_request_from_wire(obj))
-            return _Execute(conn, request_from_wire(obj))
-        except Rejected as exc:
-            return _Answer(conn, _failure(exc, _request_type_of(obj), obj))
-        except ValueError as exc:  # a parser's own limit (e.g. Python's 4300-digit ints)
-            error = MessageError(f"malformed request: {exc}")
-            return _Answer(conn, _failure(error, _request_type_of(obj), obj))
-
     # --- the engine task --------------------------------------------------------------------
-
-    def _now(self) -> int:
-        self._last_ms = max(self._last_ms, self._clock())
-        return self._last_ms
 
     async def _run_engine(self, batches: trio.MemorySendChannel[_Batch]) -> None:
         """Take every waiting request, run it through the engine, pass the batch on."""
@@ -602,12 +963,13 @@ class OperatorServer:
                         items.append(self._inbox_out.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                batch = self._step(items)
-                if batch.entries or batch.deliveries:
-                    await batches.send(batch)
+                for part in _cancels_first(items):
+                    batch = self._step(part)
+                    if batch.entries or batch.deliveries:
+                        await batches.send(batch)
 
     def _step(self, items: list[Any]) -> _Batch:
-        now_ms = self._now()
+        now_ms = self.clock.now_ms()
         batch = _Batch()
         self._route(self.engine.advance(now_ms), None, batch)
         for item in items:
@@ -629,7 +991,8 @@ class OperatorServer:
         """Sort one engine call's outputs into ``batch``; true if it answered ``conn``.
 
         Replies of :meth:`Engine.advance` (``conn`` is ``None``) answer cancels a policy
-        held: they go to the client that sent the cancel, found by its signature.
+        held: they go to the client that sent the cancel, found by its signature. An
+        execute's failure is charged to its connection's and address's reject allowance.
         """
         answered = False
         for out in outputs:
@@ -638,6 +1001,9 @@ class OperatorServer:
                 if conn is None and target is not None:
                     target.held.discard(out.wire["signature"])
                 if target is not None:
+                    if out.wire["status"] == "failure" and out.to is not None:
+                        target.rejects.take()
+                        target.shared.rejects.take()
                     batch.deliveries.append(_Answer(target, out.wire))
                     answered = True
             elif isinstance(out, Push):
@@ -679,12 +1045,30 @@ class OperatorServer:
                         break
                 entries = [entry for batch in waiting for entry in batch.entries]
                 if entries:
-                    await trio.to_thread.run_sync(self.journal.append_many, entries)
+                    await self._commit(entries)
                 for batch in waiting:
                     for item in batch.deliveries:
                         self._deliver(item)
+                self._shed()
         for conn in list(self._connections):
-            conn.outbox.close()
+            conn.finish()
+
+    async def _commit(self, entries: list[JournalEntry]) -> None:
+        """Make ``entries`` durable; a failure is a fault, logged here with its cause."""
+        try:
+            await trio.to_thread.run_sync(self.journal.append_many, entries)
+        except Exception as exc:
+            LOGGER.critical(
+                "journal_fault",
+                extra={
+                    "fields": {
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "first_seq": entries[0].seq,
+                        "entries": len(entries),
+                    }
+                },
+            )
+            raise
 
     def _deliver(self, item: _Answer | _Stream | _Publish | ForcedNote) -> None:
         if isinstance(item, _Publish):
@@ -696,32 +1080,48 @@ class OperatorServer:
         else:
             item.done.set()
 
+    def _shed(self) -> None:
+        """Over the total budget: close the client with the largest queue (it does not read)."""
+        while self._budget.spent:
+            largest = max(self._connections, key=lambda conn: conn.queued, default=None)
+            if largest is None or not largest.queued:
+                return  # the budget is held by unfinished messages: readers wait instead
+            largest.close(
+                CloseCode.MEMORY_BUDGET,
+                f"MEMORY_BUDGET: the server buffers {self._budget.used} bytes, at most"
+                f" {self._budget.limit}; this client's queue is the largest",
+                abort_write=True,
+            )
+
     def _serve_stream(self, item: _Stream) -> None:
         conn, request = item.conn, item.request
         sender_hex = "0x" + request.sender.hex()
+        live = request.sender in conn.subscriptions
         if isinstance(request, Unsubscribe):
             self._streams.unsubscribe(conn, request.sender)
-            conn.send(_encode_json(_success("unsubscribe", {"sender": sender_hex}, request.id)))
+            conn.subscriptions.discard(request.sender)
+            conn.replays = collections.deque(r for r in conn.replays if r.sender != request.sender)
+            conn.send(_encode_json(success_wire("unsubscribe", {"sender": sender_hex}, request.id)))
             return
-        replay = self._streams.after(request.sender, request.after_seq)
-        data = {"sender": sender_hex, "after_seq": str(request.after_seq), "replayed": len(replay)}
-        conn.send([_encode_json(_success("subscribe", data, request.id)), *replay])
-        self._streams.subscribe(conn, request.sender)
-
-
-async def _send_texts(ws: WebSocketConnection, texts: list[str]) -> None:
-    """Send text messages, in order, through trio-websocket's public API.
-
-    (Framing a batch into one socket write through trio-websocket's private parts halved
-    the system calls but moved no measured figure beyond the noise, so it is not done.)
-    """
-    for text in texts:
-        await ws.send_message(text)
-
-
-def _request_type_of(obj: object) -> str | None:
-    if isinstance(obj, dict) and Subscribe.KEY in obj:
-        return Subscribe.KEY
-    if isinstance(obj, dict) and Unsubscribe.KEY in obj:
-        return Unsubscribe.KEY
-    return request_type_of(obj)
+        error: Rejected | None = None
+        if not live and len(conn.subscriptions) >= self.config.max_subscriptions:
+            error = SubscriptionLimit(
+                f"at most {self.config.max_subscriptions} subscriptions a connection"
+            )
+        replayed = self._streams.count_after(request.sender, request.after_seq)
+        replaying = [r for r in conn.replays if r.sender != request.sender]
+        if error is None and replayed and len(replaying) >= self.config.max_replays:
+            error = ReplayLimit(
+                f"at most {self.config.max_replays} replays streaming a connection: wait for"
+                " one to finish"
+            )
+        if error is not None:
+            conn.send(_encode_json(failure_wire(error, Subscribe.REQUEST_TYPE, request.id)))
+            return
+        data = {"sender": sender_hex, "after_seq": str(request.after_seq), "replayed": replayed}
+        conn.send(_encode_json(success_wire("subscribe", data, request.id)))
+        self._streams.unsubscribe(conn, request.sender)  # a re-subscribe replays again
+        conn.subscriptions.add(request.sender)
+        conn.replays = collections.deque(replaying)
+        conn.replays.append(_Replay(request.sender, request.after_seq))
+        conn.wake.set()

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -39,10 +40,12 @@ from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.dispute.inprocess import InProcessChain
 from cancelnote.errors import Fault
 
+from .clock import Clock
 from .engine import MAX_ORDER_LIFETIME_S, Engine, split_outputs
-from .journal import Journal, Synchronous
+from .journal import Journal, JournalEntry, Synchronous
+from .limits import MAX_OPEN_ORDERS, MAX_OPEN_ORDERS_PER_PRODUCT, ServerConfig
 from .policies import Honest, Policy, build_policy
-from .server import OperatorServer, ServerConfig, wall_clock_ms
+from .server import OperatorServer, publication, root_cause
 from .watcher import ChainWatcher, CursorStore, court_stop_reason
 
 LOGGER = logging.getLogger("cancelnote.operator")
@@ -51,6 +54,8 @@ LOGGER = logging.getLogger("cancelnote.operator")
 IN_PROCESS_CHAIN_ID = 1337
 #: What an in-process chain's dev account gives the operator key, to pay gas and bond.
 IN_PROCESS_FUNDING_WEI = 1_000 * 10**18
+#: File descriptors the process needs beside one per connection (journal, chain, logs).
+SPARE_DESCRIPTORS = 64
 
 
 class ServiceError(Fault):
@@ -77,7 +82,12 @@ class OperatorConfig:
     durability: Synchronous = "FULL"
     watch: bool = True
     poll_s: float = 1.0
+    max_open_orders: int = MAX_OPEN_ORDERS
+    max_open_orders_per_product: int = MAX_OPEN_ORDERS_PER_PRODUCT
     server: ServerConfig = attrs.Factory(ServerConfig)
+    #: The clock's sources (tests inject them; see :class:`~.clock.Clock`).
+    wall_ns: Callable[[], int] = time.time_ns
+    monotonic_ns: Callable[[], int] = time.monotonic_ns
 
 
 #: The argument of each ``--policy NAME:ARG`` that takes one.
@@ -197,15 +207,19 @@ class Prepared:
 def prepare(config: OperatorConfig) -> Prepared:
     """Connect to the court, open the journal and replay it (blocking; before serving).
 
+    The journal is verified as it streams into the engine (hash chain, meta, seal); the
+    clock starts no earlier than its last entry.
+
     Raises:
-        ServiceError, ChainError: the court is unreachable or not this operator's.
+        ServiceError, ChainError: the court is unreachable or not this operator's, or the
+            process may not open enough files for ``max_connections``.
         JournalMismatch, JournalCorrupt: the journal is another operator's, or damaged.
     """
+    ensure_descriptors(config.server.max_connections + SPARE_DESCRIPTORS)
     court = connect_court(config)
     domain = court.domain
     journal = Journal.open(config.db, domain, config.signer.address, config.durability)
     try:
-        entries = list(journal.entries())
         engine = Engine(
             config.signer,
             domain,
@@ -213,26 +227,61 @@ def prepare(config: OperatorConfig) -> Prepared:
             settlement_delay_ms=config.settlement_delay_ms,
             policy=config.policy,
             max_order_lifetime_s=config.max_order_lifetime_s,
+            max_open_orders=config.max_open_orders,
+            max_open_orders_per_product=config.max_open_orders_per_product,
         )
-        engine.restore(entries)
+        published: list[JournalEntry] = []  # for the streams
+        last_at_ms = count = 0
+
+        def verified() -> Iterator[JournalEntry]:
+            nonlocal last_at_ms, count
+            for entry in journal.entries():
+                last_at_ms, count = entry.at_ms, count + 1
+                if publication(entry) is not None:
+                    published.append(entry)
+                yield entry
+
+        engine.restore(verified())
+        clock = Clock(wall_ns=config.wall_ns, monotonic_ns=config.monotonic_ns, floor_ms=last_at_ms)
         reason = court_stop_reason(court) if engine.accepting_orders else None
         if reason is not None:
-            now_ms = max(wall_clock_ms(), entries[-1].at_ms if entries else 0)
-            made, _ = split_outputs(engine.stop_accepting_orders(reason, now_ms))
+            made, _ = split_outputs(engine.stop_accepting_orders(reason, clock.now_ms()))
             journal.append_many(made)
-            entries += made
+            count += len(made)
             LOGGER.warning("orders_stopped", extra={"fields": {"reason": reason}})
     except BaseException:
         journal.close()
         raise
-    server = OperatorServer(
-        engine, journal, config=config.server, start_ms=entries[-1].at_ms if entries else 0
-    )
-    server.restore_streams(entries)
+    server = OperatorServer(engine, journal, clock=clock, config=config.server)
+    server.restore_streams(published)
     LOGGER.info(
-        "journal_replayed", extra={"fields": {"entries": len(entries), "last_seq": engine.last_seq}}
+        "journal_replayed",
+        extra={
+            "fields": {
+                "entries": count,
+                "last_seq": engine.last_seq,
+                "head": "0x" + journal.head.hex(),
+            }
+        },
     )
     return Prepared(court, journal, server)
+
+
+def ensure_descriptors(needed: int) -> None:
+    """Raise the soft limit of open files to ``needed`` if it is lower (up to the hard one).
+
+    Raises:
+        ServiceError: the hard limit is lower: every connection past it would fail at
+            accept, locking honest clients out (lower ``--max-connections``).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise ServiceError(
+                f"the process may open {hard} files, but --max-connections needs {needed}:"
+                f" lower --max-connections below {hard - SPARE_DESCRIPTORS} or raise ulimit -n"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 async def run_operator(
@@ -330,7 +379,10 @@ def run(config: OperatorConfig, out: TextIO = sys.stdout) -> int:
 
     try:
         trio.run(main)
-    except Exception:  # a fault (journal, engine bug): the journal is the truth on restart
-        LOGGER.critical("fault", exc_info=True)
+    except Exception as exc:  # a fault (journal, engine bug): the journal is the truth on restart
+        cause = root_cause(exc)
+        LOGGER.critical(
+            "fault", exc_info=True, extra={"fields": {"cause": f"{type(cause).__name__}: {cause}"}}
+        )
         return 1
     return 0

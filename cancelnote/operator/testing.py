@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import attrs
 
+from cancelnote.api import CancelAndPlace, CancelOrders, CancelProductOrders, PlaceOrder
 from cancelnote.crypto import Signer
 from cancelnote.dispute.rules import rule1, rule2_notes
 from cancelnote.messages import (
@@ -21,8 +22,6 @@ from cancelnote.messages import (
     make_nonce,
     make_sender,
 )
-
-from .api import CancelAndPlace, CancelOrders, CancelProductOrders, PlaceOrder
 
 __all__ = ["RECV_AHEAD_MS", "Trader", "rule1", "rule2_notes"]
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..api import CancelOrders, PlaceOrder
 from ..client.evidence import EvidenceStore
 from ..client.verifier import DISPUTABLE, Received, Verifier, VerifierPolicy
 from ..client.watchtower import Outcome, Watchtower
 from ..crypto import Signer
 from ..dispute.court import Court
 from ..messages import Domain
-from ..operator.api import CancelOrders, PlaceOrder
 
 #: Finding states in which the watchtower still has court work to do.
 _OPEN = ("open", "forced")

@@ -38,11 +38,11 @@ from typing import Any
 import attrs
 import numpy as np
 
+from ..api import BookDepth, CancelOrders, OrderStatus, PlaceOrder, Push, Reply
 from ..client import watchtower as wt
 from ..dispute.chain import TransactionReverted
 from ..dispute.inprocess import dev_account
 from ..messages import CancellationNote, signature_from_wire, signature_to_wire
-from ..operator.api import BookDepth, CancelOrders, OrderStatus, PlaceOrder, Push, Reply
 from ..operator.engine import Engine, Output
 from ..operator.journal import CancelAccepted, FillIssued, Matched, NoteIssued
 from ..operator.lifecycle import CancellationType
