@@ -1,6 +1,6 @@
 """Fixtures for the court tests: a fresh in-process chain, named keys, a bonded court.
 
-``Evidence`` signs messages in the court's domain with the operator's key (fills,
+:class:`World` signs messages in the court's domain with the operator's key (fills,
 notes) or a client's (orders, cancels); tests build offences from it.
 """
 
@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, contextmanager
 import attrs
 import pytest
 
-from cancelnote.crypto import Signer
+from cancelnote.crypto import Signer, keccak
 from cancelnote.dispute.chain import TransactionReverted
 from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.dispute.inprocess import InProcessChain
@@ -24,6 +24,13 @@ PENALTY_WEI = DEV_PARAMETERS["penalty_wei"]
 MIN_BOND_WEI = DEV_PARAMETERS["min_bond_wei"]
 DISPUTE_BOND_WEI = DEV_PARAMETERS["dispute_bond_wei"]
 EXIT_DELAY_S = DEV_PARAMETERS["exit_delay_s"]
+MAX_PENDING_MS = DEV_PARAMETERS["max_pending_ms"]
+CLAIM_DELAY_S = DEV_PARAMETERS["claim_delay_s"]
+BURN_SHARE_BPS = DEV_PARAMETERS["burn_share_bps"]
+#: What an owner is credited for one claim paid in full (the penalty less the burn share).
+OWNER_SHARE_WEI = PENALTY_WEI - PENALTY_WEI * BURN_SHARE_BPS // 10_000
+#: A ``lastFillHash`` that names no fill anyone signed.
+UNSIGNED_FILL_HASH = keccak(b"a fill nobody signed")
 PRICE = 2_000 * 10**18
 ORDER_LIFETIME_S = 86_400
 
@@ -37,6 +44,11 @@ def violates(note: CancellationNote, fill: Fill) -> bool:
             fill.seq > note.seq and fill.timestamp_ms > note.pending_until_ms,
             note.last_fill_seq < fill.seq < note.seq,
             fill.seq <= note.last_fill_seq and fill.filled_total > note.filled_amount,
+            fill.seq == note.last_fill_seq
+            and (
+                fill.struct_hash() != note.last_fill_hash
+                or fill.filled_total != note.filled_amount
+            ),
         )
     )
 
@@ -93,23 +105,43 @@ class World:
         seq: int,
         filled_amount: int = 0,
         last_fill_seq: int = 0,
+        last_fill: Fill | None = None,
+        last_fill_hash: bytes | None = None,
         pending_amount: int = 0,
         pending_until_ms: int = 0,
         received_at_ms: int | None = None,
     ) -> tuple[CancellationNote, bytes]:
-        """An operator-signed note for ``order`` answering an on-chain request."""
+        """An operator-signed note for ``order`` answering an on-chain request.
+
+        ``last_fill`` counts that fill (its seq, total and hash); otherwise a note that
+        counts something names :data:`UNSIGNED_FILL_HASH` unless ``last_fill_hash`` says.
+        """
+        if last_fill is not None:
+            filled_amount, last_fill_seq = last_fill.filled_total, last_fill.seq
+            last_fill_hash = last_fill.struct_hash()
+        if last_fill_hash is None:
+            last_fill_hash = UNSIGNED_FILL_HASH if last_fill_seq else bytes(32)
         note = CancellationNote(
             order_digest=order.digest(self.court.domain),
             sender=order.sender,
             request_hash=bytes(32),
             filled_amount=filled_amount,
             last_fill_seq=last_fill_seq,
+            last_fill_hash=last_fill_hash,
             pending_amount=pending_amount,
             pending_until_ms=pending_until_ms,
             received_at_ms=1_000 * seq if received_at_ms is None else received_at_ms,
             seq=seq,
         )
         return note, note.sign(self.operator, self.court.domain)
+
+    def vest(self) -> None:
+        """Let every claim filed so far vest (its window closes, then vests)."""
+        self.chain.increase_time(2 * CLAIM_DELAY_S)
+
+    def owner_credit(self, owner: Signer) -> int:
+        """What the court has credited ``owner`` so far."""
+        return self.court.credits(owner.address)
 
 
 def make_world(
