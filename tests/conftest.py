@@ -8,15 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import cache
+from pathlib import Path
 
 import attrs
 import pytest
+import vyper
+from eth_abi import encode as abi_encode
 
 from cancelnote.crypto import Signer, keccak
 from cancelnote.dispute.chain import TransactionReverted
+from cancelnote.dispute.chain import Chain
 from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.dispute.inprocess import InProcessChain
-from cancelnote.messages import CancellationNote, Fill, Order, make_sender
+from cancelnote.messages import Cancellation, CancellationNote, Fill, Order, make_sender
+
+TEST_CONTRACTS = Path(__file__).resolve().parent.parent / "contracts" / "test"
 
 # The court of the tests is the dev court (cancelnote.dispute.court.DEV_PARAMETERS).
 ANSWER_WINDOW_S = DEV_PARAMETERS["answer_window_s"]
@@ -142,6 +149,41 @@ class World:
     def owner_credit(self, owner: Signer) -> int:
         """What the court has credited ``owner`` so far."""
         return self.court.credits(owner.address)
+
+
+@cache
+def test_contract_initcode(name: str) -> bytes:
+    """The bytecode of ``contracts/test/<name>.vy`` (compiled once per run)."""
+    source = (TEST_CONTRACTS / f"{name}.vy").read_text(encoding="utf-8")
+    return bytes.fromhex(vyper.compile_code(source, output_formats=["bytecode"])["bytecode"][2:])
+
+
+def deploy_test_contract(
+    chain: Chain, deployer: Signer, name: str, types: list[str] = (), args: list = ()
+) -> bytes:
+    """Deploy a test contract with constructor ``args``; returns its address."""
+    initcode = test_contract_initcode(name) + abi_encode(list(types), list(args))
+    address = chain.deploy(deployer, initcode).contract_address
+    assert address is not None
+    return address
+
+
+def forward(chain: Chain, sender: Signer, forwarder: bytes, to: bytes, data: bytes, value: int):
+    """``sender`` has the Forwarder contract call ``to`` with ``data`` (and ``value``)."""
+    call = vyper.utils.method_id("forward(address,bytes)") + abi_encode(
+        ["address", "bytes"], [to, data]
+    )
+    return chain.transact(sender, forwarder, call, value=value)
+
+
+def dirty_relayed_request(
+    court: Court, order: Order, cancellation: Cancellation, signature: bytes
+) -> bytes:
+    """``requestCancelSigned`` calldata whose last ABI padding byte (after the 65-byte
+    signature) is 1: the court's decoder accepts it, a strict ABI decoder does not."""
+    data = court.encode_call("requestCancelSigned", order, cancellation, signature)
+    assert data.endswith(bytes(31)) and data[-32] != 0  # the signature's v, then padding
+    return data[:-1] + b"\x01"
 
 
 def make_world(

@@ -3,8 +3,6 @@ through a payout, and bad constructor parameters."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import attrs
 import pytest
 import vyper
@@ -16,15 +14,12 @@ from conftest import (
     OWNER_SHARE_WEI,
     PENALTY_WEI,
     World,
+    deploy_test_contract,
 )
-from eth_abi import encode as abi_encode
 
 from cancelnote.crypto import SECP256K1_N
 from cancelnote.dispute.court import DEV_PARAMETERS, Court, Offence
 from cancelnote.messages import Order, make_sender
-
-REENTER_VY = Path(__file__).resolve().parent.parent / "contracts" / "test" / "Reenter.vy"
-
 
 def _rule_1a(world: World, owner: bytes | None = None, nonce: int = 1) -> tuple:
     """A provable fill after note (rule 1 (a)): (order, note, note_sig, fill, fill_sig).
@@ -184,13 +179,9 @@ def test_withdraw_pays_the_credit_once(world, reverts):
 
 
 def test_a_payee_cannot_reenter_withdraw(world):
-    source = REENTER_VY.read_text(encoding="utf-8")
-    initcode = bytes.fromhex(
-        vyper.compile_code(source, output_formats=["bytecode"])["bytecode"][2:]
+    attacker = deploy_test_contract(
+        world.chain, world.bob, "Reenter", ["address"], [world.court.address]
     )
-    attacker = world.chain.deploy(
-        world.bob, initcode + abi_encode(["address"], [world.court.address])
-    ).contract_address
     proofs = [_rule_1a(world, owner=attacker, nonce=1), _rule_1a(world, world.alice.address, 2)]
     for proof in proofs:
         world.court.prove_fill_after_note(world.bob, *proof)

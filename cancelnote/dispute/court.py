@@ -130,6 +130,49 @@ class CourtEvent:
     args: dict[str, Any]
 
 
+@attrs.frozen
+class ForcedCancel:
+    """A ``CancelRequested`` event: everything the operator needs to answer it.
+
+    The whole order is in the event, so an operator answers a request of an order it
+    never received without reading the request's transaction (whose calldata anyone
+    may shape: a relayer's or a contract's call, dirty ABI padding).
+    """
+
+    request_id: int
+    digest: bytes
+    owner: bytes
+    requester: bytes
+    order: Order
+    requested_at: int
+    """Block timestamp of the request: the cancel took effect then."""
+    deadline: int
+
+    @classmethod
+    def from_event(cls, event: CourtEvent) -> Self:
+        """Raises :class:`~cancelnote.errors.MessageError` if the order is out of range."""
+        args = event.args
+        if event.name != "CancelRequested":
+            raise ChainError(f"not a CancelRequested event: {event.name}")
+        order = Order(
+            sender=args["sender"],
+            product_id=args["productId"],
+            price_x18=args["priceX18"],
+            amount=args["amount"],
+            expiration=args["expiration"],
+            nonce=args["nonce"],
+        )
+        return cls(
+            args["requestId"],
+            args["digest"],
+            args["owner"],
+            args["requester"],
+            order,
+            args["requestedAt"],
+            args["deadline"],
+        )
+
+
 def _canonical_type(entry: dict[str, Any]) -> str:
     """The ABI type of an input, with tuples spelled out (``(bytes32,uint32,...)``)."""
     kind = entry["type"]
@@ -536,6 +579,10 @@ class Court:
         }
 
     # --- events -------------------------------------------------------------------------
+
+    def topic(self, name: str) -> bytes:
+        """Topic 0 of the court's event ``name`` (to filter ``get_logs`` by event)."""
+        return next(topic for topic, event in self._events.items() if event.name == name)
 
     def decode_log(self, log: Log) -> CourtEvent:
         """Decode one of the court's logs with the ABI.

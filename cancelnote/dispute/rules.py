@@ -47,6 +47,14 @@ def rule1(fill: Fill, note: CancellationNote) -> str:
     return "".join(name for name, holds in clauses.items() if holds)
 
 
+def rule2_notes(first: CancellationNote, second: CancellationNote) -> bool:
+    """Rule 2 (1): two different notes for one digest are equivocation.
+
+    "Different" is of the signed content (equal fields hash equally), never the signature.
+    """
+    return first.order_digest == second.order_digest and first != second
+
+
 def fill_after_note(digest: bytes, note: CancellationNote, fill: Fill) -> Offence | None:
     """``proveFillAfterNote``: a fill of the order ``digest`` its note rules out."""
     if note.order_digest != digest or fill.order_digest != digest:
@@ -57,13 +65,10 @@ def fill_after_note(digest: bytes, note: CancellationNote, fill: Fill) -> Offenc
 def note_equivocation(
     digest: bytes, note1: CancellationNote, note2: CancellationNote
 ) -> Offence | None:
-    """``proveEquivocationNotes``: two different notes of the order ``digest``.
-
-    "Different" is of the signed content (equal fields hash equally), never the signature.
-    """
-    if note1.order_digest != digest or note2.order_digest != digest:
+    """``proveEquivocationNotes``: two different notes of the order ``digest``."""
+    if note1.order_digest != digest:
         return None
-    return Offence.NOTE_EQUIVOCATION if note1 != note2 else None
+    return Offence.NOTE_EQUIVOCATION if rule2_notes(note1, note2) else None
 
 
 def fill_contradiction(digest: bytes, fill1: Fill, fill2: Fill) -> Offence | None:

@@ -206,14 +206,18 @@ def prepare(config: OperatorConfig) -> Prepared:
     journal = Journal.open(config.db, domain, config.signer.address, config.durability)
     try:
         entries = list(journal.entries())
-        engine = Engine(
-            config.signer,
-            domain,
-            config.products,
-            settlement_delay_ms=config.settlement_delay_ms,
-            policy=config.policy,
-            max_order_lifetime_s=config.max_order_lifetime_s,
-        )
+        try:
+            engine = Engine(
+                config.signer,
+                domain,
+                config.products,
+                settlement_delay_ms=config.settlement_delay_ms,
+                policy=config.policy,
+                max_order_lifetime_s=config.max_order_lifetime_s,
+                max_pending_ms=court.max_pending_ms(),
+            )
+        except ValueError as exc:  # a settlement delay the court's pending bound cannot hold
+            raise ServiceError(f"{exc}: lower --settlement-delay-ms") from None
         engine.restore(entries)
         reason = court_stop_reason(court) if engine.accepting_orders else None
         if reason is not None:
