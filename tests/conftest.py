@@ -17,8 +17,7 @@ import vyper
 from eth_abi import encode as abi_encode
 
 from cancelnote.crypto import Signer, keccak
-from cancelnote.dispute.chain import TransactionReverted
-from cancelnote.dispute.chain import Chain
+from cancelnote.dispute.chain import Chain, TransactionReverted
 from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.dispute.inprocess import InProcessChain
 from cancelnote.messages import Cancellation, CancellationNote, Fill, Order, make_sender
@@ -53,8 +52,7 @@ def violates(note: CancellationNote, fill: Fill) -> bool:
             fill.seq <= note.last_fill_seq and fill.filled_total > note.filled_amount,
             fill.seq == note.last_fill_seq
             and (
-                fill.struct_hash() != note.last_fill_hash
-                or fill.filled_total != note.filled_amount
+                fill.struct_hash() != note.last_fill_hash or fill.filled_total != note.filled_amount
             ),
         )
     )

@@ -133,7 +133,9 @@ def test_an_overstated_note_cannot_choose_afterwards_which_fill_it_counted(world
     later, later_sig = world.fill(order, seq=19, amount=8 * ETH // 10, filled_total=ETH)
     note, note_sig = world.note(order, seq=20, filled_amount=ETH, last_fill_seq=19)
     assert note.last_fill_hash != later.struct_hash()  # the note named no fill then
-    receipt = world.court.prove_fill_after_note(world.alice, order, note, note_sig, later, later_sig)
+    receipt = world.court.prove_fill_after_note(
+        world.alice, order, note, note_sig, later, later_sig
+    )
     assert _claim_owners(world, receipt) == [(world.alice.address, Offence.FILL_AFTER_NOTE)]
     unnamed, unnamed_sig = world.note(
         order, seq=20, filled_amount=ETH, last_fill_seq=19, last_fill_hash=bytes(32)
@@ -143,7 +145,11 @@ def test_an_overstated_note_cannot_choose_afterwards_which_fill_it_counted(world
     honest, honest_sig = world.note(order, seq=20, last_fill=real)
     with reverts("court: no fill after note"):
         world.court.prove_fill_after_note(
-            world.alice, order, honest, honest_sig, *world.fill(order, seq=10, amount=2 * ETH // 10, filled_total=2 * ETH // 10)
+            world.alice,
+            order,
+            honest,
+            honest_sig,
+            *world.fill(order, seq=10, amount=2 * ETH // 10, filled_total=2 * ETH // 10),
         )
 
 

@@ -251,9 +251,7 @@ def test_an_answer_of_another_order_is_refused(world, reverts):
         ),
     ],
 )
-def test_an_out_of_bound_answer_is_refused_with_the_bound_it_breaks(
-    world, reverts, change, reason
-):
+def test_an_out_of_bound_answer_is_refused_with_the_bound_it_breaks(world, reverts, change, reason):
     order, _ = _requested(world)
     note, _ = world.note(order, seq=9, received_at_ms=5_000)
     if change.pop("sender", False):
@@ -269,7 +267,9 @@ def test_an_answer_not_signed_by_the_operator_is_refused(world, reverts):
     order, _ = _requested(world)
     note, _ = world.note(order, seq=9)
     with reverts("court: not signed by the operator"):
-        world.court.answer_cancel(world.bob, order, note, note.sign(world.alice, world.court.domain))
+        world.court.answer_cancel(
+            world.bob, order, note, note.sign(world.alice, world.court.domain)
+        )
 
 
 # --- default --------------------------------------------------------------------------
@@ -336,7 +336,9 @@ def test_a_fill_above_the_answered_cap_is_the_same_offence_as_fill_after_note(wo
     note, note_sig = world.note(order, seq=9, last_fill=counted)
     world.court.answer_cancel(world.bob, order, note, note_sig)
     with reverts("court: fill within the cap"):
-        world.court.prove_fill_above_cap(world.bob, order, *world.fill(order, seq=4, amount=3, filled_total=3))
+        world.court.prove_fill_above_cap(
+            world.bob, order, *world.fill(order, seq=4, amount=3, filled_total=3)
+        )
     late, late_sig = world.fill(order, seq=20, amount=1, filled_total=4)
     world.court.prove_fill_above_cap(world.bob, order, late, late_sig)
     assert world.court.offence_paid(note.order_digest, Offence.FILL_AFTER_NOTE)

@@ -128,9 +128,7 @@ def test_claim_needs_a_filed_claim_of_that_order(world, reverts):
         world.court.claim(world.bob, order, Offence.DEFAULT)
 
 
-def test_the_bond_leaves_only_after_the_exit_and_claim_delays_keeping_what_is_owed(
-    world, reverts
-):
+def test_the_bond_leaves_only_after_the_exit_and_claim_delays_keeping_what_is_owed(world, reverts):
     world.court.announce_exit(world.operator)
     announced = world.chain.timestamp()
     world.chain.set_next_block_timestamp(announced + EXIT_DELAY_S)

@@ -467,7 +467,9 @@ def test_no_message_or_pair_from_an_honest_history_is_provable(shared_world, dat
         )
     for i, (fill1, sig1) in enumerate(signed):
         for fill2, sig2 in signed[i + 1 :]:
-            reason = _dry_run_reason(world, "proveEquivocationFills", order, fill1, sig1, fill2, sig2)
+            reason = _dry_run_reason(
+                world, "proveEquivocationFills", order, fill1, sig1, fill2, sig2
+            )
             assert reason == "court: fill totals are consistent"
 
 

@@ -18,8 +18,10 @@ from conftest import (
 )
 
 from cancelnote.crypto import SECP256K1_N
+from cancelnote.dispute.chain import TransactionReverted
 from cancelnote.dispute.court import DEV_PARAMETERS, Court, Offence
 from cancelnote.messages import Order, make_sender
+
 
 def _rule_1a(world: World, owner: bytes | None = None, nonce: int = 1) -> tuple:
     """A provable fill after note (rule 1 (a)): (order, note, note_sig, fill, fill_sig).
@@ -244,3 +246,30 @@ def test_bad_parameters_are_refused_at_deployment(world, reverts, change, reason
     params = {**DEV_PARAMETERS, "operator": world.operator.address}
     with reverts(reason):
         Court.deploy(world.chain, world.deployer, **(params | change))
+
+
+# --- out-of-range fields ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("word", "value"),
+    [
+        pytest.param(1, 2**32, id="order-productId-above-uint32"),
+        pytest.param(6 + 3, 2**128, id="fill-amount-above-uint128"),
+        pytest.param(3, 2**255, id="order-amount-not-a-sign-extended-int128"),
+    ],
+)
+def test_a_field_out_of_its_type_is_refused_before_any_rule_and_changes_nothing(world, word, value):
+    """The ABI decoder of the court (Vyper's) refuses a word out of its field's range
+    before the function runs: the transaction reverts (without a reason string: no
+    ``court: ...`` check is reached) and nothing changes."""
+    order, _ = world.order(world.alice)
+    fill, sig = world.fill(order, seq=4, amount=0, filled_total=1)
+    data = bytearray(world.court.encode_call("proveMalformedFill", order, fill, sig))
+    data[4 + 32 * word : 4 + 32 * (word + 1)] = value.to_bytes(32, "big")
+    before = (world.court.claims_outstanding(), world.chain.balance(world.court.address))
+    with pytest.raises(TransactionReverted) as refused:
+        world.chain.transact(world.bob, world.court.address, bytes(data))
+    assert refused.value.reason == "reverted without a reason"
+    assert (world.court.claims_outstanding(), world.chain.balance(world.court.address)) == before
+    world.court.prove_malformed_fill(world.bob, order, fill, sig)  # the clean call is taken

@@ -202,9 +202,7 @@ class CourtMatchesModel(RuleBasedStateMachine):
         self.requests[digest] = Request(CancelState.REQUESTED, self.now)
         return placed
 
-    @rule(
-        placed=requested, filled=small, pending=small, late=rarely, too_long=rarely
-    )
+    @rule(placed=requested, filled=small, pending=small, late=rarely, too_long=rarely)
     def answer(
         self, placed: tuple[Order, Signer], filled: int, pending: int, late: bool, too_long: bool
     ) -> None:

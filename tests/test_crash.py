@@ -265,7 +265,7 @@ async def test_operator_against_a_served_chain_answers_forced_cancels_even_of_un
             async with connect(port) as client:
                 assert (await client.request(placed))["status"] == "success"
             # One order the operator holds, one it never received (signed, never sent):
-            # the second is read from the request's calldata over eth_getTransactionByHash.
+            # the second is answered from the CancelRequested event, which carries it.
             unsent = trader.order(1, PRICE, 2 * SIZE, wall_clock_ms())
             for order in (placed.order, unsent.order):
                 await trio.to_thread.run_sync(court.request_cancel, alice, order)

@@ -313,9 +313,7 @@ def test_a_forced_cancel_is_received_at_the_requests_block_time(alice, bob):
     assert note_of(push.wire).received_at_ms == T0 + 3_000  # a clock behind the chain's
 
 
-def test_a_late_watcher_receives_the_forced_cancel_as_early_as_the_pending_bound_allows(
-    alice, bob
-):
+def test_a_late_watcher_receives_the_forced_cancel_as_early_as_the_pending_bound_allows(alice, bob):
     engine = make_engine(settlement_delay_ms=1_000, max_pending_ms=1_000)
     maker = alice.order(1, 100, 5, T0)
     engine.handle(maker, T0)

@@ -99,7 +99,11 @@ def fills(draw: st.DrawFn, setup: Setup) -> Fill:
         amount=draw(small),
         filled_total=draw(small),
         price_x18=draw(st.integers(1, 5)),
-        timestamp_ms=draw(st.sampled_from([0, 5, *(1000 * t + MAX_PENDING_MS + d for t in setup.requested_at for d in (0, 1))])),
+        timestamp_ms=draw(
+            st.sampled_from(
+                [0, 5, *(1000 * t + MAX_PENDING_MS + d for t in setup.requested_at for d in (0, 1))]
+            )
+        ),
     )
 
 

@@ -29,7 +29,7 @@ from cancelnote.operator.engine import Engine
 from cancelnote.operator.journal import Journal
 from cancelnote.operator.server import OperatorServer, wall_clock_ms
 from cancelnote.operator.testing import Trader
-from cancelnote.operator.watcher import ChainWatcher, CursorStore
+from cancelnote.operator.watcher import REORG_DEPTH, ChainWatcher, CursorStore
 
 PRICE = 2_000 * 10**18
 POLL_S = 0.02
@@ -347,4 +347,18 @@ async def test_a_failing_request_is_logged_and_retried_and_the_others_answered(
         await wait_answered(world, order.digest(world.court.domain))
     assert operator.watcher.failures == 2
     assert [r.message for r in caplog.records].count("forced_cancel_failed") == 2
+    await operator.stop()
+
+
+async def test_a_request_in_a_block_behind_the_cursor_is_still_answered(world, tmp_path, nursery):
+    """A reorg can re-mine a request into a block the watcher already scanned: the last
+    ``REORG_DEPTH`` blocks are read again at every poll."""
+    operator = Operator(world, tmp_path / "j.sqlite")
+    order, _ = world.order(world.alice)
+    receipt = world.court.request_cancel(world.alice, order)
+    operator.cursor.save(receipt.block_number + REORG_DEPTH)  # as if scanned already
+    await operator.start(nursery)
+    await wait_answered(world, order.digest(world.court.domain))
+    await trio.sleep(5 * POLL_S)  # read again at every poll, answered once
+    assert operator.watcher.answered == 1
     await operator.stop()

@@ -230,9 +230,10 @@ async def test_operator_answers_every_hostile_forced_cancel_and_keeps_serving(tm
             json.loads(line)["event"]
             for line in (tmp_path / "operator-0.log").read_text().splitlines()
         ]
+        # every request answered once, however often it was read (rewound, re-scanned)
+        assert events.count("forced_cancel_seen") == len(fuzz.accepted)
         assert events.count("forced_cancel_answered") == len(fuzz.accepted)
-        assert "forced_cancel_failed" not in events and "forced_cancel_missed" not in events
-        assert events.count("forced_cancel_seen") > len(fuzz.accepted)  # seen again: rewound
+        assert not {"forced_cancel_failed", "forced_cancel_missed", "answer_refused"} & set(events)
     finally:
         chain_process.send_signal(signal.SIGTERM)
         with trio.move_on_after(10):

@@ -213,9 +213,9 @@ def plan(findings: Iterable[Finding], view: CourtView, noted: frozenset[bytes]) 
             offence = finding.offence if finding.kind != Kind.UNANSWERED_CANCEL else None
             key = (finding.digest, offence or Offence.DEFAULT)
             claim = view.claims.get(key)
-            if claim is not None and view.chain_time_s >= claim.claim.vests_at:
-                if not claim.settled(view.penalty):
-                    actions.append(Claim(finding.id, finding.digest, _order_of(finding), key[1]))
+            vested = claim is not None and view.chain_time_s >= claim.claim.vests_at
+            if vested and not claim.settled(view.penalty):
+                actions.append(Claim(finding.id, finding.digest, _order_of(finding), key[1]))
             continue
         if finding.kind != Kind.UNANSWERED_CANCEL:
             if finding.status == "open":
@@ -293,9 +293,7 @@ class Watchtower:
         ]
         digests = {f.digest for f in findings if f.kind == Kind.UNANSWERED_CANCEL}
         claims = {
-            (f.digest, f.offence or Offence.DEFAULT)
-            for f in findings
-            if f.status == "claimed"
+            (f.digest, f.offence or Offence.DEFAULT) for f in findings if f.status == "claimed"
         }
         view = CourtView(
             chain_time_s=self.court.chain.timestamp(),
@@ -371,9 +369,11 @@ class Watchtower:
         owed = sum(e.args["penalty"] for e in events if e.name == "Slashed")
         paid = sum(e.args["paid"] + e.args["refund"] for e in events if e.name == "ClaimPaid")
         if isinstance(action, Claim):
-            outcome = "paid" if self._claim_view(action.digest, action.offence).settled(
-                self._penalty()
-            ) else "claimed"
+            outcome = (
+                "paid"
+                if self._claim_view(action.digest, action.offence).settled(self._penalty())
+                else "claimed"
+            )
             detail = f"credited {paid} wei to the owner"
         else:
             outcome = {Prove: "claimed", ForceCancel: "forced", Finalize: "claimed"}.get(

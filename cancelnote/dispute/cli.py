@@ -16,9 +16,7 @@ from cancelnote.dispute.court import DEV_PARAMETERS, Offence
 from cancelnote.errors import CancelnoteError
 
 #: The integer parameters of ``court deploy``, each a ``--flag`` defaulting to the dev court's.
-_INT_PARAMETERS = tuple(
-    name for name, value in DEV_PARAMETERS.items() if type(value) is int
-)
+_INT_PARAMETERS = tuple(name for name, value in DEV_PARAMETERS.items() if type(value) is int)
 
 
 def _signer(args: argparse.Namespace) -> Signer:

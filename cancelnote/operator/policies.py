@@ -41,6 +41,7 @@ from cancelnote.messages import Order
 
 from .api import CancelRequest
 
+
 @attrs.frozen
 class CancelContext:
     """What a policy sees when a cancel request arrives."""

@@ -11,9 +11,10 @@ Two steps per poll, each durable in the journal's SQLite file (its own tables, i
 connection):
 
 1. **Read.** The court's ``CancelRequested`` logs from the cursor (``watcher_cursor``) to
-   the head are decoded and kept as open requests (``watcher_requests``, keyed by digest:
-   a request seen twice, as after a reorg or a restart, is one request); then the cursor
-   moves past the range.
+   the head, and again the last :data:`REORG_DEPTH` blocks before it (a request a reorg
+   moved into a block already scanned), are decoded and kept as requests
+   (``watcher_requests``, keyed by digest: a request seen twice, after a reorg or a
+   restart, is one request); then the cursor moves past the range.
 2. **Answer.** For each open request the watcher asks the engine for the note (through the
    server's inbox, so the engine keeps a single caller; the cancel takes effect at the
    request's block time), waits until that note is **durable** in the journal, and
@@ -38,7 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ MAX_BLOCK_RANGE = 5_000
 NOTE_TIMEOUT_S = 10.0
 #: Most open requests answered per poll, oldest deadline first (the rest wait a poll).
 MAX_ANSWERS_PER_POLL = 256
+#: Blocks before the cursor read again at every poll: a request a reorg re-mined there.
+REORG_DEPTH = 12
 
 
 @attrs.frozen
@@ -92,7 +95,7 @@ class CursorStore:
             "CREATE TABLE IF NOT EXISTS watcher_requests (court TEXT NOT NULL,"
             " digest TEXT NOT NULL, request_id INTEGER NOT NULL, order_json TEXT NOT NULL,"
             " requested_at INTEGER NOT NULL, deadline INTEGER NOT NULL,"
-            " PRIMARY KEY (court, digest))"
+            " closed INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (court, digest))"
         )
         self._key = "0x" + court.hex()
 
@@ -102,13 +105,17 @@ class CursorStore:
         ).fetchone()
         return 0 if row is None else row[0]
 
-    def save(self, next_block: int, found: list[OpenRequest] | tuple[()] = ()) -> None:
-        """Keep ``found`` (idempotently) and move the cursor, in one transaction."""
+    def save(self, next_block: int, found: Sequence[OpenRequest] = ()) -> list[OpenRequest]:
+        """Keep ``found`` (idempotently: a request kept before, open or closed, is not kept
+        again) and move the cursor, in one transaction; returns the requests that were new."""
+        new = []
         with self._conn:
             self._conn.execute("BEGIN")
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO watcher_requests VALUES (?, ?, ?, ?, ?, ?)",
-                [
+            for r in found:
+                cursor = self._conn.execute(
+                    "INSERT OR IGNORE INTO watcher_requests"
+                    " (court, digest, request_id, order_json, requested_at, deadline)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
                     (
                         self._key,
                         "0x" + r.digest.hex(),
@@ -116,21 +123,23 @@ class CursorStore:
                         json.dumps(r.order.to_wire()),
                         r.requested_at,
                         r.deadline,
-                    )
-                    for r in found
-                ],
-            )
+                    ),
+                )
+                if cursor.rowcount:
+                    new.append(r)
             self._conn.execute(
                 "INSERT INTO watcher_cursor VALUES (?, ?)"
                 " ON CONFLICT(court) DO UPDATE SET next_block = excluded.next_block",
                 (self._key, next_block),
             )
+        return new
 
     def open_requests(self, limit: int = MAX_ANSWERS_PER_POLL) -> list[OpenRequest]:
         """The open requests, the most urgent first."""
         rows = self._conn.execute(
             "SELECT digest, request_id, order_json, requested_at, deadline"
-            " FROM watcher_requests WHERE court = ? ORDER BY deadline, request_id LIMIT ?",
+            " FROM watcher_requests WHERE court = ? AND closed = 0"
+            " ORDER BY deadline, request_id LIMIT ?",
             (self._key, limit),
         ).fetchall()
         return [
@@ -141,9 +150,10 @@ class CursorStore:
         ]
 
     def close_request(self, digest: bytes) -> None:
+        """The request is settled (or past its deadline): never answered again."""
         with self._conn:
             self._conn.execute(
-                "DELETE FROM watcher_requests WHERE court = ? AND digest = ?",
+                "UPDATE watcher_requests SET closed = 1 WHERE court = ? AND digest = ?",
                 (self._key, "0x" + digest.hex()),
             )
 
@@ -257,7 +267,7 @@ class ChainWatcher:
     async def _read_requests(self) -> None:
         """Keep every new ``CancelRequested`` as an open request and move the cursor."""
         head = await trio.to_thread.run_sync(self.court.chain.block_number)
-        start = await trio.to_thread.run_sync(self._cursor.load)
+        start = max(0, await trio.to_thread.run_sync(self._cursor.load) - REORG_DEPTH)
         while start <= head:
             end = min(head, start + MAX_BLOCK_RANGE - 1)
             logs = await trio.to_thread.run_sync(
@@ -267,8 +277,12 @@ class ChainWatcher:
                 end,
                 (self._requested_topic,),
             )
-            found = [r for log in logs if (r := self._read(log)) is not None]
-            await trio.to_thread.run_sync(self._cursor.save, end + 1, found)  # an fsync
+            read = {r.digest: (r, log) for log in logs if (r := self._read(log)) is not None}
+            found = [r for r, _ in read.values()]
+            new = await trio.to_thread.run_sync(self._cursor.save, end + 1, found)  # an fsync
+            for request in new:
+                fields = {**_log_fields(read[request.digest][1]), **_request_fields(request)}
+                LOGGER.info("forced_cancel_seen", extra={"fields": fields})
             start = end + 1
 
     def _read(self, log: Log) -> OpenRequest | None:
@@ -284,17 +298,6 @@ class ChainWatcher:
                 extra={"fields": {**_log_fields(log), "error": f"{type(exc).__name__}: {exc}"}},
             )
             return None
-        LOGGER.info(
-            "forced_cancel_seen",
-            extra={
-                "fields": {
-                    **_log_fields(log),
-                    "digest": "0x" + event.digest.hex(),
-                    "request_id": event.request_id,
-                    "deadline": event.deadline,
-                }
-            },
-        )
         return OpenRequest(
             event.digest, event.request_id, event.order, event.requested_at, event.deadline
         )
@@ -329,7 +332,8 @@ class ChainWatcher:
             )
         except TransactionReverted as exc:
             LOGGER.warning(
-                "answer_refused", extra={"fields": {**_request_fields(request), "reason": exc.reason}}
+                "answer_refused",
+                extra={"fields": {**_request_fields(request), "reason": exc.reason}},
             )
             return 0
         await trio.to_thread.run_sync(self._cursor.close_request, request.digest)
