@@ -29,6 +29,17 @@ def _claims(world: World, receipt: object) -> list[dict]:
     return [e.args for e in world.court.events(receipt) if e.name == "Slashed"]
 
 
+def _files_one_claim(world: World, reverts, offence: Offence, prove, *args: object) -> None:
+    """``prove(world.bob, *args)`` files one claim of ``offence`` for Alice, the order's
+    owner, and the same proof again is refused."""
+    receipt = prove(world.bob, *args)
+    assert [(c["offence"], c["owner"]) for c in _claims(world, receipt)] == [
+        (offence, world.alice.address)
+    ]
+    with reverts("court: offence already proven"):
+        prove(world.bob, *args)
+
+
 def _counted_fill(world: World, order: Order) -> tuple[Fill, bytes]:
     """The fill NOTE counts last: seq 5, total 3."""
     return world.fill(order, seq=5, amount=1, filled_total=3)
@@ -164,12 +175,12 @@ def test_two_different_notes_for_one_order_file_one_claim(world, reverts):
     order, _ = world.order(world.alice)
     note1, sig1 = _note(world, order)
     note2, sig2 = _note(world, order, pending_amount=1)
-    receipt = world.court.prove_equivocation_notes(world.bob, order, note1, sig1, note2, sig2)
-    assert [(c["offence"], c["owner"]) for c in _claims(world, receipt)] == [
-        (Offence.NOTE_EQUIVOCATION, world.alice.address)
-    ]
-    with reverts("court: offence already proven"):
-        world.court.prove_equivocation_notes(world.bob, order, note2, sig2, note1, sig1)
+    prove = world.court.prove_equivocation_notes
+    _files_one_claim(
+        world, reverts, Offence.NOTE_EQUIVOCATION, prove, order, note1, sig1, note2, sig2
+    )
+    with reverts("court: offence already proven"):  # the pair the other way round
+        prove(world.bob, order, note2, sig2, note1, sig1)
 
 
 def test_the_same_note_twice_is_not_equivocation(world, reverts):
@@ -208,12 +219,12 @@ def test_fills_whose_total_does_not_grow_with_seq_file_a_claim(world, reverts, f
     (s1, a1, t1), (s2, a2, t2) = first, second
     fill1, sig1 = world.fill(order, seq=s1, amount=a1, filled_total=t1)
     fill2, sig2 = world.fill(order, seq=s2, amount=a2, filled_total=t2)
+    prove = world.court.prove_equivocation_fills
     with reverts("court: fills not in seq order"):
-        world.court.prove_equivocation_fills(world.bob, order, fill2, sig2, fill1, sig1)
-    receipt = world.court.prove_equivocation_fills(world.bob, order, fill1, sig1, fill2, sig2)
-    assert [c["offence"] for c in _claims(world, receipt)] == [Offence.FILLS_OUT_OF_ORDER]
-    with reverts("court: offence already proven"):
-        world.court.prove_equivocation_fills(world.bob, order, fill1, sig1, fill2, sig2)
+        prove(world.bob, order, fill2, sig2, fill1, sig1)
+    _files_one_claim(
+        world, reverts, Offence.FILLS_OUT_OF_ORDER, prove, order, fill1, sig1, fill2, sig2
+    )
 
 
 def test_fills_of_different_orders_with_different_seqs_are_not_equivocation(world, reverts):
@@ -240,12 +251,8 @@ def test_a_self_contradictory_fill_files_one_claim(world, reverts, change, amoun
     if change:
         fill = attrs.evolve(fill, sender=make_sender(world.bob.address))
     sig = fill.sign(world.operator, world.court.domain)
-    receipt = world.court.prove_malformed_fill(world.bob, order, fill, sig)
-    assert [(c["offence"], c["owner"]) for c in _claims(world, receipt)] == [
-        (Offence.MALFORMED_FILL, world.alice.address)
-    ]
-    with reverts("court: offence already proven"):
-        world.court.prove_malformed_fill(world.bob, order, fill, sig)
+    prove = world.court.prove_malformed_fill
+    _files_one_claim(world, reverts, Offence.MALFORMED_FILL, prove, order, fill, sig)
 
 
 def test_a_well_formed_fill_is_not_malformed(world, reverts):
@@ -291,12 +298,8 @@ def test_a_note_out_of_bounds_files_a_claim_and_says_which_bound(world, reverts,
     note = attrs.evolve(note, **change)
     sig = note.sign(world.operator, world.court.domain)
     assert rules.note_fault(order, note, MAX_PENDING_MS) == reason
-    receipt = world.court.prove_bad_note(world.bob, order, note, sig)
-    assert [(c["offence"], c["owner"]) for c in _claims(world, receipt)] == [
-        (Offence.NOTE_OUT_OF_BOUNDS, world.alice.address)
-    ]
-    with reverts("court: offence already proven"):
-        world.court.prove_bad_note(world.bob, order, note, sig)
+    prove = world.court.prove_bad_note
+    _files_one_claim(world, reverts, Offence.NOTE_OUT_OF_BOUNDS, prove, order, note, sig)
 
 
 def test_a_note_within_its_bounds_is_not_provable(world, reverts):
@@ -324,12 +327,7 @@ def test_a_note_within_its_bounds_is_not_provable(world, reverts):
 def test_a_fill_beyond_the_orders_terms_files_one_claim(world, reverts, amount, fill_kw):
     order, _ = world.order(world.alice, amount=amount)
     fill, sig = world.fill(order, **({"seq": 4, "amount": 1, "filled_total": 1} | fill_kw))
-    receipt = world.court.prove_bad_fill(world.bob, order, fill, sig)
-    assert [(c["offence"], c["owner"]) for c in _claims(world, receipt)] == [
-        (Offence.BAD_FILL, world.alice.address)
-    ]
-    with reverts("court: offence already proven"):
-        world.court.prove_bad_fill(world.bob, order, fill, sig)
+    _files_one_claim(world, reverts, Offence.BAD_FILL, world.court.prove_bad_fill, order, fill, sig)
 
 
 @pytest.mark.parametrize(

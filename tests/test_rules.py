@@ -137,28 +137,24 @@ def test_fill_after_note_predicate_is_the_courts(setup, data, index):
     assert accepts(setup.court, "proveFillAfterNote", *args) == expected
 
 
+@pytest.mark.parametrize(
+    ("messages", "predicate", "function"),
+    [
+        (notes, rules.note_equivocation, "proveEquivocationNotes"),
+        (fills, rules.fill_contradiction, "proveEquivocationFills"),
+    ],
+    ids=["notes", "fills"],
+)
 @SETTINGS
 @given(data=st.data(), index=indexes)
-def test_note_equivocation_predicate_is_the_courts(setup, data, index):
-    note1, note2 = data.draw(notes(setup)), data.draw(notes(setup))
+def test_equivocation_predicates_are_the_courts(setup, data, index, messages, predicate, function):
+    first, second = data.draw(messages(setup)), data.draw(messages(setup))
     if data.draw(st.booleans()):
-        note1 = attrs.evolve(note1, order_digest=setup.digest(index))
-        note2 = attrs.evolve(note2, order_digest=setup.digest(index))
-    expected = rules.note_equivocation(setup.digest(index), note1, note2) is not None
-    args = (setup.orders[index], note1, sign(setup.court, note1), note2, sign(setup.court, note2))
-    assert accepts(setup.court, "proveEquivocationNotes", *args) == expected
-
-
-@SETTINGS
-@given(data=st.data(), index=indexes)
-def test_fill_contradiction_predicate_is_the_courts(setup, data, index):
-    fill1, fill2 = data.draw(fills(setup)), data.draw(fills(setup))
-    if data.draw(st.booleans()):
-        fill1 = attrs.evolve(fill1, order_digest=setup.digest(index))
-        fill2 = attrs.evolve(fill2, order_digest=setup.digest(index))
-    expected = rules.fill_contradiction(setup.digest(index), fill1, fill2) is not None
-    args = (setup.orders[index], fill1, sign(setup.court, fill1), fill2, sign(setup.court, fill2))
-    assert accepts(setup.court, "proveEquivocationFills", *args) == expected
+        first = attrs.evolve(first, order_digest=setup.digest(index))
+        second = attrs.evolve(second, order_digest=setup.digest(index))
+    expected = predicate(setup.digest(index), first, second) is not None
+    args = (setup.orders[index], first, sign(setup.court, first), second, sign(setup.court, second))
+    assert accepts(setup.court, function, *args) == expected
 
 
 @SETTINGS

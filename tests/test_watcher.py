@@ -362,3 +362,19 @@ async def test_a_request_in_a_block_behind_the_cursor_is_still_answered(world, t
     await trio.sleep(5 * POLL_S)  # read again at every poll, answered once
     assert operator.watcher.answered == 1
     await operator.stop()
+
+
+async def test_requests_kept_are_answered_while_reading_the_chain_fails(world, tmp_path, nursery):
+    operator = Operator(world, tmp_path / "j.sqlite")
+    order, _ = world.order(world.alice)
+    world.court.request_cancel(world.alice, order)
+    await operator.watcher._read_requests()  # kept, not yet answered
+
+    def refuse(*args):
+        raise RuntimeError("the node refuses eth_getLogs")
+
+    operator.watcher.court.chain.get_logs = refuse  # type: ignore[method-assign]
+    await operator.start(nursery)
+    await wait_answered(world, order.digest(world.court.domain))
+    assert operator.watcher.failures >= 1
+    await operator.stop()

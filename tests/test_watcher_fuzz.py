@@ -17,8 +17,6 @@ import json
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -26,15 +24,13 @@ import attrs
 import pytest
 import trio
 from conftest import deploy_test_contract, dirty_relayed_request, forward
-from test_crash import _read_line, _start_operator
+from test_crash import _start_operator, served_court
 from test_server import PRICE, SIZE, connect
 
-from cancelnote import keystore
 from cancelnote.crypto import Signer, to_checksum
-from cancelnote.dispute.chain import TransactionReverted
-from cancelnote.dispute.court import DEV_PARAMETERS, CancelState, Court
+from cancelnote.dispute.chain import Chain, TransactionReverted
+from cancelnote.dispute.court import CancelState, Court
 from cancelnote.dispute.inprocess import dev_account
-from cancelnote.dispute.jsonrpc import JsonRpcChain
 from cancelnote.messages import Cancellation, Order, make_nonce, make_sender
 from cancelnote.operator.server import wall_clock_ms
 from cancelnote.operator.testing import Trader
@@ -60,7 +56,7 @@ KINDS = (
 class Fuzz:
     """The chain side of the fuzz: a court, its keys and the requests made so far."""
 
-    chain: JsonRpcChain
+    chain: Chain
     court: Court
     owners: list[Signer]
     relayer: Signer
@@ -144,17 +140,6 @@ class Fuzz:
         return court.encode_call("requestCancelSigned", order, cancellation, sig)
 
 
-async def _serve_chain() -> tuple[trio.Process, str]:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "cancelnote.cli", "chain", "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-    )
-    line = b""
-    while not line.startswith(b"Listening on "):
-        line = await _read_line(process)
-    return process, line.decode().strip().removeprefix("Listening on ")
-
-
 def _rewind_cursor(db: Path) -> None:
     """What a reorg (or a crash before the cursor moved) does: every request comes again."""
     with sqlite3.connect(db) as conn:
@@ -172,27 +157,18 @@ async def _trade(port: int, trader: Trader, served: list[int], stop: trio.Event)
 
 
 async def test_operator_answers_every_hostile_forced_cancel_and_keeps_serving(tmp_path):
-    chain_process, url = await _serve_chain()
-    try:
-        chain = await trio.to_thread.run_sync(JsonRpcChain, url)
-        deployer, relayer = dev_account(0), dev_account(1)
-        (tmp_path / "password").write_text("fuzz\n")
-        operator = keystore.create(tmp_path / "operator.json", "fuzz", iterations=2**10)
-        court = await trio.to_thread.run_sync(
-            partial(Court.deploy, chain, deployer, operator=operator.address, **DEV_PARAMETERS)
+    async with served_court(tmp_path, "fuzz") as (url, court):
+        chain = court.chain
+        relayer = dev_account(1)
+        wallet = await trio.to_thread.run_sync(
+            deploy_test_contract, chain, dev_account(0), "Forwarder"
         )
-        await trio.to_thread.run_sync(
-            partial(chain.transact, deployer, operator.address, b"", value=10**21)
-        )
-        wallet = await trio.to_thread.run_sync(deploy_test_contract, chain, deployer, "Forwarder")
-        fuzz = Fuzz(chain, court, [dev_account(2), dev_account(3)], relayer, wallet,
-                    random.Random(SEED))  # fmt: skip
+        owners = [dev_account(2), dev_account(3)]
+        fuzz = Fuzz(chain, court, owners, relayer, wallet, random.Random(SEED))
+        chain_args = ("--rpc", url, "--court", to_checksum(court.address))
         process, port, domain = await _start_operator(
-            tmp_path,
-            0,
-            ("--rpc", url, "--court", to_checksum(court.address), "--post-bond",
-             str(3 * 10**18), "--poll-s", "0.05"),
-        )  # fmt: skip
+            tmp_path, 0, (*chain_args, "--post-bond", str(3 * 10**18), "--poll-s", "0.05")
+        )
         try:
             assert domain == court.domain
             trader = Trader(fuzz.owners[0], domain)
@@ -226,17 +202,10 @@ async def test_operator_answers_every_hostile_forced_cancel_and_keeps_serving(tm
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(10):
                 assert await process.wait() == 0
-        events = [
-            json.loads(line)["event"]
-            for line in (tmp_path / "operator-0.log").read_text().splitlines()
-        ]
-        # every request answered once, however often it was read (rewound, re-scanned)
-        assert events.count("forced_cancel_seen") == len(fuzz.accepted)
-        assert events.count("forced_cancel_answered") == len(fuzz.accepted)
-        assert not {"forced_cancel_failed", "forced_cancel_missed", "answer_refused"} & set(events)
-    finally:
-        chain_process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(10):
-            await chain_process.wait()
-        if chain_process.returncode is None:
-            chain_process.kill()
+    events = [
+        json.loads(line)["event"] for line in (tmp_path / "operator-0.log").read_text().splitlines()
+    ]
+    # every request answered once, however often it was read (rewound, re-scanned)
+    assert events.count("forced_cancel_seen") == len(fuzz.accepted)
+    assert events.count("forced_cancel_answered") == len(fuzz.accepted)
+    assert not {"forced_cancel_failed", "forced_cancel_missed", "answer_refused"} & set(events)

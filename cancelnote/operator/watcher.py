@@ -245,8 +245,18 @@ class ChainWatcher:
                 await trio.sleep(self._poll_s)
 
     async def poll(self) -> int:
-        """Read new requests, then answer the open ones; returns how many were answered."""
-        await self._read_requests()
+        """Read new requests, then answer the open ones; returns how many were answered.
+
+        A failure to read (a node refusing ``eth_getLogs``, say) does not hold up the
+        answers to requests already kept: it is logged and the reading retried next poll.
+        """
+        try:
+            await self._read_requests()
+        except Exception as exc:
+            self.failures += 1
+            LOGGER.warning(
+                "watcher_read_failed", extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}}
+            )
         answered = 0
         now_s = await trio.to_thread.run_sync(self.court.chain.timestamp)
         for request in await trio.to_thread.run_sync(self._cursor.open_requests):
