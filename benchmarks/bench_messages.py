@@ -44,6 +44,7 @@ def make_notes(count: int, sender: bytes) -> list[CancellationNote]:
             request_hash=keccak(b"request" + i.to_bytes(8, "big")),
             filled_amount=i * 10**15,
             last_fill_seq=2 * i,
+            last_fill_hash=keccak(b"fill" + i.to_bytes(8, "big")),
             pending_amount=0,
             pending_until_ms=0,
             received_at_ms=1_700_000_000_000 + i,

@@ -2,9 +2,11 @@
 
 Each figure is a whole transaction's gas (21,000 base and calldata included) measured in a
 fresh court, so storage is as cold as it can be: a slot written for the first time costs
-22,100 and a cold read 2,100. Where a later call is cheaper because a slot it credits is
-already non-zero, that case is measured too ("... (payee already credited)"): a payee's
-first credit is one cold zero-to-non-zero write, later ones are 5,000.
+22,100 and a cold read 2,100. The keys of protocol v1 are kept: "(payee already
+credited)" is now a second claim filed in the same claims window (v2 proofs credit no
+one: they file a claim, paid once it vests), and ``requestCancelWithFill`` is gone from
+the court (v2 bounds fills after a forced cancel by the request's time, not a receipt).
+"(first claim of a new window)" is the rarer case that closes an earlier window.
 
     python benchmarks/gas.py --out results/gas.json [--markdown]
 
@@ -18,9 +20,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
+
 from cancelnote.crypto import Signer
 from cancelnote.dispute.chain import Receipt
-from cancelnote.dispute.court import DEV_PARAMETERS, Court
+from cancelnote.dispute.court import DEV_PARAMETERS, Court, Offence
 from cancelnote.dispute.inprocess import InProcessChain
 from cancelnote.messages import (
     Cancellation,
@@ -38,9 +42,11 @@ W = PARAMETERS["answer_window_s"]
 EXIT_DELAY = PARAMETERS["exit_delay_s"]
 PRICE = 2_000 * 10**18
 
-#: Gas targets from the contract's issue; the report marks the operations that miss them.
+CLAIM_DELAY = PARAMETERS["claim_delay_s"]
+
+#: Gas targets from the court v2 issue; the report marks the operations that miss them.
 TARGETS = {
-    "proveFillAfterNote": 60_000,
+    "proveFillAfterNote": 75_000,
     "requestCancel": 60_000,
     "finalize": 60_000,
     "answerCancel": 70_000,
@@ -77,7 +83,9 @@ class Bench:
             nonce=self.nonce,
         )
 
-    def fill(self, order: Order, seq: int, amount: int, total: int, price: int = PRICE) -> Fill:
+    def fill(
+        self, order: Order, seq: int, amount: int, total: int, price: int = PRICE, at_ms: int = 0
+    ) -> Fill:
         return Fill(
             order_digest=order.digest(self.court.domain),
             sender=order.sender,
@@ -85,16 +93,19 @@ class Bench:
             amount=amount,
             filled_total=total,
             price_x18=price,
-            timestamp_ms=1_700_000_000_000 + seq,
+            timestamp_ms=at_ms or 1_700_000_000_000 + seq,
         )
 
     def note(self, order: Order, filled: int = 3 * 10**17) -> CancellationNote:
+        """A note counting ``filled`` up to its fill at seq 41, 0.1 in flight for 90 s."""
+        last = self.fill(order, 41, 10**17, filled)
         return CancellationNote(
             order_digest=order.digest(self.court.domain),
             sender=order.sender,
             request_hash=bytes(32),
             filled_amount=filled,
             last_fill_seq=41,
+            last_fill_hash=last.struct_hash(),
             pending_amount=10**17,
             pending_until_ms=1_700_000_090_000,
             received_at_ms=1_700_000_000_000,
@@ -105,7 +116,7 @@ class Bench:
         order = self.order()
         note, fill = self.note(order), self.fill(order, 43, 10**17, 5 * 10**17)
         return self.court.prove_fill_after_note(
-            self.bob, note, self.sign(note), fill, self.sign(fill)
+            self.bob, order, note, self.sign(note), fill, self.sign(fill)
         )
 
     def requested(self) -> Order:
@@ -116,43 +127,50 @@ class Bench:
     def defaulted(self) -> Order:
         order = self.requested()
         self.chain.increase_time(W + 1)
-        self.court.finalize(self.bob, order.digest(self.court.domain))
+        self.court.finalize(self.bob, order)
         return order
 
 
 def _equivocation_notes(b: Bench) -> Receipt:
     order = b.order()
     note1, note2 = b.note(order), b.note(order, filled=2 * 10**17)
-    return b.court.prove_equivocation_notes(b.bob, note1, b.sign(note1), note2, b.sign(note2))
+    return b.court.prove_equivocation_notes(
+        b.bob, order, note1, b.sign(note1), note2, b.sign(note2)
+    )
 
 
 def _equivocation_same_seq(b: Bench) -> Receipt:
     order = b.order()
     fill1, fill2 = b.fill(order, 7, 10**17, 10**17), b.fill(order, 7, 2 * 10**17, 2 * 10**17)
-    return b.court.prove_equivocation_fills(b.bob, fill1, b.sign(fill1), fill2, b.sign(fill2))
+    return b.court.prove_equivocation_fills(
+        b.bob, order, fill1, b.sign(fill1), fill2, b.sign(fill2)
+    )
 
 
 def _equivocation_out_of_order(b: Bench) -> Receipt:
     order = b.order()
     fill1, fill2 = b.fill(order, 7, 10**17, 3 * 10**17), b.fill(order, 9, 10**17, 3 * 10**17)
-    return b.court.prove_equivocation_fills(b.bob, fill1, b.sign(fill1), fill2, b.sign(fill2))
+    return b.court.prove_equivocation_fills(
+        b.bob, order, fill1, b.sign(fill1), fill2, b.sign(fill2)
+    )
 
 
 def _malformed_fill(b: Bench) -> Receipt:
-    fill = b.fill(b.order(), 7, 0, 10**17)
-    return b.court.prove_malformed_fill(b.bob, fill, b.sign(fill))
+    order = b.order()
+    fill = b.fill(order, 7, 0, 10**17)
+    return b.court.prove_malformed_fill(b.bob, order, fill, b.sign(fill))
 
 
 def _bad_fill(b: Bench) -> Receipt:
     order = b.order()
     fill = b.fill(order, 7, 10**17, 10**17, price=PRICE + 1)
-    return b.court.prove_bad_fill(b.bob, order, b.sign(order, b.alice), fill, b.sign(fill))
+    return b.court.prove_bad_fill(b.bob, order, fill, b.sign(fill))
 
 
-def _request_cancel_with_fill(b: Bench) -> Receipt:
+def _bad_note(b: Bench) -> Receipt:
     order = b.order()
-    fill = b.fill(order, 7, 10**17, 10**17)
-    return b.court.request_cancel_with_fill(b.alice, order, fill, b.sign(fill))
+    note = attrs.evolve(b.note(order), pending_amount=10**18)  # promises more than the order
+    return b.court.prove_bad_note(b.bob, order, note, b.sign(note))
 
 
 def _request_cancel_signed(b: Bench) -> Receipt:
@@ -168,15 +186,23 @@ def _request_cancel_signed(b: Bench) -> Receipt:
     )
 
 
+def _answered(b: Bench) -> Order:
+    order = b.requested()
+    note = b.note(order)
+    b.court.answer_cancel(b.bob, order, note, b.sign(note))
+    return order
+
+
 def _answer(b: Bench) -> Receipt:
-    note = b.note(b.requested())
-    return b.court.answer_cancel(b.bob, note, b.sign(note))
+    order = b.requested()
+    note = b.note(order)
+    return b.court.answer_cancel(b.bob, order, note, b.sign(note))
 
 
 def _finalize(b: Bench) -> Receipt:
     order = b.requested()
     b.chain.increase_time(W + 1)
-    return b.court.finalize(b.bob, order.digest(b.court.domain))
+    return b.court.finalize(b.bob, order)
 
 
 def _finalize_again(b: Bench) -> Receipt:
@@ -185,18 +211,55 @@ def _finalize_again(b: Bench) -> Receipt:
 
 
 def _fill_above_cap(b: Bench) -> Receipt:
-    fill = b.fill(b.defaulted(), 50, 10**17, 10**17)
-    return b.court.prove_fill_above_cap(b.bob, fill, b.sign(fill))
+    order = _answered(b)
+    fill = b.fill(order, 50, 10**17, 5 * 10**17)
+    return b.court.prove_fill_above_cap(b.bob, order, fill, b.sign(fill))
+
+
+def _fill_after_request(b: Bench) -> Receipt:
+    order = b.requested()
+    late_ms = (b.chain.timestamp() + 3_600) * 1000
+    fill = b.fill(order, 50, 10**17, 10**17, at_ms=late_ms)
+    return b.court.prove_fill_after_request(b.bob, order, fill, b.sign(fill))
+
+
+def _claimed(b: Bench) -> Order:
+    """A fill-after-note claim of Alice's, vested."""
+    order = b.order()
+    note, fill = b.note(order), b.fill(order, 43, 10**17, 5 * 10**17)
+    b.court.prove_fill_after_note(b.bob, order, note, b.sign(note), fill, b.sign(fill))
+    b.chain.increase_time(2 * CLAIM_DELAY)
+    return order
+
+
+def _settle(b: Bench) -> Receipt:
+    _claimed(b)
+    return b.court.settle(b.bob, 1)
+
+
+def _claim(b: Bench) -> Receipt:
+    return b.court.claim(b.bob, _claimed(b), Offence.FILL_AFTER_NOTE)
+
+
+def _claim_default(b: Bench) -> Receipt:
+    order = b.defaulted()
+    b.chain.increase_time(2 * CLAIM_DELAY)
+    return b.court.claim(b.bob, order, Offence.DEFAULT)
+
+
+def _send_burn(b: Bench) -> Receipt:
+    _claim(b)
+    return b.court.send_burn(b.bob)
 
 
 def _withdraw(b: Bench) -> Receipt:
-    b.fill_after_note()
+    _claim(b)
     return b.court.withdraw(b.alice)
 
 
 def _withdraw_bond(b: Bench) -> Receipt:
     b.court.announce_exit(b.operator)
-    b.chain.increase_time(EXIT_DELAY)
+    b.chain.increase_time(EXIT_DELAY + CLAIM_DELAY)
     return b.court.withdraw_bond(b.operator)
 
 
@@ -205,23 +268,35 @@ def _fill_after_note_again(b: Bench) -> Receipt:
     return b.fill_after_note()
 
 
+def _fill_after_note_new_window(b: Bench) -> Receipt:
+    b.fill_after_note()
+    b.chain.increase_time(CLAIM_DELAY)
+    return b.fill_after_note()
+
+
 #: operation -> how to run it in a fresh bench (the receipt measured is the last one).
 OPERATIONS: dict[str, Callable[[Bench], Receipt]] = {
     "depositBond": lambda b: b.bond_receipt,
     "proveFillAfterNote": Bench.fill_after_note,
     "proveFillAfterNote (payee already credited)": _fill_after_note_again,
+    "proveFillAfterNote (first claim of a new window)": _fill_after_note_new_window,
     "proveEquivocationNotes": _equivocation_notes,
     "proveEquivocationFills (same seq)": _equivocation_same_seq,
     "proveEquivocationFills (total not growing)": _equivocation_out_of_order,
     "proveMalformedFill": _malformed_fill,
     "proveBadFill": _bad_fill,
+    "proveBadNote": _bad_note,
     "requestCancel": lambda b: b.court.request_cancel(b.alice, b.order()),
-    "requestCancelWithFill": _request_cancel_with_fill,
     "requestCancelSigned (relayer)": _request_cancel_signed,
     "answerCancel": _answer,
     "finalize": _finalize,
     "finalize (payee already credited)": _finalize_again,
     "proveFillAboveCap": _fill_above_cap,
+    "proveFillAfterRequest": _fill_after_request,
+    "settle": _settle,
+    "claim": _claim,
+    "claim (default, with the dispute bond back)": _claim_default,
+    "sendBurn": _send_burn,
     "withdraw": _withdraw,
     "announceExit": lambda b: b.court.announce_exit(b.operator),
     "withdrawBond": _withdraw_bond,

@@ -8,7 +8,8 @@ implementation, recovers the same signers. Regenerate the doc's block with
 ``python -m cancelnote.example docs/protocol.md`` (rewrites the block in place).
 
 The story: a client sells 0.5 of product 2 at a limit of 30,000; 0.2 fills; the client
-cancels the rest and the operator answers with a note recording the 0.2.
+cancels the rest and the operator answers with a note recording the 0.2 and naming the
+fill that filled it (its struct hash).
 
 The two private keys are the well-known keys 1 and 2: never send funds to their addresses.
 """
@@ -103,6 +104,7 @@ def build_example() -> Example:
         request_hash=cancellation.digest(domain),
         filled_amount=fill.filled_total,
         last_fill_seq=fill.seq,
+        last_fill_hash=fill.struct_hash(),
         pending_amount=0,
         pending_until_ms=0,
         received_at_ms=T0_MS + 60_012,
@@ -209,7 +211,8 @@ def render_example() -> str:
                 cancel_extra,
             ),
             _message_section(
-                "CancellationNote (operator-signed; requestHash = the Cancellation's digest)",
+                "CancellationNote (operator-signed; requestHash = the Cancellation's digest,"
+                " lastFillHash = the Fill's struct hash)",
                 ex.note,
                 ex.note_signature,
                 domain,

@@ -1,4 +1,4 @@
-"""The signed messages of protocol v1, each defined exactly once.
+"""The signed messages of protocol v2, each defined exactly once.
 
 Each class below is the one definition of its message: its attrs fields carry the
 Solidity type and the wire (and EIP-712) name, and the EIP-712 type string, the struct
@@ -39,7 +39,7 @@ from .crypto import (
 from .errors import MessageError, SignatureError
 
 DOMAIN_NAME = "cancelnote"
-DOMAIN_VERSION = "1"
+DOMAIN_VERSION = "2"
 DOMAIN_TYPE_STRING = (
     "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
@@ -211,13 +211,14 @@ def _address_bytes(value: object) -> bytes:
 class Domain:
     """Binds a signature to one chain and one court contract.
 
-    ``{name: "cancelnote", version: "1", chainId, verifyingContract}``; a signature made
-    for one domain recovers to a different (useless) address in any other.
+    ``{name: "cancelnote", version: "2", chainId, verifyingContract}``; a signature made
+    for one domain recovers to a different (useless) address in any other (a v1
+    signature included: v2 notes say more, so they must not be mistaken for v1 ones).
     """
 
     chain_id: int = attrs.field()
     verifying_contract: bytes = attrs.field(converter=_address_bytes)
-    #: Protocol v1 fixes these; other values exist for EIP-712 test vectors only.
+    #: Protocol v2 fixes these; other values exist for EIP-712 test vectors only.
     name: str = attrs.field(default=DOMAIN_NAME, kw_only=True)
     version: str = attrs.field(default=DOMAIN_VERSION, kw_only=True)
 
@@ -438,8 +439,10 @@ class CancellationNote(SignedMessage):
     The operator promises that the order's cumulative fill never exceeds
     ``filled_amount + pending_amount``, that only fills already in flight (up to
     ``pending_amount``, until ``pending_until_ms``) may still settle, and that every fill
-    with ``seq <= last_fill_seq`` is counted in ``filled_amount``. ``request_hash`` is the
-    EIP-712 digest of the client request answered (zero when none: an on-chain request).
+    with ``seq <= last_fill_seq`` is counted in ``filled_amount``; ``last_fill_hash`` is
+    the struct hash of the fill at ``last_fill_seq`` (zero when it counts none), so the
+    fill it counts is fixed when it is signed. ``request_hash`` is the EIP-712 digest of
+    the client request answered (zero when none: an on-chain request).
     """
 
     order_digest: bytes = _field("bytes32", "digest")
@@ -447,6 +450,7 @@ class CancellationNote(SignedMessage):
     request_hash: bytes = _field("bytes32", "requestHash")
     filled_amount: int = _field("uint128", "filledAmount")
     last_fill_seq: int = _field("uint64", "lastFillSeq")
+    last_fill_hash: bytes = _field("bytes32", "lastFillHash")
     pending_amount: int = _field("uint128", "pendingAmount")
     pending_until_ms: int = _field("uint64", "pendingUntilMs")
     received_at_ms: int = _field("uint64", "receivedAtMs")

@@ -3,31 +3,49 @@
 @title CancelCourt
 @custom:contract-name CancelCourt
 @license MIT
-@notice The dispute court of cancelnote (protocol v1, docs/protocol.md).
+@notice The dispute court of cancelnote (protocol v2, docs/protocol.md).
         The operator of an off-chain exchange deposits a bond, signs every fill
         and answers every cancel with a signed cancellation note. This contract
-        decides disputes from that evidence alone: it slashes the operator's
-        bond for each proven offence and credits the victim, and it lets an
-        order's owner force a cancel on-chain when the operator ignores one.
+        decides disputes from that evidence alone: each proven offence files a
+        claim of one penalty for the order's owner, paid from the bond once it
+        vests (a share burnt), and it lets an order's owner force a cancel
+        on-chain when the operator ignores one.
 @dev Every message is EIP-712 typed data in the domain
-     {name: "cancelnote", version: "1", chainId, verifyingContract: self}; the
+     {name: "cancelnote", version: "2", chainId, verifyingContract: self}; the
      type strings below equal `cancelnote/messages.py` character for character
      (tests/test_court_build.py checks it).
 
-     Offences (each paid at most once, keyed as noted; never by signature):
-       1  fill after note   (rule 1 a-e, and a fill above a recorded cap)  per digest
-       2  note equivocation (two different notes for one digest)           per digest
-       3  fill equivocation (two different fills with one seq)             per seq
-       4  fills out of order (filledTotal does not grow with seq)          per digest
-       5  malformed fill    (amount == 0 or filledTotal < amount)          per digest
-       6  bad fill          (worse than the order's limit, or overfilled)  per digest
-       7  default           (forced cancel left unanswered for W seconds)  per request
+     Every proof takes the owner's `Order`: the court recomputes its digest,
+     requires the operator's messages to be about that digest, and files the
+     claim for the order's owner. So the payee is proven by the order, never
+     named by the operator, and "paid once" is per (digest, offence).
 
-     Storage is packed by hand where a claim must touch it (one slot each):
+     Offences (each claimed at most once per order digest):
+       1  fill after note   (rule 1 a-f; above a forced cancel's cap; after it)
+       2  note equivocation (two different notes for one digest)
+       3  fill equivocation (two different fills with one seq)
+       4  fills out of order (filledTotal does not grow with seq)
+       5  malformed fill    (amount 0, filledTotal < amount, not the order's sender)
+       6  bad fill          (worse than the order's limit, or overfilled)
+       7  default           (forced cancel left unanswered for W seconds)
+       8  note out of bounds (a note breaking a bound of the order it answers)
+
+     Claims are paid in windows. A window opens with its first claim, takes
+     claims for `claimDelay` seconds and vests `claimDelay` after it closes;
+     a vested window is paid from the bond in window order, pro rata when the
+     bond is short, `burnShareBps` of every payment to `burnAddress`. What is
+     paid short stays owed: a later deposit pays it.
+
+     Storage is packed by hand (one slot each):
        _operator_word:  bond (128) | exitAnnouncedAt (64) | defaults (32) | halted (1)
                         | answers (31): answers not yet withdrawn, each worth disputeBond
-       _requests[d]:    owner (160) | deadline (64) | status (8) | relayed (1)
-       _claims[d]:      cap (160) | paid-offence bits (96)
+       _ledger:         open window (32) | its opening (40) | its claims (32)
+                        | claims ever (48) | next request id (48)
+       _settled:        taken from the bond by windows (128) | burnt, not sent (128)
+       _windows[w]:     claims (32) | taken (128) | opening (40)
+       _claims[d][o]:   window (32) | paid to the owner (128)
+       _requests[d]:    cap, or the default's paid amount (128) | requestedAt (40)
+                        | default's window (32) | status (8) | relayed (1) | refunded (1)
 """
 
 
@@ -36,7 +54,7 @@ _DOMAIN_TYPEHASH: constant(bytes32) = keccak256(
     "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
 _NAME_HASH: constant(bytes32) = keccak256("cancelnote")
-_VERSION_HASH: constant(bytes32) = keccak256("1")
+_VERSION_HASH: constant(bytes32) = keccak256("2")
 
 
 # @dev The type hashes of the signed messages: must equal `messages.py`'s TYPE_STRING.
@@ -50,7 +68,7 @@ FILL_TYPEHASH: public(constant(bytes32)) = keccak256(
     "Fill(bytes32 digest,bytes32 sender,uint64 seq,uint128 amount,uint128 filledTotal,int128 priceX18,uint64 timestampMs)"
 )
 CANCELLATION_NOTE_TYPEHASH: public(constant(bytes32)) = keccak256(
-    "CancellationNote(bytes32 digest,bytes32 sender,bytes32 requestHash,uint128 filledAmount,uint64 lastFillSeq,uint128 pendingAmount,uint64 pendingUntilMs,uint64 receivedAtMs,uint64 seq)"
+    "CancellationNote(bytes32 digest,bytes32 sender,bytes32 requestHash,uint128 filledAmount,uint64 lastFillSeq,bytes32 lastFillHash,uint128 pendingAmount,uint64 pendingUntilMs,uint64 receivedAtMs,uint64 seq)"
 )
 
 
@@ -68,7 +86,7 @@ _SECP256K1N_HALF: constant(uint256) = (
 )
 
 
-# @dev Offence kinds, as logged in `Slashed` and queried by `offencePaid`.
+# @dev Offence kinds, as logged in `Slashed` and queried by `claimOf`.
 OFFENCE_FILL_AFTER_NOTE: public(constant(uint8)) = 1
 OFFENCE_NOTE_EQUIVOCATION: public(constant(uint8)) = 2
 OFFENCE_FILL_EQUIVOCATION: public(constant(uint8)) = 3
@@ -76,6 +94,7 @@ OFFENCE_FILLS_OUT_OF_ORDER: public(constant(uint8)) = 4
 OFFENCE_MALFORMED_FILL: public(constant(uint8)) = 5
 OFFENCE_BAD_FILL: public(constant(uint8)) = 6
 OFFENCE_DEFAULT: public(constant(uint8)) = 7
+OFFENCE_NOTE_OUT_OF_BOUNDS: public(constant(uint8)) = 8
 
 
 # @dev Forced-cancel states, as returned by `cancelStatus`.
@@ -87,25 +106,37 @@ STATUS_DEFAULTED: public(constant(uint8)) = 3
 
 # @dev Bit layout of the packed words (see the module docstring).
 _MASK_32: constant(uint256) = 2**32 - 1
+_MASK_40: constant(uint256) = 2**40 - 1
+_MASK_48: constant(uint256) = 2**48 - 1
 _MASK_64: constant(uint256) = 2**64 - 1
 _MASK_128: constant(uint256) = 2**128 - 1
-_MASK_160: constant(uint256) = 2**160 - 1
 _EXIT_SHIFT: constant(uint256) = 128
 _DEFAULTS_SHIFT: constant(uint256) = 192
 _HALTED_SHIFT: constant(uint256) = 224
 _ANSWERS_SHIFT: constant(uint256) = 225
 _MAX_ANSWERS: constant(uint256) = 2**31 - 1
-_DEADLINE_SHIFT: constant(uint256) = 160
-_STATUS_SHIFT: constant(uint256) = 224
-_RELAYED_SHIFT: constant(uint256) = 232
-_MARKS_SHIFT: constant(uint256) = 160
-# @dev A cap is at most filledAmount + pendingAmount < 2**129; 160 bits hold it.
-_CAP_MASK: constant(uint256) = _MASK_160
+_OPENED_SHIFT: constant(uint256) = 32
+_COUNT_SHIFT: constant(uint256) = 72
+_TOTAL_SHIFT: constant(uint256) = 104
+_NEXT_ID_SHIFT: constant(uint256) = 152
+_BURNT_SHIFT: constant(uint256) = 128
+_TAKEN_SHIFT: constant(uint256) = 32
+_WINDOW_OPENED_SHIFT: constant(uint256) = 160
+_PAID_SHIFT: constant(uint256) = 32
+_REQUESTED_AT_SHIFT: constant(uint256) = 128
+_DEFAULT_WINDOW_SHIFT: constant(uint256) = 168
+_STATUS_SHIFT: constant(uint256) = 200
+_RELAYED_SHIFT: constant(uint256) = 208
+_REFUNDED_SHIFT: constant(uint256) = 209
 
 
-# @dev Longest answer window or exit delay (about 136 years): keeps every
-# deadline inside its 64-bit field.
+# @dev Longest answer window, exit delay or claim delay (about 136 years): keeps
+# every deadline inside its field.
 _MAX_DELAY: constant(uint256) = 2**32 - 1
+# @dev Largest penalty: 2**32 claims of it still fit the 128-bit amounts.
+_MAX_PENALTY: constant(uint256) = 2**88 - 1
+# @dev Basis points in a whole (the burn share is out of this).
+_BPS: constant(uint256) = 10_000
 
 
 # @dev A nonce is `recv_time_ms << 20 | random20` (messages.make_nonce).
@@ -116,17 +147,27 @@ _NONCE_RANDOM_BITS: constant(uint256) = 20
 operator: public(immutable(address))
 # @dev W: seconds the operator has to answer a forced cancel.
 answerWindow: public(immutable(uint256))
-# @dev Wei slashed from the bond per proven offence (less if the bond runs short).
+# @dev Wei each proven offence owes its victim (the burn share included).
 penalty: public(immutable(uint256))
 # @dev Smallest bond a deposit may leave.
 minBond: public(immutable(uint256))
 # @dev Wei a forced cancel costs its requester.
 disputeBond: public(immutable(uint256))
-# @dev Seconds between `announceExit` and `withdrawBond`; longer than any order's
-# lifetime plus W, so that every claim can still be proven while the bond is here.
+# @dev Seconds between `announceExit` and the end of the bond's liability; longer
+# than any order's lifetime plus W. The bond leaves `claimDelay` after that.
 exitDelay: public(immutable(uint256))
 # @dev Whether a default halts the operator (a flag that clients and watchers read).
 haltOnDefault: public(immutable(bool))
+# @dev Longest pending window a note may declare, in ms after its receivedAtMs;
+# also how long after a forced cancel a fill may still settle.
+maxPendingMs: public(immutable(uint256))
+# @dev Seconds a claims window stays open, and then seconds until it vests.
+claimDelay: public(immutable(uint256))
+# @dev Share of every payment from the bond, in basis points, sent to `burnAddress`
+# instead of the owner: a proof the operator makes against itself costs it this.
+burnShareBps: public(immutable(uint256))
+# @dev Where the burn share goes (an escrow, or an address nobody controls).
+burnAddress: public(immutable(address))
 
 # @dev The domain separator is cached for the deployment chain and address and
 # rebuilt if either differs (a chain fork with a new id, or a delegatecall).
@@ -144,20 +185,54 @@ struct OperatorState:
     answers: uint256
 
 
+# @dev The claims ledger, as unpacked from `_ledger`.
+struct Ledger:
+    window: uint256
+    openedAt: uint256
+    count: uint256
+    claimsEver: uint256
+    nextRequestId: uint256
+
+
+# @dev One closed claims window, as unpacked from `_windows[w]`.
+struct Window:
+    count: uint256
+    taken: uint256
+    openedAt: uint256
+
+
 # @dev One forced cancel, as unpacked from `_requests[digest]`.
 struct Request:
-    owner: address
-    deadline: uint256
+    amount: uint256
+    requestedAt: uint256
+    window: uint256
     status: uint8
     relayed: bool
+    refunded: bool
 
 
 # @dev The answer of `cancelStatus`.
 struct CancelStatus:
     status: uint8
-    owner: address
+    requestedAt: uint256
     deadline: uint256
     cap: uint256
+
+
+# @dev The answer of `claimOf`.
+struct ClaimStatus:
+    window: uint256
+    paid: uint256
+    entitled: uint256
+    vestsAt: uint256
+
+
+# @dev The answer of `windowOf`.
+struct WindowStatus:
+    count: uint256
+    taken: uint256
+    openedAt: uint256
+    vestsAt: uint256
 
 
 struct Order:
@@ -192,6 +267,7 @@ struct CancellationNote:
     requestHash: bytes32
     filledAmount: uint128
     lastFillSeq: uint64
+    lastFillHash: bytes32
     pendingAmount: uint128
     pendingUntilMs: uint64
     receivedAtMs: uint64
@@ -203,9 +279,11 @@ struct CancellationNote:
 _credits: HashMap[address, uint256]
 
 _operator_word: uint256
+_ledger: uint256
+_settled: uint256
+_windows: HashMap[uint256, uint256]
+_claims: HashMap[bytes32, HashMap[uint8, uint256]]
 _requests: HashMap[bytes32, uint256]
-_claims: HashMap[bytes32, uint256]
-_fill_seq_paid: HashMap[uint64, bool]
 # @dev Who paid the dispute bond of a relayed forced cancel (refunded on default).
 _relayers: HashMap[bytes32, address]
 
@@ -220,44 +298,71 @@ event ExitAnnounced:
     withdrawableAt: uint256
 
 
+# @dev `kept` stays in the bond for claims still owed.
 event BondWithdrawn:
+    amount: uint256
+    kept: uint256
+
+
+# @dev An offence is proven: a claim of `penalty` for `owner`, in claims window
+# `window` (see `windowOf` for when it vests).
+event Slashed:
+    owner: indexed(address)
+    digest: indexed(bytes32)
+    offence: indexed(uint8)
+    window: uint256
+    penalty: uint256
+
+
+# @dev `paid` wei of the claim (plus a refunded dispute bond) credited to its owner.
+event ClaimPaid:
+    owner: indexed(address)
+    digest: indexed(bytes32)
+    offence: indexed(uint8)
+    paid: uint256
+    refund: uint256
+
+
+# @dev A vested window took `taken` of the `owed` its claims are worth from the
+# bond (so far); `taken < owed` is the loud shortfall: the rest stays owed.
+event WindowSettled:
+    window: indexed(uint256)
+    owed: uint256
+    taken: uint256
+
+
+event BurnSent:
     amount: uint256
 
 
-event Slashed:
-    digest: indexed(bytes32)
-    offence: indexed(uint8)
-    victim: indexed(address)
-    paid: uint256
-
-
-# @dev Loud fallback: the bond held less than the penalty, so `paid` < `owed`.
-event SlashShortfall:
-    digest: indexed(bytes32)
-    offence: indexed(uint8)
-    owed: uint256
-    paid: uint256
-
-
+# @dev Everything an answer needs: the order (so an operator that never saw it
+# answers from this event alone), its digest and owner, and the request's id.
 event CancelRequested:
-    digest: indexed(bytes32)
     owner: indexed(address)
+    digest: indexed(bytes32)
     requester: indexed(address)
+    requestId: uint256
+    sender: bytes32
+    productId: uint32
+    priceX18: int128
+    amount: int128
+    expiration: uint64
+    nonce: uint64
+    requestedAt: uint256
     deadline: uint256
-    cap: uint256
 
 
 event CancelAnswered:
+    owner: indexed(address)
     digest: indexed(bytes32)
     cap: uint256
     noteSeq: uint64
 
 
-# @dev The cap stays the one `CancelRequested` logged; `halted` is the court's
-# halt flag after this default.
+# @dev `halted` is the court's halt flag after this default.
 event CancelDefaulted:
-    digest: indexed(bytes32)
     owner: indexed(address)
+    digest: indexed(bytes32)
     defaults: uint256
     halted: bool
 
@@ -276,16 +381,24 @@ def __init__(
     dispute_bond_: uint256,
     exit_delay_: uint256,
     halt_on_default_: bool,
+    max_pending_ms_: uint256,
+    claim_delay_: uint256,
+    burn_share_bps_: uint256,
+    burn_address_: address,
 ):
     """
     @dev Fixes every parameter for the court's lifetime.
     @param operator_ The operator whose fills and notes are evidence.
     @param answer_window_ W: seconds the operator has to answer a forced cancel.
-    @param penalty_ Wei slashed per proven offence.
+    @param penalty_ Wei each proven offence owes its victim.
     @param min_bond_ Smallest bond a deposit may leave; at least `penalty_`.
     @param dispute_bond_ Wei a forced cancel costs its requester.
-    @param exit_delay_ Seconds from `announceExit` to `withdrawBond`; more than W.
+    @param exit_delay_ Seconds from `announceExit` to the end of liability; more than W.
     @param halt_on_default_ Whether a default halts the operator.
+    @param max_pending_ms_ Longest pending window of a note, in ms; at most W.
+    @param claim_delay_ Seconds a claims window stays open, then until it vests.
+    @param burn_share_bps_ Basis points of every payment sent to `burn_address_`.
+    @param burn_address_ Where the burn share goes.
     """
     assert operator_ != empty(address), "court: operator is the zero address"
     assert answer_window_ != 0, "court: answer window is zero"
@@ -293,6 +406,13 @@ def __init__(
     assert exit_delay_ <= _MAX_DELAY, "court: exit delay too long"
     assert min_bond_ >= penalty_, "court: minimum bond below the penalty"
     assert min_bond_ <= _MASK_128, "court: minimum bond too large"
+    assert penalty_ <= _MAX_PENALTY, "court: penalty too large"
+    assert max_pending_ms_ != 0, "court: pending bound is zero"
+    assert max_pending_ms_ <= answer_window_ * 1_000, "court: pending bound beyond the answer window"
+    assert claim_delay_ != 0, "court: claim delay is zero"
+    assert claim_delay_ <= _MAX_DELAY, "court: claim delay too long"
+    assert burn_share_bps_ <= _BPS, "court: burn share above 100%"
+    assert burn_address_ != empty(address), "court: burn address is the zero address"
     operator = operator_
     answerWindow = answer_window_
     penalty = penalty_
@@ -300,9 +420,16 @@ def __init__(
     disputeBond = dispute_bond_
     exitDelay = exit_delay_
     haltOnDefault = halt_on_default_
+    maxPendingMs = max_pending_ms_
+    claimDelay = claim_delay_
+    burnShareBps = burn_share_bps_
+    burnAddress = burn_address_
     _CACHED_CHAIN_ID = chain.id
     _CACHED_SELF = self
     _CACHED_DOMAIN_SEPARATOR = self._build_domain_separator()
+    # Window 1 is the first to open and request ids start at 1; the ledger is thus
+    # never zero, and a first claim or request rewrites a slot rather than creating it.
+    self._store_ledger(Ledger(window=1, openedAt=0, count=0, claimsEver=0, nextRequestId=1))
 
 
 # ---------------------------------------------------------------------------------
@@ -315,7 +442,8 @@ def depositBond():
     """
     @notice Adds `msg.value` to the operator's bond; anyone may top it up.
     @dev The bond must reach `minBond`; no deposit once an exit is announced, so
-         that an exit's delay always covers the whole bond.
+         that an exit's delay always covers the whole bond. A deposit pays
+         claims paid short before: their windows take it when next settled.
     """
     state: OperatorState = self._load_operator()
     assert state.exitAnnouncedAt == 0, "court: exit announced"
@@ -331,33 +459,40 @@ def depositBond():
 def announceExit():
     """
     @notice Starts the exit delay after which the operator may withdraw its bond.
-    @dev Slashing goes on during the delay; it is irrevocable.
+    @dev Proofs go on during the delay; it is irrevocable.
     """
     self._check_operator()
     state: OperatorState = self._load_operator()
     assert state.exitAnnouncedAt == 0, "court: exit already announced"
     state.exitAnnouncedAt = block.timestamp
     self._store_operator(state)
-    log ExitAnnounced(announcedAt=block.timestamp, withdrawableAt=block.timestamp + exitDelay)
+    log ExitAnnounced(
+        announcedAt=block.timestamp, withdrawableAt=block.timestamp + exitDelay + claimDelay
+    )
 
 
 @external
 def withdrawBond():
     """
-    @notice Credits what is left of the bond to the operator, once the exit delay
-            has passed; `withdraw` then pays it out.
-    @dev Resets the exit, so the operator may bond again later.
+    @notice Credits the operator what is left of the bond beyond the claims still
+            owed, once the exit delay and then the claim delay have passed.
+    @dev An offence signed up to the end of the exit delay can still be proven
+         for `claimDelay`; what its claim and every other unpaid claim are owed
+         stays in the bond. Resets the exit, so the operator may bond again.
     """
     self._check_operator()
     state: OperatorState = self._load_operator()
     assert state.exitAnnouncedAt != 0, "court: exit not announced"
-    assert block.timestamp >= state.exitAnnouncedAt + exitDelay, "court: exit delay not over"
-    amount: uint256 = state.bond
-    state.bond = 0
+    assert (
+        block.timestamp >= state.exitAnnouncedAt + exitDelay + claimDelay
+    ), "court: exit delay not over"
+    kept: uint256 = min(state.bond, self._outstanding())
+    amount: uint256 = state.bond - kept
+    state.bond = kept
     state.exitAnnouncedAt = 0
     self._store_operator(state)
     self._credits[operator] += amount
-    log BondWithdrawn(amount=amount)
+    log BondWithdrawn(amount=amount, kept=kept)
 
 
 @external
@@ -381,132 +516,239 @@ def withdraw():
     raw_call(msg.sender, b"", value=amount)
 
 
+@external
+@nonreentrant
+def sendBurn():
+    """
+    @notice Sends the burn share collected so far to `burnAddress`; anyone may.
+    @dev Kept apart from the payments so that a burn address that refuses ether
+         can block nothing but its own transfer.
+    """
+    settled: uint256 = self._settled
+    amount: uint256 = settled >> _BURNT_SHIFT
+    assert amount != 0, "court: nothing to burn"
+    self._settled = settled & _MASK_128
+    log BurnSent(amount=amount)
+    raw_call(burnAddress, b"", value=amount)
+
+
 # ---------------------------------------------------------------------------------
-# Fraud proofs: anyone may submit them.
+# Claims: filed by proofs, paid from the bond once vested.
+
+
+@external
+def settle(window: uint256):
+    """
+    @notice Pays a vested claims window from the bond, as far as the bond goes;
+            anyone may. Windows are paid in order: an earlier window short of
+            its due must be settled (after a deposit) first.
+    @param window The claims window (`Slashed.window`).
+    """
+    assert self._top_up(window), "court: nothing to settle"
+
+
+@external
+def claim(order: Order, offence: uint8):
+    """
+    @notice Credits the owner of `order` its share of the claim for `offence`
+            (and, for a default it requested itself, its dispute bond); anyone
+            may call it once the claim's window has vested.
+    @dev Settles the window first if it can. A claim paid short may be claimed
+         again after the window takes a later deposit.
+    @param order The order the offence concerned.
+    @param offence One of the OFFENCE_* kinds.
+    """
+    digest: bytes32 = self._hash_order(order)
+    owner: address = self._owner_of(order.sender)
+    refund: uint256 = 0
+    window: uint256 = 0
+    paid: uint256 = 0
+    request: Request = empty(Request)
+    if offence == OFFENCE_DEFAULT:
+        request = self._load_request(digest)
+        assert request.status == STATUS_DEFAULTED, "court: no such claim"
+        window = request.window
+        paid = request.amount
+        if not request.relayed and not request.refunded:
+            refund = disputeBond
+            request.refunded = True
+    else:
+        record: uint256 = self._claims[digest][offence]
+        assert record != 0, "court: no such claim"
+        window = record & _MASK_32
+        paid = record >> _PAID_SHIFT
+    assert block.timestamp >= self._vests_at(window), "court: claim not vested"
+    self._top_up(window)
+    entitled: uint256 = self._entitlement(window)
+    assert entitled > paid or refund != 0, "court: nothing to claim"
+    if offence == OFFENCE_DEFAULT:
+        request.amount = entitled
+        self._store_request(digest, request)
+    else:
+        self._claims[digest][offence] = window | (entitled << _PAID_SHIFT)
+    self._credits[owner] += entitled - paid + refund
+    log ClaimPaid(owner=owner, digest=digest, offence=offence, paid=entitled - paid, refund=refund)
+
+
+# ---------------------------------------------------------------------------------
+# Fraud proofs: anyone may submit them; each takes the order and pays its owner.
 
 
 @external
 def proveFillAfterNote(
-    note: CancellationNote, noteSig: Bytes[65], fill: Fill, fillSig: Bytes[65]
+    order: Order, note: CancellationNote, noteSig: Bytes[65], fill: Fill, fillSig: Bytes[65]
 ):
     """
-    @notice Slashes the operator for a fill its own note rules out (rule 1) and
-            credits the order's owner.
+    @notice Files a claim for a fill the operator's own note rules out (rule 1).
     @dev Any of: (a) f.filledTotal > n.filledAmount + n.pendingAmount;
          (b) f.seq > n.seq and n.pendingAmount == 0;
          (c) f.seq > n.seq and f.timestampMs > n.pendingUntilMs;
          (d) n.lastFillSeq < f.seq < n.seq;
-         (e) f.seq <= n.lastFillSeq and f.filledTotal > n.filledAmount.
-    @param note An operator-signed cancellation note.
+         (e) f.seq <= n.lastFillSeq and f.filledTotal > n.filledAmount;
+         (f) f.seq == n.lastFillSeq and f is not the fill the note counts last
+             (its struct hash is not n.lastFillHash, or its total not n.filledAmount).
+         The messages' `sender` fields are not compared: the order names the owner
+         (a wrong sender is an offence of its own).
+    @param order The order both messages are about.
+    @param note An operator-signed cancellation note of that order.
     @param noteSig The operator's signature of `note`.
-    @param fill An operator-signed fill of the same digest and sender.
+    @param fill An operator-signed fill of that order.
     @param fillSig The operator's signature of `fill`.
     """
-    assert note.digest == fill.digest, "court: digests differ"
-    assert note.sender == fill.sender, "court: senders differ"
-    assert self._violates_note(note, fill), "court: no fill after note"
+    digest: bytes32 = self._hash_order(order)
+    assert note.digest == digest, "court: note is for another order"
+    assert fill.digest == digest, "court: fill is for another order"
+    fill_struct: bytes32 = self._struct_hash_fill(fill)
+    assert self._violates_note(note, fill, fill_struct), "court: no fill after note"
     self._check_operator_signature(self._hash_note(note), noteSig)
-    self._check_operator_signature(self._hash_fill(fill), fillSig)
-    self._punish(note.digest, OFFENCE_FILL_AFTER_NOTE, self._owner_of(note.sender))
+    self._check_operator_signature(self._typed_digest(fill_struct), fillSig)
+    self._file(digest, OFFENCE_FILL_AFTER_NOTE, order.sender)
 
 
 @external
 def proveEquivocationNotes(
-    note1: CancellationNote, sig1: Bytes[65], note2: CancellationNote, sig2: Bytes[65]
+    order: Order,
+    note1: CancellationNote,
+    sig1: Bytes[65],
+    note2: CancellationNote,
+    sig2: Bytes[65],
 ):
     """
-    @notice Slashes the operator for two different notes on one digest and
-            credits the owner named by `note1`.
+    @notice Files a claim for two different notes on one order.
     @dev A crashed operator must re-send the same note, never a different one.
          "Different" is of the struct hash, never of the signature bytes.
-    @param note1 An operator-signed note; its sender is paid.
+    @param order The order both notes are about.
+    @param note1 An operator-signed note of that order.
     @param sig1 The operator's signature of `note1`.
-    @param note2 A different operator-signed note for the same digest.
+    @param note2 A different operator-signed note of that order.
     @param sig2 The operator's signature of `note2`.
     """
-    assert note1.digest == note2.digest, "court: digests differ"
+    digest: bytes32 = self._hash_order(order)
+    assert note1.digest == digest and note2.digest == digest, "court: note is for another order"
     hash1: bytes32 = self._hash_note(note1)
     hash2: bytes32 = self._hash_note(note2)
     assert hash1 != hash2, "court: notes are identical"
     self._check_operator_signature(hash1, sig1)
     self._check_operator_signature(hash2, sig2)
-    self._punish(note1.digest, OFFENCE_NOTE_EQUIVOCATION, self._owner_of(note1.sender))
+    self._file(digest, OFFENCE_NOTE_EQUIVOCATION, order.sender)
 
 
 @external
-def proveEquivocationFills(fill1: Fill, sig1: Bytes[65], fill2: Fill, sig2: Bytes[65]):
+def proveEquivocationFills(
+    order: Order, fill1: Fill, sig1: Bytes[65], fill2: Fill, sig2: Bytes[65]
+):
     """
-    @notice Slashes the operator for two fills that cannot both be true, and
-            credits the owner named by `fill1`: either two different fills with
-            one journal seq, or two fills of one digest whose cumulative total
-            does not grow with seq.
-    @dev Same seq: keyed by seq, not digest, so two fills of different orders
-         sharing a seq are one offence, paid once (to the first proof's payee).
-         Different seqs (fill1.seq < fill2.seq, keyed by digest): slashed if
+    @notice Files a claim for two fills that cannot both be true, `fill1` being
+            of `order`: two different fills with one journal seq (`fill2` of any
+            order), or two fills of the order whose cumulative total does not
+            grow with seq.
+    @dev Claims are per (digest, offence), so when one seq is shared by fills of
+         two orders, each order's owner proves with its own order and is paid.
+         Different seqs (fill1.seq < fill2.seq, one order): a claim if
          fill2.filledTotal <= fill1.filledTotal (protocol §12.2 (3)), or if
          fill2.filledTotal < fill1.filledTotal + fill2.amount: a later total
          holds the earlier total plus every amount since, its own included.
-    @param fill1 An operator-signed fill (the earlier, if seqs differ); its
-           sender is paid.
+    @param order The order of `fill1`.
+    @param fill1 An operator-signed fill of the order (the earlier, if seqs differ).
     @param sig1 The operator's signature of `fill1`.
     @param fill2 A second operator-signed fill.
     @param sig2 The operator's signature of `fill2`.
     """
+    digest: bytes32 = self._hash_order(order)
+    assert fill1.digest == digest, "court: fill is for another order"
     hash1: bytes32 = self._hash_fill(fill1)
     hash2: bytes32 = self._hash_fill(fill2)
+    offence: uint8 = OFFENCE_FILL_EQUIVOCATION
     if fill1.seq == fill2.seq:
         assert hash1 != hash2, "court: fills are identical"
     else:
-        assert fill1.digest == fill2.digest, "court: digests differ"
+        assert fill2.digest == digest, "court: fill is for another order"
         assert fill1.seq < fill2.seq, "court: fills not in seq order"
         total1: uint256 = convert(fill1.filledTotal, uint256)
         total2: uint256 = convert(fill2.filledTotal, uint256)
         assert (
             total2 <= total1 or total2 < total1 + convert(fill2.amount, uint256)
         ), "court: fill totals are consistent"
+        offence = OFFENCE_FILLS_OUT_OF_ORDER
     self._check_operator_signature(hash1, sig1)
     self._check_operator_signature(hash2, sig2)
-    victim: address = self._owner_of(fill1.sender)
-    if fill1.seq == fill2.seq:
-        assert not self._fill_seq_paid[fill1.seq], "court: offence already paid"
-        self._fill_seq_paid[fill1.seq] = True
-        self._slash(fill1.digest, OFFENCE_FILL_EQUIVOCATION, victim, 0)
-    else:
-        self._punish(fill1.digest, OFFENCE_FILLS_OUT_OF_ORDER, victim)
+    self._file(digest, offence, order.sender)
 
 
 @external
-def proveMalformedFill(fill: Fill, fillSig: Bytes[65]):
+def proveMalformedFill(order: Order, fill: Fill, fillSig: Bytes[65]):
     """
-    @notice Slashes the operator for a fill that contradicts itself: a zero
-            amount, or a cumulative total below its own amount.
-    @param fill An operator-signed fill; its sender is paid.
+    @notice Files a claim for a fill that contradicts itself or its order: a
+            zero amount, a cumulative total below its own amount, or a sender
+            that is not the order's.
+    @param order The order the fill is of.
+    @param fill An operator-signed fill of that order.
     @param fillSig The operator's signature of `fill`.
     """
-    assert fill.amount == 0 or fill.filledTotal < fill.amount, "court: fill is well formed"
+    digest: bytes32 = self._hash_order(order)
+    assert fill.digest == digest, "court: fill is for another order"
+    assert (
+        fill.amount == 0 or fill.filledTotal < fill.amount or fill.sender != order.sender
+    ), "court: fill is well formed"
     self._check_operator_signature(self._hash_fill(fill), fillSig)
-    self._punish(fill.digest, OFFENCE_MALFORMED_FILL, self._owner_of(fill.sender))
+    self._file(digest, OFFENCE_MALFORMED_FILL, order.sender)
 
 
 @external
-def proveBadFill(order: Order, orderSig: Bytes[65], fill: Fill, fillSig: Bytes[65]):
+def proveBadFill(order: Order, fill: Fill, fillSig: Bytes[65]):
     """
-    @notice Slashes the operator for filling an order beyond its terms (rule 4)
-            and credits the order's owner.
+    @notice Files a claim for filling an order beyond its terms (rule 4).
     @dev A buy (amount > 0) filled above its limit price, a sell (amount < 0)
-         filled below it, or a cumulative fill above |amount|.
-    @param order The owner-signed order.
-    @param orderSig The owner's signature of `order`.
-    @param fill An operator-signed fill of that order's digest.
+         filled below it, or a cumulative fill above |amount|. The order needs
+         no signature: its digest, which the operator signed the fill for, has
+         exactly one preimage.
+    @param order The order.
+    @param fill An operator-signed fill of that order.
     @param fillSig The operator's signature of `fill`.
     """
     digest: bytes32 = self._hash_order(order)
     assert fill.digest == digest, "court: fill is for another order"
     assert self._breaks_order(order, fill), "court: fill within the order's terms"
-    owner: address = self._owner_of(order.sender)
-    assert self._recover(digest, orderSig) == owner, "court: order not signed by its owner"
     self._check_operator_signature(self._hash_fill(fill), fillSig)
-    self._punish(digest, OFFENCE_BAD_FILL, owner)
+    self._file(digest, OFFENCE_BAD_FILL, order.sender)
+
+
+@external
+def proveBadNote(order: Order, note: CancellationNote, noteSig: Bytes[65]):
+    """
+    @notice Files a claim for a note that breaks a bound of its order: another
+            sender, more than the order's size, a pending window longer than
+            `maxPendingMs`, a last fill that is missing, invented or not before
+            the note (see `_note_fault`).
+    @param order The order the note is about.
+    @param note An operator-signed note of that order.
+    @param noteSig The operator's signature of `note`.
+    """
+    digest: bytes32 = self._hash_order(order)
+    assert note.digest == digest, "court: note is for another order"
+    assert self._note_fault(order, note) != empty(String[64]), "court: note is within its bounds"
+    self._check_operator_signature(self._hash_note(note), noteSig)
+    self._file(digest, OFFENCE_NOTE_OUT_OF_BOUNDS, order.sender)
 
 
 # ---------------------------------------------------------------------------------
@@ -518,35 +760,14 @@ def proveBadFill(order: Order, orderSig: Bytes[65], fill: Fill, fillSig: Bytes[6
 def requestCancel(order: Order):
     """
     @notice Forces a cancel of the caller's own order: the operator must answer
-            with a note within W seconds or default.
+            with a note within W seconds or default. The cancel takes effect now.
     @dev The digest is recomputed from the order, so nobody can force-cancel an
-         order that is not theirs. The cap starts at 0 (nothing proven filled).
+         order that is not theirs; the caller may be a contract that owns it.
     @param order The order to cancel; `order.sender` must name the caller.
     """
     self._check_dispute_bond(msg.value)
     self._check_live(order)
-    self._open_request(self._hash_order(order), self._check_caller_owns(order), 0)
-
-
-@external
-@payable
-def requestCancelWithFill(order: Order, fill: Fill, fillSig: Bytes[65]):
-    """
-    @notice `requestCancel` with the owner's latest operator-signed fill receipt:
-            its `filledTotal` becomes the cap should the operator default.
-    @dev Costs one more storage write than `requestCancel`, so it is a separate
-         function and the common path stays cheap.
-    @param order The order to cancel; `order.sender` must name the caller.
-    @param fill The operator-signed fill of that order proving what has filled.
-    @param fillSig The operator's signature of `fill`.
-    """
-    self._check_dispute_bond(msg.value)
-    self._check_live(order)
-    owner: address = self._check_caller_owns(order)
-    digest: bytes32 = self._hash_order(order)
-    assert fill.digest == digest, "court: fill is for another order"
-    self._check_operator_signature(self._hash_fill(fill), fillSig)
-    self._open_request(digest, owner, convert(fill.filledTotal, uint256))
+    self._open_request(order, self._hash_order(order), self._check_caller_owns(order))
 
 
 @external
@@ -578,89 +799,114 @@ def requestCancelSigned(
     assert (
         self._recover(self._hash_cancellation(cancellation), cancellationSig) == owner
     ), "court: cancellation not signed by the owner"
-    self._open_request(digest, owner, 0)
+    self._open_request(order, digest, owner)
     if msg.sender != owner:
         self._relayers[digest] = msg.sender
 
 
 @external
-def answerCancel(note: CancellationNote, noteSig: Bytes[65]):
+def answerCancel(order: Order, note: CancellationNote, noteSig: Bytes[65]):
     """
-    @notice Answers a forced cancel with an operator-signed note for its digest;
+    @notice Answers a forced cancel with an operator-signed note of the order;
             anyone may submit it, within W seconds of the request.
-    @dev The note's filledAmount + pendingAmount becomes the order's cap, and the
-         requester's dispute bond is credited to the operator, as one more
-         answer counted in the operator's packed word: a non-zero slot (5,000
-         gas) where a first credit would be a new one (22,100).
-    @param note The operator's cancellation note for the requested digest.
+    @dev The note must keep every bound (`_note_fault`): an out-of-bound answer
+         is refused, so the cap filledAmount + pendingAmount it records never
+         exceeds the order's size. The requester's dispute bond is the
+         operator's pay for answering, counted in its packed word.
+    @param order The force-cancelled order.
+    @param note The operator's cancellation note of that order.
     @param noteSig The operator's signature of `note`.
     """
-    request: Request = self._load_request(note.digest)
+    digest: bytes32 = self._hash_order(order)
+    assert note.digest == digest, "court: note is for another order"
+    request: Request = self._load_request(digest)
     self._check_status(request, STATUS_REQUESTED)
-    assert block.timestamp <= request.deadline, "court: answer window closed"
-    assert self._owner_of(note.sender) == request.owner, "court: note is for another sender"
+    assert block.timestamp <= request.requestedAt + answerWindow, "court: answer window closed"
+    fault: String[64] = self._note_fault(order, note)
+    assert fault == empty(String[64]), fault
     self._check_operator_signature(self._hash_note(note), noteSig)
     cap: uint256 = convert(note.filledAmount, uint256) + convert(note.pendingAmount, uint256)
     request.status = STATUS_ANSWERED
-    self._store_request(note.digest, request)
-    self._set_cap(note.digest, cap)
+    request.amount = cap
+    self._store_request(digest, request)
     state: OperatorState = self._load_operator()
     assert state.answers < _MAX_ANSWERS, "court: operator must withdraw first"
     state.answers += 1
     self._store_operator(state)
-    log CancelAnswered(digest=note.digest, cap=cap, noteSeq=note.seq)
+    log CancelAnswered(owner=self._owner_of(order.sender), digest=digest, cap=cap, noteSeq=note.seq)
 
 
 @external
-def finalize(digest: bytes32):
+def finalize(order: Order):
     """
     @notice Settles a forced cancel left unanswered for W seconds: the operator
-            is in default, whoever paid the dispute bond gets it back and the
-            owner gets the penalty. Anyone may call it.
-    @dev The cap stays what the owner proved at the request (0 if nothing).
-         The default is counted and, if so configured, halts the operator.
-    @param digest The order digest of the forced cancel.
+            is in default and owes the owner one penalty (a claim, like any
+            other), and whoever paid the dispute bond gets it back. Anyone may
+            call it.
+    @dev The default is counted and, if so configured, halts the operator. A
+         relayer's bond is credited now; an owner's comes with its claim. The
+         claim lives in the request's own slot.
+    @param order The force-cancelled order.
     """
+    digest: bytes32 = self._hash_order(order)
     request: Request = self._load_request(digest)
     self._check_status(request, STATUS_REQUESTED)
-    assert block.timestamp > request.deadline, "court: answer window still open"
+    assert block.timestamp > request.requestedAt + answerWindow, "court: answer window still open"
+    owner: address = self._owner_of(order.sender)
     request.status = STATUS_DEFAULTED
+    request.amount = 0
+    request.window = self._open_claim(owner, digest, OFFENCE_DEFAULT)
     self._store_request(digest, request)
     state: OperatorState = self._load_operator()
     state.defaults += 1
     state.halted = state.halted or haltOnDefault
-    log CancelDefaulted(
-        digest=digest, owner=request.owner, defaults=state.defaults, halted=state.halted
-    )
-    refund: uint256 = disputeBond
+    self._store_operator(state)
+    log CancelDefaulted(owner=owner, digest=digest, defaults=state.defaults, halted=state.halted)
     if request.relayed:
         self._credits[self._relayers[digest]] += disputeBond
-        refund = 0
-    self._store_operator(self._pay_penalty(state, digest, OFFENCE_DEFAULT, request.owner, refund))
 
 
 @external
-def proveFillAboveCap(fill: Fill, fillSig: Bytes[65]):
+def proveFillAboveCap(order: Order, fill: Fill, fillSig: Bytes[65]):
     """
-    @notice Slashes the operator for a fill above the cap a forced cancel of
-            its digest recorded (rule 1 again: one payout per digest, shared
-            with `proveFillAfterNote`, so one over-fill is paid once).
-    @dev After an answer this is rule 1 (a) without the note; after a default
-         it is the only way, since there is no note.
-    @param fill An operator-signed fill of an answered or defaulted digest.
+    @notice Files a claim for a fill above the cap an answered forced cancel
+            recorded (rule 1 (a) without the note; one claim per order, shared
+            with `proveFillAfterNote`, so one over-fill is claimed once).
+    @param order The force-cancelled order.
+    @param fill An operator-signed fill of that order.
     @param fillSig The operator's signature of `fill`.
     """
-    digest: bytes32 = fill.digest
+    digest: bytes32 = self._hash_order(order)
+    assert fill.digest == digest, "court: fill is for another order"
     request: Request = self._load_request(digest)
-    assert (
-        request.status == STATUS_ANSWERED or request.status == STATUS_DEFAULTED
-    ), "court: no cap recorded"
-    assert self._owner_of(fill.sender) == request.owner, "court: fill is for another sender"
-    assert (
-        convert(fill.filledTotal, uint256) > self._claims[digest] & _CAP_MASK
-    ), "court: fill within the cap"
+    assert request.status == STATUS_ANSWERED, "court: no cap recorded"
+    assert convert(fill.filledTotal, uint256) > request.amount, "court: fill within the cap"
     self._check_operator_signature(self._hash_fill(fill), fillSig)
-    self._punish(digest, OFFENCE_FILL_AFTER_NOTE, request.owner)
+    self._file(digest, OFFENCE_FILL_AFTER_NOTE, order.sender)
+
+
+@external
+def proveFillAfterRequest(order: Order, fill: Fill, fillSig: Bytes[65]):
+    """
+    @notice Files a claim for a fill of a force-cancelled order stamped after
+            the cancel took effect: later than the request's block time plus
+            `maxPendingMs` (what may still have been in flight).
+    @dev Whatever the answer says, or if there is none: a fill counted by a late
+         answer is still after the request, which closes the free option of W.
+         One claim per order, shared with `proveFillAfterNote`.
+    @param order The force-cancelled order.
+    @param fill An operator-signed fill of that order.
+    @param fillSig The operator's signature of `fill`.
+    """
+    digest: bytes32 = self._hash_order(order)
+    assert fill.digest == digest, "court: fill is for another order"
+    request: Request = self._load_request(digest)
+    assert request.status != STATUS_NONE, "court: cancel not requested"
+    assert (
+        convert(fill.timestampMs, uint256) > request.requestedAt * 1_000 + maxPendingMs
+    ), "court: fill within the pending bound"
+    self._check_operator_signature(self._hash_fill(fill), fillSig)
+    self._file(digest, OFFENCE_FILL_AFTER_NOTE, order.sender)
 
 
 # ---------------------------------------------------------------------------------
@@ -672,9 +918,30 @@ def proveFillAboveCap(fill: Fill, fillSig: Bytes[65]):
 def bond() -> uint256:
     """
     @notice The operator's bond, in wei.
-    @return uint256 What is left of the bond after every slash so far.
+    @return uint256 What is left after every window paid so far (claims filed
+            but not yet settled are still in it: see `claimsOutstanding`).
     """
     return self._load_operator().bond
+
+
+@external
+@view
+def claimsOutstanding() -> uint256:
+    """
+    @notice Wei owed to claims and not yet taken from the bond.
+    @return uint256 Every claim's penalty less what windows took for them.
+    """
+    return self._outstanding()
+
+
+@external
+@view
+def burnUnsent() -> uint256:
+    """
+    @notice The burn share collected and not yet sent (`sendBurn`).
+    @return uint256 Wei.
+    """
+    return self._settled >> _BURNT_SHIFT
 
 
 @external
@@ -728,15 +995,74 @@ def cancelStatus(digest: bytes32) -> CancelStatus:
     """
     @notice The forced-cancel state of an order.
     @param digest The order digest.
-    @return CancelStatus Status (none, requested, answered, defaulted), owner,
-            answer deadline and cap.
+    @return CancelStatus Status (none, requested, answered, defaulted), when it
+            was requested, the answer deadline and the answered cap.
     """
     request: Request = self._load_request(digest)
+    cap: uint256 = 0
+    deadline: uint256 = 0
+    if request.status == STATUS_ANSWERED:
+        cap = request.amount
+    if request.status != STATUS_NONE:
+        deadline = request.requestedAt + answerWindow
     return CancelStatus(
-        status=request.status,
-        owner=request.owner,
-        deadline=request.deadline,
-        cap=self._claims[digest] & _CAP_MASK,
+        status=request.status, requestedAt=request.requestedAt, deadline=deadline, cap=cap
+    )
+
+
+@external
+@view
+def claimOf(digest: bytes32, offence: uint8) -> ClaimStatus:
+    """
+    @notice The claim for `offence` on `digest` (all zero if none was filed).
+    @param digest The order digest.
+    @param offence One of the OFFENCE_* kinds.
+    @return ClaimStatus Its window, what its owner was credited, what it is
+            entitled to by what its window took so far, and when it vests.
+    """
+    window: uint256 = 0
+    paid: uint256 = 0
+    if offence == OFFENCE_DEFAULT:
+        request: Request = self._load_request(digest)
+        if request.status == STATUS_DEFAULTED:
+            window = request.window
+            paid = request.amount
+    else:
+        record: uint256 = self._claims[digest][offence]
+        window = record & _MASK_32
+        paid = record >> _PAID_SHIFT
+    if window == 0:
+        return empty(ClaimStatus)
+    return ClaimStatus(
+        window=window,
+        paid=paid,
+        entitled=self._entitlement(window),
+        vestsAt=self._vests_at(window),
+    )
+
+
+@external
+@view
+def windowOf(window: uint256) -> WindowStatus:
+    """
+    @notice A claims window: its claims, what it took from the bond, when it
+            opened and when it vests (all zero if it never opened).
+    @param window The window number.
+    @return WindowStatus The window.
+    """
+    ledger: Ledger = self._load_ledger()
+    found: Window = empty(Window)
+    if window == ledger.window and ledger.count != 0:
+        found = Window(count=ledger.count, taken=0, openedAt=ledger.openedAt)
+    elif window < ledger.window:
+        found = self._load_window(window)
+    if found.count == 0:
+        return empty(WindowStatus)
+    return WindowStatus(
+        count=found.count,
+        taken=found.taken,
+        openedAt=found.openedAt,
+        vestsAt=found.openedAt + 2 * claimDelay,
     )
 
 
@@ -744,25 +1070,15 @@ def cancelStatus(digest: bytes32) -> CancelStatus:
 @view
 def offencePaid(digest: bytes32, offence: uint8) -> bool:
     """
-    @notice Whether an offence keyed by digest has been paid for this digest.
-    @dev Fill equivocation is keyed by seq: see `fillSeqPaid`; a default is
-         recorded by the request's status.
+    @notice Whether a claim for `offence` on `digest` was filed (it is filed
+            once, whoever proves it; see `claimOf` for what it was paid).
     @param digest The order digest.
     @param offence One of the OFFENCE_* kinds.
-    @return bool True once paid.
+    @return bool True once filed.
     """
-    return self._claims[digest] & self._mark(offence) != 0
-
-
-@external
-@view
-def fillSeqPaid(seq: uint64) -> bool:
-    """
-    @notice Whether the fill equivocation at journal `seq` has been paid.
-    @param seq The operator journal's sequence number.
-    @return bool True once paid.
-    """
-    return self._fill_seq_paid[seq]
+    if offence == OFFENCE_DEFAULT:
+        return self._load_request(digest).status == STATUS_DEFAULTED
+    return self._claims[digest][offence] != 0
 
 
 @external
@@ -784,6 +1100,17 @@ def orderDigest(order: Order) -> bytes32:
     @return bytes32 The digest the owner signs.
     """
     return self._hash_order(order)
+
+
+@external
+@view
+def fillStructHash(fill: Fill) -> bytes32:
+    """
+    @notice A fill's EIP-712 struct hash: what a note's `lastFillHash` names.
+    @param fill The fill.
+    @return bytes32 hashStruct(fill).
+    """
+    return self._struct_hash_fill(fill)
 
 
 # ---------------------------------------------------------------------------------
@@ -886,12 +1213,13 @@ def _recover(digest: bytes32, signature: Bytes[65]) -> address:
 
 @internal
 @pure
-def _violates_note(note: CancellationNote, fill: Fill) -> bool:
+def _violates_note(note: CancellationNote, fill: Fill, fill_struct: bytes32) -> bool:
     """
-    @dev Whether `fill` breaks the promise `note` makes (rule 1, a-e).
+    @dev Whether `fill` breaks the promise `note` makes (rule 1, a-f).
     @param note The cancellation note.
-    @param fill A fill of the same digest.
-    @return bool True if any of (a)-(e) holds.
+    @param fill A fill of the same order.
+    @param fill_struct The fill's struct hash.
+    @return bool True if any of (a)-(f) holds.
     """
     filled: uint256 = convert(note.filledAmount, uint256)
     total: uint256 = convert(fill.filledTotal, uint256)
@@ -901,9 +1229,38 @@ def _violates_note(note: CancellationNote, fill: Fill) -> bool:
         return True  # (b) nothing was pending, or (c) settled after the pending deadline
     if note.lastFillSeq < fill.seq and fill.seq < note.seq:
         return True  # (d) a fill the note should have counted
-    # (e) a counted fill above the counted amount; checked literally even when
-    # lastFillSeq >= seq (a note no honest operator signs)
+    if fill.seq == note.lastFillSeq and (fill_struct != note.lastFillHash or total != filled):
+        return True  # (f) not the fill the note counts last
+    # (e) a counted fill above the counted amount
     return fill.seq <= note.lastFillSeq and total > filled
+
+
+@internal
+@view
+def _note_fault(order: Order, note: CancellationNote) -> String[64]:
+    """
+    @dev The first bound `note` breaks for `order`, as a revert reason, or "".
+         An honest note is of its order's sender; promises at most the order's
+         size; declares a pending window of at most `maxPendingMs`; names a last
+         fill exactly when it counts one (a fill has a positive amount), and
+         that fill comes before the note.
+    @param order The order the note is about (same digest).
+    @param note The note.
+    @return String[64] "" if the note keeps every bound.
+    """
+    if note.sender != order.sender:
+        return "court: note is for another sender"
+    size: uint256 = convert(abs(convert(order.amount, int256)), uint256)
+    if convert(note.filledAmount, uint256) + convert(note.pendingAmount, uint256) > size:
+        return "court: note promises more than the order"
+    if convert(note.pendingUntilMs, uint256) > convert(note.receivedAtMs, uint256) + maxPendingMs:
+        return "court: note pending for too long"
+    counted: bool = note.filledAmount != 0
+    if counted != (note.lastFillSeq != 0) or counted != (note.lastFillHash != empty(bytes32)):
+        return "court: note misstates its last fill"
+    if note.lastFillSeq >= note.seq:
+        return "court: note's last fill is not before it"
+    return ""
 
 
 @internal
@@ -911,7 +1268,7 @@ def _violates_note(note: CancellationNote, fill: Fill) -> bool:
 def _breaks_order(order: Order, fill: Fill) -> bool:
     """
     @dev Whether `fill` is worse than the order's limit or overfills it (rule 4).
-    @param order The owner-signed order.
+    @param order The order.
     @param fill A fill of that order.
     @return bool True if the price is worse or the total above |amount|.
     """
@@ -929,93 +1286,186 @@ def _breaks_order(order: Order, fill: Fill) -> bool:
 
 
 @internal
-def _open_request(digest: bytes32, owner: address, cap: uint256):
+def _open_request(order: Order, digest: bytes32, owner: address):
     """
-    @dev Records a forced cancel of `digest` with its deadline, taking the bond.
+    @dev Records a forced cancel of `digest`, effective now, taking the bond.
+    @param order The order (logged whole: the operator answers from the event).
     @param digest The order digest.
-    @param owner The order's owner, who is paid on default.
-    @param cap What the owner proved filled (0 if nothing).
+    @param owner The order's owner.
     """
     request: Request = self._load_request(digest)
     self._check_status(request, STATUS_NONE)
-    request = Request(
-        owner=owner,
-        deadline=block.timestamp + answerWindow,
-        status=STATUS_REQUESTED,
-        relayed=msg.sender != owner,
-    )
+    request.requestedAt = block.timestamp
+    request.status = STATUS_REQUESTED
+    request.relayed = msg.sender != owner
     self._store_request(digest, request)
-    if cap != 0:
-        self._set_cap(digest, cap)
+    ledger: Ledger = self._load_ledger()
+    request_id: uint256 = ledger.nextRequestId
+    ledger.nextRequestId += 1
+    self._store_ledger(ledger)
     log CancelRequested(
-        digest=digest, owner=owner, requester=msg.sender, deadline=request.deadline, cap=cap
+        owner=owner,
+        digest=digest,
+        requester=msg.sender,
+        requestId=request_id,
+        sender=order.sender,
+        productId=order.productId,
+        priceX18=order.priceX18,
+        amount=order.amount,
+        expiration=order.expiration,
+        nonce=order.nonce,
+        requestedAt=block.timestamp,
+        deadline=block.timestamp + answerWindow,
     )
 
 
 @internal
-def _punish(digest: bytes32, offence: uint8, victim: address):
+def _file(digest: bytes32, offence: uint8, sender: bytes32):
     """
-    @dev Marks `offence` on `digest` paid (reverting if it was) and slashes.
+    @dev Files the claim for `offence` on `digest` (reverting if there is one).
     @param digest The order digest the offence concerns.
-    @param offence One of the per-digest OFFENCE_* kinds.
-    @param victim The account credited.
+    @param offence One of the OFFENCE_* kinds but DEFAULT.
+    @param sender The order's sender, whose owner the claim is for.
     """
-    claims: uint256 = self._claims[digest]
-    mark: uint256 = self._mark(offence)
-    assert claims & mark == 0, "court: offence already paid"
-    self._claims[digest] = claims | mark
-    self._slash(digest, offence, victim, 0)
+    assert self._claims[digest][offence] == 0, "court: offence already proven"
+    self._claims[digest][offence] = self._open_claim(self._owner_of(sender), digest, offence)
 
 
 @internal
-def _slash(digest: bytes32, offence: uint8, victim: address, refund: uint256):
+def _open_claim(owner: address, digest: bytes32, offence: uint8) -> uint256:
     """
-    @dev Moves the penalty from the bond to `victim`'s credit, plus `refund`.
-    @param digest The order digest the offence concerns.
-    @param offence The OFFENCE_* kind.
-    @param victim The account credited.
-    @param refund Wei owed to `victim` on top.
-    """
-    self._store_operator(
-        self._pay_penalty(self._load_operator(), digest, offence, victim, refund)
-    )
-
-
-@internal
-def _pay_penalty(
-    state: OperatorState, digest: bytes32, offence: uint8, victim: address, refund: uint256
-) -> OperatorState:
-    """
-    @dev Takes the penalty out of `state`'s bond and credits it, plus `refund`,
-         to `victim`; the caller stores the state (so that `finalize` writes the
-         operator's word once).
-    @custom:security ! DANGER ! Liveness fallback: when the bond holds less than
-                     the penalty, what is left is paid and `SlashShortfall` says
-                     so; the proof still succeeds and is still marked paid.
-    @param state The operator's state, updated and returned.
-    @param digest The order digest the offence concerns.
-    @param offence The OFFENCE_* kind.
-    @param victim The account credited.
-    @param refund Wei owed to `victim` on top (a defaulted request's bond).
-    @return OperatorState `state` with the penalty taken.
-    """
-    paid: uint256 = min(penalty, state.bond)
-    state.bond -= paid
-    self._credits[victim] += paid + refund
-    log Slashed(digest=digest, offence=offence, victim=victim, paid=paid)
-    if paid < penalty:
-        log SlashShortfall(digest=digest, offence=offence, owed=penalty, paid=paid)
-    return state
-
-
-@internal
-def _set_cap(digest: bytes32, cap: uint256):
-    """
-    @dev Records the cap of `digest`, keeping its paid-offence bits.
+    @dev Counts one claim into the open window (closing the open window first if
+         its `claimDelay` is over) and logs it.
+    @param owner Whom the claim is for.
     @param digest The order digest.
-    @param cap The cap, below 2**160 (at most two uint128 summed).
+    @param offence The OFFENCE_* kind.
+    @return uint256 The claim's window (never 0).
     """
-    self._claims[digest] = (self._claims[digest] & ~_CAP_MASK) | cap
+    ledger: Ledger = self._load_ledger()
+    if ledger.count != 0 and block.timestamp >= ledger.openedAt + claimDelay:
+        ledger = self._close_window(ledger)
+    if ledger.count == 0:
+        ledger.openedAt = block.timestamp
+    ledger.count += 1
+    ledger.claimsEver += 1
+    self._store_ledger(ledger)
+    log Slashed(owner=owner, digest=digest, offence=offence, window=ledger.window, penalty=penalty)
+    return ledger.window
+
+
+@internal
+def _close_window(ledger: Ledger) -> Ledger:
+    """
+    @dev Moves the open window into its own slot; the next claim opens the next.
+    @param ledger The ledger, whose open window has claims.
+    @return Ledger The ledger with an empty next window open (the caller stores it).
+    """
+    self._windows[ledger.window] = (
+        ledger.count | (ledger.openedAt << _WINDOW_OPENED_SHIFT)
+    )
+    return Ledger(
+        window=ledger.window + 1,
+        openedAt=0,
+        count=0,
+        claimsEver=ledger.claimsEver,
+        nextRequestId=ledger.nextRequestId,
+    )
+
+
+@internal
+def _top_up(window: uint256) -> bool:
+    """
+    @dev Pays a vested window from the bond as far as the bond goes, once every
+         earlier window is paid in full; burns the burn share of what it takes.
+    @param window The window.
+    @return bool Whether anything was taken.
+    """
+    ledger: Ledger = self._load_ledger()
+    if window == ledger.window and ledger.count != 0:
+        if block.timestamp < ledger.openedAt + 2 * claimDelay:
+            return False
+        self._store_ledger(self._close_window(ledger))
+    elif window == 0 or window >= ledger.window:
+        return False
+    found: Window = self._load_window(window)
+    if block.timestamp < found.openedAt + 2 * claimDelay:
+        return False
+    if window > 1:
+        earlier: Window = self._load_window(window - 1)
+        if earlier.taken < earlier.count * penalty:
+            return False
+    owed: uint256 = found.count * penalty
+    state: OperatorState = self._load_operator()
+    taken: uint256 = min(state.bond, owed - found.taken)
+    if taken == 0:
+        return False
+    state.bond -= taken
+    self._store_operator(state)
+    burnt: uint256 = self._burn_of(found.taken + taken) - self._burn_of(found.taken)
+    found.taken += taken
+    self._windows[window] = (
+        found.count | (found.taken << _TAKEN_SHIFT) | (found.openedAt << _WINDOW_OPENED_SHIFT)
+    )
+    settled: uint256 = self._settled
+    self._settled = ((settled & _MASK_128) + taken) | (((settled >> _BURNT_SHIFT) + burnt) << _BURNT_SHIFT)
+    log WindowSettled(window=window, owed=owed, taken=found.taken)
+    return True
+
+
+# ---------------------------------------------------------------------------------
+# Claims arithmetic.
+
+
+@internal
+@view
+def _burn_of(taken: uint256) -> uint256:
+    """
+    @dev The burn share of `taken` wei taken by one window (rounded down, so the
+         owners' share of every window is exact however often it is topped up).
+    @param taken Wei a window took in total.
+    @return uint256 The part burnt.
+    """
+    return taken * burnShareBps // _BPS
+
+
+@internal
+@view
+def _entitlement(window: uint256) -> uint256:
+    """
+    @dev What each claim of `window` is owed by what the window took so far.
+    @param window A window.
+    @return uint256 The owners' share of the window's take, per claim (rounded down).
+    """
+    ledger: Ledger = self._load_ledger()
+    if window >= ledger.window:
+        return 0
+    found: Window = self._load_window(window)
+    return (found.taken - self._burn_of(found.taken)) // found.count
+
+
+@internal
+@view
+def _vests_at(window: uint256) -> uint256:
+    """
+    @dev When `window` vests: `claimDelay` after it closes, which is `claimDelay`
+         after it opened.
+    @param window A window with claims.
+    @return uint256 A block timestamp.
+    """
+    ledger: Ledger = self._load_ledger()
+    if window == ledger.window:
+        return ledger.openedAt + 2 * claimDelay
+    return self._load_window(window).openedAt + 2 * claimDelay
+
+
+@internal
+@view
+def _outstanding() -> uint256:
+    """
+    @dev Wei owed to claims and not yet taken from the bond.
+    @return uint256 Penalties of every claim ever, less what windows took.
+    """
+    return self._load_ledger().claimsEver * penalty - (self._settled & _MASK_128)
 
 
 # ---------------------------------------------------------------------------------
@@ -1059,46 +1509,90 @@ def _store_operator(state: OperatorState):
 
 @internal
 @view
+def _load_ledger() -> Ledger:
+    """
+    @dev Unpacks the claims ledger.
+    @return Ledger The open window, its opening and claims, claims ever filed
+            and the next request id.
+    """
+    word: uint256 = self._ledger
+    return Ledger(
+        window=word & _MASK_32,
+        openedAt=(word >> _OPENED_SHIFT) & _MASK_40,
+        count=(word >> _COUNT_SHIFT) & _MASK_32,
+        claimsEver=(word >> _TOTAL_SHIFT) & _MASK_48,
+        nextRequestId=word >> _NEXT_ID_SHIFT,
+    )
+
+
+@internal
+def _store_ledger(ledger: Ledger):
+    """
+    @dev Packs the claims ledger. A window's claims, all claims and request ids
+         count one per transaction, far below their 32 and 48 bits; times fit 40.
+    @param ledger The ledger.
+    """
+    self._ledger = (
+        ledger.window
+        | (ledger.openedAt << _OPENED_SHIFT)
+        | (ledger.count << _COUNT_SHIFT)
+        | (ledger.claimsEver << _TOTAL_SHIFT)
+        | (ledger.nextRequestId << _NEXT_ID_SHIFT)
+    )
+
+
+@internal
+@view
+def _load_window(window: uint256) -> Window:
+    """
+    @dev Unpacks a closed window.
+    @param window The window.
+    @return Window Its claims, what it took and when it opened.
+    """
+    word: uint256 = self._windows[window]
+    return Window(
+        count=word & _MASK_32,
+        taken=(word >> _TAKEN_SHIFT) & _MASK_128,
+        openedAt=word >> _WINDOW_OPENED_SHIFT,
+    )
+
+
+@internal
+@view
 def _load_request(digest: bytes32) -> Request:
     """
     @dev Unpacks the forced cancel of `digest`.
     @param digest The order digest.
-    @return Request Owner, deadline, status and whether a relayer paid.
+    @return Request Its amount (cap or default paid), time, default window,
+            status and flags.
     """
     word: uint256 = self._requests[digest]
     return Request(
-        owner=convert(word & _MASK_160, address),
-        deadline=(word >> _DEADLINE_SHIFT) & _MASK_64,
+        amount=word & _MASK_128,
+        requestedAt=(word >> _REQUESTED_AT_SHIFT) & _MASK_40,
+        window=(word >> _DEFAULT_WINDOW_SHIFT) & _MASK_32,
         status=convert((word >> _STATUS_SHIFT) & 255, uint8),
         relayed=(word >> _RELAYED_SHIFT) & 1 == 1,
+        refunded=(word >> _REFUNDED_SHIFT) & 1 == 1,
     )
 
 
 @internal
 def _store_request(digest: bytes32, request: Request):
     """
-    @dev Packs the forced cancel of `digest` into one slot. Deadlines fit 64
-         bits: block timestamps plus W, which is at most 2**32.
+    @dev Packs the forced cancel of `digest` into one slot. A cap is at most the
+         order's size (below 2**128), a default's paid amount at most a penalty.
     @param digest The order digest.
-    @param request Owner, deadline, status and whether a relayer paid.
+    @param request The forced cancel.
     """
     self._requests[digest] = (
-        convert(request.owner, uint256)
-        | (request.deadline << _DEADLINE_SHIFT)
+        request.amount
+        | (request.requestedAt << _REQUESTED_AT_SHIFT)
+        | (request.window << _DEFAULT_WINDOW_SHIFT)
         | (convert(request.status, uint256) << _STATUS_SHIFT)
         | (convert(request.relayed, uint256) << _RELAYED_SHIFT)
+        | (convert(request.refunded, uint256) << _REFUNDED_SHIFT)
     )
-
-
-@internal
-@pure
-def _mark(offence: uint8) -> uint256:
-    """
-    @dev The bit of `offence` in a digest's claims word.
-    @param offence One of the OFFENCE_* kinds.
-    @return uint256 The bit.
-    """
-    return 1 << (_MARKS_SHIFT + convert(offence, uint256))
 
 
 @internal
@@ -1173,6 +1667,28 @@ def _hash_order(order: Order) -> bytes32:
 
 
 @internal
+@pure
+def _struct_hash_fill(fill: Fill) -> bytes32:
+    """
+    @dev The EIP-712 struct hash of a fill (what a note's lastFillHash commits to).
+    @param fill The fill.
+    @return bytes32 hashStruct(fill).
+    """
+    return keccak256(
+        abi_encode(
+            FILL_TYPEHASH,
+            fill.digest,
+            fill.sender,
+            fill.seq,
+            fill.amount,
+            fill.filledTotal,
+            fill.priceX18,
+            fill.timestampMs,
+        )
+    )
+
+
+@internal
 @view
 def _hash_fill(fill: Fill) -> bytes32:
     """
@@ -1180,20 +1696,7 @@ def _hash_fill(fill: Fill) -> bytes32:
     @param fill The fill.
     @return bytes32 The digest.
     """
-    return self._typed_digest(
-        keccak256(
-            abi_encode(
-                FILL_TYPEHASH,
-                fill.digest,
-                fill.sender,
-                fill.seq,
-                fill.amount,
-                fill.filledTotal,
-                fill.priceX18,
-                fill.timestampMs,
-            )
-        )
-    )
+    return self._typed_digest(self._struct_hash_fill(fill))
 
 
 @internal
@@ -1213,6 +1716,7 @@ def _hash_note(note: CancellationNote) -> bytes32:
                 note.requestHash,
                 note.filledAmount,
                 note.lastFillSeq,
+                note.lastFillHash,
                 note.pendingAmount,
                 note.pendingUntilMs,
                 note.receivedAtMs,

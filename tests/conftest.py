@@ -1,6 +1,6 @@
 """Fixtures for the court tests: a fresh in-process chain, named keys, a bonded court.
 
-``Evidence`` signs messages in the court's domain with the operator's key (fills,
+:class:`World` signs messages in the court's domain with the operator's key (fills,
 notes) or a client's (orders, cancels); tests build offences from it.
 """
 
@@ -8,15 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import cache
+from pathlib import Path
 
 import attrs
 import pytest
+import vyper
+from eth_abi import encode as abi_encode
 
-from cancelnote.crypto import Signer
-from cancelnote.dispute.chain import TransactionReverted
+from cancelnote.crypto import Signer, keccak
+from cancelnote.dispute.chain import Chain, TransactionReverted
 from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.dispute.inprocess import InProcessChain
-from cancelnote.messages import CancellationNote, Fill, Order, make_sender
+from cancelnote.messages import Cancellation, CancellationNote, Fill, Order, make_sender
+
+TEST_CONTRACTS = Path(__file__).resolve().parent.parent / "contracts" / "test"
 
 # The court of the tests is the dev court (cancelnote.dispute.court.DEV_PARAMETERS).
 ANSWER_WINDOW_S = DEV_PARAMETERS["answer_window_s"]
@@ -24,6 +30,13 @@ PENALTY_WEI = DEV_PARAMETERS["penalty_wei"]
 MIN_BOND_WEI = DEV_PARAMETERS["min_bond_wei"]
 DISPUTE_BOND_WEI = DEV_PARAMETERS["dispute_bond_wei"]
 EXIT_DELAY_S = DEV_PARAMETERS["exit_delay_s"]
+MAX_PENDING_MS = DEV_PARAMETERS["max_pending_ms"]
+CLAIM_DELAY_S = DEV_PARAMETERS["claim_delay_s"]
+BURN_SHARE_BPS = DEV_PARAMETERS["burn_share_bps"]
+#: What an owner is credited for one claim paid in full (the penalty less the burn share).
+OWNER_SHARE_WEI = PENALTY_WEI - PENALTY_WEI * BURN_SHARE_BPS // 10_000
+#: A ``lastFillHash`` that names no fill anyone signed.
+UNSIGNED_FILL_HASH = keccak(b"a fill nobody signed")
 PRICE = 2_000 * 10**18
 ORDER_LIFETIME_S = 86_400
 
@@ -37,6 +50,10 @@ def violates(note: CancellationNote, fill: Fill) -> bool:
             fill.seq > note.seq and fill.timestamp_ms > note.pending_until_ms,
             note.last_fill_seq < fill.seq < note.seq,
             fill.seq <= note.last_fill_seq and fill.filled_total > note.filled_amount,
+            fill.seq == note.last_fill_seq
+            and (
+                fill.struct_hash() != note.last_fill_hash or fill.filled_total != note.filled_amount
+            ),
         )
     )
 
@@ -93,23 +110,78 @@ class World:
         seq: int,
         filled_amount: int = 0,
         last_fill_seq: int = 0,
+        last_fill: Fill | None = None,
+        last_fill_hash: bytes | None = None,
         pending_amount: int = 0,
         pending_until_ms: int = 0,
         received_at_ms: int | None = None,
     ) -> tuple[CancellationNote, bytes]:
-        """An operator-signed note for ``order`` answering an on-chain request."""
+        """An operator-signed note for ``order`` answering an on-chain request.
+
+        ``last_fill`` counts that fill (its seq, total and hash); otherwise a note that
+        counts something names :data:`UNSIGNED_FILL_HASH` unless ``last_fill_hash`` says.
+        """
+        if last_fill is not None:
+            filled_amount, last_fill_seq = last_fill.filled_total, last_fill.seq
+            last_fill_hash = last_fill.struct_hash()
+        if last_fill_hash is None:
+            last_fill_hash = UNSIGNED_FILL_HASH if last_fill_seq else bytes(32)
         note = CancellationNote(
             order_digest=order.digest(self.court.domain),
             sender=order.sender,
             request_hash=bytes(32),
             filled_amount=filled_amount,
             last_fill_seq=last_fill_seq,
+            last_fill_hash=last_fill_hash,
             pending_amount=pending_amount,
             pending_until_ms=pending_until_ms,
             received_at_ms=1_000 * seq if received_at_ms is None else received_at_ms,
             seq=seq,
         )
         return note, note.sign(self.operator, self.court.domain)
+
+    def vest(self) -> None:
+        """Let every claim filed so far vest (its window closes, then vests)."""
+        self.chain.increase_time(2 * CLAIM_DELAY_S)
+
+    def owner_credit(self, owner: Signer) -> int:
+        """What the court has credited ``owner`` so far."""
+        return self.court.credits(owner.address)
+
+
+@cache
+def test_contract_initcode(name: str) -> bytes:
+    """The bytecode of ``contracts/test/<name>.vy`` (compiled once per run)."""
+    source = (TEST_CONTRACTS / f"{name}.vy").read_text(encoding="utf-8")
+    return bytes.fromhex(vyper.compile_code(source, output_formats=["bytecode"])["bytecode"][2:])
+
+
+def deploy_test_contract(
+    chain: Chain, deployer: Signer, name: str, types: list[str] = (), args: list = ()
+) -> bytes:
+    """Deploy a test contract with constructor ``args``; returns its address."""
+    initcode = test_contract_initcode(name) + abi_encode(list(types), list(args))
+    address = chain.deploy(deployer, initcode).contract_address
+    assert address is not None
+    return address
+
+
+def forward(chain: Chain, sender: Signer, forwarder: bytes, to: bytes, data: bytes, value: int):
+    """``sender`` has the Forwarder contract call ``to`` with ``data`` (and ``value``)."""
+    call = vyper.utils.method_id("forward(address,bytes)") + abi_encode(
+        ["address", "bytes"], [to, data]
+    )
+    return chain.transact(sender, forwarder, call, value=value)
+
+
+def dirty_relayed_request(
+    court: Court, order: Order, cancellation: Cancellation, signature: bytes
+) -> bytes:
+    """``requestCancelSigned`` calldata whose last ABI padding byte (after the 65-byte
+    signature) is 1: the court's decoder accepts it, a strict ABI decoder does not."""
+    data = court.encode_call("requestCancelSigned", order, cancellation, signature)
+    assert data.endswith(bytes(31)) and data[-32] != 0  # the signature's v, then padding
+    return data[:-1] + b"\x01"
 
 
 def make_world(

@@ -1,7 +1,8 @@
 """The client against each operator behaviour, in one process: engine, clients, court.
 
-For every adversarial policy the client must find the offence in its own evidence and the
-court must pay it; an honest operator must never be disputed, in-flight fills included.
+For every adversarial policy the client must find the offence in its own evidence, the
+court must file the claim for it and pay it once vested; an honest operator must never be
+disputed, in-flight fills, cancel races, replaces and forced cancels included.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from cancelnote.client.evidence import EvidenceStore, parse_bundle
 from cancelnote.client.testing import COURT_PARAMETERS, Market
 from cancelnote.client.verifier import Kind, Verifier
 from cancelnote.client.watchtower import Watchtower
-from cancelnote.dispute.court import CancelState
+from cancelnote.dispute.court import CancelState, Offence
 from cancelnote.messages import Fill
 from cancelnote.operator.policies import (
     Backdate,
@@ -32,23 +33,41 @@ from cancelnote.operator.policies import (
 PRICE = 100 * 10**18
 SIZE = 10**18
 PENALTY = COURT_PARAMETERS["penalty_wei"]
+OWNER_SHARE = PENALTY - PENALTY * COURT_PARAMETERS["burn_share_bps"] // 10_000
 W = COURT_PARAMETERS["answer_window_s"]
+CLAIM_DELAY = COURT_PARAMETERS["claim_delay_s"]
+DISPUTE_BOND = COURT_PARAMETERS["dispute_bond_wei"]
 
 
 def kinds(desk) -> set[str]:
     return {f.kind for f in desk.disputable()}
 
 
-def assert_won_and_withdrawn(market, desk, offence_kind: str) -> None:
-    """One watchtower round proves it; the next withdraws the payout."""
+def vest(market) -> None:
+    """Let every claim filed so far vest (blocks keep coming on a live chain)."""
+    market.chain.increase_time(2 * CLAIM_DELAY)
+    market.chain.mine()
+
+
+def statuses(desk, kind: str) -> list[str]:
+    return [f.status for f in desk.store.findings() if f.kind == kind]
+
+
+def assert_claimed_paid_and_withdrawn(market, desk, offence_kind: str, refund: int = 0) -> None:
+    """One watchtower round proves it (a claim is filed); once vested the next round has it
+    credited to the owner, and the one after withdraws it."""
     balance = market.chain.balance(desk.trader.signer.address)
-    outcomes = market.watch(desk)
-    won = [o for o in outcomes if o.outcome == "won"]
-    assert won and won[0].paid == PENALTY, outcomes
-    assert [f.status for f in desk.store.findings() if f.kind == offence_kind] == ["won"]
+    claimed = [o for o in market.watch(desk) if o.outcome == "claimed"]
+    assert claimed and claimed[0].owed == PENALTY, claimed
+    assert statuses(desk, offence_kind) == ["claimed"]
+    assert [o.outcome for o in market.watch(desk)] == []  # not vested yet: wait
+    vest(market)
+    paid = [o for o in market.watch(desk) if o.outcome == "paid"]
+    assert paid and paid[0].paid == OWNER_SHARE + refund, paid
+    assert statuses(desk, offence_kind) == ["paid"]
     withdrawn = [o for o in market.watch(desk) if o.outcome == "withdrawn"]
-    assert withdrawn and desk.store.payouts()[0][2] == PENALTY
-    assert market.chain.balance(desk.trader.signer.address) > balance + PENALTY * 9 // 10
+    assert withdrawn and desk.store.payouts()[0][2] == OWNER_SHARE + refund
+    assert market.chain.balance(desk.trader.signer.address) > balance + OWNER_SHARE * 9 // 10
 
 
 # ---------------------------------------------------------------------------------------
@@ -65,7 +84,7 @@ def assert_won_and_withdrawn(market, desk, offence_kind: str) -> None:
     settlement_delay_ms=st.sampled_from([0, 700, 5_000]),
     latency_ms=st.sampled_from([0, 40, 1_500]),
 )
-def test_honest_operator_is_never_disputed_with_fills_in_flight_and_network_delay(
+def test_honest_operator_is_never_disputed_whatever_the_history(
     tmp_path_factory, seed, settlement_delay_ms, latency_ms
 ):
     rng = random.Random(seed)
@@ -96,10 +115,18 @@ def test_honest_operator_is_never_disputed_with_fills_in_flight_and_network_dela
             old = live[desk.sender].pop()
             request = market.cancel_and_place(desk, [old], 1, PRICE, SIZE)
             live[desk.sender].append(request.place_order)
+        elif move < 0.9 and live[desk.sender]:  # forced on-chain, whatever the desk holds
+            forced = live[desk.sender].pop(rng.randrange(len(live[desk.sender])))
+            market.force_cancel(desk, forced)
+            market.advance(rng.choice([0, 10, 1_000]))  # the operator's watcher lags
+            market.operator_answers(desk, forced)
+        elif move < 0.93:
+            market.restart()
         else:
             market.advance(rng.choice([10, 300, 1_000, 6_000]))
     market.cancel_products(desks[0], ())  # at least one note in every example
     market.advance(60_000)  # everything in flight settles; every deadline passes
+    market.restart()  # and the journal replays into the same state
     for desk in desks:
         assert desk.store.findings() == [], [f.detail for f in desk.store.findings()]
         assert all(o.outcome != "won" for o in market.watch(desk))
@@ -136,7 +163,7 @@ def test_fill_after_note_is_found_and_the_court_pays_the_owner(tmp_path, latency
     market.place(bob, 1, PRICE, SIZE)  # the cancelled order still fills
     market.advance(2 * latency_ms)
     assert kinds(alice) == {Kind.FILL_AFTER_NOTE}
-    assert_won_and_withdrawn(market, alice, Kind.FILL_AFTER_NOTE)
+    assert_claimed_paid_and_withdrawn(market, alice, Kind.FILL_AFTER_NOTE)
     assert bob.disputable() == []  # bob's fill is a normal fill of his own order
 
 
@@ -151,7 +178,7 @@ def test_backdated_note_that_hides_a_fill_is_found_and_paid(tmp_path):
     (note,) = alice.store.notes()
     assert note.note.filled_amount == 0  # the fill is hidden
     assert kinds(alice) == {Kind.FILL_AFTER_NOTE}
-    assert_won_and_withdrawn(market, alice, Kind.FILL_AFTER_NOTE)
+    assert_claimed_paid_and_withdrawn(market, alice, Kind.FILL_AFTER_NOTE)
 
 
 def test_two_notes_for_one_order_are_found_and_paid(tmp_path):
@@ -161,7 +188,7 @@ def test_two_notes_for_one_order_are_found_and_paid(tmp_path):
     market.cancel(alice, [sell])
     assert len(alice.store.notes()) == 2
     assert kinds(alice) == {Kind.NOTE_EQUIVOCATION}
-    assert_won_and_withdrawn(market, alice, Kind.NOTE_EQUIVOCATION)
+    assert_claimed_paid_and_withdrawn(market, alice, Kind.NOTE_EQUIVOCATION)
 
 
 @pytest.mark.parametrize(
@@ -196,7 +223,7 @@ def test_hand_made_bad_fill_is_found_and_paid(tmp_path, change, kind):
     alice.verifier.receive_wire(wire, market.now_ms, stream=True)
     assert kind in kinds(alice)
     outcomes = market.watch(alice)
-    assert any(o.outcome == "won" and o.paid == PENALTY for o in outcomes), outcomes
+    assert any(o.outcome == "claimed" and o.owed == PENALTY for o in outcomes), outcomes
     assert honest.fill.seq < forged.seq
 
 
@@ -212,7 +239,7 @@ def test_two_fills_with_one_seq_are_found_and_paid(tmp_path):
         {"fill": twin.to_wire(), "signature": "0x" + sig.hex()}, market.now_ms
     )
     assert kinds(alice) == {Kind.FILL_EQUIVOCATION}
-    assert_won_and_withdrawn(market, alice, Kind.FILL_EQUIVOCATION)
+    assert_claimed_paid_and_withdrawn(market, alice, Kind.FILL_EQUIVOCATION)
 
 
 @pytest.mark.parametrize("policy", [Ignore(1.0, random.Random(0)), Delay(120_000)])
@@ -220,7 +247,7 @@ def test_unanswered_cancel_is_forced_and_the_default_is_paid(tmp_path, policy):
     market = Market.open(tmp_path, policy=policy)
     alice, bob = market.desk(2), market.desk(3)
     sell = market.place(alice, 1, PRICE, -2 * SIZE)
-    market.place(bob, 1, PRICE, SIZE)  # half filled: the receipt caps the default
+    market.place(bob, 1, PRICE, SIZE)  # half filled before the cancel: not an offence
     market.cancel(alice, [sell])
     assert alice.store.notes() == []
     market.advance(10_000)
@@ -230,15 +257,20 @@ def test_unanswered_cancel_is_forced_and_the_default_is_paid(tmp_path, policy):
     assert forced.outcome == "forced"
     digest = sell.order.digest(market.court.domain)
     status = market.court.cancel_status(digest)
-    assert status.state is CancelState.REQUESTED and status.cap == SIZE
+    assert status.state is CancelState.REQUESTED and status.cap == 0
     assert market.watch(alice) == []  # the window is open: wait
     market.chain.increase_time(W + 1)
     market.chain.mine()  # blocks keep coming on a live chain
     outcomes = market.watch(alice)
-    assert [o.outcome for o in outcomes] == ["won"]
-    assert outcomes[0].paid == PENALTY
-    assert [o.outcome for o in market.watch(alice)] == ["withdrawn"]
+    assert [(o.outcome, o.owed) for o in outcomes] == [("claimed", PENALTY)]
     assert market.court.cancel_status(digest).state is CancelState.DEFAULTED
+    vest(market)
+    assert [(o.outcome, o.paid) for o in market.watch(alice)] == [
+        ("paid", OWNER_SHARE + DISPUTE_BOND)  # the penalty's share, and the bond back
+    ]
+    assert [o.outcome for o in market.watch(alice)] == ["withdrawn"]
+    assert alice.disputable()[0].status == "paid"
+    assert market.court.claims_outstanding() == 0  # one default, one penalty
 
 
 @pytest.mark.parametrize("policy", [Ignore(1.0, random.Random(0)), WithholdNotes()])
@@ -269,10 +301,12 @@ def test_forced_cancel_answered_in_time_is_not_paid_and_its_cap_is_enforced(tmp_
     )
     assert {Kind.FILL_ABOVE_CAP, Kind.FILL_AFTER_NOTE} <= kinds(alice)
     outcomes = market.watch(alice)
-    won = [o for o in outcomes if o.outcome == "won"]
+    claimed = [o for o in outcomes if o.outcome == "claimed"]
     rejected = [o for o in outcomes if o.outcome == "rejected"]
-    assert len(won) == 1 and won[0].paid == PENALTY  # one over-fill is one offence...
-    assert [o.detail for o in rejected] == ["court: offence already paid"]  # ...paid once
+    assert len(claimed) == 1 and claimed[0].owed == PENALTY  # one over-fill, one offence...
+    assert {o.detail for o in rejected} == {"court: offence already proven"}  # ...claimed once
+    digest = sell.order.digest(market.court.domain)
+    assert market.court.offence_paid(digest, Offence.FILL_AFTER_NOTE)
 
 
 def test_a_note_arriving_after_the_deadline_but_before_forcing_resolves_it(tmp_path):
@@ -310,7 +344,9 @@ def test_bundle_from_one_store_wins_the_dispute_from_another_store(tmp_path):
     assert [f.kind for f in found] == [Kind.FILL_AFTER_NOTE]
     tower = Watchtower(carol, market.court, market.chain.dev_accounts[5])
     outcomes = tower.step(market.now_ms)
-    assert [o.outcome for o in outcomes] == ["won"]
-    # the court pays the victim named in the evidence, never the submitter
-    assert market.court.credits(alice.trader.signer.address) == PENALTY
+    assert [o.outcome for o in outcomes] == ["claimed"]
+    vest(market)
+    assert [o.outcome for o in tower.step(market.now_ms)] == ["paid"]
+    # the court pays the order's owner, never the submitter
+    assert market.court.credits(alice.trader.signer.address) == OWNER_SHARE
     assert market.court.credits(market.chain.dev_accounts[5].address) == 0

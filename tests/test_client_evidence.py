@@ -39,7 +39,10 @@ def fill(seq: int, total: int, amount: int = 1) -> SignedFill:
 
 
 def note(seq: int, filled: int, last_fill_seq: int) -> SignedNote:
-    message = CancellationNote(DIGEST, SENDER, bytes(32), filled, last_fill_seq, 0, 0, 5, seq)
+    last_hash = fill(last_fill_seq, filled).fill.struct_hash() if last_fill_seq else bytes(32)
+    message = CancellationNote(
+        DIGEST, SENDER, bytes(32), filled, last_fill_seq, last_hash, 0, 0, 5, seq
+    )
     return SignedNote(message, message.sign(OPERATOR, DOMAIN), seq)
 
 
@@ -100,7 +103,7 @@ def test_a_bundle_verifies_offline_and_any_tampering_rejects_it_whole(store):
     bundle["fills"][0]["fill"]["filledTotal"] = "2"  # the operator never signed this
     with pytest.raises(EvidenceError, match="signed by"):
         parse_bundle(bundle)
-    with pytest.raises(EvidenceError, match="not a cancelnote-evidence/1"):
+    with pytest.raises(EvidenceError, match="not a cancelnote-evidence/2"):
         parse_bundle({"format": "other"})
 
 

@@ -7,6 +7,7 @@ import attrs
 import pytest
 from conftest import MIN_BOND_WEI
 
+from cancelnote.contracts import load_artifact
 from cancelnote.dispute.chain import ChainError
 from cancelnote.dispute.court import Court, CourtEvent
 
@@ -18,7 +19,20 @@ def test_events_are_decoded_by_name_with_addresses_as_bytes(world):
     assert [event.name for event in history] == ["BondDeposited", "CancelRequested"]
     assert history[0] == CourtEvent("BondDeposited", {"amount": MIN_BOND_WEI, "bond": MIN_BOND_WEI})
     assert history[1].args["owner"] == world.alice.address
-    assert list(history[1].args) == ["digest", "owner", "requester", "deadline", "cap"]
+    assert list(history[1].args) == [
+        "owner",
+        "digest",
+        "requester",
+        "requestId",
+        "sender",
+        "productId",
+        "priceX18",
+        "amount",
+        "expiration",
+        "nonce",
+        "requestedAt",
+        "deadline",
+    ]
 
 
 def test_a_log_of_another_contract_is_not_decoded(world):
@@ -36,5 +50,17 @@ def test_at_binds_an_existing_court(world):
 
 
 def test_dry_run_reverts_carry_the_reason(world, reverts):
+    order, _ = world.order(world.alice)
     with reverts("court: cancel not requested"):
-        world.chain.call(world.court.address, world.court.encode_call("finalize", bytes(32)))
+        world.chain.call(world.court.address, world.court.encode_call("finalize", order))
+
+
+def test_every_event_about_an_owner_indexes_the_owners_address():
+    """Watchtowers filter the court's logs by owner (a topic), so every event that
+    concerns an order's owner carries the owner's address as an indexed argument."""
+    about_owners = {"Slashed", "ClaimPaid", "CancelRequested", "CancelAnswered", "CancelDefaulted"}
+    events = {e["name"]: e for e in load_artifact("CancelCourt").abi if e["type"] == "event"}
+    assert about_owners <= set(events)
+    for name in about_owners:
+        owner = next(i for i in events[name]["inputs"] if i["name"] == "owner")
+        assert (owner["type"], owner["indexed"]) == ("address", True), name

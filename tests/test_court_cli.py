@@ -50,6 +50,22 @@ def test_deployed_court_names_the_operator_and_its_parameters(rpc_url, capsys):
     assert status["penalty_wei"] == 7 and status["bond_wei"] == 0 and status["halted"] is False
 
 
+def test_deploy_takes_every_v2_parameter_and_status_reports_them(rpc_url, capsys):
+    deployed = run_json(
+        capsys, "court", "deploy", "--rpc", rpc_url, "--operator", dev_account(1).checksum_address,
+        "--dev-account", "0", "--claim-delay-s", "7", "--max-pending-ms", "5000",
+        "--burn-share-bps", "1000", "--burn-address", "0x" + "99" * 20,
+    )  # fmt: skip
+    status = run_json(capsys, "court", "status", "--rpc", rpc_url, "--court", deployed["court"])
+    assert (status["claim_delay_s"], status["max_pending_ms"], status["burn_share_bps"]) == (
+        7,
+        5000,
+        1000,
+    )
+    assert status["burn_address"] == to_checksum(bytes.fromhex("99" * 20))
+    assert status["claims_outstanding_wei"] == 0 and status["burn_unsent_wei"] == 0
+
+
 def test_status_reports_the_forced_cancel_state_of_an_order(rpc_url, capsys):
     deployed = run_json(
         capsys, "court", "deploy", "--rpc", rpc_url,
@@ -60,6 +76,7 @@ def test_status_reports_the_forced_cancel_state_of_an_order(rpc_url, capsys):
         "--digest", "0x" + "ab" * 32,
     )  # fmt: skip
     assert status["cancel"]["state"] == "NONE" and status["cancel"]["cap"] == 0
+    assert status["claims"] == {}
 
 
 def test_deploy_without_a_key_is_a_one_line_error(rpc_url, capsys):

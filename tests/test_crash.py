@@ -20,6 +20,8 @@ import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -221,9 +223,11 @@ async def test_sigterm_answers_what_was_read_closes_with_going_away_and_exits_0(
     assert events[-4:] == ["signal", "shutdown", "connection_closed", "stopped"]
 
 
-async def test_operator_against_a_served_chain_answers_forced_cancels_even_of_unsent_orders(
-    tmp_path,
-):
+@asynccontextmanager
+async def served_court(tmp_path: Path, password: str) -> AsyncIterator[tuple[str, Court]]:
+    """``cancelnote chain serve`` with a dev court on it, whose operator is a new keystore
+    (``operator.json`` and ``password`` in ``tmp_path``) funded with 1,000 ETH: yields the
+    chain's URL and the court; the chain stops after."""
     chain_process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "cancelnote.cli", "chain", "serve", "--port", "0"],
         stdout=subprocess.PIPE,
@@ -234,15 +238,29 @@ async def test_operator_against_a_served_chain_answers_forced_cancels_even_of_un
             line = await _read_line(chain_process)
         url = line.decode().strip().removeprefix("Listening on ")
         chain = await trio.to_thread.run_sync(JsonRpcChain, url)
-        deployer, alice = dev_account(0), dev_account(1)
-        (tmp_path / "password").write_text("served\n")
-        operator = keystore.create(tmp_path / "operator.json", "served", iterations=2**10)
+        deployer = dev_account(0)
+        (tmp_path / "password").write_text(password + "\n")
+        operator = keystore.create(tmp_path / "operator.json", password, iterations=2**10)
         court = await trio.to_thread.run_sync(
             partial(Court.deploy, chain, deployer, operator=operator.address, **DEV_PARAMETERS)
         )
         await trio.to_thread.run_sync(
             partial(chain.transact, deployer, operator.address, b"", value=10**21)
         )
+        yield url, court
+    finally:
+        chain_process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(10):
+            await chain_process.wait()
+        if chain_process.returncode is None:
+            chain_process.kill()
+
+
+async def test_operator_against_a_served_chain_answers_forced_cancels_even_of_unsent_orders(
+    tmp_path,
+):
+    async with served_court(tmp_path, "served") as (url, court):
+        alice = dev_account(1)
         process, port, domain = await _start_operator(
             tmp_path,
             0,
@@ -265,7 +283,7 @@ async def test_operator_against_a_served_chain_answers_forced_cancels_even_of_un
             async with connect(port) as client:
                 assert (await client.request(placed))["status"] == "success"
             # One order the operator holds, one it never received (signed, never sent):
-            # the second is read from the request's calldata over eth_getTransactionByHash.
+            # the second is answered from the CancelRequested event, which carries it.
             unsent = trader.order(1, PRICE, 2 * SIZE, wall_clock_ms())
             for order in (placed.order, unsent.order):
                 await trio.to_thread.run_sync(court.request_cancel, alice, order)
@@ -281,9 +299,3 @@ async def test_operator_against_a_served_chain_answers_forced_cancels_even_of_un
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(10):
                 assert await process.wait() == 0
-    finally:
-        chain_process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(10):
-            await chain_process.wait()
-        if chain_process.returncode is None:
-            chain_process.kill()

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.slow
 PASSWORD = "e2e password"
 ORDER = ("--product", "1", "--price", "100", "--amount")
 PENALTY = 10**18
-COURT = {**DEV_PARAMETERS, "penalty_wei": PENALTY, "halt_on_default": False}
+#: A claim delay of 2 s: claims vest 4 blocks after they are filed (a block is a second).
+COURT = {**DEV_PARAMETERS, "penalty_wei": PENALTY, "halt_on_default": False, "claim_delay_s": 2}
+OWNER_SHARE = PENALTY - PENALTY * COURT["burn_share_bps"] // 10_000
 
 
 ENV = {**os.environ, keystore.PASSWORD_ENV: PASSWORD}
@@ -121,11 +123,17 @@ def test_fill_after_note_is_detected_won_and_paid_out(exchange):
     code, cancelled = client(exchange, "alice", "cancel", order)
     assert code == 0 and cancelled[0]["outcome"] == "cancelled"
     client(exchange, "bob", "place", "buy", *ORDER, "1")
-    code, outcomes = client(exchange, "alice", "watch", "--duration-s", "3", "--poll-s", "0.3")
-    won = [o for o in outcomes if o["outcome"] == "won"]
+    code, outcomes = client(exchange, "alice", "watch", "--duration-s", "2", "--poll-s", "0.3")
+    claimed = [o for o in outcomes if o["outcome"] == "claimed"]
+    assert claimed and claimed[0]["owed_wei"] == PENALTY, outcomes
+    chain = JsonRpcChain(exchange["rpc"])
+    for _ in range(4):  # blocks go by: the claim vests
+        chain.transact(dev_account(5), dev_account(6).address, b"", value=1)
+    code, outcomes = client(exchange, "alice", "watch", "--duration-s", "2", "--poll-s", "0.3")
+    paid = [o for o in outcomes if o["outcome"] == "paid"]
     withdrawn = [o for o in outcomes if o["outcome"] == "withdrawn"]
-    assert won and won[0]["paid_wei"] == PENALTY, outcomes
+    assert paid and paid[0]["paid_wei"] == OWNER_SHARE, outcomes
     assert withdrawn, outcomes
     code, findings = client(exchange, "alice", "evidence", "findings")
-    assert [(f["kind"], f["status"]) for f in findings] == [("FILL_AFTER_NOTE", "won")]
+    assert [(f["kind"], f["status"]) for f in findings] == [("FILL_AFTER_NOTE", "paid")]
     assert code == 0

@@ -159,6 +159,7 @@ def make_note(**changes: Any) -> CancellationNote:
         request_hash=b"\xbb" * 32,
         filled_amount=3 * 10**18,
         last_fill_seq=41,
+        last_fill_hash=b"\xcc" * 32,
         pending_amount=0,
         pending_until_ms=0,
         received_at_ms=1_700_000_000_000,

@@ -31,8 +31,9 @@ from cancelnote.api import (
     request_to_wire,
 )
 from cancelnote.crypto import Signer, recover_address
-from cancelnote.messages import CancellationNote, Domain, Fill, make_nonce
-from cancelnote.operator.engine import Engine, split_outputs
+from cancelnote.dispute import rules
+from cancelnote.messages import CancellationNote, Domain, Fill, Order, make_nonce
+from cancelnote.operator.engine import MAX_PENDING_MS, Engine, split_outputs
 from cancelnote.operator.errors import JournalCorrupt, OrderNotFound
 from cancelnote.operator.journal import (
     FillIssued,
@@ -273,6 +274,54 @@ def test_force_cancel_signs_an_on_chain_note_with_a_zero_request_hash(alice, bob
     assert (note.request_hash, note.filled_amount, note.received_at_ms) == (bytes(32), 2, T0 + 3)
     status = reply(engine.handle(OrderStatus(digest(maker)), T0 + 4))["data"]
     assert (status["status"], status["cancellation_type"]) == ("CANCELLED", "ON_CHAIN")
+
+
+def test_a_note_names_the_fill_it_counts_last_by_its_struct_hash(alice, bob):
+    engine = make_engine()
+    maker = alice.order(1, 100, 10, T0)
+    engine.handle(maker, T0)
+    fills = of(engine.handle(bob.order(1, 100, -3, T0), T0), FillIssued)
+    fills += of(engine.handle(bob.order(1, 100, -4, T0 + 1), T0 + 1), FillIssued)
+    last = [f.fill for f in fills if f.fill.order_digest == digest(maker)][-1]
+    cancel = alice.cancel([maker], T0 + 5)
+    note = note_of(reply(engine.handle(cancel, T0 + 5))["data"]["notes"][0])
+    assert (note.filled_amount, note.last_fill_seq) == (7, last.seq)
+    assert note.last_fill_hash == last.struct_hash()
+    unfilled = alice.order(1, 90, 1, T0 + 5)
+    engine.handle(unfilled, T0 + 5)
+    cancel = alice.cancel([unfilled], T0 + 6)
+    blank = note_of(reply(engine.handle(cancel, T0 + 6))["data"]["notes"][0])
+    assert (blank.filled_amount, blank.last_fill_seq, blank.last_fill_hash) == (0, 0, bytes(32))
+
+
+def test_a_settlement_delay_beyond_the_courts_pending_bound_is_refused():
+    with pytest.raises(ValueError, match="exceeds the court's max_pending_ms"):
+        make_engine(settlement_delay_ms=1_001, max_pending_ms=1_000)
+
+
+def test_a_forced_cancel_is_received_at_the_requests_block_time(alice, bob):
+    engine = make_engine()
+    maker = alice.order(1, 100, 5, T0)
+    engine.handle(maker, T0)
+    engine.handle(bob.order(1, 100, -2, T0 + 2_000), T0 + 2_000)  # after the request, unseen
+    (push,) = of(engine.force_cancel(digest(maker), T0 + 3_000, None, T0 + 1_000), Push)
+    note = note_of(push.wire)
+    assert (note.received_at_ms, note.filled_amount) == (T0 + 1_000, 2)
+    other = alice.order(1, 100, 5, T0 + 3_000)
+    engine.handle(other, T0 + 3_000)
+    (push,) = of(engine.force_cancel(digest(other), T0 + 3_000, None, T0 + 9_000), Push)
+    assert note_of(push.wire).received_at_ms == T0 + 3_000  # a clock behind the chain's
+
+
+def test_a_late_watcher_receives_the_forced_cancel_as_early_as_the_pending_bound_allows(alice, bob):
+    engine = make_engine(settlement_delay_ms=1_000, max_pending_ms=1_000)
+    maker = alice.order(1, 100, 5, T0)
+    engine.handle(maker, T0)
+    engine.handle(bob.order(1, 100, -2, T0 + 5_000), T0 + 5_000)  # in flight to T0 + 6000
+    (push,) = of(engine.force_cancel(digest(maker), T0 + 5_500, None, T0), Push)
+    note = note_of(push.wire)
+    assert (note.received_at_ms, note.pending_until_ms) == (T0 + 5_000, T0 + 6_000)
+    assert rules.note_fault(maker.order, note, 1_000) is None
 
 
 def test_force_cancel_of_a_cancelled_order_returns_its_existing_note(alice):
@@ -634,6 +683,8 @@ class EngineMatchesModel(RuleBasedStateMachine):
         self.notes: dict[bytes, list[CancellationNote]] = defaultdict(list)
         self.note_wire: dict[bytes, dict] = {}
         self.accepted_cancels: list[CancelOrders] = []
+        self.signed_orders: dict[bytes, Order] = {}
+        self.forced_at_s: dict[bytes, int] = {}  # digest -> the request's block time
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -680,6 +731,7 @@ class EngineMatchesModel(RuleBasedStateMachine):
         return sum(s for s, _ in flying), max((at for _, at in flying), default=0)
 
     def add_order(self, placed: PlaceOrder, who: int) -> ModelOrder:
+        self.signed_orders[digest(placed)] = placed.order
         size = abs(placed.order.amount)
         order = ModelOrder(
             digest(placed),
@@ -839,12 +891,16 @@ class EngineMatchesModel(RuleBasedStateMachine):
         for hex_digest in targets:
             self.orders[bytes.fromhex(hex_digest[2:])].state = "CANCELLED"
 
-    @rule(d=live)
-    def force_cancel(self, d):
+    @rule(d=live, lag_ms=st.sampled_from([0, 900, 5_000]))
+    def force_cancel(self, d, lag_ms):
+        """A forced cancel requested ``lag_ms`` before the watcher hands it to the engine
+        (at most once per order: the court takes one request per order, ever)."""
         self.expire()
         o = self.orders[d]
         had = self.note_wire.get(d)
-        outputs = self.record(self.engine.force_cancel(d, self.now))
+        requested_at_s = (self.now - lag_ms) // 1000
+        self.forced_at_s.setdefault(d, requested_at_s)
+        outputs = self.record(self.engine.force_cancel(d, self.now, None, requested_at_s * 1000))
         (push,) = of(outputs, Push)
         if had is not None:
             assert push.wire == had
@@ -965,6 +1021,11 @@ class EngineMatchesModel(RuleBasedStateMachine):
             assert note.last_fill_seq == max((f.seq for f in before), default=0)
             for fill in self.fills[d]:
                 assert rule1(fill, note) == "", (fill, note)
+            order = self.signed_orders[d]
+            assert rules.note_fault(order, note, self.engine.max_pending_ms) is None, note
+        for d, requested_at_s in self.forced_at_s.items():
+            for fill in self.fills[d]:  # only what was in flight settles after a forced cancel
+                assert not rules.fill_after_request(fill, requested_at_s, MAX_PENDING_MS), fill
 
 
 TestEngineMatchesModel = EngineMatchesModel.TestCase

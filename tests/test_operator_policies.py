@@ -19,7 +19,8 @@ from hypothesis.stateful import (
 
 from cancelnote.api import Notes, Push, Reply
 from cancelnote.crypto import Signer
-from cancelnote.messages import CancellationNote, Domain, Fill
+from cancelnote.dispute import rules
+from cancelnote.messages import CancellationNote, Domain, Fill, Order
 from cancelnote.operator.engine import Engine
 from cancelnote.operator.journal import CancelAccepted, FillIssued, NoteIssued
 from cancelnote.operator.policies import (
@@ -227,6 +228,7 @@ class CourtCatchesExactlyTheCheats(RuleBasedStateMachine):
         self.traders = [Trader(Signer(bytes([n]) * 32), DOMAIN) for n in (1, 2)]
         self.fills: dict[bytes, list[Fill]] = defaultdict(list)
         self.notes: dict[bytes, list[CancellationNote]] = defaultdict(list)
+        self.orders: dict[bytes, Order] = {}
 
     def record(self, outputs):
         for issued in of(outputs, FillIssued):
@@ -244,6 +246,7 @@ class CourtCatchesExactlyTheCheats(RuleBasedStateMachine):
     )
     def place(self, who, buy, price, size):
         request = self.traders[who].order(1, price, size if buy else -size, self.now)
+        self.orders[request.order.digest(DOMAIN)] = request.order
         self.record(self.engine.handle(request, self.now))
         return (who, request)
 
@@ -268,6 +271,9 @@ class CourtCatchesExactlyTheCheats(RuleBasedStateMachine):
         for digest, notes in self.notes.items():
             first = notes[0]
             fills = self.fills[digest]
+            for note in notes:  # every policy's notes keep the bounds: its cheat is elsewhere
+                fault = rules.note_fault(self.orders[digest], note, self.engine.max_pending_ms)
+                assert fault is None, (self.policy, note)
             convicted = any(rule1(f, n) for f in fills for n in notes) or any(
                 rule2_notes(first, n) for n in notes[1:]
             )

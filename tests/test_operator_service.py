@@ -47,6 +47,18 @@ def test_operator_refuses_to_start_when_the_courts_exit_delay_is_too_short(tmp_p
         prepare(config)
 
 
+def test_operator_takes_the_courts_pending_bound_and_refuses_a_longer_settlement(tmp_path):
+    prepared = prepare(OperatorConfig(tmp_path / "a.sqlite", OPERATOR))
+    try:
+        assert prepared.server.engine.max_pending_ms == DEV_PARAMETERS["max_pending_ms"]
+    finally:
+        prepared.journal.close()
+    too_slow = DEV_PARAMETERS["max_pending_ms"] + 1
+    config = OperatorConfig(tmp_path / "b.sqlite", OPERATOR, settlement_delay_ms=too_slow)
+    with pytest.raises(ServiceError, match="--settlement-delay-ms"):
+        prepare(config)
+
+
 def test_default_lifetime_fits_the_dev_court():
     assert OperatorConfig(Path("x"), OPERATOR).max_order_lifetime_s == MAX_ORDER_LIFETIME_S
     check_lifetime(

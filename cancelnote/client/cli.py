@@ -6,7 +6,8 @@ court (``--rpc URL --court ADDRESS``) creates the store for that court and its o
 
 Exit codes: 0 done; 1 the operator or the court refused; 2 usage or configuration error
 (bad option, key, password, store of another court); 3 a finding needs a dispute (or a
-dispute is still open); 4 the operator or the chain cannot be reached.
+dispute is still open: forced and unsettled, or claimed and not yet paid in full); 4 the
+operator or the chain cannot be reached.
 """
 
 from __future__ import annotations
@@ -61,12 +62,15 @@ def _digest(text: str) -> bytes:
 
 class _Context:
     def __init__(self, args: argparse.Namespace, *, chain: bool = False) -> None:
+        import attrs
+
         from cancelnote.client.evidence import EvidenceError, EvidenceStore
         from cancelnote.client.verifier import Verifier, VerifierPolicy
 
         self.args = args
         self.court: Any = None
         domain = operator = None
+        policy = VerifierPolicy(cancel_deadline_ms=int(args.deadline_s * 1000))
         if args.rpc:
             from cancelnote.crypto import parse_address
             from cancelnote.dispute.chain import ChainError
@@ -78,6 +82,7 @@ class _Context:
             try:
                 self.court = Court.at(JsonRpcChain(args.rpc), parse_address(args.court))
                 domain, operator = self.court.domain, self.court.operator()
+                policy = attrs.evolve(policy, court_max_pending_ms=self.court.max_pending_ms())
             except ChainError as exc:
                 raise _Exit(EXIT_UNREACHABLE, f"cannot reach the chain: {exc}") from None
         elif chain:
@@ -86,9 +91,7 @@ class _Context:
             self.store = EvidenceStore.open(args.db, domain, operator)
         except EvidenceError as exc:
             raise _Exit(EXIT_USAGE, str(exc)) from None
-        self.verifier = Verifier(
-            self.store, VerifierPolicy(cancel_deadline_ms=int(args.deadline_s * 1000))
-        )
+        self.verifier = Verifier(self.store, policy)
 
     def signer(self) -> Any:
         return _load_signer(self.args)
@@ -131,7 +134,9 @@ def _findings_exit(ctx: _Context) -> int:
     from cancelnote.client.verifier import DISPUTABLE
 
     open_ = [
-        f for f in ctx.store.findings() if f.kind in DISPUTABLE and f.status in ("open", "forced")
+        f
+        for f in ctx.store.findings()
+        if f.kind in DISPUTABLE and f.status in ("open", "forced", "claimed")
     ]
     return EXIT_FINDINGS if open_ else EXIT_OK
 
@@ -336,12 +341,17 @@ def _now_ms() -> int:
     return wall_clock_ms()
 
 
+#: The columns of a watchtower round's outcomes (``dispute``, ``watch``).
+_OUTCOME_COLUMNS = ["action", "order", "outcome", "owed_wei", "paid_wei", "detail"]
+
+
 def _outcome_rows(outcomes: list[Any]) -> list[dict[str, Any]]:
     return [
         {
             "action": type(o.action).__name__,
             "order": "0x" + getattr(o.action, "digest", b"").hex(),
             "outcome": o.outcome,
+            "owed_wei": o.owed,
             "paid_wei": o.paid,
             "detail": o.detail,
             "tx": "" if o.tx_hash is None else "0x" + o.tx_hash.hex(),
@@ -364,7 +374,7 @@ def _dispute(args: argparse.Namespace) -> int:
         outcomes = _watchtower(ctx).step(_now_ms())
     except ChainError as exc:
         raise _Exit(EXIT_UNREACHABLE, str(exc)) from None
-    _emit(args, _outcome_rows(outcomes), ["action", "order", "outcome", "paid_wei", "detail"])
+    _emit(args, _outcome_rows(outcomes), _OUTCOME_COLUMNS)
     if any(o.outcome == "rejected" for o in outcomes):
         return EXIT_REJECTED
     return _findings_exit(ctx)
@@ -397,7 +407,7 @@ def _watch(args: argparse.Namespace) -> int:
             await rounds()
 
     trio.run(main)
-    _emit(args, _outcome_rows(outcomes), ["action", "order", "outcome", "paid_wei", "detail"])
+    _emit(args, _outcome_rows(outcomes), _OUTCOME_COLUMNS)
     return _findings_exit(ctx)
 
 

@@ -42,8 +42,9 @@ from cancelnote.messages import (
     signature_to_wire,
 )
 
-#: The ``format`` field of a bundle; a reader refuses any other.
-BUNDLE_FORMAT = "cancelnote-evidence/1"
+#: The ``format`` field of a bundle; a reader refuses any other (version 2: the messages
+#: of protocol v2, whose notes carry ``lastFillHash``).
+BUNDLE_FORMAT = "cancelnote-evidence/2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -171,7 +172,9 @@ class Finding:
         detail: one line for a human.
         evidence: the signed messages, in wire form (``fills``, ``notes``, ``order``).
         found_at_ms: client clock.
-        status: ``open`` until the watchtower acts: ``disputed``, ``won``, ``rejected``.
+        status: ``open`` until the watchtower acts: ``claimed`` (the court filed the
+            claim), ``paid`` (credited in full), ``rejected`` (see
+            :mod:`cancelnote.client.watchtower`).
         id: the row id, once stored.
     """
 
@@ -557,24 +560,25 @@ class EvidenceStore:
         return [{"name": n, "block": b, "tx_hash": t, **json.loads(args)} for n, b, t, args in rows]
 
     def court_cap(self, digest: bytes) -> int | None:
-        """The cap a forced cancel of ``digest`` recorded in court, from the kept events.
+        """The cap an answered forced cancel of ``digest`` recorded in court, from the kept
+        events: the note's ``filledAmount + pendingAmount``; ``None`` while unanswered (a
+        default records no cap: protocol §12.3)."""
+        answered = self._court_event("CancelAnswered", digest)
+        return None if answered is None else int(answered["cap"])
 
-        An answer sets it to the note's ``filledAmount + pendingAmount``; a default leaves
-        the requester's receipt total. ``None`` while no cap is recorded.
-        """
-        caps = {
-            event["name"]: int(event["cap"])
-            for event in self.chain_events()
-            if event.get("digest") == _hex(digest)
-            and event["name"] in ("CancelRequested", "CancelAnswered")
-        }
-        if "CancelAnswered" in caps:
-            return caps["CancelAnswered"]
-        defaulted = self._conn.execute(
-            "SELECT 1 FROM chain_events WHERE name = 'CancelDefaulted' AND digest = ?",
-            (_hex(digest),),
+    def court_requested_at(self, digest: bytes) -> int | None:
+        """The block time of the forced cancel of ``digest`` (when it took effect), from
+        the kept events; ``None`` if none was requested."""
+        requested = self._court_event("CancelRequested", digest)
+        return None if requested is None else int(requested["requestedAt"])
+
+    def _court_event(self, name: str, digest: bytes) -> dict[str, Any] | None:
+        row = self._conn.execute(
+            "SELECT args FROM chain_events WHERE name = ? AND digest = ?"
+            " ORDER BY block, log_index LIMIT 1",
+            (name, _hex(digest)),
         ).fetchone()
-        return caps.get("CancelRequested") if defaulted else None
+        return None if row is None else json.loads(row[0])
 
     def payouts(self) -> list[tuple[bytes, bytes, int, int]]:
         """``(tx hash, account, wei, at_ms)`` of every withdrawal."""

@@ -91,6 +91,7 @@ class Market:
     latency_ms: int = 0
     desks: dict[bytes, Desk] = attrs.Factory(dict)
     _transit: list[tuple[int, int, Callable[[], None]]] = attrs.Factory(list)
+    _journal: list[Any] = attrs.Factory(list)  # every entry the engine made, in order
     _order: Iterator[int] = attrs.Factory(itertools.count)
 
     @classmethod
@@ -192,9 +193,18 @@ class Market:
         self.route(self.engine.advance(until))
 
     def route(self, outputs: Iterable[Any]) -> None:
-        """Send replies and pushes to the desks (``latency_ms`` away, in order)."""
+        """Journal the engine's entries, and send replies and pushes to the desks
+        (``latency_ms`` away, in order)."""
         outputs = list(outputs)
+        self._journal.extend(out for out in outputs if not isinstance(out, Reply | Push))
         self._later(lambda: self._deliver(outputs))
+
+    def restart(self) -> None:
+        """What a crash and a restart do to the operator: a fresh engine, the same
+        configuration, the journal replayed (replies still in transit are delivered)."""
+        fresh = attrs.evolve(self.engine)
+        fresh.restore(self._journal)
+        self.engine = fresh
 
     def _later(self, action: Callable[[], None]) -> None:
         if self.latency_ms == 0:
@@ -221,14 +231,23 @@ class Market:
 
     # --- the court ------------------------------------------------------------------------
 
+    def force_cancel(self, desk: Desk, placed: PlaceOrder) -> None:
+        """``desk`` forces the cancel of its order on-chain, in a block stamped now (a live
+        chain's clock agrees with the operator's)."""
+        self.chain.set_next_block_timestamp(max(self.chain.timestamp() + 1, self.now_ms // 1000))
+        self.court.request_cancel(desk.trader.signer, placed.order)
+
     def operator_answers(self, desk: Desk, placed: PlaceOrder) -> None:
         """The operator's watcher answers a forced cancel of ``placed`` with its note."""
         digest = placed.order.digest(self.court.domain)
-        outputs = self.engine.force_cancel(digest, self.now_ms, placed.order)
+        requested_at_ms = self.court.cancel_status(digest).requested_at * 1000
+        outputs = self.engine.force_cancel(digest, self.now_ms, placed.order, requested_at_ms)
         self.route(outputs)
         wire = next(o.wire for o in outputs if isinstance(o, Push) and "note" in o.wire)
         note = CancellationNote.from_wire(wire["note"])
-        self.court.answer_cancel(self.operator, note, signature_from_wire(wire["signature"]))
+        self.court.answer_cancel(
+            self.operator, placed.order, note, signature_from_wire(wire["signature"])
+        )
 
     def watch(self, desk: Desk) -> list[Outcome]:
         """One round of ``desk``'s watchtower at the market's time."""

@@ -10,7 +10,9 @@ operator (anyone could have made it) but is still recorded, as a finding.
 Which checks are offences is not decided here: :mod:`cancelnote.dispute.rules` is the
 one statement of the court's rules, and a finding carries the :class:`Offence` it proves,
 or ``None`` for a check the court has no rule for (a gap in the fills, a note for a
-request we never sent, a long pending window): those are recorded, never disputed.
+request we never sent, a pending window longer than the client's policy): those are
+recorded, never disputed. Every proof carries the order, so only messages about an order
+this store holds can be proven; others are recorded as ``UNKNOWN_ORDER``.
 
 The verifier never reads a clock: callers pass ``now_ms`` (client clock, unix ms).
 """
@@ -25,7 +27,7 @@ from typing import Any
 import attrs
 
 from cancelnote.dispute import rules
-from cancelnote.dispute.court import Offence
+from cancelnote.dispute.court import DEV_PARAMETERS, Offence
 from cancelnote.errors import MessageError
 from cancelnote.messages import (
     Cancellation,
@@ -52,6 +54,8 @@ from .evidence import (
 CANCEL_DEADLINE_MS = 30_000
 #: Longest pending window a note may declare before it is flagged (Immutable's 90 s).
 MAX_PENDING_WINDOW_MS = 90_000
+#: The court's ``maxPendingMs`` when the caller does not say (the dev court's).
+COURT_MAX_PENDING_MS = DEV_PARAMETERS["max_pending_ms"]
 #: The stream cursor of a sender is kept under this name prefix in the store.
 STREAM_CURSOR = "stream:"
 
@@ -66,17 +70,17 @@ class Kind(enum.StrEnum):
     MALFORMED_FILL = "MALFORMED_FILL"
     BAD_FILL = "BAD_FILL"
     FILL_ABOVE_CAP = "FILL_ABOVE_CAP"
+    FILL_AFTER_REQUEST = "FILL_AFTER_REQUEST"
+    NOTE_OUT_OF_BOUNDS = "NOTE_OUT_OF_BOUNDS"
     UNANSWERED_CANCEL = "UNANSWERED_CANCEL"
 
     BAD_SIGNATURE = "BAD_SIGNATURE"
     MALFORMED_MESSAGE = "MALFORMED_MESSAGE"
     UNKNOWN_ORDER = "UNKNOWN_ORDER"
-    WRONG_SENDER = "WRONG_SENDER"
     FILL_GAP = "FILL_GAP"
     SEQ_REUSED = "SEQ_REUSED"
     NOTE_UNKNOWN_REQUEST = "NOTE_UNKNOWN_REQUEST"
     NOTE_AFTER_RECV_TIME = "NOTE_AFTER_RECV_TIME"
-    NOTE_OVERSTATES_FILLS = "NOTE_OVERSTATES_FILLS"
     PENDING_WINDOW = "PENDING_WINDOW"
 
 
@@ -90,6 +94,8 @@ DISPUTABLE = frozenset(
         Kind.MALFORMED_FILL,
         Kind.BAD_FILL,
         Kind.FILL_ABOVE_CAP,
+        Kind.FILL_AFTER_REQUEST,
+        Kind.NOTE_OUT_OF_BOUNDS,
         Kind.UNANSWERED_CANCEL,
     }
 )
@@ -97,10 +103,12 @@ DISPUTABLE = frozenset(
 
 @attrs.frozen
 class VerifierPolicy:
-    """The client's own limits (the protocol leaves them to the client)."""
+    """The client's own limits (the protocol leaves them to the client), and the court's
+    one parameter a check needs: its ``maxPendingMs`` (read it from the court)."""
 
     cancel_deadline_ms: int = CANCEL_DEADLINE_MS
     max_pending_window_ms: int = MAX_PENDING_WINDOW_MS
+    court_max_pending_ms: int = COURT_MAX_PENDING_MS
 
 
 DEFAULT_POLICY = VerifierPolicy()
@@ -280,14 +288,16 @@ class Verifier:
         return found
 
     def check_cap(self, digest: bytes, now_ms: int) -> list[Finding]:
-        """Judge the fills held against the cap the court recorded for ``digest``."""
-        cap = self.store.court_cap(digest)
-        found = []
+        """Judge the fills held against what a forced cancel of ``digest`` recorded in
+        court: its answered cap, and its request time (after which fills are late)."""
+        stored = self.store.order(digest)
+        if stored is None:
+            return []
+        candidates: list[Finding | None] = []
+        record = self._recorder(now_ms, candidates)
         for signed in self.store.fills(digest):
-            finding = self._cap_finding(signed, cap, now_ms)
-            if finding is not None:
-                found.append(finding)
-        return found
+            self._judge_forced(signed, stored, record)
+        return [f for f in candidates if f is not None]
 
     # --- the checks ---------------------------------------------------------------------
 
@@ -339,16 +349,18 @@ class Verifier:
             record(
                 Kind.UNKNOWN_ORDER, None, "a fill of an order this store does not hold", [signed]
             )
-        elif fill.sender != stored.order.sender:
-            record(Kind.WRONG_SENDER, None, "the fill's sender is not the order's", [signed])
-        if rules.malformed_fill(fill):
+            return [f for f in candidates if f is not None]
+        order = stored.order
+        if rules.malformed_fill(order, digest, fill):
             record(
                 Kind.MALFORMED_FILL,
                 Offence.MALFORMED_FILL,
-                f"amount {fill.amount}, filledTotal {fill.filled_total}",
+                f"amount {fill.amount}, filledTotal {fill.filled_total}, sender"
+                f" 0x{fill.sender.hex()} of an order of 0x{order.sender.hex()}",
                 [signed],
+                order=stored,
             )
-        if stored is not None and rules.bad_fill(stored.order, stored.digest, fill):
+        if rules.bad_fill(order, digest, fill):
             record(
                 Kind.BAD_FILL,
                 Offence.BAD_FILL,
@@ -357,30 +369,41 @@ class Verifier:
                 order=stored,
             )
         for other in self.store.fills_with_seq(fill.seq):
-            if other.fill != fill and rules.fill_contradiction(fill, other.fill):
-                record(
-                    Kind.FILL_EQUIVOCATION,
-                    Offence.FILL_EQUIVOCATION,
-                    f"two different fills with seq {fill.seq}",
-                    [other, signed],
-                )
+            if not rules.fill_contradiction(digest, fill, other.fill):
+                continue
+            # One claim per order: each held order of the pair is its owner's to prove.
+            pairs = [(signed, other)]
+            if other.fill.order_digest != digest:
+                pairs.append((other, signed))
+            for first, second in pairs:
+                owner = self.store.order(first.fill.order_digest)
+                if owner is not None:
+                    record(
+                        Kind.FILL_EQUIVOCATION,
+                        Offence.FILL_EQUIVOCATION,
+                        f"two different fills with seq {fill.seq}",
+                        [first, second],
+                        order=owner,
+                    )
         if self.store.notes_with_seq(fill.seq):
             record(Kind.SEQ_REUSED, None, f"a note and a fill share seq {fill.seq}", [signed])
         held = [f for f in self.store.fills(digest) if f.fill.seq != fill.seq]
         for other in held:
             first, second = (other, signed) if other.fill.seq < fill.seq else (signed, other)
-            if rules.fill_contradiction(first.fill, second.fill) is Offence.FILLS_OUT_OF_ORDER:
+            found = rules.fill_contradiction(digest, first.fill, second.fill)
+            if found is Offence.FILLS_OUT_OF_ORDER:
                 record(
                     Kind.FILLS_OUT_OF_ORDER,
                     Offence.FILLS_OUT_OF_ORDER,
                     f"filledTotal does not grow by amount from seq {first.fill.seq}"
                     f" to {second.fill.seq}",
                     [first, second],
+                    order=stored,
                 )
         before = [f for f in held if f.fill.seq < fill.seq]
         previous_total = before[-1].fill.filled_total if before else 0
-        if fill.filled_total > previous_total + fill.amount and not rules.malformed_fill(fill):
-            record(  # (less than that is FILLS_OUT_OF_ORDER, above)
+        if fill.filled_total > previous_total + fill.amount and fill.amount:
+            record(  # (less than that is FILLS_OUT_OF_ORDER, above; a zero amount malformed)
                 Kind.FILL_GAP,
                 None,
                 f"filledTotal {fill.filled_total} > {previous_total} held + amount {fill.amount}:"
@@ -388,8 +411,8 @@ class Verifier:
                 [*before[-1:], signed],
             )
         for note in self.store.notes(digest):
-            self._judge_pair(note, signed, record)
-        candidates.append(self._cap_finding(signed, self.store.court_cap(digest), now_ms))
+            self._judge_pair(note, signed, stored, record)
+        self._judge_forced(signed, stored, record)
         return [f for f in candidates if f is not None]
 
     def _judge_note(self, signed: SignedNote, now_ms: int) -> list[Finding]:
@@ -402,8 +425,16 @@ class Verifier:
             record(
                 Kind.UNKNOWN_ORDER, None, "a note for an order this store does not hold", [signed]
             )
-        elif note.sender != stored.order.sender:
-            record(Kind.WRONG_SENDER, None, "the note's sender is not the order's", [signed])
+            return [f for f in candidates if f is not None]
+        fault = rules.note_fault(stored.order, note, self.policy.court_max_pending_ms)
+        if fault is not None:
+            record(
+                Kind.NOTE_OUT_OF_BOUNDS,
+                Offence.NOTE_OUT_OF_BOUNDS,
+                fault.removeprefix("court: "),
+                [signed],
+                order=stored,
+            )
         if note.request_hash != bytes(32):
             self._judge_request(signed, stored, record)
         if note.pending_amount == 0 and note.pending_until_ms != 0:
@@ -419,23 +450,16 @@ class Verifier:
         if self.store.fills_with_seq(note.seq):
             record(Kind.SEQ_REUSED, None, f"a note and a fill share seq {note.seq}", [signed])
         for other in self.store.notes(digest):
-            if rules.note_equivocation(other.note, note):
+            if rules.note_equivocation(digest, other.note, note):
                 record(
                     Kind.NOTE_EQUIVOCATION,
                     Offence.NOTE_EQUIVOCATION,
                     f"two different notes for one order (seq {other.note.seq} and {note.seq})",
                     [other, signed],
+                    order=stored,
                 )
         for fill in self.store.fills(digest):
-            self._judge_pair(signed, fill, record)
-            if fill.fill.seq == note.last_fill_seq and note.filled_amount > fill.fill.filled_total:
-                record(
-                    Kind.NOTE_OVERSTATES_FILLS,
-                    None,
-                    f"filledAmount {note.filled_amount} > filledTotal {fill.fill.filled_total}"
-                    f" of the fill at lastFillSeq {note.last_fill_seq}",
-                    [fill, signed],
-                )
+            self._judge_pair(signed, fill, stored, record)
         return [f for f in candidates if f is not None]
 
     def _judge_request(self, signed: SignedNote, stored: StoredOrder | None, record: Any) -> None:
@@ -462,28 +486,39 @@ class Verifier:
             )
 
     @staticmethod
-    def _judge_pair(note: SignedNote, fill: SignedFill, record: Any) -> None:
-        clauses = rules.rule1(fill.fill, note.note)
-        if rules.fill_after_note(note.note, fill.fill):
+    def _judge_pair(note: SignedNote, fill: SignedFill, stored: StoredOrder, record: Any) -> None:
+        if rules.fill_after_note(stored.digest, note.note, fill.fill):
+            clauses = rules.rule1(fill.fill, note.note)
             record(
                 Kind.FILL_AFTER_NOTE,
                 Offence.FILL_AFTER_NOTE,
                 f"fill seq {fill.fill.seq} breaks note seq {note.note.seq} (rule 1 {clauses})",
                 [note, fill],
+                order=stored,
             )
 
-    def _cap_finding(self, signed: SignedFill, cap: int | None, now_ms: int) -> Finding | None:
-        if not rules.fill_above_cap(signed.fill, cap):
-            return None
-        return self._record(
-            Kind.FILL_ABOVE_CAP,
-            _key(signed.fill),
-            signed.fill.order_digest,
-            Offence.FILL_AFTER_NOTE,
-            f"filledTotal {signed.fill.filled_total} above the court's cap {cap}",
-            {"fills": [signed.to_wire()]},
-            now_ms,
-        )
+    def _judge_forced(self, signed: SignedFill, stored: StoredOrder, record: Any) -> None:
+        """A fill against what a forced cancel of its order recorded in court."""
+        fill, digest = signed.fill, stored.digest
+        cap = self.store.court_cap(digest)
+        if rules.fill_above_cap(fill, cap):
+            record(
+                Kind.FILL_ABOVE_CAP,
+                Offence.FILL_AFTER_NOTE,
+                f"filledTotal {fill.filled_total} above the court's cap {cap}",
+                [signed],
+                order=stored,
+            )
+        requested_at = self.store.court_requested_at(digest)
+        if rules.fill_after_request(fill, requested_at, self.policy.court_max_pending_ms):
+            record(
+                Kind.FILL_AFTER_REQUEST,
+                Offence.FILL_AFTER_NOTE,
+                f"stamped {fill.timestamp_ms}, after the forced cancel of {requested_at} s took"
+                f" effect (and {self.policy.court_max_pending_ms} ms in flight)",
+                [signed],
+                order=stored,
+            )
 
     # --- recording ----------------------------------------------------------------------
 

@@ -10,11 +10,14 @@ Two halves, so that the simulator can drive the decisions without a chain:
   :class:`~cancelnote.dispute.court.Court` binding, and records every call, its outcome
   and every payout in the evidence store.
 
-Finding states: ``open`` → ``disputed`` (a proof was mined) → ``won`` (the court slashed)
-or ``rejected`` (it reverted, e.g. ``court: offence already paid``); an unanswered cancel
-goes ``open`` → ``forced`` (requested on-chain) → ``won`` (default, paid) or ``answered``
-(the operator answered in time: no payout, but the court now holds the order's cap), or
-``resolved`` when the note arrived before the watchtower forced it.
+Finding states: ``open`` → ``claimed`` (the proof was mined: the court filed a claim for
+the order's owner) or ``rejected`` (it reverted, e.g. ``court: offence already proven``:
+someone proved it first, and the claim is the owner's all the same) → ``paid`` once the
+claim vested and its window paid it in full (a claim paid short stays ``claimed`` and is
+claimed again after the next deposit). An unanswered cancel goes ``open`` → ``forced``
+(requested on-chain) → ``claimed`` (a default: one penalty) or ``answered`` (the operator
+answered in time: no payout, but the court now holds the order's cap and request time),
+or ``resolved`` when the note arrived before the watchtower forced it.
 
 No false positives: only findings whose :class:`~cancelnote.dispute.court.Offence` comes
 from :mod:`cancelnote.dispute.rules` are proven, and a cancel is forced only after the
@@ -34,7 +37,14 @@ import trio
 
 from cancelnote.crypto import Signer
 from cancelnote.dispute.chain import Receipt, TransactionReverted
-from cancelnote.dispute.court import CancelState, CancelStatus, Court, Offence
+from cancelnote.dispute.court import (
+    CancelState,
+    CancelStatus,
+    ClaimStatus,
+    Court,
+    Offence,
+    WindowStatus,
+)
 from cancelnote.messages import CancellationNote, Fill, Order, signature_from_wire
 
 from .evidence import EvidenceStore, Finding
@@ -67,20 +77,30 @@ class Prove:
 
 @attrs.frozen
 class ForceCancel:
-    """Force the cancel of our ``order`` on-chain, with our latest fill ``receipt`` if any."""
+    """Force the cancel of our ``order`` on-chain (it takes effect at the request's block)."""
 
     finding_id: int
     digest: bytes
     order: Order
-    receipt: tuple[Fill, bytes] | None
 
 
 @attrs.frozen
 class Finalize:
-    """Settle a forced cancel whose answer window passed unanswered (a default)."""
+    """Settle a forced cancel of ``order`` whose answer window passed unanswered (a default)."""
 
     finding_id: int
     digest: bytes
+    order: Order
+
+
+@attrs.frozen
+class Claim:
+    """Have a vested claim for ``offence`` on ``order`` credited to its owner."""
+
+    finding_id: int
+    digest: bytes
+    order: Order
+    offence: Offence
 
 
 @attrs.frozen
@@ -98,7 +118,20 @@ class Withdraw:
     amount: int
 
 
-Action = Prove | ForceCancel | Finalize | Resolve | Withdraw
+Action = Prove | ForceCancel | Finalize | Claim | Resolve | Withdraw
+
+
+@attrs.frozen
+class ClaimView:
+    """A filed claim and its window, as the court reports them."""
+
+    claim: ClaimStatus
+    window: WindowStatus
+
+    def settled(self, penalty: int) -> bool:
+        """Whether the window took all it owes and the owner was credited its share."""
+        window = self.window
+        return window.taken == window.count * penalty and self.claim.paid == self.claim.entitled
 
 
 @attrs.frozen
@@ -110,12 +143,16 @@ class CourtView:
         cancels: the forced-cancel state of each order a finding concerns.
         credits: wei the court holds for the watchtower's account.
         account: the watchtower's address (it may force only its own orders).
+        claims: the claim of each ``claimed`` finding, by (digest, offence).
+        penalty: the court's penalty (what one claim is owed in full).
     """
 
     chain_time_s: int
     cancels: Mapping[bytes, CancelStatus]
     credits: int
     account: bytes
+    claims: Mapping[tuple[bytes, Offence], ClaimView] = attrs.Factory(dict)
+    penalty: int = 0
 
 
 def _signed_fill(wire: Mapping[str, Any]) -> tuple[Fill, bytes]:
@@ -126,50 +163,59 @@ def _signed_note(wire: Mapping[str, Any]) -> tuple[CancellationNote, bytes]:
     return CancellationNote.from_wire(wire["note"]), signature_from_wire(wire["signature"])
 
 
+#: The court call proving each kind of finding, and the messages it takes after the order.
+_PROOFS: dict[Kind, tuple[str, str]] = {
+    Kind.FILL_AFTER_NOTE: ("prove_fill_after_note", "nf"),
+    Kind.NOTE_EQUIVOCATION: ("prove_equivocation_notes", "nn"),
+    Kind.FILL_EQUIVOCATION: ("prove_equivocation_fills", "ff"),
+    Kind.FILLS_OUT_OF_ORDER: ("prove_equivocation_fills", "ff"),
+    Kind.MALFORMED_FILL: ("prove_malformed_fill", "f"),
+    Kind.BAD_FILL: ("prove_bad_fill", "f"),
+    Kind.FILL_ABOVE_CAP: ("prove_fill_above_cap", "f"),
+    Kind.FILL_AFTER_REQUEST: ("prove_fill_after_request", "f"),
+    Kind.NOTE_OUT_OF_BOUNDS: ("prove_bad_note", "n"),
+}
+
+
+def _order_of(finding: Finding) -> Order:
+    return Order.from_wire(finding.evidence["order"]["order"])
+
+
 def proof_of(finding: Finding) -> Prove:
-    """The court call that proves ``finding`` (its evidence holds every message needed)."""
+    """The court call that proves ``finding``: the order, then the signed messages in the
+    order the call takes them (its evidence holds every one)."""
     assert finding.id is not None and finding.offence is not None
-    ev = finding.evidence
     kind = Kind(finding.kind)
-    args: tuple[Any, ...]
-    if kind is Kind.FILL_AFTER_NOTE:
-        function, args = (
-            "prove_fill_after_note",
-            (
-                *_signed_note(ev["notes"][0]),
-                *_signed_fill(ev["fills"][0]),
-            ),
-        )
-    elif kind is Kind.NOTE_EQUIVOCATION:
-        function = "prove_equivocation_notes"
-        args = (*_signed_note(ev["notes"][0]), *_signed_note(ev["notes"][1]))
-    elif kind in (Kind.FILL_EQUIVOCATION, Kind.FILLS_OUT_OF_ORDER):
-        function = "prove_equivocation_fills"
-        args = (*_signed_fill(ev["fills"][0]), *_signed_fill(ev["fills"][1]))
-    elif kind is Kind.MALFORMED_FILL:
-        function, args = "prove_malformed_fill", _signed_fill(ev["fills"][0])
-    elif kind is Kind.BAD_FILL:
-        order = Order.from_wire(ev["order"]["order"])
-        order_sig = signature_from_wire(ev["order"]["signature"])
-        function, args = "prove_bad_fill", (order, order_sig, *_signed_fill(ev["fills"][0]))
-    elif kind is Kind.FILL_ABOVE_CAP:
-        function, args = "prove_fill_above_cap", _signed_fill(ev["fills"][0])
-    else:
+    if kind not in _PROOFS:
         raise ValueError(f"{kind} is not proven by a fraud proof")
-    return Prove(finding.id, finding.digest, finding.offence, function, args)
+    function, shape = _PROOFS[kind]
+    ev = finding.evidence
+    notes, fills = iter(ev.get("notes", ())), iter(ev.get("fills", ()))
+    args: list[Any] = [_order_of(finding)]
+    for item in shape:
+        args.extend(_signed_note(next(notes)) if item == "n" else _signed_fill(next(fills)))
+    return Prove(finding.id, finding.digest, finding.offence, function, tuple(args))
 
 
 def plan(findings: Iterable[Finding], view: CourtView, noted: frozenset[bytes]) -> list[Action]:
     """The actions one round should take (the sans-I/O core).
 
     Args:
-        findings: findings in states ``open`` and ``forced``.
+        findings: findings in states ``open``, ``forced`` and ``claimed``.
         view: the court's state this round.
         noted: orders that have a note in the store by now.
     """
     actions: list[Action] = []
     for finding in findings:
         if finding.kind not in DISPUTABLE or finding.id is None:
+            continue
+        if finding.status == "claimed":
+            offence = finding.offence if finding.kind != Kind.UNANSWERED_CANCEL else None
+            key = (finding.digest, offence or Offence.DEFAULT)
+            claim = view.claims.get(key)
+            vested = claim is not None and view.chain_time_s >= claim.claim.vests_at
+            if vested and not claim.settled(view.penalty):
+                actions.append(Claim(finding.id, finding.digest, _order_of(finding), key[1]))
             continue
         if finding.kind != Kind.UNANSWERED_CANCEL:
             if finding.status == "open":
@@ -180,21 +226,19 @@ def plan(findings: Iterable[Finding], view: CourtView, noted: frozenset[bytes]) 
         if state is CancelState.ANSWERED:
             actions.append(Resolve(finding.id, "answered"))
         elif state is CancelState.DEFAULTED:
-            actions.append(Resolve(finding.id, "won"))
+            actions.append(Resolve(finding.id, "claimed"))
         elif state is CancelState.REQUESTED:
             assert status is not None
             if view.chain_time_s >= status.deadline:
-                actions.append(Finalize(finding.id, finding.digest))
+                actions.append(Finalize(finding.id, finding.digest, _order_of(finding)))
         elif finding.status == "open":
             if finding.digest in noted:
                 actions.append(Resolve(finding.id, "resolved"))
                 continue
-            order = Order.from_wire(finding.evidence["order"]["order"])
+            order = _order_of(finding)
             if order.sender[:20] != view.account:
                 continue  # only the owner (or its signed cancel, relayed) may force
-            fills = finding.evidence.get("fills") or []
-            receipt = _signed_fill(fills[-1]) if fills else None
-            actions.append(ForceCancel(finding.id, finding.digest, order, receipt))
+            actions.append(ForceCancel(finding.id, finding.digest, order))
     if view.credits:
         actions.append(Withdraw(view.credits))
     return actions
@@ -213,6 +257,9 @@ class Outcome:
     detail: str
     tx_hash: bytes | None = None
     paid: int = 0
+    """Wei credited by the court to the owner by this call (a claim paid)."""
+    owed: int = 0
+    """Wei a claim this call filed is owed (a proof or a default)."""
 
 
 class Watchtower:
@@ -233,6 +280,7 @@ class Watchtower:
         self.court = court
         self.signer = signer
         self.auto_withdraw = auto_withdraw
+        self._court_penalty: int | None = None
 
     def step(self, now_ms: int) -> list[Outcome]:
         """One round: read the court, check deadlines, plan, act. Blocking (chain calls)."""
@@ -241,14 +289,19 @@ class Watchtower:
         findings = [
             f
             for f in self.store.findings()
-            if f.status in ("open", "forced") and f.kind in DISPUTABLE
+            if f.status in ("open", "forced", "claimed") and f.kind in DISPUTABLE
         ]
         digests = {f.digest for f in findings if f.kind == Kind.UNANSWERED_CANCEL}
+        claims = {
+            (f.digest, f.offence or Offence.DEFAULT) for f in findings if f.status == "claimed"
+        }
         view = CourtView(
             chain_time_s=self.court.chain.timestamp(),
             cancels={d: self.court.cancel_status(d) for d in digests},
             credits=self.court.credits(self.signer.address) if self.auto_withdraw else 0,
             account=self.signer.address,
+            claims={key: self._claim_view(*key) for key in claims},
+            penalty=self._penalty() if claims else 0,
         )
         noted = frozenset(d for d in digests if self.store.notes(d))
         outcomes = [self._execute(action, now_ms) for action in plan(findings, view, noted)]
@@ -280,7 +333,7 @@ class Watchtower:
                     event = self.court.decode_log(log)
                     digest = event.args.get("digest")
                     mine = self.signer.address in (
-                        event.args.get("victim"),
+                        event.args.get("owner"),
                         event.args.get("account"),
                     )
                     if digest in ours or mine:
@@ -291,7 +344,7 @@ class Watchtower:
                             event.name,
                             event.args,
                         )
-                        if event.name in ("CancelAnswered", "CancelDefaulted"):
+                        if event.name in ("CancelRequested", "CancelAnswered"):
                             capped.add(digest)
                 for digest in capped:
                     self.verifier.check_cap(digest, now_ms)
@@ -304,30 +357,61 @@ class Watchtower:
         if isinstance(action, Resolve):
             self.store.set_finding_status(action.finding_id, action.status)
             return Outcome(action, action.status, "closed without a court call")
+        if isinstance(action, Claim):
+            waiting = self._would_revert(action)
+            if waiting is not None:  # nothing to take yet (an empty bond): try next round
+                return Outcome(action, "waiting", waiting)
         try:
             receipt = self._transact(action)
         except TransactionReverted as exc:
             return self._record(action, "rejected", exc.reason, exc.receipt, now_ms)
-        slashed = [e for e in self.court.events(receipt) if e.name == "Slashed"]
-        paid = sum(e.args["paid"] for e in slashed)
-        outcome = {Prove: "won", ForceCancel: "forced", Finalize: "won", Withdraw: "withdrawn"}[
-            type(action)
-        ]
-        detail = f"slashed: {paid} wei to the victim" if slashed else ""
-        return self._record(action, outcome, detail, receipt, now_ms, paid)
+        events = self.court.events(receipt)
+        owed = sum(e.args["penalty"] for e in events if e.name == "Slashed")
+        paid = sum(e.args["paid"] + e.args["refund"] for e in events if e.name == "ClaimPaid")
+        if isinstance(action, Claim):
+            outcome = (
+                "paid"
+                if self._claim_view(action.digest, action.offence).settled(self._penalty())
+                else "claimed"
+            )
+            detail = f"credited {paid} wei to the owner"
+        else:
+            outcome = {Prove: "claimed", ForceCancel: "forced", Finalize: "claimed"}.get(
+                type(action), "withdrawn"
+            )
+            detail = f"claim filed: {owed} wei owed to the owner" if owed else ""
+        return self._record(action, outcome, detail, receipt, now_ms, paid, owed)
+
+    def _would_revert(self, action: Claim) -> str | None:
+        """The reason a claim would revert now (a dry run), or ``None``."""
+        data = self.court.encode_call("claim", action.order, int(action.offence))
+        try:
+            self.court.chain.call(self.court.address, data, sender=self.signer.address)
+        except TransactionReverted as exc:
+            return exc.reason
+        return None
 
     def _transact(self, action: Action) -> Receipt:
         court, signer = self.court, self.signer
         if isinstance(action, Prove):
             return getattr(court, action.function)(signer, *action.args)
         if isinstance(action, ForceCancel):
-            if action.receipt is None:
-                return court.request_cancel(signer, action.order)
-            return court.request_cancel_with_fill(signer, action.order, *action.receipt)
+            return court.request_cancel(signer, action.order)
         if isinstance(action, Finalize):
-            return court.finalize(signer, action.digest)
+            return court.finalize(signer, action.order)
+        if isinstance(action, Claim):
+            return court.claim(signer, action.order, action.offence)
         assert isinstance(action, Withdraw)
         return court.withdraw(signer)
+
+    def _claim_view(self, digest: bytes, offence: Offence) -> ClaimView:
+        claim = self.court.claim_of(digest, offence)
+        return ClaimView(claim, self.court.window_of(claim.window))
+
+    def _penalty(self) -> int:
+        if self._court_penalty is None:
+            self._court_penalty = self.court.penalty()
+        return self._court_penalty
 
     def _record(
         self,
@@ -337,6 +421,7 @@ class Watchtower:
         receipt: Receipt | None,
         now_ms: int,
         paid: int = 0,
+        owed: int = 0,
     ) -> Outcome:
         tx_hash = None if receipt is None else receipt.transaction_hash
         finding_id = getattr(action, "finding_id", None)
@@ -345,8 +430,10 @@ class Watchtower:
         if isinstance(action, Prove):
             name = action.function
         self.store.add_dispute(finding_id, name, digest, tx_hash, outcome, detail, now_ms)
-        # A finalize refused (the window is still open on this block) is retried next round.
-        if finding_id is not None and not (isinstance(action, Finalize) and outcome == "rejected"):
+        # A finalize refused (the window is still open on this block) is retried next round,
+        # and so is a claim refused (it stays filed).
+        retried = isinstance(action, Finalize | Claim) and outcome == "rejected"
+        if finding_id is not None and not retried:
             self.store.set_finding_status(finding_id, outcome)
         if isinstance(action, Withdraw) and receipt is not None:
             self.store.add_payout(tx_hash, self.signer.address, action.amount, now_ms)
@@ -354,4 +441,4 @@ class Watchtower:
             "court_call",
             extra={"fields": {"action": name, "outcome": outcome, "detail": detail}},
         )
-        return Outcome(action, outcome, detail, tx_hash, paid)
+        return Outcome(action, outcome, detail, tx_hash, paid, owed)

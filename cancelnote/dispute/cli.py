@@ -12,9 +12,12 @@ import sys
 from typing import Any
 
 from cancelnote.crypto import Signer, parse_address, to_checksum
-from cancelnote.dispute.court import DEV_PARAMETERS
+from cancelnote.dispute.court import DEV_PARAMETERS, Offence
 from cancelnote.dispute.local import BACKENDS
 from cancelnote.errors import CancelnoteError
+
+#: The integer parameters of ``court deploy``, each a ``--flag`` defaulting to the dev court's.
+_INT_PARAMETERS = tuple(name for name, value in DEV_PARAMETERS.items() if type(value) is int)
 
 
 def _signer(args: argparse.Namespace) -> Signer:
@@ -32,12 +35,13 @@ def _court_deploy(args: argparse.Namespace) -> int:
     from cancelnote.dispute.court import Court
     from cancelnote.dispute.jsonrpc import JsonRpcChain
 
-    parameters = {name: getattr(args, name) for name in DEV_PARAMETERS if name != "halt_on_default"}
+    parameters = {name: getattr(args, name) for name in _INT_PARAMETERS}
     court = Court.deploy(
         JsonRpcChain(args.rpc),
         _signer(args),
         operator=parse_address(args.operator),
         halt_on_default=not args.no_halt,
+        burn_address=parse_address(args.burn_address),
         **parameters,
     )
     receipt = court.deploy_receipt
@@ -62,18 +66,31 @@ def _court_status(args: argparse.Namespace) -> int:
         "dispute_bond_wei": court.dispute_bond(),
         "answer_window_s": court.answer_window(),
         "exit_delay_s": court.exit_delay(),
+        "max_pending_ms": court.max_pending_ms(),
+        "claim_delay_s": court.claim_delay(),
+        "burn_share_bps": court.burn_share_bps(),
+        "burn_address": to_checksum(court.burn_address()),
         "exit_announced_at": court.exit_announced_at(),
         "defaults": court.defaults(),
         "halted": court.halted(),
+        "claims_outstanding_wei": court.claims_outstanding(),
+        "burn_unsent_wei": court.burn_unsent(),
     }
     if args.digest is not None:
-        cancel = court.cancel_status(bytes.fromhex(args.digest.removeprefix("0x")))
+        digest = bytes.fromhex(args.digest.removeprefix("0x"))
+        cancel = court.cancel_status(digest)
         status["cancel"] = {
             "state": cancel.state.name,
-            "owner": to_checksum(cancel.owner),
+            "requested_at": cancel.requested_at,
             "deadline": cancel.deadline,
             "cap": cancel.cap,
         }
+        status["claims"] = {
+            offence.name: {"window": c.window, "paid": c.paid, "entitled": c.entitled,
+                           "vests_at": c.vests_at}
+            for offence in Offence
+            if (c := court.claim_of(digest, offence)).filed
+        }  # fmt: skip
     if args.json:
         print(json.dumps(status))
     else:
@@ -162,10 +179,15 @@ def add_court_commands(commands: argparse._SubParsersAction) -> None:
     deploy.add_argument(
         "--dev-account", type=int, help="deploy with dev account N of `cancelnote chain serve`"
     )
-    for name, value in DEV_PARAMETERS.items():
-        if name != "halt_on_default":
-            flag = "--" + name.replace("_", "-")
-            deploy.add_argument(flag, type=int, default=value, help=f"default {value:,}")
+    for name in _INT_PARAMETERS:
+        value = DEV_PARAMETERS[name]
+        flag = "--" + name.replace("_", "-")
+        deploy.add_argument(flag, type=int, default=value, help=f"default {value:,}")
+    deploy.add_argument(
+        "--burn-address",
+        default=to_checksum(DEV_PARAMETERS["burn_address"]),
+        help="where the burn share of every penalty goes (default %(default)s)",
+    )
     deploy.add_argument(
         "--no-halt", action="store_true", help="do not halt the operator on its first default"
     )

@@ -40,8 +40,12 @@ from .chain import Chain, ChainError, Log, Receipt
 
 ARTIFACT_NAME = "CancelCourt"
 
+#: The conventional address nobody holds a key for: the dev court's burn address.
+DEAD_ADDRESS = bytes.fromhex("000000000000000000000000000000000000dEaD")
+
 #: Court parameters for dev chains, demos and tests. A production court picks its own:
-#: the exit delay must exceed the longest order lifetime plus the answer window.
+#: the exit delay must exceed the longest order lifetime plus the answer window, and the
+#: claim delay the time an owner needs to notice an offence and get its proof mined.
 DEV_PARAMETERS: dict[str, Any] = {
     "answer_window_s": 3_600,
     "penalty_wei": 10**18,
@@ -49,6 +53,10 @@ DEV_PARAMETERS: dict[str, Any] = {
     "dispute_bond_wei": 10**17,
     "exit_delay_s": 30 * 86_400,
     "halt_on_default": True,
+    "max_pending_ms": 90_000,
+    "claim_delay_s": 86_400,
+    "burn_share_bps": 2_500,
+    "burn_address": DEAD_ADDRESS,
 }
 
 
@@ -62,7 +70,7 @@ class CancelState(enum.IntEnum):
 
 
 class Offence(enum.IntEnum):
-    """What the operator was slashed for (the contract's ``OFFENCE_*``)."""
+    """What a claim is for (the contract's ``OFFENCE_*``)."""
 
     FILL_AFTER_NOTE = 1
     NOTE_EQUIVOCATION = 2
@@ -71,6 +79,7 @@ class Offence(enum.IntEnum):
     MALFORMED_FILL = 5
     BAD_FILL = 6
     DEFAULT = 7
+    NOTE_OUT_OF_BOUNDS = 8
 
 
 @attrs.frozen
@@ -78,11 +87,39 @@ class CancelStatus:
     """The forced-cancel state of one order digest, as ``cancelStatus`` reports it."""
 
     state: CancelState
-    owner: bytes
+    requested_at: int
+    """Block timestamp of the request: when the cancel took effect (0 if never)."""
     deadline: int
     """Last block timestamp at which an answer is accepted (0 if never requested)."""
     cap: int
-    """The most the order may ever fill once answered or defaulted."""
+    """The most the order may ever fill, once answered (0 otherwise)."""
+
+
+@attrs.frozen
+class ClaimStatus:
+    """One claim, as ``claimOf`` reports it (all zero if none was filed)."""
+
+    window: int
+    paid: int
+    """Wei credited to the owner so far."""
+    entitled: int
+    """Wei the owner is owed by what the claim's window took from the bond so far."""
+    vests_at: int
+    """Block timestamp from which the claim can be paid."""
+
+    @property
+    def filed(self) -> bool:
+        return self.window != 0
+
+
+@attrs.frozen
+class WindowStatus:
+    """One claims window, as ``windowOf`` reports it (all zero if it never opened)."""
+
+    count: int
+    taken: int
+    opened_at: int
+    vests_at: int
 
 
 @attrs.frozen
@@ -91,6 +128,49 @@ class CourtEvent:
 
     name: str
     args: dict[str, Any]
+
+
+@attrs.frozen
+class ForcedCancel:
+    """A ``CancelRequested`` event: everything the operator needs to answer it.
+
+    The whole order is in the event, so an operator answers a request of an order it
+    never received without reading the request's transaction (whose calldata anyone
+    may shape: a relayer's or a contract's call, dirty ABI padding).
+    """
+
+    request_id: int
+    digest: bytes
+    owner: bytes
+    requester: bytes
+    order: Order
+    requested_at: int
+    """Block timestamp of the request: the cancel took effect then."""
+    deadline: int
+
+    @classmethod
+    def from_event(cls, event: CourtEvent) -> Self:
+        """Raises :class:`~cancelnote.errors.MessageError` if the order is out of range."""
+        args = event.args
+        if event.name != "CancelRequested":
+            raise ChainError(f"not a CancelRequested event: {event.name}")
+        order = Order(
+            sender=args["sender"],
+            product_id=args["productId"],
+            price_x18=args["priceX18"],
+            amount=args["amount"],
+            expiration=args["expiration"],
+            nonce=args["nonce"],
+        )
+        return cls(
+            args["requestId"],
+            args["digest"],
+            args["owner"],
+            args["requester"],
+            order,
+            args["requestedAt"],
+            args["deadline"],
+        )
 
 
 def _canonical_type(entry: dict[str, Any]) -> str:
@@ -206,6 +286,10 @@ class Court:
         dispute_bond_wei: int,
         exit_delay_s: int,
         halt_on_default: bool,
+        max_pending_ms: int,
+        claim_delay_s: int,
+        burn_share_bps: int,
+        burn_address: bytes,
     ) -> Self:
         """Deploy a new court with these parameters (see the contract's constructor)."""
         artifact = load_artifact(ARTIFACT_NAME)
@@ -220,6 +304,10 @@ class Court:
                 dispute_bond_wei,
                 exit_delay_s,
                 halt_on_default,
+                max_pending_ms,
+                claim_delay_s,
+                burn_share_bps,
+                burn_address,
             ],
         )
         receipt = chain.deploy(deployer, artifact.bytecode + arguments)
@@ -276,72 +364,86 @@ class Court:
         """``sender`` takes everything credited to it."""
         return self._transact(sender, "withdraw")
 
-    # --- fraud proofs -------------------------------------------------------------------
+    # --- claims -------------------------------------------------------------------------
+
+    def settle(self, sender: Signer, window: int) -> Receipt:
+        """Pay a vested claims window from the bond, as far as it goes (anyone may)."""
+        return self._transact(sender, "settle", window)
+
+    def claim(self, sender: Signer, order: Order, offence: Offence) -> Receipt:
+        """Credit ``order``'s owner its vested share of the claim for ``offence``."""
+        return self._transact(sender, "claim", order, int(offence))
+
+    def send_burn(self, sender: Signer) -> Receipt:
+        """Send the burn share collected so far to the burn address (anyone may)."""
+        return self._transact(sender, "sendBurn")
+
+    # --- fraud proofs: each takes the order, whose owner the claim is for ---------------
 
     def prove_fill_after_note(
         self,
         sender: Signer,
+        order: Order,
         note: CancellationNote,
         note_sig: bytes,
         fill: Fill,
         fill_sig: bytes,
     ) -> Receipt:
-        """Rule 1: a fill the operator's own note rules out."""
-        return self._transact(sender, "proveFillAfterNote", note, note_sig, fill, fill_sig)
+        """Rule 1: a fill of ``order`` the operator's own note rules out."""
+        return self._transact(sender, "proveFillAfterNote", order, note, note_sig, fill, fill_sig)
 
     def prove_equivocation_notes(
         self,
         sender: Signer,
+        order: Order,
         note1: CancellationNote,
         sig1: bytes,
         note2: CancellationNote,
         sig2: bytes,
     ) -> Receipt:
-        """Rule 2 (1): two different notes for one digest (``note1``'s owner is paid)."""
-        return self._transact(sender, "proveEquivocationNotes", note1, sig1, note2, sig2)
+        """Rule 2 (1): two different notes of ``order``."""
+        return self._transact(sender, "proveEquivocationNotes", order, note1, sig1, note2, sig2)
 
     def prove_equivocation_fills(
-        self, sender: Signer, fill1: Fill, sig1: bytes, fill2: Fill, sig2: bytes
+        self, sender: Signer, order: Order, fill1: Fill, sig1: bytes, fill2: Fill, sig2: bytes
     ) -> Receipt:
-        """Rule 2 (2, 3): two fills with one seq, or a later fill not adding its amount.
+        """Rule 2 (2, 3): ``fill1`` of ``order`` and a fill with its seq, or a later fill of
+        the order not adding its amount (``fill1`` the earlier)."""
+        return self._transact(sender, "proveEquivocationFills", order, fill1, sig1, fill2, sig2)
 
-        ``fill1``'s owner is paid; with different seqs ``fill1`` is the earlier.
-        """
-        return self._transact(sender, "proveEquivocationFills", fill1, sig1, fill2, sig2)
-
-    def prove_malformed_fill(self, sender: Signer, fill: Fill, fill_sig: bytes) -> Receipt:
-        """A fill of amount 0 or with a total below its own amount."""
-        return self._transact(sender, "proveMalformedFill", fill, fill_sig)
-
-    def prove_bad_fill(
-        self, sender: Signer, order: Order, order_sig: bytes, fill: Fill, fill_sig: bytes
+    def prove_malformed_fill(
+        self, sender: Signer, order: Order, fill: Fill, fill_sig: bytes
     ) -> Receipt:
-        """Rule 4: a fill worse than the order's limit price, or above its amount."""
-        return self._transact(sender, "proveBadFill", order, order_sig, fill, fill_sig)
+        """A fill of ``order`` of amount 0, with a total below its amount, or another sender."""
+        return self._transact(sender, "proveMalformedFill", order, fill, fill_sig)
 
-    def prove_fill_above_cap(self, sender: Signer, fill: Fill, fill_sig: bytes) -> Receipt:
-        """Rule 1 after a forced cancel: a fill above the cap it recorded."""
-        return self._transact(sender, "proveFillAboveCap", fill, fill_sig)
+    def prove_bad_fill(self, sender: Signer, order: Order, fill: Fill, fill_sig: bytes) -> Receipt:
+        """Rule 4: a fill worse than ``order``'s limit price, or above its amount."""
+        return self._transact(sender, "proveBadFill", order, fill, fill_sig)
+
+    def prove_bad_note(
+        self, sender: Signer, order: Order, note: CancellationNote, note_sig: bytes
+    ) -> Receipt:
+        """A note of ``order`` that breaks one of its bounds (§12.6)."""
+        return self._transact(sender, "proveBadNote", order, note, note_sig)
+
+    def prove_fill_above_cap(
+        self, sender: Signer, order: Order, fill: Fill, fill_sig: bytes
+    ) -> Receipt:
+        """Rule 1 after an answered forced cancel: a fill above the cap it recorded."""
+        return self._transact(sender, "proveFillAboveCap", order, fill, fill_sig)
+
+    def prove_fill_after_request(
+        self, sender: Signer, order: Order, fill: Fill, fill_sig: bytes
+    ) -> Receipt:
+        """A fill of a force-cancelled order stamped after the request took effect."""
+        return self._transact(sender, "proveFillAfterRequest", order, fill, fill_sig)
 
     # --- forced cancel ------------------------------------------------------------------
 
     def request_cancel(self, sender: Signer, order: Order, *, value: int | None = None) -> Receipt:
         """The owner forces a cancel of ``order``, paying the dispute bond (or ``value``)."""
         return self._transact(sender, "requestCancel", order, value=self._bond_or(value))
-
-    def request_cancel_with_fill(
-        self,
-        sender: Signer,
-        order: Order,
-        fill: Fill,
-        fill_sig: bytes,
-        *,
-        value: int | None = None,
-    ) -> Receipt:
-        """:meth:`request_cancel` proving the latest fill: its total is the cap on default."""
-        return self._transact(
-            sender, "requestCancelWithFill", order, fill, fill_sig, value=self._bond_or(value)
-        )
 
     def request_cancel_signed(
         self,
@@ -362,13 +464,15 @@ class Court:
             value=self._bond_or(value),
         )
 
-    def answer_cancel(self, sender: Signer, note: CancellationNote, note_sig: bytes) -> Receipt:
-        """Answer a forced cancel with the operator's note (anyone may submit it)."""
-        return self._transact(sender, "answerCancel", note, note_sig)
+    def answer_cancel(
+        self, sender: Signer, order: Order, note: CancellationNote, note_sig: bytes
+    ) -> Receipt:
+        """Answer a forced cancel of ``order`` with the operator's note (anyone may)."""
+        return self._transact(sender, "answerCancel", order, note, note_sig)
 
-    def finalize(self, sender: Signer, digest: bytes) -> Receipt:
-        """Settle a forced cancel left unanswered past its deadline: a default."""
-        return self._transact(sender, "finalize", digest)
+    def finalize(self, sender: Signer, order: Order) -> Receipt:
+        """Settle a forced cancel of ``order`` left unanswered past its deadline: a default."""
+        return self._transact(sender, "finalize", order)
 
     def _bond_or(self, value: int | None) -> int:
         return self.dispute_bond() if value is None else value
@@ -396,6 +500,26 @@ class Court:
     def halt_on_default(self) -> bool:
         return self._view("haltOnDefault")
 
+    def max_pending_ms(self) -> int:
+        return self._view("maxPendingMs")
+
+    def claim_delay(self) -> int:
+        return self._view("claimDelay")
+
+    def burn_share_bps(self) -> int:
+        return self._view("burnShareBps")
+
+    def burn_address(self) -> bytes:
+        return self._view("burnAddress")
+
+    def claims_outstanding(self) -> int:
+        """Wei owed to claims and not yet taken from the bond."""
+        return self._view("claimsOutstanding")
+
+    def burn_unsent(self) -> int:
+        """The burn share collected and not yet sent."""
+        return self._view("burnUnsent")
+
     def bond(self) -> int:
         """What is left of the operator's bond, in wei."""
         return self._view("bond")
@@ -418,16 +542,24 @@ class Court:
 
     def cancel_status(self, digest: bytes) -> CancelStatus:
         """The forced-cancel state of ``digest``."""
-        state, owner, deadline, cap = self._view("cancelStatus", digest)
-        return CancelStatus(CancelState(state), owner, deadline, cap)
+        state, requested_at, deadline, cap = self._view("cancelStatus", digest)
+        return CancelStatus(CancelState(state), requested_at, deadline, cap)
+
+    def claim_of(self, digest: bytes, offence: Offence) -> ClaimStatus:
+        """The claim for ``offence`` on ``digest``."""
+        return ClaimStatus(*self._view("claimOf", digest, int(offence)))
+
+    def window_of(self, window: int) -> WindowStatus:
+        """Claims window ``window``."""
+        return WindowStatus(*self._view("windowOf", window))
 
     def offence_paid(self, digest: bytes, offence: Offence) -> bool:
-        """Whether ``offence`` (keyed by digest) was already paid for ``digest``."""
+        """Whether a claim for ``offence`` on ``digest`` was filed (at most one is)."""
         return self._view("offencePaid", digest, int(offence))
 
-    def fill_seq_paid(self, seq: int) -> bool:
-        """Whether the fill equivocation at journal ``seq`` was already paid."""
-        return self._view("fillSeqPaid", seq)
+    def fill_struct_hash(self, fill: Fill) -> bytes:
+        """The contract's struct hash of ``fill`` (equals ``fill.struct_hash()``)."""
+        return self._view("fillStructHash", fill)
 
     def domain_separator(self) -> bytes:
         """The contract's EIP-712 domain separator (equals ``self.domain.separator``)."""
@@ -447,6 +579,10 @@ class Court:
         }
 
     # --- events -------------------------------------------------------------------------
+
+    def topic(self, name: str) -> bytes:
+        """Topic 0 of the court's event ``name`` (to filter ``get_logs`` by event)."""
+        return next(topic for topic, event in self._events.items() if event.name == name)
 
     def decode_log(self, log: Log) -> CourtEvent:
         """Decode one of the court's logs with the ABI.

@@ -5,10 +5,15 @@ or ``None``: the verifier, the watchtower, the operator's tests and the simulato
 these functions, never a rule of their own, and ``tests/test_rules.py`` checks that the
 deployed court accepts a proof exactly when the predicate names an offence.
 
-What the predicates do **not** check: signatures (the court requires the operator's, or
-the owner's for an order, in its own domain; callers verify them before relying on a
-finding) and whether an offence was already paid (court state). Argument order is the
-court's: where a proof takes two messages, the first one names the payee.
+Every proof is about one order, given by its digest (the court recomputes it from the
+``Order`` the proof carries, and the claim is for that order's owner): the operator's
+messages must be about that digest, and their own ``sender`` fields never choose whom
+the court pays (a wrong one is itself an offence: :func:`malformed_fill`,
+:func:`note_fault`).
+
+What the predicates do **not** check: signatures (the court requires the operator's, in
+its own domain; callers verify them before relying on a finding) and whether a claim was
+already filed (court state).
 """
 
 from __future__ import annotations
@@ -18,26 +23,26 @@ from cancelnote.messages import CancellationNote, Fill, Order
 from .court import Offence
 
 #: The clauses of rule 1 (fill after note), in the order the specification lists them.
-RULE1_CLAUSES = "abcde"
+RULE1_CLAUSES = "abcdef"
 
 
 def rule1(fill: Fill, note: CancellationNote) -> str:
     """Which clauses of rule 1 (§12.1) the pair satisfies, e.g. ``"ab"``; ``""`` is none.
-
-    Clauses only: whether the court accepts the pair also needs one digest and one sender
-    (:func:`fill_after_note`).
 
     Raises:
         ValueError: the fill and the note are of different orders.
     """
     if fill.order_digest != note.order_digest:
         raise ValueError("rule 1 compares a fill and a note of the same order")
+    counted_last = fill.struct_hash() == note.last_fill_hash
     clauses = {
         "a": fill.filled_total > note.filled_amount + note.pending_amount,
         "b": fill.seq > note.seq and note.pending_amount == 0,
         "c": fill.seq > note.seq and fill.timestamp_ms > note.pending_until_ms,
         "d": note.last_fill_seq < fill.seq < note.seq,
         "e": fill.seq <= note.last_fill_seq and fill.filled_total > note.filled_amount,
+        "f": fill.seq == note.last_fill_seq
+        and (not counted_last or fill.filled_total != note.filled_amount),
     }
     return "".join(name for name, holds in clauses.items() if holds)
 
@@ -50,28 +55,34 @@ def rule2_notes(first: CancellationNote, second: CancellationNote) -> bool:
     return first.order_digest == second.order_digest and first != second
 
 
-def fill_after_note(note: CancellationNote, fill: Fill) -> Offence | None:
-    """``proveFillAfterNote``: a fill the note rules out (one digest, one sender)."""
-    if note.order_digest != fill.order_digest or note.sender != fill.sender:
+def fill_after_note(digest: bytes, note: CancellationNote, fill: Fill) -> Offence | None:
+    """``proveFillAfterNote``: a fill of the order ``digest`` its note rules out."""
+    if note.order_digest != digest or fill.order_digest != digest:
         return None
     return Offence.FILL_AFTER_NOTE if rule1(fill, note) else None
 
 
-def note_equivocation(note1: CancellationNote, note2: CancellationNote) -> Offence | None:
-    """``proveEquivocationNotes``: two different notes for one digest."""
+def note_equivocation(
+    digest: bytes, note1: CancellationNote, note2: CancellationNote
+) -> Offence | None:
+    """``proveEquivocationNotes``: two different notes of the order ``digest``."""
+    if note1.order_digest != digest:
+        return None
     return Offence.NOTE_EQUIVOCATION if rule2_notes(note1, note2) else None
 
 
-def fill_contradiction(fill1: Fill, fill2: Fill) -> Offence | None:
-    """``proveEquivocationFills`` with ``fill1`` first: two fills that cannot both be true.
+def fill_contradiction(digest: bytes, fill1: Fill, fill2: Fill) -> Offence | None:
+    """``proveEquivocationFills`` with ``fill1`` of the order ``digest``.
 
-    Same seq and different content: ``FILL_EQUIVOCATION`` (any digests). Different seqs
-    (``fill1`` the earlier, one digest): ``FILLS_OUT_OF_ORDER`` when the later total does
-    not hold the earlier total plus its own amount (the court's form of §12.2 (3)).
+    Same seq and different content: ``FILL_EQUIVOCATION`` (``fill2`` of any order).
+    Different seqs (``fill1`` the earlier, both of the order): ``FILLS_OUT_OF_ORDER``
+    when the later total does not hold the earlier total plus its own amount.
     """
+    if fill1.order_digest != digest:
+        return None
     if fill1.seq == fill2.seq:
         return Offence.FILL_EQUIVOCATION if fill1 != fill2 else None
-    if fill1.order_digest != fill2.order_digest or fill1.seq > fill2.seq:
+    if fill2.order_digest != digest or fill1.seq > fill2.seq:
         return None
     total1, total2 = fill1.filled_total, fill2.filled_total
     if total2 <= total1 or total2 < total1 + fill2.amount:
@@ -84,9 +95,13 @@ def in_court_order(fill1: Fill, fill2: Fill) -> tuple[Fill, Fill]:
     return (fill1, fill2) if fill1.seq <= fill2.seq else (fill2, fill1)
 
 
-def malformed_fill(fill: Fill) -> Offence | None:
-    """``proveMalformedFill``: a zero amount, or a total below the fill's own amount."""
-    return Offence.MALFORMED_FILL if fill.amount == 0 or fill.filled_total < fill.amount else None
+def malformed_fill(order: Order, digest: bytes, fill: Fill) -> Offence | None:
+    """``proveMalformedFill``: a fill of the order (digest ``digest``) with a zero amount,
+    a total below its own amount, or a sender that is not the order's."""
+    if fill.order_digest != digest:
+        return None
+    broken = fill.amount == 0 or fill.filled_total < fill.amount or fill.sender != order.sender
+    return Offence.MALFORMED_FILL if broken else None
 
 
 def breaks_order(order: Order, fill: Fill) -> bool:
@@ -101,19 +116,63 @@ def breaks_order(order: Order, fill: Fill) -> bool:
     return fill.filled_total > abs(order.amount)
 
 
-def bad_fill(order: Order, order_digest: bytes, fill: Fill) -> Offence | None:
-    """``proveBadFill``: ``fill`` of the order whose digest is ``order_digest`` breaks it."""
-    if fill.order_digest != order_digest:
+def bad_fill(order: Order, digest: bytes, fill: Fill) -> Offence | None:
+    """``proveBadFill``: ``fill`` of the order whose digest is ``digest`` breaks it."""
+    if fill.order_digest != digest:
         return None
     return Offence.BAD_FILL if breaks_order(order, fill) else None
 
 
-def fill_above_cap(fill: Fill, cap: int | None) -> Offence | None:
-    """``proveFillAboveCap``: a fill above the cap a forced cancel recorded (``None``: none).
+def note_fault(order: Order, note: CancellationNote, max_pending_ms: int) -> str | None:
+    """The first bound ``note`` breaks for ``order`` (§12.6), as the court's revert reason
+    (``answerCancel`` refuses such a note with it), or ``None``.
 
-    The court also requires the fill's sender to be the request's owner; the caller passes
-    the cap of the fill's own digest.
+    ``max_pending_ms`` is the court's ``maxPendingMs``.
+    """
+    if note.sender != order.sender:
+        return "court: note is for another sender"
+    if note.filled_amount + note.pending_amount > abs(order.amount):
+        return "court: note promises more than the order"
+    if note.pending_until_ms > note.received_at_ms + max_pending_ms:
+        return "court: note pending for too long"
+    counted = note.filled_amount != 0
+    if counted != (note.last_fill_seq != 0) or counted != (note.last_fill_hash != bytes(32)):
+        return "court: note misstates its last fill"
+    if note.last_fill_seq >= note.seq:
+        return "court: note's last fill is not before it"
+    return None
+
+
+def bad_note(
+    order: Order, digest: bytes, note: CancellationNote, max_pending_ms: int
+) -> Offence | None:
+    """``proveBadNote``: a note of the order (digest ``digest``) breaking a bound."""
+    if note.order_digest != digest:
+        return None
+    return None if note_fault(order, note, max_pending_ms) is None else Offence.NOTE_OUT_OF_BOUNDS
+
+
+def fill_above_cap(fill: Fill, cap: int | None) -> Offence | None:
+    """``proveFillAboveCap``: a fill above the cap an answered forced cancel recorded
+    (``cap`` is ``None`` when the order's forced cancel was not answered).
+
+    The caller passes the cap of the fill's own digest.
     """
     if cap is None:
         return None
     return Offence.FILL_AFTER_NOTE if fill.filled_total > cap else None
+
+
+def fill_after_request(
+    fill: Fill, requested_at_s: int | None, max_pending_ms: int
+) -> Offence | None:
+    """``proveFillAfterRequest``: a fill stamped after a forced cancel took effect, i.e.
+    later than the request's block time (``requested_at_s``, ``None`` if no request) plus
+    what may still have been in flight (``max_pending_ms``).
+
+    The caller passes the request time of the fill's own digest.
+    """
+    if requested_at_s is None:
+        return None
+    late = fill.timestamp_ms > requested_at_s * 1000 + max_pending_ms
+    return Offence.FILL_AFTER_NOTE if late else None

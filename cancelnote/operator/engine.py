@@ -27,10 +27,17 @@ while a match is in flight therefore says ``filledAmount`` = settled fills,
 ``lastFillSeq`` = the last settled fill, ``pendingAmount`` = the size in flight and
 ``pendingUntilMs`` = the last settlement time; the fills that settle later get higher
 seqs, stay within ``filledAmount + pendingAmount``, and are stamped no later than
-``pendingUntilMs``, so an honest engine never satisfies court rule 1 (a)-(e). (Signing
+``pendingUntilMs``, so an honest engine never satisfies court rule 1 (a)-(f). (Signing
 the fill at match time instead, with a seq below the note's, would make rules (d) or
 (e) convict the honest operator: a fill numbered before the note must be counted in its
 ``filledAmount``.) With ``settlement_delay_ms = 0`` a match settles in the same call.
+
+Every note keeps the court's bounds (protocol §12.6): it names the fill it counts last by
+its struct hash (``lastFillHash``); ``filledAmount + pendingAmount`` never exceeds the
+order's size; and its pending window stays within the court's ``maxPendingMs``, which is
+why ``settlement_delay_ms`` may not exceed ``max_pending_ms``. A forced cancel takes
+effect at the request's block time (§12.3): its note is received then, and only matches
+already made, settling within ``max_pending_ms`` of it, may still fill the order.
 
 Acceptance (each failure a ``Rejected`` with a stable code, checked in this order,
 protocol §8): request shape, a digest listed twice included (``INVALID_MESSAGE``), known
@@ -118,7 +125,7 @@ from .journal import (
 )
 from .lifecycle import CANCEL_REFUSALS, CancellationType, Event, OrderState, ReasonCode, step
 from .limits import MAX_OPEN_ORDERS, MAX_OPEN_ORDERS_PER_PRODUCT
-from .policies import EQUIVOCATION_WINDOW_MS, CancelContext, Honest, NoteContext, Policy
+from .policies import CancelContext, Honest, NoteContext, Policy
 
 Output = JournalEntry | Reply | Push
 
@@ -130,6 +137,8 @@ RATE_WINDOW_MS = 60_000
 MAX_ORDER_LIFETIME_S = 7 * 86_400
 #: ``requestHash`` of a note answering an on-chain ``requestCancel``.
 ON_CHAIN_REQUEST_HASH = bytes(32)
+#: The court's longest pending window of a note, in ms (``maxPendingMs``; Immutable's 90 s).
+MAX_PENDING_MS = 90_000
 
 _NEVER = 2**64
 
@@ -210,6 +219,8 @@ class Engine:
         policy: honest (default) or adversarial behaviour (:mod:`.policies`).
         rate_limit: weight per wallet per rolling minute.
         max_order_lifetime_s: the latest expiration accepted, in seconds after now.
+        max_pending_ms: the court's ``maxPendingMs``: no note declares a longer pending
+            window, so a match must settle within it (``settlement_delay_ms`` at most this).
     """
 
     signer: Signer
@@ -223,6 +234,15 @@ class Engine:
     )
     max_open_orders: int = MAX_OPEN_ORDERS
     max_open_orders_per_product: int = MAX_OPEN_ORDERS_PER_PRODUCT
+    max_pending_ms: int = attrs.field(default=MAX_PENDING_MS, validator=attrs.validators.gt(0))
+
+    @max_pending_ms.validator
+    def _check_settlement_fits(self, attribute: attrs.Attribute, value: int) -> None:
+        if self.settlement_delay_ms > value:
+            raise ValueError(
+                f"settlement_delay_ms ({self.settlement_delay_ms}) exceeds the court's"
+                f" max_pending_ms ({value}): an in-flight match would outlast its note"
+            )
 
     _stopped: str | None = attrs.field(default=None, init=False)  # why orders are refused
     _last_seq: int = attrs.field(default=0, init=False)
@@ -282,14 +302,26 @@ class Engine:
         self._tick(now_ms, out)
         return out
 
-    def force_cancel(self, digest: bytes, now_ms: int, order: Order | None = None) -> list[Output]:
+    def force_cancel(
+        self,
+        digest: bytes,
+        now_ms: int,
+        order: Order | None = None,
+        requested_at_ms: int | None = None,
+    ) -> list[Output]:
         """Answer an on-chain ``requestCancel`` of ``digest`` with a note.
 
         The note has ``requestHash`` = zero and cancellation type ``ON_CHAIN``. If the
         order already has a note, that same note is pushed again (a second one would be
         equivocation). Filled and expired orders get a note too, and so does an order
-        the engine never saw, if the caller passes it (the contract's ``requestCancel``
-        carries it): unanswered, the operator would be in default.
+        the engine never saw, if the caller passes it (the court's ``CancelRequested``
+        event carries it): unanswered, the operator would be in default.
+
+        The cancel took effect at the request's block time ``requested_at_ms`` (unix ms;
+        ``None``: now), so that is the note's ``receivedAtMs``, unless ``now_ms`` is
+        earlier (a clock behind the chain's) or the note's pending window would then
+        exceed ``max_pending_ms`` (an engine that saw the request late: the note is then
+        received as late as that bound requires, never later than now).
 
         Raises:
             OrderNotFound: the digest is unknown and no matching ``order`` was given.
@@ -304,10 +336,13 @@ class Engine:
             record = self._orders[digest]
         if record.notes:
             out.append(Push(record.order.sender, record.notes[0]))
-        else:
-            self._sign_note(
-                record, ON_CHAIN_REQUEST_HASH, now_ms, now_ms, CancellationType.ON_CHAIN, out
-            )
+            return out
+        received_at = now_ms if requested_at_ms is None else min(now_ms, requested_at_ms)
+        if record.in_flight:
+            received_at = max(received_at, record.pending_until_ms - self.max_pending_ms)
+        self._sign_note(
+            record, ON_CHAIN_REQUEST_HASH, received_at, now_ms, CancellationType.ON_CHAIN, out
+        )
         return out
 
     def stop_accepting_orders(self, reason: str, now_ms: int) -> list[Output]:
@@ -688,24 +723,25 @@ class Engine:
     ) -> NoteIssued:
         """Sign, journal and (unless withheld) push the note for ``record``.
 
-        The honest note counts every settled fill and everything in flight; what a
-        policy changes is in its :class:`~.policies.NotePlan`.
+        The honest note counts every settled fill (naming the last one by its struct
+        hash) and everything in flight; what a policy changes is in its
+        :class:`~.policies.NotePlan`.
         """
         on_chain = cancellation_type is CancellationType.ON_CHAIN
         plan = self.policy.on_note(NoteContext(now_ms, record.order, received_at_ms, on_chain))
-        filled, last_fill_seq = record.filled, record.last_fill_seq
+        counted = record.fills
         if plan.received_at_ms is not None:  # backdated: the fills since are left out
             received_at_ms = plan.received_at_ms
             counted = [f for f in record.fills if f.fill.timestamp_ms <= received_at_ms]
-            filled = counted[-1].fill.filled_total if counted else 0
-            last_fill_seq = counted[-1].seq if counted else 0
+        last = counted[-1].fill if counted else None
         in_flight = record.in_flight
         note = CancellationNote(
             order_digest=record.digest,
             sender=record.order.sender,
             request_hash=request_hash,
-            filled_amount=filled,
-            last_fill_seq=last_fill_seq,
+            filled_amount=last.filled_total if last else 0,
+            last_fill_seq=last.seq if last else 0,
+            last_fill_hash=last.struct_hash() if last else bytes(32),
             pending_amount=record.pending_amount if in_flight else 0,
             pending_until_ms=record.pending_until_ms if in_flight else 0,
             received_at_ms=received_at_ms,
@@ -717,9 +753,9 @@ class Engine:
         if plan.equivocate:  # a second note that raises the cap to the whole order
             size = abs(record.order.amount)
             second = attrs.evolve(
-                note,
+                note,  # within the bounds, so that it is equivocation and nothing else
                 pending_amount=size - note.filled_amount,
-                pending_until_ms=max(note.pending_until_ms, now_ms + EQUIVOCATION_WINDOW_MS),
+                pending_until_ms=note.received_at_ms + self.max_pending_ms,
                 seq=self._last_seq + 1,
             )
             self._issue_note(second, cancellation_type, True, 0, now_ms, out)

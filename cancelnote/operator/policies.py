@@ -17,11 +17,12 @@ operator running this engine would leave behind. Which court rule catches it:
 policy          evidence left
 ============== ===================================================================
 Delay           notes whose ``receivedAtMs`` precedes fills they count (latency,
-                measurable but not slashable: timestamps are the operator's word)
+                measurable but not provable: timestamps are the operator's word; a
+                hold longer than ``maxPendingMs`` with a match in flight is, §12.6)
 Ignore          a signed cancel with no note: the client forces it on-chain (rule 3)
 FillAfterNote   a fill above the note's cap, after it: rule 1 (a) and (b)
 Backdate        a note that misses fills it precedes: rule 1 (d) (and (a)/(e))
-Equivocate      two different notes for one digest: rule 2
+Equivocate      two different notes for one digest, both within the bounds: rule 2
 WithholdNotes   no note off-chain; the on-chain answer (rule 3) reveals the held one
 ============== ===================================================================
 
@@ -38,9 +39,6 @@ import attrs
 
 from cancelnote.api import CancelRequest
 from cancelnote.messages import Order
-
-#: How far an equivocating note pushes its pending window beyond the time of signing.
-EQUIVOCATION_WINDOW_MS = 3_600_000
 
 
 @attrs.frozen

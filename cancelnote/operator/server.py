@@ -320,6 +320,7 @@ class ForcedNote:
 
     digest: bytes
     order: Any = None  # the Order, for a digest the engine never accepted
+    requested_at_ms: int | None = None  # the request's block time: when the cancel took effect
     done: trio.Event = attrs.Factory(trio.Event)
     note: CancellationNote | None = None
     signature: bytes = b""
@@ -1020,7 +1021,9 @@ class OperatorServer:
 
     def _force(self, item: ForcedNote, now_ms: int, batch: _Batch) -> None:
         try:
-            outputs = self.engine.force_cancel(item.digest, now_ms, item.order)
+            outputs = self.engine.force_cancel(
+                item.digest, now_ms, item.order, item.requested_at_ms
+            )
         except Rejected as exc:
             item.error = exc
             batch.deliveries.append(item)

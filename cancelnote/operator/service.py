@@ -220,16 +220,20 @@ def prepare(config: OperatorConfig) -> Prepared:
     domain = court.domain
     journal = Journal.open(config.db, domain, config.signer.address, config.durability)
     try:
-        engine = Engine(
-            config.signer,
-            domain,
-            config.products,
-            settlement_delay_ms=config.settlement_delay_ms,
-            policy=config.policy,
-            max_order_lifetime_s=config.max_order_lifetime_s,
-            max_open_orders=config.max_open_orders,
-            max_open_orders_per_product=config.max_open_orders_per_product,
-        )
+        try:
+            engine = Engine(
+                config.signer,
+                domain,
+                config.products,
+                settlement_delay_ms=config.settlement_delay_ms,
+                policy=config.policy,
+                max_order_lifetime_s=config.max_order_lifetime_s,
+                max_pending_ms=court.max_pending_ms(),
+                max_open_orders=config.max_open_orders,
+                max_open_orders_per_product=config.max_open_orders_per_product,
+            )
+        except ValueError as exc:  # a settlement delay the court's pending bound cannot hold
+            raise ServiceError(f"{exc}: lower --settlement-delay-ms") from None
         published: list[JournalEntry] = []  # for the streams
         last_at_ms = count = 0
 

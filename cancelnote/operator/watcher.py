@@ -1,44 +1,54 @@
 """The chain watcher: answers every forced cancel of the operator's court (protocol §9.3).
 
-It polls the court's logs from the last block it finished (a cursor kept in the journal's
-SQLite file, table ``watcher_cursor``) to the head. For each ``CancelRequested`` still
-open it asks the engine for the note (through the server's inbox, so the engine keeps a
-single caller), waits until that note is **durable** in the journal, and submits it with
-``answerCancel``. The cursor moves past a block range only once every request in it was
-answered (or found answered), so a crash or a failed transaction answers again on the
-next run: the engine re-sends the same note (one note per order, forever) and the court
-refuses a second answer harmlessly.
+An honest operator must be able to answer every forced cancel, whatever anyone puts on
+the chain (protocol v2, guarantee 1), so the watcher trusts nothing but the court's own
+``CancelRequested`` event: the event carries the whole order, its digest, the owner and
+the request's block time, and the watcher never reads the request's transaction (a
+contract's or a relayer's call, or calldata with dirty ABI padding, would otherwise
+decide whether the operator can answer).
 
-An order the engine never accepted is answered too (a note with nothing filled), because
-an unanswered request is a default whoever's fault it is: its ``Order`` is read from the
-request transaction's calldata (``Chain.transaction_input``: ``eth_getTransactionByHash``).
+Two steps per poll, each durable in the journal's SQLite file (its own tables, its own
+connection):
 
-Each poll also reads the court's ``halted()`` and ``exit_announced_at()``: once either is
-set, the engine is told to stop accepting orders (:class:`~.server.StopOrders`; cancels
-and forced cancels go on), which it journals, so the refusal survives a restart; the
-service checks the court once more at start (:func:`.service.prepare`).
+1. **Read.** The court's ``CancelRequested`` logs from the cursor (``watcher_cursor``) to
+   the head, and again the last :data:`REORG_DEPTH` blocks before it (a request a reorg
+   moved into a block already scanned), are decoded and kept as requests
+   (``watcher_requests``, keyed by digest: a request seen twice, after a reorg or a
+   restart, is one request); then the cursor moves past the range.
+2. **Answer.** For each open request the watcher asks the engine for the note (through the
+   server's inbox, so the engine keeps a single caller; the cancel takes effect at the
+   request's block time), waits until that note is **durable** in the journal, and
+   submits it with ``answerCancel``. A request leaves the table once the court says it is
+   settled (answered, perhaps by us before a restart, or defaulted), or once its deadline
+   passed unanswered (logged loudly: a default).
+
+Every failure is contained to its request and retried at the next poll until the deadline:
+an exception is logged with the request and the watcher carries on, so neither a hostile
+request nor a chain outage stops the operator's off-chain service. Each poll also reads
+the court's ``halted()`` and ``exit_announced_at()``: once either is set, the engine is
+told to stop accepting orders (:class:`~.server.StopOrders`; cancels and forced cancels go
+on), which it journals, so the refusal survives a restart; the service checks the court
+once more at start (:func:`.service.prepare`).
 
 Every py-evm or HTTP call runs in a worker thread (``trio.to_thread.run_sync``): they
-block, and the engine must not wait for them. Chain errors are logged and retried at the
-next poll; they never stop the operator.
+block, and the engine must not wait for them; each wait for the engine has a timeout.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
-from eth_abi import decode as abi_decode
 
-from cancelnote.contracts import load_artifact
-from cancelnote.crypto import Signer, keccak
-from cancelnote.dispute.chain import ChainError, Log, TransactionReverted
-from cancelnote.dispute.court import ARTIFACT_NAME, CancelState, Court
-from cancelnote.errors import MessageError
+from cancelnote.crypto import Signer
+from cancelnote.dispute.chain import Log, TransactionReverted
+from cancelnote.dispute.court import CancelState, Court, ForcedCancel
 from cancelnote.messages import Order
 
 from .server import ForcedNote, StopOrders
@@ -49,18 +59,43 @@ LOGGER = logging.getLogger("cancelnote.operator.watcher")
 POLL_S = 1.0
 #: Most blocks one ``get_logs`` asks for (public nodes refuse very wide ranges).
 MAX_BLOCK_RANGE = 5_000
-#: The court functions that open a forced cancel; each takes the ``Order`` first.
-REQUEST_FUNCTIONS = ("requestCancel", "requestCancelWithFill", "requestCancelSigned")
+#: Longest wait for the engine's durable note (then the request is retried next poll).
+NOTE_TIMEOUT_S = 10.0
+#: Most open requests answered per poll, oldest deadline first (the rest wait a poll).
+MAX_ANSWERS_PER_POLL = 256
+#: Blocks before the cursor read again at every poll: a request a reorg re-mined there.
+REORG_DEPTH = 12
+
+
+@attrs.frozen
+class OpenRequest:
+    """A forced cancel read from the court and not yet settled."""
+
+    digest: bytes
+    request_id: int
+    order: Order
+    requested_at: int
+    deadline: int
 
 
 class CursorStore:
-    """The next block to scan, kept in the journal file (its own table, own connection)."""
+    """The next block to scan and the open requests, kept in the journal file.
+
+    Its own tables and its own connection (``synchronous=FULL``: a request is kept, and
+    the cursor moved past it, only once both are on disk).
+    """
 
     def __init__(self, path: str | Path, court: bytes) -> None:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS watcher_cursor (court TEXT PRIMARY KEY, next_block INTEGER)"
+        )
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS watcher_requests (court TEXT NOT NULL,"
+            " digest TEXT NOT NULL, request_id INTEGER NOT NULL, order_json TEXT NOT NULL,"
+            " requested_at INTEGER NOT NULL, deadline INTEGER NOT NULL,"
+            " closed INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (court, digest))"
         )
         self._key = "0x" + court.hex()
 
@@ -70,45 +105,60 @@ class CursorStore:
         ).fetchone()
         return 0 if row is None else row[0]
 
-    def save(self, next_block: int) -> None:
-        self._conn.execute(
-            "INSERT INTO watcher_cursor VALUES (?, ?)"
-            " ON CONFLICT(court) DO UPDATE SET next_block = excluded.next_block",
-            (self._key, next_block),
-        )
+    def save(self, next_block: int, found: Sequence[OpenRequest] = ()) -> list[OpenRequest]:
+        """Keep ``found`` (idempotently: a request kept before, open or closed, is not kept
+        again) and move the cursor, in one transaction; returns the requests that were new."""
+        new = []
+        with self._conn:
+            self._conn.execute("BEGIN")
+            for r in found:
+                cursor = self._conn.execute(
+                    "INSERT OR IGNORE INTO watcher_requests"
+                    " (court, digest, request_id, order_json, requested_at, deadline)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        self._key,
+                        "0x" + r.digest.hex(),
+                        r.request_id,
+                        json.dumps(r.order.to_wire()),
+                        r.requested_at,
+                        r.deadline,
+                    ),
+                )
+                if cursor.rowcount:
+                    new.append(r)
+            self._conn.execute(
+                "INSERT INTO watcher_cursor VALUES (?, ?)"
+                " ON CONFLICT(court) DO UPDATE SET next_block = excluded.next_block",
+                (self._key, next_block),
+            )
+        return new
+
+    def open_requests(self, limit: int = MAX_ANSWERS_PER_POLL) -> list[OpenRequest]:
+        """The open requests, the most urgent first."""
+        rows = self._conn.execute(
+            "SELECT digest, request_id, order_json, requested_at, deadline"
+            " FROM watcher_requests WHERE court = ? AND closed = 0"
+            " ORDER BY deadline, request_id LIMIT ?",
+            (self._key, limit),
+        ).fetchall()
+        return [
+            OpenRequest(
+                bytes.fromhex(digest[2:]), request_id, Order.from_wire(json.loads(order)), at, end
+            )
+            for digest, request_id, order, at, end in rows
+        ]
+
+    def close_request(self, digest: bytes) -> None:
+        """The request is settled (or past its deadline): never answered again."""
+        with self._conn:
+            self._conn.execute(
+                "UPDATE watcher_requests SET closed = 1 WHERE court = ? AND digest = ?",
+                (self._key, "0x" + digest.hex()),
+            )
 
     def close(self) -> None:
         self._conn.close()
-
-
-def _request_decoders() -> dict[bytes, list[str]]:
-    """Selector -> ABI input types of each function that opens a forced cancel."""
-    decoders = {}
-    for entry in load_artifact(ARTIFACT_NAME).abi:
-        if entry.get("type") == "function" and entry["name"] in REQUEST_FUNCTIONS:
-            kinds = [_abi_type(item) for item in entry["inputs"]]
-            selector = keccak(f"{entry['name']}({','.join(kinds)})".encode())[:4]
-            decoders[selector] = kinds
-    return decoders
-
-
-def _abi_type(item: dict[str, Any]) -> str:
-    if item["type"].startswith("tuple"):
-        inner = ",".join(_abi_type(c) for c in item["components"])
-        return f"({inner}){item['type'][len('tuple') :]}"
-    return item["type"]
-
-
-def order_from_calldata(data: bytes) -> Order | None:
-    """The ``Order`` a forced-cancel request carried, or ``None`` if ``data`` is none."""
-    kinds = _request_decoders().get(data[:4])
-    if kinds is None:
-        return None
-    try:
-        order = abi_decode(kinds, data[4:])[0]
-        return Order(*order)
-    except (ValueError, TypeError, MessageError):
-        return None
 
 
 def court_stop_reason(court: Court) -> str | None:
@@ -121,6 +171,22 @@ def court_stop_reason(court: Court) -> str | None:
     return None
 
 
+def _log_fields(log: Log) -> dict[str, Any]:
+    return {
+        "block": log.block_number,
+        "log_index": log.log_index,
+        "tx": "0x" + log.transaction_hash.hex(),
+    }
+
+
+def _request_fields(request: OpenRequest) -> dict[str, Any]:
+    return {
+        "digest": "0x" + request.digest.hex(),
+        "request_id": request.request_id,
+        "deadline": request.deadline,
+    }
+
+
 class ChainWatcher:
     """Follows one court and answers its forced cancels with the engine's notes.
 
@@ -129,7 +195,7 @@ class ChainWatcher:
         signer: the operator key; it pays for ``answerCancel`` (and ``depositBond``).
         open_inbox: gives a clone of the server's inbox (:meth:`OperatorServer.inbox`);
             :meth:`run` opens one and closes it when it ends.
-        cursor: where the next block to scan is kept.
+        cursor: where the next block to scan and the open requests are kept.
         poll_s: seconds between polls.
     """
 
@@ -141,6 +207,7 @@ class ChainWatcher:
         cursor: CursorStore,
         *,
         poll_s: float = POLL_S,
+        note_timeout_s: float = NOTE_TIMEOUT_S,
     ) -> None:
         self.court = court
         self.signer = signer
@@ -148,7 +215,10 @@ class ChainWatcher:
         self._inbox: trio.MemorySendChannel[Any] | None = None
         self._cursor = cursor
         self._poll_s = poll_s
+        self._note_timeout_s = note_timeout_s
+        self._requested_topic = court.topic("CancelRequested")
         self.answered = 0  # answerCancel transactions this watcher got mined
+        self.failures = 0  # requests (or polls) that raised, each logged
         self.stopped_orders = False  # whether this watcher told the engine to refuse orders
 
     async def post_bond(self, wei: int) -> None:
@@ -161,31 +231,145 @@ class ChainWatcher:
         )
 
     async def run(self) -> None:
-        """Poll and answer until cancelled; chain errors are logged and retried."""
+        """Poll and answer until cancelled; every failure is logged and retried."""
         async with self._open_inbox() as self._inbox:
             while True:
                 try:
                     await self.poll()
-                except ChainError as exc:
-                    LOGGER.warning("chain_unreachable", extra={"fields": {"error": str(exc)}})
+                except Exception as exc:  # the chain, the disk: retried at the next poll
+                    self.failures += 1
+                    LOGGER.warning(
+                        "watcher_poll_failed",
+                        extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}},
+                    )
                 await trio.sleep(self._poll_s)
 
     async def poll(self) -> int:
-        """Scan from the cursor to the head once; returns how many requests were answered."""
-        head = await trio.to_thread.run_sync(self.court.chain.block_number)
-        start = await trio.to_thread.run_sync(self._cursor.load)
+        """Read new requests, then answer the open ones; returns how many were answered.
+
+        A failure to read (a node refusing ``eth_getLogs``, say) does not hold up the
+        answers to requests already kept: it is logged and the reading retried next poll.
+        """
+        try:
+            await self._read_requests()
+        except Exception as exc:
+            self.failures += 1
+            LOGGER.warning(
+                "watcher_read_failed", extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}}
+            )
         answered = 0
+        now_s = await trio.to_thread.run_sync(self.court.chain.timestamp)
+        for request in await trio.to_thread.run_sync(self._cursor.open_requests):
+            try:
+                answered += await self._answer(request, now_s)
+            except Exception as exc:  # contained: logged with its request, retried next poll
+                self.failures += 1
+                LOGGER.error(
+                    "forced_cancel_failed",
+                    exc_info=True,
+                    extra={
+                        "fields": {**_request_fields(request), "error": f"{type(exc).__name__}"}
+                    },
+                )
+        await self._check_court_state()
+        return answered
+
+    async def _read_requests(self) -> None:
+        """Keep every new ``CancelRequested`` as an open request and move the cursor."""
+        head = await trio.to_thread.run_sync(self.court.chain.block_number)
+        start = max(0, await trio.to_thread.run_sync(self._cursor.load) - REORG_DEPTH)
         while start <= head:
             end = min(head, start + MAX_BLOCK_RANGE - 1)
             logs = await trio.to_thread.run_sync(
-                self.court.chain.get_logs, self.court.address, start, end
+                self.court.chain.get_logs,
+                self.court.address,
+                start,
+                end,
+                (self._requested_topic,),
             )
-            for log in logs:
-                answered += await self._on_log(log)
-            await trio.to_thread.run_sync(self._cursor.save, end + 1)  # an fsync
+            read = {r.digest: (r, log) for log in logs if (r := self._read(log)) is not None}
+            found = [r for r, _ in read.values()]
+            new = await trio.to_thread.run_sync(self._cursor.save, end + 1, found)  # an fsync
+            for request in new:
+                fields = {**_log_fields(read[request.digest][1]), **_request_fields(request)}
+                LOGGER.info("forced_cancel_seen", extra={"fields": fields})
             start = end + 1
-        await self._check_court_state()
-        return answered
+
+    def _read(self, log: Log) -> OpenRequest | None:
+        """The request a log announces, or ``None`` (logged) if it cannot be read."""
+        try:
+            event = ForcedCancel.from_event(self.court.decode_log(log))
+            if event.order.digest(self.court.domain) != event.digest:
+                raise ValueError("the logged order does not hash to the logged digest")
+        except Exception as exc:  # not this court's ABI: nothing to answer from
+            self.failures += 1
+            LOGGER.error(
+                "forced_cancel_unreadable",
+                extra={"fields": {**_log_fields(log), "error": f"{type(exc).__name__}: {exc}"}},
+            )
+            return None
+        return OpenRequest(
+            event.digest, event.request_id, event.order, event.requested_at, event.deadline
+        )
+
+    async def _answer(self, request: OpenRequest, now_s: int) -> int:
+        """Answer one open request; 1 if this call got the answer mined."""
+        status = await trio.to_thread.run_sync(self.court.cancel_status, request.digest)
+        if status.state is not CancelState.REQUESTED:  # answered (by us, before?) or defaulted
+            await trio.to_thread.run_sync(self._cursor.close_request, request.digest)
+            if status.state is CancelState.DEFAULTED:
+                LOGGER.error("forced_cancel_defaulted", extra={"fields": _request_fields(request)})
+            return 0
+        if now_s > request.deadline:
+            LOGGER.error("forced_cancel_missed", extra={"fields": _request_fields(request)})
+            await trio.to_thread.run_sync(self._cursor.close_request, request.digest)
+            return 0
+        forced = await self._durable_note(request)
+        if forced is None or forced.note is None:
+            reason = "timed out" if forced is None else str(forced.error)
+            LOGGER.error(
+                "forced_cancel_unanswered",
+                extra={"fields": {**_request_fields(request), "error": reason}},
+            )
+            return 0
+        try:
+            receipt = await trio.to_thread.run_sync(
+                self.court.answer_cancel,
+                self.signer,
+                request.order,
+                forced.note,
+                forced.signature,
+            )
+        except TransactionReverted as exc:
+            LOGGER.warning(
+                "answer_refused",
+                extra={"fields": {**_request_fields(request), "reason": exc.reason}},
+            )
+            return 0
+        await trio.to_thread.run_sync(self._cursor.close_request, request.digest)
+        self.answered += 1
+        LOGGER.info(
+            "forced_cancel_answered",
+            extra={
+                "fields": {
+                    **_request_fields(request),
+                    "note_seq": forced.note.seq,
+                    "block": receipt.block_number,
+                }
+            },
+        )
+        return 1
+
+    async def _durable_note(self, request: OpenRequest) -> ForcedNote | None:
+        """The engine's note for ``request``, once durable; ``None`` if that took too long."""
+        if self._inbox is None:
+            raise RuntimeError("the watcher answers only while it runs")
+        forced = ForcedNote(request.digest, request.order, request.requested_at * 1000)
+        with trio.move_on_after(self._note_timeout_s):
+            await self._inbox.send(forced)
+            await forced.done.wait()
+            return forced
+        return None
 
     async def _check_court_state(self) -> None:
         """Stop new orders once the court is halted or the exit announced (protocol §13)."""
@@ -199,61 +383,3 @@ class ChainWatcher:
         await self._inbox.send(StopOrders(reason))
         self.stopped_orders = True
         LOGGER.warning("orders_stopped", extra={"fields": {"reason": reason}})
-
-    async def _on_log(self, log: Log) -> int:
-        event = self.court.decode_log(log)
-        if event.name != "CancelRequested":
-            return 0
-        digest: bytes = event.args["digest"]
-        status = await trio.to_thread.run_sync(self.court.cancel_status, digest)
-        if status.state is not CancelState.REQUESTED:
-            return 0  # answered (perhaps by us before a restart) or already defaulted
-        forced = await self._durable_note(digest, None)
-        if forced.error is not None:
-            order = await self._order_of(log)
-            if order is not None:
-                forced = await self._durable_note(digest, order)
-        if forced.note is None:
-            # Loud: this request will default, and the bond pays for it.
-            LOGGER.error(
-                "forced_cancel_unanswerable",
-                extra={"fields": {"digest": "0x" + digest.hex(), "error": str(forced.error)}},
-            )
-            return 0
-        try:
-            receipt = await trio.to_thread.run_sync(
-                self.court.answer_cancel, self.signer, forced.note, forced.signature
-            )
-        except TransactionReverted as exc:
-            LOGGER.warning(
-                "answer_refused",
-                extra={"fields": {"digest": "0x" + digest.hex(), "reason": exc.reason}},
-            )
-            return 0
-        self.answered += 1
-        LOGGER.info(
-            "forced_cancel_answered",
-            extra={
-                "fields": {
-                    "digest": "0x" + digest.hex(),
-                    "note_seq": forced.note.seq,
-                    "deadline": status.deadline,
-                    "block": receipt.block_number,
-                }
-            },
-        )
-        return 1
-
-    async def _durable_note(self, digest: bytes, order: Order | None) -> ForcedNote:
-        if self._inbox is None:
-            raise RuntimeError("the watcher answers only while it runs")
-        forced = ForcedNote(digest, order)
-        await self._inbox.send(forced)
-        await forced.done.wait()
-        return forced
-
-    async def _order_of(self, log: Log) -> Order | None:
-        data = await trio.to_thread.run_sync(
-            self.court.chain.transaction_input, log.transaction_hash
-        )
-        return None if data is None else order_from_calldata(data)

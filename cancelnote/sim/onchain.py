@@ -22,6 +22,10 @@ Rules:
   permutation from the ``chain/ordering`` stream).
 * Setup transactions (deployment, the operator's bond) are not an attack or defence
   cost and are not recorded.
+* Court v2's parameters the scenario does not set are the dev court's (the pending
+  bound, the burn share and address); claims vest one answer window after their window
+  closes. Fill and note times are the engine's milliseconds, not the scaled chain clock,
+  so the court's time rule for forced cancels is not exercised here.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 from eth._utils.address import generate_contract_address
 
 from ..crypto import Signer
-from ..dispute.court import Court
+from ..dispute.court import DEV_PARAMETERS, Court
 from ..dispute.inprocess import DEFAULT_GENESIS_TIMESTAMP, InProcessChain
 from ..messages import Domain
 from .scenario import ChainSpec, CourtSpec
@@ -106,6 +110,10 @@ class OnChain:
                 dispute_bond_wei=self.wei(spec.dispute_bond),
                 exit_delay_s=2**32 - 1,  # the most the court allows (~136 years)
                 halt_on_default=spec.halt_on_default,
+                max_pending_ms=DEV_PARAMETERS["max_pending_ms"],
+                claim_delay_s=spec.answer_window_s * CHAIN_TIME_SCALE,
+                burn_share_bps=DEV_PARAMETERS["burn_share_bps"],
+                burn_address=DEV_PARAMETERS["burn_address"],
             )
             assert self.court.address == court_address(self.operator)
             self.court.deposit_bond(self.operator, self.wei(spec.operator_bond))

@@ -600,12 +600,12 @@ class World:
                 case = self._open_cases.pop(action.digest, None)
                 if case is not None:
                     case.gas += tx.gas
-                    case.paid_wei += outcome.paid
+                    case.paid_wei += outcome.owed  # the default's claim; it vests later
                     self._resolve(case, "won" if ok else "lost", tx.block)
             elif isinstance(action, wt.Prove):
                 case = DisputeRecord(
                     maker.name, action.digest, function, tx.t, tx.block, gas=tx.gas,
-                    paid_wei=outcome.paid,
+                    paid_wei=outcome.owed,  # the claim filed; it vests later
                 )  # fmt: skip
                 self.disputes.append(case)
                 self._resolve(case, "won" if ok else "lost", tx.block)
@@ -621,7 +621,7 @@ class World:
         due, self._answers_due = self._answers_due, []
         for digest, note, signature in due:
             try:
-                receipt = court.answer_cancel(operator, note, signature)
+                receipt = court.answer_cancel(operator, self._orders[digest].order, note, signature)
                 tx_hash, ok, detail = receipt.transaction_hash, True, ""
             except TransactionReverted as exc:
                 assert exc.receipt is not None
@@ -655,7 +655,7 @@ class World:
                 if args["halted"] and self.halted_at is None:
                     self.halted_at = self.kernel.now_ns
             elif event.name == "Slashed":
-                self.penalties_wei += args["paid"]
+                self.penalties_wei += args["penalty"]  # a claim: owed once filed
         self._next_block = head + 1
 
     def _settled(self, digest: bytes) -> None:
