@@ -126,7 +126,7 @@ def _document() -> dict:
     ("overrides", "message"),
     [
         ({"operator.delay_msx": 5}, r"\[operator\] unknown key 'delay_msx'"),
-        ({"operator.policy": "nice"}, r"\[operator\] 'policy' must be in"),
+        ({"operator.policy": "nice"}, r"\[operator\] policy 'nice': one of"),
         ({"makers.count": 0}, r"\[makers\] 'count' must be > 0"),
         ({"makers.half_spread": "wide"}, r"\[makers\] 'half_spread' must be"),
         ({"chain.ordering": "lifo"}, r"\[chain\] 'ordering' must be in"),

@@ -14,6 +14,7 @@ import pytest
 from cancelnote.client.verifier import Kind
 from cancelnote.sim.eventlog import EventLog
 from cancelnote.sim.metrics import aggregate, run_metrics, t975
+from cancelnote.sim.records import INTENTS, NEVER
 from cancelnote.sim.scenario import apply_overrides, parse_scenario
 from cancelnote.sim.validate_world import (
     SCENARIO,
@@ -136,10 +137,12 @@ def test_dropped_cancels_are_forced_and_the_court_records_the_answer():
         {"operator.policy": "ignore", "operator.ignore_p": 0.5, "client.force_after_ms": 300}
     )
     world.run()
-    dropped = [c for c in world.cancels.values() if c.intent == "dropped"]
-    forced = [c for c in dropped if c.forced]
-    settled = [c for c in forced if c.t_eff is not None]
-    assert settled and all(c.note_on_chain and c.t_eff > c.t_note for c in settled)
+    table = world.recorder.table()
+    dropped = table[table["intent"] == INTENTS.index("dropped")]
+    forced = dropped[dropped["forced"]]
+    settled = forced[forced["t_eff"] != NEVER]
+    assert len(settled) and settled["note_on_chain"].all()
+    assert (settled["t_eff"] > settled["t_note"]).all()
     assert world.answers == sum(case.outcome == "lost" for case in world.disputes) > 0
     assert {tx.function for tx in world.txs} >= {"ForceCancel", "answerCancel"}
 

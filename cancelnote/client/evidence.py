@@ -19,12 +19,13 @@ a message the session reports received survives ``kill -9`` and a power cut. Rul
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -38,9 +39,12 @@ from cancelnote.messages import (
     Domain,
     Fill,
     Order,
+    SignedMessage,
     signature_from_wire,
     signature_to_wire,
 )
+
+M = TypeVar("M", bound=SignedMessage)
 
 #: The ``format`` field of a bundle; a reader refuses any other.
 BUNDLE_FORMAT = "cancelnote-evidence/1"
@@ -218,9 +222,19 @@ class EvidenceStore:
 
     @classmethod
     def open(
-        cls, path: str | Path, domain: Domain | None = None, operator: bytes | None = None
+        cls,
+        path: str | Path,
+        domain: Domain | None = None,
+        operator: bytes | None = None,
+        *,
+        durable: bool = True,
+        cache_kib: int | None = None,
     ) -> EvidenceStore:
         """Open (or create, given ``domain`` and ``operator``) the store at ``path``.
+
+        ``durable = False`` skips every fsync (``synchronous=OFF``): for disposable
+        stores only, such as a simulated client's (a crash may then lose the last
+        writes). ``cache_kib`` bounds SQLite's page cache (default 2 MiB).
 
         Raises:
             EvidenceError: the file is for another domain or operator, or it is new and
@@ -228,7 +242,9 @@ class EvidenceStore:
         """
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+        if cache_kib is not None:
+            conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
         conn.executescript(_SCHEMA)
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if not meta:
@@ -494,9 +510,7 @@ class EvidenceStore:
         rows = self._conn.execute(
             f"SELECT body, signature, received_at_ms FROM fills {where} ORDER BY seq, hash", values
         )
-        return [
-            SignedFill(Fill.from_wire(json.loads(body)), _unhex(sig), at) for body, sig, at in rows
-        ]
+        return [SignedFill(_parsed(Fill, body), _unhex(sig), at) for body, sig, at in rows]
 
     def notes(self, digest: bytes | None = None) -> list[SignedNote]:
         """Notes of ``digest`` (every note if ``None``), in seq order."""
@@ -510,8 +524,7 @@ class EvidenceStore:
             f"SELECT body, signature, received_at_ms FROM notes {where} ORDER BY seq, hash", values
         )
         return [
-            SignedNote(CancellationNote.from_wire(json.loads(body)), _unhex(sig), at)
-            for body, sig, at in rows
+            SignedNote(_parsed(CancellationNote, body), _unhex(sig), at) for body, sig, at in rows
         ]
 
     def findings(self, status: str | None = None) -> list[Finding]:
@@ -736,9 +749,16 @@ _ORDER_COLUMNS = "body, signature, digest, placed_at_ms, local_seq, rejected"
 _CANCEL_COLUMNS = "kind, body, signature, request_hash, sent_at_ms, local_seq, rejected"
 
 
+@functools.lru_cache(maxsize=8192)
+def _parsed(cls: type[M], body: str) -> M:
+    """A stored body parsed back into its (immutable) message: each body is parsed once
+    while it is in use, however often the verifier reads it."""
+    return cls.from_wire(json.loads(body))
+
+
 def _order_from_row(row: tuple[str, str, str, int, int, int]) -> StoredOrder:
     body, signature, digest, placed_at_ms, local_seq, rejected = row
-    order = Order.from_wire(json.loads(body))
+    order = _parsed(Order, body)
     return StoredOrder(
         order, _unhex(signature), _unhex(digest), placed_at_ms, local_seq, bool(rejected)
     )
@@ -747,7 +767,7 @@ def _order_from_row(row: tuple[str, str, str, int, int, int]) -> StoredOrder:
 def _cancel_from_row(row: tuple[str, str, str, str, int, int, int]) -> StoredCancel:
     kind, body, signature, request_hash, sent_at_ms, local_seq, rejected = row
     cls = Cancellation if kind == "Cancellation" else CancellationProducts
-    request = cls.from_wire(json.loads(body))
+    request = _parsed(cls, body)
     return StoredCancel(
         request, _unhex(signature), _unhex(request_hash), sent_at_ms, local_seq, bool(rejected)
     )

@@ -322,8 +322,8 @@ class Reply:
 class Push:
     """A signed fill or note to stream to ``sender``'s subscribers.
 
-    It carries the journal entry of the fill or note, so that the wire form and its JSON
-    text are made once for the journal row, the reply and the stream alike.
+    It carries the journal entry of the fill or note, so that its JSON text is made once
+    for the journal row and the stream alike.
     """
 
     sender: bytes
