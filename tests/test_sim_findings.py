@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cancelnote import messages
 from cancelnote.client import evidence
 from cancelnote.sim.closed_forms import HeldCancel, held_value
 from cancelnote.sim.eventlog import EventLog
@@ -169,7 +170,9 @@ def _traced(horizon_s: float) -> tuple[int, int, int]:
     try:
         world = World.build(scenario, 0)
         world.run()
-        evidence._parsed.cache_clear()
+        evidence._bodies.clear()  # the bounded caches of parsed bodies and hashes
+        messages._struct_hash.cache_clear()
+        messages._digest.cache_clear()
         gc.collect()
         total = tracemalloc.get_traced_memory()[0]
         orders = len(world.engine.snapshot()["orders"])

@@ -18,7 +18,6 @@ from cancelnote.sim.records import INTENTS, NEVER
 from cancelnote.sim.scenario import apply_overrides, parse_scenario
 from cancelnote.sim.validate_world import (
     SCENARIO,
-    closed_form_check,
     determinism_check,
     zero_delay_check,
 )
@@ -153,8 +152,3 @@ def test_aggregate_gives_the_t_interval_and_skips_undefined_runs():
     assert stats["x"]["ci95"] == pytest.approx(t975(2) * 1.0 / 3**0.5)
     assert stats["y"] == {"mean": 4.0, "ci95": None, "n": 1.0}
     assert t975(1) == 12.706 and t975(100) == pytest.approx(1.984, abs=1e-3)
-
-
-def test_a_lone_makers_held_cancels_lose_what_the_closed_form_says():
-    check = closed_form_check(SEED)
-    assert check.passed, check

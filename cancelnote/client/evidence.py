@@ -19,9 +19,9 @@ a message the session reports received survives ``kill -9`` and a power cut. Rul
 
 from __future__ import annotations
 
-import functools
 import json
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -312,7 +312,7 @@ class EvidenceStore:
                     (
                         _hex(order.digest(self.domain)),
                         _hex(order.sender),
-                        _dumps(order.to_wire()),
+                        _body(order),
                         _hex(signature),
                         placed_at_ms,
                         self._next_local_seq(),
@@ -345,7 +345,7 @@ class EvidenceStore:
                         _hex(request.digest(self.domain)),
                         type(request).__name__,
                         _hex(request.sender),
-                        _dumps(request.to_wire()),
+                        _body(request),
                         _hex(signature),
                         sent_at_ms,
                         self._next_local_seq(),
@@ -364,7 +364,7 @@ class EvidenceStore:
                 _hex(fill.order_digest),
                 _hex(fill.sender),
                 fill.seq,
-                _dumps(fill.to_wire()),
+                _body(fill),
                 _hex(signed.signature),
                 signed.received_at_ms,
             ),
@@ -380,7 +380,7 @@ class EvidenceStore:
                 _hex(note.order_digest),
                 _hex(note.sender),
                 note.seq,
-                _dumps(note.to_wire()),
+                _body(note),
                 _hex(signed.signature),
                 signed.received_at_ms,
             ),
@@ -749,11 +749,37 @@ _ORDER_COLUMNS = "body, signature, digest, placed_at_ms, local_seq, rejected"
 _CANCEL_COLUMNS = "kind, body, signature, request_hash, sent_at_ms, local_seq, rejected"
 
 
-@functools.lru_cache(maxsize=8192)
+#: Stored bodies whose parsed message is remembered (a bounded cache, shared by stores).
+BODY_CACHE_SIZE = 8192
+_bodies: OrderedDict[tuple[type, str], SignedMessage] = OrderedDict()
+
+
+def _body(message: SignedMessage) -> str:
+    """The JSON a message is stored as; the message is remembered as its parse."""
+    body = _dumps(message.to_wire())
+    _remember((type(message), body), message)
+    return body
+
+
+def _remember(key: tuple[type, str], message: SignedMessage) -> None:
+    _bodies[key] = message
+    _bodies.move_to_end(key)
+    if len(_bodies) > BODY_CACHE_SIZE:
+        _bodies.popitem(last=False)
+
+
 def _parsed(cls: type[M], body: str) -> M:
-    """A stored body parsed back into its (immutable) message: each body is parsed once
-    while it is in use, however often the verifier reads it."""
-    return cls.from_wire(json.loads(body))
+    """A stored body parsed back into its (immutable) message, parsed once while in use
+    however often the verifier reads it (the body a message was stored as parses back
+    to an equal message: ``from_wire`` inverts ``to_wire``)."""
+    key = (cls, body)
+    message = _bodies.get(key)
+    if message is None:
+        message = cls.from_wire(json.loads(body))
+        _remember(key, message)
+    else:
+        _bodies.move_to_end(key)
+    return message  # type: ignore[return-value]
 
 
 def _order_from_row(row: tuple[str, str, str, int, int, int]) -> StoredOrder:

@@ -41,7 +41,7 @@ subclass named ``module:Class`` (:mod:`.plugins`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -92,17 +92,43 @@ class Axis:
         return sorted({round(x) for x in raw})
 
 
-@attrs.frozen
 class OrderView:
-    """An order as the operator sees it in its own book."""
+    """An order as the operator sees it in its own book.
 
-    digest: bytes
-    owner: str  # the agent that placed it
-    sender: bytes
-    side: int  # +1 buy, -1 sell
-    price: float
-    remaining: float  # unmatched size, base units
-    active: bool  # ACTIVE in the engine (a held cancel leaves it active)
+    Its fixed fields come with it; its unmatched size and whether it is still ``ACTIVE``
+    (a held cancel leaves it active) are read from the engine when first asked, so a
+    strategy that does not look at them costs nothing.
+    """
+
+    __slots__ = ("_read", "_state", "digest", "owner", "price", "sender", "side")
+
+    def __init__(
+        self,
+        digest: bytes,
+        owner: str,
+        sender: bytes,
+        side: int,
+        price: float,
+        read: Callable[[], tuple[float, bool]],
+    ) -> None:
+        self.digest, self.owner, self.sender = digest, owner, sender
+        self.side, self.price = side, price  # +1 buy, -1 sell; the limit price
+        self._read = read
+        self._state: tuple[float, bool] | None = None
+
+    def _status(self) -> tuple[float, bool]:
+        if self._state is None:
+            self._state = self._read()
+        return self._state
+
+    @property
+    def remaining(self) -> float:
+        """Unmatched size, base units (0 once filled or off the book)."""
+        return self._status()[0]
+
+    @property
+    def active(self) -> bool:
+        return self._status()[1]
 
     def edge(self, mid: float) -> float:
         """What filling it at its price is worth to the taker per unit, against ``mid``."""
@@ -210,18 +236,21 @@ class HoldUnderPatience(Adversary):
     """``patience``: hold every cancel just under the watchtower's patience.
 
     Exploits the watchtower's fixed deadline: it forces a cancel on-chain only once the
-    note is ``client.force_after_ms`` late, so a hold of ``force_after_ms − margin_ms``
-    (the margin covers both network legs) is never forced, never costs an answer, and
-    its notes are honest (latency, not fraud: no court rule convicts it). The sniper
-    fills each held order at the end of its hold when it is in the money.
+    note is ``client.force_after_ms`` late (and still missing at the next block slot), so
+    a hold of ``force_after_ms − margin_ms`` (the margin covers both network legs) is
+    never forced, never costs an answer, and its notes are honest (latency, not fraud:
+    no court rule convicts it). A negative margin holds past the deadline, betting that
+    the note arrives before the watchtower's next block. The sniper fills each held
+    order at the end of its hold when it is in the money.
     """
 
-    margin_ms: int = attrs.field(default=20, validator=attrs.validators.ge(0))
+    margin_ms: int = 20
 
     @classmethod
     def search_space(cls, scenario: Scenario) -> dict[str, Axis]:
         patience = scenario.client.force_after_ms
-        return {"margin_ms": Axis(0, patience, points=6, integer=True)}
+        block_ms = scenario.chain.block_time_s * 1000
+        return {"margin_ms": Axis(-block_ms, patience, points=6, integer=True)}
 
     def engine_policy(self) -> Policy:
         return Delay(max(0, self.patience_ms() - self.margin_ms))

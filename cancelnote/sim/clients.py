@@ -63,13 +63,14 @@ class SimClient:
         self.verifier = Verifier(self.store, VerifierPolicy(cancel_deadline_ms=deadline_ms))
         self.watchtower: Watchtower | None = None
 
-    def placed(self, request: PlaceOrder, now_ms: int) -> None:
-        """Keep our signed order (the court needs it to force a cancel)."""
-        self.store.add_order(request.order, request.signature, now_ms)
-
-    def cancel_sent(self, request: CancelOrders, now_ms: int) -> None:
-        """Keep our signed cancel before it leaves (its deadline runs from now)."""
-        self.store.add_cancel(request.tx, request.signature, now_ms)
+    def requote(self, cancel: CancelOrders | None, orders: list[PlaceOrder], now_ms: int) -> None:
+        """Keep a requote's signed cancel (its deadline runs from now) and new orders (the
+        court needs an order to force its cancel) before they leave, in one commit."""
+        with self.store.transaction():
+            if cancel is not None:
+                self.store.add_cancel(cancel.tx, cancel.signature, now_ms)
+            for placed in orders:
+                self.store.add_order(placed.order, placed.signature, now_ms)
 
     def receive(self, entry: FillIssued | NoteIssued, now_ms: int) -> Received:
         """Verify and keep one pushed fill or note."""

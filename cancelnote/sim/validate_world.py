@@ -95,10 +95,12 @@ class HoldPoint:
     half_spread: float
     requote_threshold: float
     tick_ms: int = 10
+    horizon_s: float = 20.0
 
     def overrides(self) -> dict[str, object]:
         return {
             **LONE_MAKER,
+            "run.horizon_s": self.horizon_s,
             "market.sigma": self.sigma,
             "operator.delay_ms": self.delay_ms,
             "makers.half_spread": self.half_spread,
@@ -111,7 +113,7 @@ class HoldPoint:
 #: the quote out of the money at the cancel; the first three overlap holds.
 GRID = (
     HoldPoint("σ .05, 500 ms, s .04, overlap", 0.05, 500, 0.04, 0.02),
-    HoldPoint("σ .05, 250 ms, s .03, heavy overlap", 0.05, 250, 0.03, 0.01),
+    HoldPoint("σ .05, 250 ms, s .03, heavy overlap", 0.05, 250, 0.03, 0.01, horizon_s=8.0),
     HoldPoint("σ .1, 1 s, s .08, overlap", 0.1, 1000, 0.08, 0.06),
     HoldPoint("σ .05, 200 ms, s .06, disjoint", 0.05, 200, 0.06, 0.05),
     HoldPoint("σ .05, 250 ms, 100 ms feed", 0.05, 250, 0.04, 0.02, tick_ms=100),

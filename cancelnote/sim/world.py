@@ -37,6 +37,7 @@ Time: the engine's clock is ``EPOCH_MS + t_ns // 1_000_000`` (unix ms), the chai
 
 from __future__ import annotations
 
+import gc
 import math
 from array import array
 from collections.abc import Callable
@@ -296,21 +297,25 @@ class World:
         return [maker.trader.sender for maker in self.makers if not maker.watched]
 
     def order_view(self, digest: bytes) -> OrderView | None:
-        """An order as the operator's own book has it (``None``: unknown or unmatchable)."""
-        reply = self.query(OrderStatus(digest))
-        if reply is None:
+        """A client's order as the operator's own book has it (``None``: not a client
+        order the world still follows); its state is read from the engine when asked."""
+        placed = self._orders.get(digest)
+        if placed is None:
             return None
-        order = reply["order"]
-        amount = int(order["amount"])
+        order = placed.order
+        owner = self._owners.get(digest)
+        side = 1 if order.amount > 0 else -1
         return OrderView(
-            digest,
-            self._owners.get(digest, "?"),
-            bytes.fromhex(order["sender"][2:]),
-            1 if amount > 0 else -1,
-            int(order["priceX18"]) / X18,
-            abs(int(reply["unfilled_amount"])) / X18,
-            reply["status"] == "ACTIVE",
-        )
+            digest, "?" if owner is None else owner.agent, order.sender, side,
+            order.price_x18 / X18, lambda: self._order_state(digest),
+        )  # fmt: skip
+
+    def _order_state(self, digest: bytes) -> tuple[float, bool]:
+        """Unmatched size and ``ACTIVE`` of an order, from the engine's order status."""
+        status = self.query(OrderStatus(digest))
+        if status is None:
+            return 0.0, False
+        return abs(int(status["unfilled_amount"])) / X18, status["status"] == "ACTIVE"
 
     # --- running --------------------------------------------------------------------------
 
@@ -336,11 +341,14 @@ class World:
             kernel.schedule(0, lambda c: c.agent.start(c), ctx)
         events = 0
         horizon = self.horizon_ns
-        for step in range(1, steps + 1):
-            until = horizon * step // steps
-            events += kernel.run(until_ns=until)
-            if progress is not None:
-                progress(until, horizon)
+        try:
+            for step in range(1, steps + 1):
+                until = horizon * step // steps
+                events += kernel.run(until_ns=until)
+                if progress is not None:
+                    progress(until, horizon)
+        finally:
+            gc.unfreeze()
         for maker in self.makers:
             if maker.client is not None:
                 maker.client.close()
@@ -382,6 +390,7 @@ class World:
         now_ms = self.now_ms()
         now = self.kernel.now_ns
         trader = maker.trader
+        request = None
         if maker.live:
             orders = list(maker.live.values())
             request = trader.cancel(orders, now_ms)
@@ -395,27 +404,29 @@ class World:
                 )  # fmt: skip
                 if self._logging:
                     self._record("cancel_send", maker.name, digest)
-            if maker.client is not None:
-                maker.client.cancel_sent(request, now_ms)
-                if maker.watched:
-                    due = now + (self.scenario.client.force_after_ms + 1) * NS_PER_MS
-                    self.kernel.schedule(due, self._deadline, (maker, tuple(maker.live)))
-            priority = CANCEL_PRIORITY if self.scenario.chain.ordering == "cancel_first" else 0
-            self._send(maker.entry, request, priority)
+            if maker.watched:
+                due = now + (self.scenario.client.force_after_ms + 1) * NS_PER_MS
+                self.kernel.schedule(due, self._deadline, (maker, tuple(maker.live)))
             maker.pending.update(maker.live)
             maker.live = {}
         size = round(self.scenario.makers.size * X18)
         lifetime = self.engine.max_order_lifetime_s
+        new = []
         for price_x18, amount in zip(self._quotes(maker, mid), (size, -size), strict=True):
             placed = trader.order(PRODUCT, price_x18, amount, now_ms, lifetime)
             digest = placed.order.digest(trader.domain)
             maker.live[digest] = placed
             self._owners[digest] = Owner(maker.name, 1 if amount > 0 else -1, abs(amount))
             self._orders[digest] = placed
-            if maker.client is not None:
-                maker.client.placed(placed, now_ms)
+            new.append(placed)
             if self._logging:
                 self._record("place", maker.name, digest, f"price={price_x18 / X18!r}")
+        if maker.client is not None:
+            maker.client.requote(request, new, now_ms)
+        if request is not None:
+            priority = CANCEL_PRIORITY if self.scenario.chain.ordering == "cancel_first" else 0
+            self._send(maker.entry, request, priority)
+        for placed in new:
             self._send(maker.entry, placed, 0)
         maker.centre = mid
 
@@ -501,11 +512,10 @@ class World:
     def _accept_order(self, placed: PlaceOrder) -> None:
         self._call(placed)
         digest = placed.order.digest(self.engine.domain)
-        if digest in self._orders:  # a client's order: the operator may look at it now
-            view = self.order_view(digest)
-            if view is not None and view.active:
-                for at in self.adversary.looks_at_placed(view):
-                    self.kernel.schedule(at, self._snipe, digest)
+        view = self.order_view(digest)  # a client's order: the operator may look at it now
+        if view is not None:
+            for at in self.adversary.looks_at_placed(view):
+                self.kernel.schedule(at, self._snipe, digest)
 
     def _taker_gap(self) -> int:
         return max(1, round(self.taker_rng.exponential(1e9 / self.scenario.takers.rate_per_s)))
@@ -768,6 +778,9 @@ class World:
         for record in done:
             self.recorder.close(record)
             self._forget(record.digest)
+        # What is left is long-lived (the engine keeps every order): keep the cyclic
+        # garbage collector from walking it again and again (undone when the run ends).
+        gc.freeze()
         if now + COMPACT_NS <= self.horizon_ns:
             self.kernel.schedule_after(COMPACT_NS, self._compact)
 
