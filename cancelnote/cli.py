@@ -40,17 +40,23 @@ def _sim_validate(args: argparse.Namespace) -> int:
     return 0 if all(check.passed for check in [*checks, *world]) else 1
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, object]:
-    """``--seed`` and every ``--set key=value`` as scenario overrides."""
+def _key_values(specs: list[str], option: str) -> dict[str, object]:
+    """``table.key=value`` specs (values read as TOML) as scenario overrides."""
     from .sim.config import ScenarioError
     from .sim.scenario import parse_value
 
     overrides: dict[str, object] = {}
-    for spec in args.set:
+    for spec in specs:
         key, sep, value = spec.partition("=")
         if not sep or "." not in key:
-            raise ScenarioError(f"--set {spec!r}: expected table.key=value")
+            raise ScenarioError(f"{option} {spec!r}: expected table.key=value")
         overrides[key.strip()] = parse_value(value.strip())
+    return overrides
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """``--seed`` and every ``--set key=value`` as scenario overrides."""
+    overrides = _key_values(args.set, "--set")
     if args.seed is not None:
         overrides["run.seed"] = args.seed
     return overrides
@@ -144,16 +150,11 @@ def _sim_attack(args: argparse.Namespace) -> int:
     from .sim.attack import DEFAULT_POLICIES, attack_json, format_attack, run_attack
     from .sim.config import ScenarioError
     from .sim.output import manifest, write_json
-    from .sim.scenario import apply_overrides, parse_scenario, parse_value
+    from .sim.scenario import apply_overrides, parse_scenario
 
     try:
         path, document = _load_document(args)
-        defence: dict[str, object] = {}
-        for spec in args.defence:
-            key, sep, value = spec.partition("=")
-            if not sep or "." not in key:
-                raise ScenarioError(f"--defence {spec!r}: expected table.key=value")
-            defence[key.strip()] = parse_value(value.strip())
+        defence = _key_values(args.defence, "--defence")
         out = Path(args.out or f"attacks/{path.stem}")
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out} exists and is not empty: choose another --out")
@@ -431,20 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sim_commands.add_parser("sweep", help="run a grid of scenario changes x seeds")
     sweep.add_argument("file", help="scenario file (TOML)")
-    sweep.add_argument(
-        "--grid",
-        action="append",
-        default=[],
-        metavar="KEY=V1,V2",
-        help="a dotted scenario key and its values (repeat for a product grid)",
-    )
-    sweep.add_argument(
-        "--zip",
-        action="append",
-        default=[],
-        metavar="KEY=V1,V2",
-        help="keys whose values change together, one axis (as many values each)",
-    )
+    for option, meaning in (
+        ("--grid", "a dotted scenario key and its values (repeat for a product grid)"),
+        ("--zip", "keys whose values change together, one axis (as many values each)"),
+    ):
+        sweep.add_argument(option, action="append", default=[], metavar="KEY=V1,V2", help=meaning)
     sweep.add_argument("--seeds", type=_int_at_least(1), default=4, help="replicates per point")
     sweep.add_argument("--seed", type=_int_at_least(0), help="root seed (default: the file's)")
     _add_set(sweep)

@@ -46,7 +46,7 @@ def test_bundled_scenario_metrics_are_sane(metrics, name):
     assert 0.0 <= (m["stale_fill_rate"] or 0.0) <= 1.0
     assert m["disputes_won"] + m["disputes_lost"] <= m["disputes_filed"]
     assert m["false_positive_disputes"] == 0
-    assert m["operator_gain_gross"] == m["client_loss"]
+    assert m["operator_gain_gross"] >= 0  # its own taker fills only in the money
     assert m["operator_gain_net"] == pytest.approx(
         m["operator_gain_gross"] - m["operator_penalties"] - m["operator_gas_cost"]
         + m["operator_bonds_won"]

@@ -64,9 +64,12 @@ def delay_runs() -> dict[tuple[int, bool], list[dict]]:
     }
 
 
-def test_a_longer_delay_gains_the_operator_more(delay_runs):
+def test_a_longer_delay_costs_the_clients_more(delay_runs):
     short, long = delay_runs[(100, False)], delay_runs[(2000, False)]
-    assert _total(long, "operator_gain_gross") > 1.5 * _total(short, "operator_gain_gross") > 0
+    assert _total(long, "client_loss") > 1.5 * _total(short, "client_loss") > 0
+    # The operator's own taker looks only at the end of a hold; in a long hold the noise
+    # takers fill many stale orders first, so its take does not grow with the hold.
+    assert _total(long, "operator_gain_gross") > 0
     assert _total(long, "hold_p50_ms") == pytest.approx(2 * 2000, abs=2)
 
 

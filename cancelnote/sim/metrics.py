@@ -129,8 +129,9 @@ def run_metrics(world: World) -> Metrics:
     operator_gas = sum(tx.gas for tx in world.txs if tx.party == OPERATOR)
     penalties = onchain.currency(world.penalties_wei)
     bonds_won = world.answers * scenario.court.dispute_bond
-    net = loss - penalties - onchain.gas_cost(operator_gas) + bonds_won
-    m["operator_gain_gross"] = loss
+    gross = math.fsum(table["taken"])
+    net = gross - penalties - onchain.gas_cost(operator_gas) + bonds_won
+    m["operator_gain_gross"] = gross
     m["operator_penalties"] = penalties
     m["operator_gas_cost"] = onchain.gas_cost(operator_gas)
     m["operator_bonds_won"] = bonds_won
@@ -217,7 +218,7 @@ def run_metrics(world: World) -> Metrics:
     c_attack = onchain.gas_cost(operator_gas)
     m["dishonest_orders"] = float(n_dishonest)
     if p_detect and p_file and win:
-        threshold = (loss - c_attack) / (p_detect * p_file * win)
+        threshold = (gross - c_attack) / (p_detect * p_file * win)
         m["deterrence_threshold"] = threshold
         m["deterrence_per_offence"] = threshold / n_dishonest
     else:

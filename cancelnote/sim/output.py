@@ -54,7 +54,7 @@ DEPENDENCIES = (
 CANCEL_COLUMNS = (
     "client", "digest", "side", "quantity", "price", "t_send_ns", "t_recv_ns", "intent",
     "misbehaved", "t_note_ns", "note_on_chain", "t_note_seen_ns", "t_eff_ns", "forced",
-    "stale_fills", "loss",
+    "stale_fills", "loss", "operator_take",
 )  # fmt: skip
 DISPUTE_COLUMNS = (
     "client", "digest", "kind", "t_filed_ns", "block_filed", "t_resolved_ns",
@@ -111,11 +111,11 @@ def _cancel_rows(world: World) -> Iterator[tuple[Any, ...]]:
     for chunk in world.recorder.chunks():
         for r in chunk.tolist():
             (client, digest, side, quantity, price, t_send, t_recv, intent, misbehaved,
-             t_note, on_chain, t_seen, t_eff, forced, stale, loss, _) = r  # fmt: skip
+             t_note, on_chain, t_seen, t_eff, forced, stale, loss, taken, _) = r  # fmt: skip
             yield (
                 clients[client], bytes(digest), side, quantity, price, t_send, _t(t_recv),
                 INTENTS[intent], misbehaved, _t(t_note), on_chain, _t(t_seen), _t(t_eff),
-                forced, stale, loss,
+                forced, stale, loss, taken,
             )  # fmt: skip
 
 

@@ -52,6 +52,7 @@ CANCEL_DTYPE = np.dtype(
         ("forced", "?"),
         ("stale_fills", "i4"),
         ("loss", "f8"),
+        ("taken", "f8"),  # the part of the loss the operator's own taker took
         ("t_look", "i8"),  # the last time the operator's taker looked at it while held
     ]
 )
@@ -69,7 +70,8 @@ class CancelRecord:
     ``misbehaved`` is true when the operator did anything else dishonest to this order
     (a backdated, withheld or doubled note, a fill let through after the note).
     ``stale_fills`` and ``loss`` count the fills that executed after the operator
-    received the cancel and the client's loss on them (docs/simulation.md §7).
+    received the cancel and the client's loss on them (docs/simulation.md §7); ``taken``
+    is the part of that loss on fills whose counterparty was the operator's own taker.
     """
 
     client: int
@@ -88,6 +90,7 @@ class CancelRecord:
     forced: bool = False  # the client forced the cancel on-chain
     stale_fills: int = 0
     loss: float = 0.0
+    taken: float = 0.0
     t_look: int | None = None
 
     @property
@@ -101,7 +104,8 @@ class CancelRecord:
             self.client, self.digest, self.side, self.quantity, self.price, self.t_send,
             _time(self.t_recv), INTENTS.index(self.intent), self.misbehaved,
             _time(self.t_note), self.note_on_chain, _time(self.t_note_seen),
-            _time(self.t_eff), self.forced, self.stale_fills, self.loss, _time(self.t_look),
+            _time(self.t_eff), self.forced, self.stale_fills, self.loss, self.taken,
+            _time(self.t_look),
         )  # fmt: skip
 
 

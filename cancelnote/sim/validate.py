@@ -172,11 +172,14 @@ def _determinism_check(case: HeldCancel, seed: int) -> Check:
 
 def format_table(checks: list[Check]) -> str:
     """The checks as a plain-text table, one row each, and a summary line."""
-    header = f"{'check':<32} {'expected':>12} {'measured':>12} {'std err':>10} {'z':>6}  result"
+    width = max([32, *(len(check.name) for check in checks)])
+    header = (
+        f"{'check':<{width}} {'expected':>12} {'measured':>12} {'std err':>10} {'z':>6}  result"
+    )
     lines = [header, "-" * len(header)]
     for check in checks:
         lines.append(
-            f"{check.name:<32} {check.expected:>12.6f} {check.measured:>12.6f} "
+            f"{check.name:<{width}} {check.expected:>12.6f} {check.measured:>12.6f} "
             f"{check.stderr:>10.6f} {check.z:>6.2f}  {'PASS' if check.passed else 'FAIL'}"
             + (f"  ({check.note})" if check.note else "")
         )

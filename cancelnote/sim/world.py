@@ -620,12 +620,15 @@ class World:
         self.fills += 1
         self._filled[digest] = fill.filled_total
         record = self.recorder.get(digest)
+        other = self._owners.get(taker if digest == maker else maker)
         if record is not None and record.t_recv is not None and t_match > record.t_recv:
             claimed_ns = max(self.ns_of_ms(fill.timestamp_ms), 0)
+            loss = fill.amount / X18 * record.side * (price - self.mid_at(claimed_ns))
             record.stale_fills += 1
-            record.loss += fill.amount / X18 * record.side * (price - self.mid_at(claimed_ns))
+            record.loss += loss
+            if other is not None and other.agent == SNIPER:
+                record.taken += loss
         if self._logging:
-            other = self._owners.get(taker if digest == maker else maker)
             self._record(
                 "fill", owner.agent if owner else "?", digest,
                 f"seq={fill.seq} amount={fill.amount / X18!r} price={price!r}"
