@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -749,9 +750,11 @@ _ORDER_COLUMNS = "body, signature, digest, placed_at_ms, local_seq, rejected"
 _CANCEL_COLUMNS = "kind, body, signature, request_hash, sent_at_ms, local_seq, rejected"
 
 
-#: Stored bodies whose parsed message is remembered (a bounded cache, shared by stores).
+#: Stored bodies whose parsed message is remembered (a bounded cache, shared by stores;
+#: a lock, because a watchtower's step may run in a worker thread beside the session).
 BODY_CACHE_SIZE = 8192
 _bodies: OrderedDict[tuple[type, str], SignedMessage] = OrderedDict()
+_bodies_lock = threading.Lock()
 
 
 def _body(message: SignedMessage) -> str:
@@ -762,10 +765,11 @@ def _body(message: SignedMessage) -> str:
 
 
 def _remember(key: tuple[type, str], message: SignedMessage) -> None:
-    _bodies[key] = message
-    _bodies.move_to_end(key)
-    if len(_bodies) > BODY_CACHE_SIZE:
-        _bodies.popitem(last=False)
+    with _bodies_lock:
+        _bodies[key] = message
+        _bodies.move_to_end(key)
+        if len(_bodies) > BODY_CACHE_SIZE:
+            _bodies.popitem(last=False)
 
 
 def _parsed(cls: type[M], body: str) -> M:
@@ -773,12 +777,13 @@ def _parsed(cls: type[M], body: str) -> M:
     however often the verifier reads it (the body a message was stored as parses back
     to an equal message: ``from_wire`` inverts ``to_wire``)."""
     key = (cls, body)
-    message = _bodies.get(key)
+    with _bodies_lock:
+        message = _bodies.get(key)
+        if message is not None:
+            _bodies.move_to_end(key)
     if message is None:
         message = cls.from_wire(json.loads(body))
         _remember(key, message)
-    else:
-        _bodies.move_to_end(key)
     return message  # type: ignore[return-value]
 
 

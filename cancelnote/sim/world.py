@@ -49,14 +49,14 @@ import numpy as np
 from ..client import watchtower as wt
 from ..dispute.chain import TransactionReverted
 from ..dispute.inprocess import dev_account
-from ..messages import CancellationNote, signature_to_wire
+from ..messages import CancellationNote, Domain, signature_to_wire
 from ..operator.api import BookDepth, CancelOrders, OrderStatus, PlaceOrder, Push, Reply
 from ..operator.engine import Engine, Output
 from ..operator.journal import CancelAccepted, FillIssued, Matched, NoteIssued
 from ..operator.lifecycle import CancellationType
 from ..operator.testing import Trader
 from .adversary import Adversary, OrderView, build_adversary
-from .agents import AgentContext
+from .agents import Agent, AgentContext
 from .clients import SimClient, is_disputable
 from .eventlog import EventLog
 from .kernel import Kernel
@@ -65,7 +65,7 @@ from .market import MidPricePath
 from .onchain import CHAIN_TIME_SCALE, EPOCH_S, OPERATOR, OnChain, domain_of
 from .plugins import load_class
 from .records import DROPPED, HELD, CancelRecord, DisputeRecord, Recorder, TxRecord
-from .scenario import Scenario
+from .scenario import AgentSpec, Scenario
 from .seeding import Seeds
 from .series import SeriesWriter
 
@@ -252,9 +252,7 @@ class World:
             world._add_agent(j, agent_spec, domain)
         return world
 
-    def _add_agent(self, index: int, spec: Any, domain: Any) -> None:
-        from .agents import Agent
-
+    def _add_agent(self, index: int, spec: AgentSpec, domain: Domain) -> None:
         cls = load_class(spec.cls, Agent, self.scenario.base_dir, "[[agents]] class")
         agent = cls(**spec.params)
         name = spec.name
