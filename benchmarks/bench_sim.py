@@ -39,6 +39,20 @@ Chain figures (:func:`chain_speedup`), the court's work replayed on both EVMs:
   two backends' gas must agree transaction by transaction, or the benchmark fails;
   ``chain_revm_*_us``: where a revm transaction's time goes (:func:`chain_costs`).
 
+An hour of a big world (``hour_*``; targets 200 CPU s and 1,024 MiB):
+``simulations/fixed_delay.toml`` with 100 makers (every order, fill and note really
+signed and verified), each horizon of ``--hour-horizons`` in a fresh process:
+
+* ``hour_100_makers_honest_cpu_s``: CPU seconds per simulated hour, the least-squares
+  slope of CPU time against the horizon (fixed costs, such as building the world, drop
+  out), scaled to 3,600 s; ``hour_100_makers_linearity`` is the CPU per kernel event
+  over the last step between horizons over that of the first (1 when the cost of an
+  event does not grow with the horizon; the market's path makes the events per second
+  vary, so the check is per event);
+* ``hour_100_makers_peak_rss_mib``: the peak resident memory of an hour, extrapolated
+  from the largest horizon along the growth per simulated second of the last step
+  (past the warm-up, when the bounded caches have filled; ``hour_rss_mib_by_horizon``).
+
     python benchmarks/bench_sim.py --out results/sim.json
 """
 
@@ -68,6 +82,10 @@ from cancelnote.sim.world import World
 TARGET_EVENTS_PER_S = 1_000_000
 TARGET_SCENARIO_EVENTS_PER_S = 100_000
 TARGET_CHAIN_SPEEDUP = 100
+TARGET_HOUR_CPU_S = 200
+TARGET_HOUR_RSS_MIB = 1_024
+#: The hour's world: fixed_delay.toml with 100 makers.
+HOUR_SCENARIO = ("fixed_delay.toml", {"makers.count": 100})
 SIMULATIONS = Path(__file__).resolve().parent.parent / "simulations"
 #: The two scenario workloads: (file, overrides).
 SCENARIOS = {
@@ -227,18 +245,18 @@ def court_sequence(court: Court, signers: Sequence[Signer], rounds: int) -> list
         digest = order.digest(domain)
         steps.append((alice, court.encode_call("requestCancel", order), bond, 0))
         if round_ % 4 == 3:
-            steps.append((bob, court.encode_call("finalize", digest), 0, window + 1))
+            steps.append((bob, court.encode_call("finalize", order), 0, window + 1))
             continue
-        note = CancellationNote(digest, order.sender, bytes(32), 3 * 10**17, 41, 10**17, 90, 0, 42)
+        note = CancellationNote(digest, order.sender, bytes(32), 0, 0, bytes(32), 0, 0, 0, 42)
         note_sig = note.sign(operator, domain)
-        steps.append((operator, court.encode_call("answerCancel", note, note_sig), 0, 0))
+        steps.append((operator, court.encode_call("answerCancel", order, note, note_sig), 0, 0))
         if round_ % 4 == 1:
-            fill = Fill(digest, order.sender, 43, 10**17, 5 * 10**17, price, 43)
+            fill = Fill(digest, order.sender, 43, 10**17, 10**17, price, 43)
             proof = court.encode_call(
-                "proveFillAfterNote", note, note_sig, fill, fill.sign(operator, domain)
+                "proveFillAfterNote", order, note, note_sig, fill, fill.sign(operator, domain)
             )
             steps.append((bob, proof, 0, 0))
-    steps.append((alice, court.encode_call("withdraw"), 0, 0))
+    steps.append((operator, court.encode_call("withdraw"), 0, 0))  # its pay for answering
     return steps
 
 
@@ -336,6 +354,66 @@ def chain_costs(rounds: int) -> dict[str, float]:
         2 * costs["chain_revm_one_evm_run_us"] + costs["chain_revm_signing_us"]
     )
     return costs
+_HOUR_CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+from cancelnote.sim.scenario import load_scenario
+from cancelnote.sim.world import World
+name, overrides, horizon = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
+scenario = load_scenario(Path(name), {**overrides, "run.horizon_s": horizon})
+started = time.process_time()
+world = World.build(scenario, 0)
+events = world.run()
+cpu = time.process_time() - started
+world.recorder.discard()
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"cpu_s": cpu, "events": events, "peak_rss_mib": rss}))
+"""
+
+
+def hour_point(horizon_s: float) -> dict[str, float]:
+    """CPU seconds, events and peak RSS of one run of the hour's world, in a fresh process."""
+    import subprocess
+    import sys
+
+    name, overrides = HOUR_SCENARIO
+    done = subprocess.run(
+        [sys.executable, "-c", _HOUR_CHILD, str(SIMULATIONS / name), json.dumps(overrides),
+         str(horizon_s)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout)
+
+
+def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """The least-squares slope of ``ys`` against ``xs``."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+
+
+def hour_figures(horizons: Sequence[float]) -> dict[str, object]:
+    """The ``hour_*`` figures from runs of ``horizons`` simulated seconds (at least 3)."""
+    runs = [hour_point(h) for h in horizons]
+    cpu = [r["cpu_s"] for r in runs]
+    rss = [r["peak_rss_mib"] for r in runs]
+    events = [r["events"] for r in runs]
+    # CPU per event over the first and the last step between horizons: equal when the
+    # cost per simulated event does not grow with the horizon.
+    first = (cpu[1] - cpu[0]) / (events[1] - events[0])
+    last = (cpu[-1] - cpu[-2]) / (events[-1] - events[-2])
+    # Memory: the growth per simulated second over the last step (past the warm-up, when
+    # the bounded caches have filled), extrapolated to the hour.
+    rss_per_s = (rss[-1] - rss[-2]) / (horizons[-1] - horizons[-2])
+    return {
+        "hour_100_makers_honest_cpu_s": _slope(horizons, cpu) * 3_600,
+        "hour_100_makers_linearity": last / first,
+        "hour_100_makers_peak_rss_mib": rss[-1] + rss_per_s * (3_600 - horizons[-1]),
+        "hour_cpu_s_by_horizon": dict(zip(map(str, horizons), cpu, strict=True)),
+        "hour_rss_mib_by_horizon": dict(zip(map(str, horizons), rss, strict=True)),
+        "hour_events_by_horizon": dict(zip(map(str, horizons), events, strict=True)),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -353,6 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--chain-rounds", type=int, default=40, help="forced cancels in the chain sequence"
+    )
+    parser.add_argument(
+        "--hour-horizons",
+        type=lambda text: [float(h) for h in text.split(",")],
+        default=[60.0, 120.0, 180.0, 240.0],
+        help="simulated seconds of the hour's runs (comma-separated, at least 3)",
     )
     args = parser.parse_args(argv)
 
@@ -385,6 +469,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     figures.update(chain_speedup(args.chain_rounds, args.repeats))
     figures.update(chain_costs(args.chain_rounds))
+    hour = hour_figures(args.hour_horizons)
+    for name in (
+        "hour_100_makers_honest_cpu_s",
+        "hour_100_makers_peak_rss_mib",
+        "hour_100_makers_linearity",
+    ):
+        figures[name] = hour[name]  # type: ignore[assignment]
     report = {
         "benchmark": "sim",
         "figures": {
@@ -395,13 +486,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "kernel_events_per_s": TARGET_EVENTS_PER_S,
             "scenario_events_per_s": TARGET_SCENARIO_EVENTS_PER_S,
             "chain_speedup": TARGET_CHAIN_SPEEDUP,
+            "hour_100_makers_honest_cpu_s": TARGET_HOUR_CPU_S,
+            "hour_100_makers_peak_rss_mib": TARGET_HOUR_RSS_MIB,
         },
         "met": {
             "kernel_events_per_s": figures["kernel_events_per_s"] >= TARGET_EVENTS_PER_S,
             "scenario_events_per_s": figures["scenario_events_per_s"]
             >= TARGET_SCENARIO_EVENTS_PER_S,
             "chain_speedup": figures["chain_speedup"] >= TARGET_CHAIN_SPEEDUP,
+            "hour_100_makers_honest_cpu_s": hour["hour_100_makers_honest_cpu_s"]
+            <= TARGET_HOUR_CPU_S,
+            "hour_100_makers_peak_rss_mib": hour["hour_100_makers_peak_rss_mib"]
+            <= TARGET_HOUR_RSS_MIB,
         },
+        "hour": hour,
         "scenarios": scenarios,
         "parameters": {
             "events": args.events,
@@ -414,7 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     }
     write_report(args.out, report)
-    print(json.dumps({"figures": report["figures"], "scenarios": scenarios}, indent=2))
+    print(
+        json.dumps({"figures": report["figures"], "scenarios": scenarios, "hour": hour}, indent=2)
+    )
     return 0
 
 

@@ -40,6 +40,28 @@ def _sim_validate(args: argparse.Namespace) -> int:
     return 0 if all(check.passed for check in [*checks, *world]) else 1
 
 
+def _key_values(specs: list[str], option: str) -> dict[str, object]:
+    """``table.key=value`` specs (values read as TOML) as scenario overrides."""
+    from .sim.config import ScenarioError
+    from .sim.scenario import parse_value
+
+    overrides: dict[str, object] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or "." not in key:
+            raise ScenarioError(f"{option} {spec!r}: expected table.key=value")
+        overrides[key.strip()] = parse_value(value.strip())
+    return overrides
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """``--seed`` and every ``--set key=value`` as scenario overrides."""
+    overrides = _key_values(args.set, "--set")
+    if args.seed is not None:
+        overrides["run.seed"] = args.seed
+    return overrides
+
+
 def _sim_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -48,11 +70,11 @@ def _sim_run(args: argparse.Namespace) -> int:
     from .sim.progress import ProgressBar
     from .sim.scenario import load_scenario
 
-    overrides = {} if args.seed is None else {"run.seed": args.seed}
     try:
+        overrides = _overrides(args)
         scenario = load_scenario(args.file, overrides)
         out = Path(args.out or f"runs/{Path(args.file).stem}-seed{scenario.run.seed}")
-        bar = ProgressBar(f"sim run {Path(args.file).name}")
+        bar = ProgressBar(f"sim run {Path(args.file).name}", seconds_per_unit=1e-9)
         summary = run_scenario(scenario, out, args.file, overrides, bar)
         bar.close()
     except (ScenarioError, OSError) as exc:
@@ -67,39 +89,112 @@ def _sim_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sim_sweep(args: argparse.Namespace) -> int:
+def _load_document(args: argparse.Namespace) -> tuple[object, dict[str, object]]:
+    """The scenario file's document with ``--seed``/``--set`` applied, and its path."""
     import tomllib
     from pathlib import Path
 
     from .sim.config import ScenarioError
-    from .sim.progress import ProgressBar
     from .sim.scenario import apply_overrides
-    from .sim.sweep import parse_grid, run_sweep
+
+    path = Path(args.file)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from exc
+    return path, apply_overrides(document, _overrides(args))
+
+
+def _sim_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .sim.config import ScenarioError
+    from .sim.progress import ProgressBar
+    from .sim.scenario import parse_scenario
+    from .sim.sweep import parse_grid, parse_target, parse_zip, run_sweep
 
     try:
-        path = Path(args.file)
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-        if args.seed is not None:
-            document = apply_overrides(document, {"run.seed": args.seed})
+        path, document = _load_document(args)
+        horizon = parse_scenario(document, path.parent).run.horizon_s
         out = Path(args.out or f"sweeps/{path.stem}")
-        bar = ProgressBar(f"sim sweep {path.name}")
+        bar = ProgressBar(f"sim sweep {path.name}", seconds_per_unit=horizon)
+        target = None if args.target_ci is None else parse_target(args.target_ci, args.max_seeds)
         rows = run_sweep(
             document,
             path.parent,
             parse_grid(args.grid),
             args.seeds,
             out,
+            zipped=parse_zip(args.zip),
             backend=args.backend,
             workers=args.workers,
             scheduler=args.scheduler,
             resume=args.resume,
+            series=args.series,
+            target=target,
+            reference=args.reference,
+            source=str(path),
             progress=bar,
         )
         bar.close()
-    except (ScenarioError, OSError, tomllib.TOMLDecodeError) as exc:
+    except (ScenarioError, OSError) as exc:
         print(f"cancelnote sim sweep: {exc}", file=sys.stderr)
         return 2
     print(f"{len(rows)} runs; output: {out}")
+    return 0
+
+
+def _sim_attack(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .sim.attack import DEFAULT_POLICIES, attack_json, format_attack, run_attack
+    from .sim.config import ScenarioError
+    from .sim.output import manifest, write_json
+    from .sim.scenario import apply_overrides, parse_scenario
+
+    try:
+        path, document = _load_document(args)
+        defence = _key_values(args.defence, "--defence")
+        out = Path(args.out or f"attacks/{path.stem}")
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out} exists and is not empty: choose another --out")
+        result = run_attack(
+            document,
+            path.parent,
+            defence,
+            args.policy or DEFAULT_POLICIES,
+            seeds=args.seeds,
+            confirm=args.confirm,
+            rounds=args.rounds,
+            objective=args.objective,
+            backend=args.backend,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            progress=lambda policy: print(f"searching {policy} ...", file=sys.stderr),
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "attack.json", attack_json(result, document, defence))
+        defended = parse_scenario(apply_overrides(document, defence), path.parent)
+        write_json(out / "manifest.json", manifest(defended, str(path), defence))
+    except (ScenarioError, OSError) as exc:
+        print(f"cancelnote sim attack: {exc}", file=sys.stderr)
+        return 2
+    print(format_attack(result), end="")
+    print(f"output: {out}")
+    return 0
+
+
+def _sim_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .sim.report import write_report
+
+    try:
+        path = write_report(Path(args.dir), None if args.attack is None else Path(args.attack))
+    except OSError as exc:
+        print(f"cancelnote sim report: {exc}", file=sys.stderr)
+        return 2
+    print(path)
     return 0
 
 
@@ -384,6 +479,24 @@ def add_key_file_commands(keys_commands: argparse._SubParsersAction) -> None:
         command.set_defaults(run=_keys_create)
 
 
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any scenario key (dotted, value read as TOML; repeat)",
+    )
+
+
+def _add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=["serial", "process", "dask"], default="process", help="where"
+    )
+    parser.add_argument("--workers", type=_int_at_least(1), default=2, help="worker processes")
+    parser.add_argument("--scheduler", help="a Dask scheduler's address (with --backend dask)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cancelnote", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -415,32 +528,85 @@ def build_parser() -> argparse.ArgumentParser:
     run = sim_commands.add_parser("run", help="run a scenario's replicates into a folder")
     run.add_argument("file", help="scenario file (TOML; see simulations/)")
     run.add_argument("--seed", type=_int_at_least(0), help="root seed (default: the file's)")
+    _add_set(run)
     run.add_argument("--out", help="output folder, new or empty (default runs/NAME-seedN)")
     run.set_defaults(run=_sim_run)
 
     sweep = sim_commands.add_parser("sweep", help="run a grid of scenario changes x seeds")
     sweep.add_argument("file", help="scenario file (TOML)")
-    sweep.add_argument(
-        "--grid",
-        action="append",
-        default=[],
-        metavar="KEY=V1,V2",
-        help="a dotted scenario key and its values (repeat for a product grid)",
-    )
+    for option, meaning in (
+        ("--grid", "a dotted scenario key and its values (repeat for a product grid)"),
+        ("--zip", "keys whose values change together, one axis (as many values each)"),
+    ):
+        sweep.add_argument(option, action="append", default=[], metavar="KEY=V1,V2", help=meaning)
     sweep.add_argument("--seeds", type=_int_at_least(1), default=4, help="replicates per point")
     sweep.add_argument("--seed", type=_int_at_least(0), help="root seed (default: the file's)")
-    sweep.add_argument(
-        "--backend", choices=["serial", "process", "dask"], default="process", help="where"
-    )
-    sweep.add_argument("--workers", type=_int_at_least(1), default=2, help="worker processes")
-    sweep.add_argument("--scheduler", help="a Dask scheduler's address (with --backend dask)")
+    _add_set(sweep)
+    _add_backend(sweep)
     sweep.add_argument("--resume", action="store_true", help="skip the finished runs in --out")
+    sweep.add_argument(
+        "--series", action="store_true", help="keep every run's time series (series/)"
+    )
+    sweep.add_argument(
+        "--target-ci",
+        metavar="METRIC=HALF_WIDTH",
+        help="add --seeds replicates at a time until METRIC's 95%% CI half-width is at most"
+        " HALF_WIDTH at every point",
+    )
+    sweep.add_argument(
+        "--max-seeds", type=_int_at_least(2), default=64, help="stop --target-ci here"
+    )
+    sweep.add_argument(
+        "--reference",
+        type=_int_at_least(0),
+        default=0,
+        help="the point differences.csv compares every other point with (default 0)",
+    )
     sweep.add_argument("--out", help="output folder (default sweeps/NAME)")
     sweep.set_defaults(run=_sim_sweep)
+
+    attack = sim_commands.add_parser(
+        "attack", help="search the operator's best response against a defence"
+    )
+    attack.add_argument("file", help="scenario file (TOML)")
+    attack.add_argument(
+        "--defence",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a scenario change describing the defence (repeat)",
+    )
+    attack.add_argument(
+        "--policy",
+        action="append",
+        metavar="NAME",
+        help="a strategy to search (repeat; default: honest patience floor unwatched split;"
+        " module:Class for a plug-in)",
+    )
+    attack.add_argument("--seeds", type=_int_at_least(2), default=4, help="replicates per point")
+    attack.add_argument(
+        "--confirm", type=_int_at_least(2), help="fresh replicates for each best point"
+    )
+    attack.add_argument(
+        "--rounds", type=_int_at_least(0), default=2, help="refinements after the grid"
+    )
+    attack.add_argument("--objective", default="operator_gain_net", help="the metric to maximise")
+    attack.add_argument("--seed", type=_int_at_least(0), help="root seed (default: the file's)")
+    _add_set(attack)
+    _add_backend(attack)
+    attack.add_argument("--out", help="output folder, new or empty (default attacks/NAME)")
+    attack.set_defaults(run=_sim_attack)
 
     plot = sim_commands.add_parser("plot", help="plot a sweep folder (PNG and SVG)")
     plot.add_argument("dir", help="a folder written by sim sweep")
     plot.set_defaults(run=_sim_plot)
+
+    report = sim_commands.add_parser(
+        "report", help="one self-contained HTML page of a sweep or attack folder"
+    )
+    report.add_argument("dir", help="a folder written by sim sweep or sim attack")
+    report.add_argument("--attack", help="an attack folder to include (default: DIR's own)")
+    report.set_defaults(run=_sim_report)
 
     demo = commands.add_parser(
         "demo", help="an operator delaying cancels: its gain with and without defences"

@@ -17,6 +17,7 @@ Conventions (docs/protocol.md is the specification):
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 import secrets
@@ -277,17 +278,19 @@ class SignedMessage:
         ]
 
     def struct_hash(self) -> bytes:
-        """EIP-712 ``hashStruct``: keccak of the type hash and every encoded field."""
-        values = self._VALUES(self)
-        words = [encode(value) for encode, value in zip(self._ENCODERS, values, strict=True)]
-        return keccak(self.TYPE_HASH + b"".join(words))
+        """EIP-712 ``hashStruct``: keccak of the type hash and every encoded field.
+
+        Remembered for the last few thousand messages (:func:`_struct_hash`): one order's
+        digest is needed by its signer, the engine, the client's store and the verifier.
+        """
+        return _struct_hash(self)
 
     def digest(self, domain: Domain) -> bytes:
         """The 32-byte EIP-712 digest that is signed (``keccak(0x1901 ‖ domain ‖ struct)``).
 
         For an ``Order`` this digest is also the order's identifier everywhere.
         """
-        return keccak(b"\x19\x01" + domain.separator + self.struct_hash())
+        return _digest(self, domain)
 
     def sign(self, signer: Signer | bytes, domain: Domain) -> bytes:
         """A 65-byte low-s signature of :meth:`digest` by ``signer``."""
@@ -354,6 +357,24 @@ class SignedMessage:
     def eip712_types(cls) -> list[dict[str, str]]:
         """The type as eth-account's ``encode_typed_data`` expects it."""
         return [{"name": wire, "type": sol} for _, wire, sol in cls._WIRE]
+
+
+#: How many messages' hashes are remembered (a bounded cache: memory stays flat).
+HASH_CACHE_SIZE = 16_384
+
+
+@functools.lru_cache(maxsize=HASH_CACHE_SIZE)
+def _struct_hash(message: SignedMessage) -> bytes:
+    """``hashStruct(message)``, cached by value: a message is frozen, so equal messages
+    (the cache's key) have one hash."""
+    values = message._VALUES(message)
+    words = [encode(value) for encode, value in zip(message._ENCODERS, values, strict=True)]
+    return keccak(message.TYPE_HASH + b"".join(words))
+
+
+@functools.lru_cache(maxsize=HASH_CACHE_SIZE)
+def _digest(message: SignedMessage, domain: Domain) -> bytes:
+    return keccak(b"\x19\x01" + domain.separator + _struct_hash(message))
 
 
 def _eip712(cls: type) -> type:

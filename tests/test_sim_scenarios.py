@@ -46,7 +46,7 @@ def test_bundled_scenario_metrics_are_sane(metrics, name):
     assert 0.0 <= (m["stale_fill_rate"] or 0.0) <= 1.0
     assert m["disputes_won"] + m["disputes_lost"] <= m["disputes_filed"]
     assert m["false_positive_disputes"] == 0
-    assert m["operator_gain_gross"] == m["client_loss"]
+    assert m["operator_gain_gross"] >= 0  # its own taker fills only in the money
     assert m["operator_gain_net"] == pytest.approx(
         m["operator_gain_gross"] - m["operator_penalties"] - m["operator_gas_cost"]
         + m["operator_bonds_won"]
@@ -126,7 +126,7 @@ def _document() -> dict:
     ("overrides", "message"),
     [
         ({"operator.delay_msx": 5}, r"\[operator\] unknown key 'delay_msx'"),
-        ({"operator.policy": "nice"}, r"\[operator\] 'policy' must be in"),
+        ({"operator.policy": "nice"}, r"\[operator\] policy 'nice': one of"),
         ({"makers.count": 0}, r"\[makers\] 'count' must be > 0"),
         ({"makers.half_spread": "wide"}, r"\[makers\] 'half_spread' must be"),
         ({"chain.ordering": "lifo"}, r"\[chain\] 'ordering' must be in"),

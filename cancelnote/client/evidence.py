@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -38,9 +40,12 @@ from cancelnote.messages import (
     Domain,
     Fill,
     Order,
+    SignedMessage,
     signature_from_wire,
     signature_to_wire,
 )
+
+M = TypeVar("M", bound=SignedMessage)
 
 #: The ``format`` field of a bundle; a reader refuses any other (version 2: the messages
 #: of protocol v2, whose notes carry ``lastFillHash``).
@@ -221,9 +226,19 @@ class EvidenceStore:
 
     @classmethod
     def open(
-        cls, path: str | Path, domain: Domain | None = None, operator: bytes | None = None
+        cls,
+        path: str | Path,
+        domain: Domain | None = None,
+        operator: bytes | None = None,
+        *,
+        durable: bool = True,
+        cache_kib: int | None = None,
     ) -> EvidenceStore:
         """Open (or create, given ``domain`` and ``operator``) the store at ``path``.
+
+        ``durable = False`` skips every fsync (``synchronous=OFF``): for disposable
+        stores only, such as a simulated client's (a crash may then lose the last
+        writes). ``cache_kib`` bounds SQLite's page cache (default 2 MiB).
 
         Raises:
             EvidenceError: the file is for another domain or operator, or it is new and
@@ -231,7 +246,9 @@ class EvidenceStore:
         """
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+        if cache_kib is not None:
+            conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
         conn.executescript(_SCHEMA)
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if not meta:
@@ -299,7 +316,7 @@ class EvidenceStore:
                     (
                         _hex(order.digest(self.domain)),
                         _hex(order.sender),
-                        _dumps(order.to_wire()),
+                        _body(order),
                         _hex(signature),
                         placed_at_ms,
                         self._next_local_seq(),
@@ -332,7 +349,7 @@ class EvidenceStore:
                         _hex(request.digest(self.domain)),
                         type(request).__name__,
                         _hex(request.sender),
-                        _dumps(request.to_wire()),
+                        _body(request),
                         _hex(signature),
                         sent_at_ms,
                         self._next_local_seq(),
@@ -351,7 +368,7 @@ class EvidenceStore:
                 _hex(fill.order_digest),
                 _hex(fill.sender),
                 fill.seq,
-                _dumps(fill.to_wire()),
+                _body(fill),
                 _hex(signed.signature),
                 signed.received_at_ms,
             ),
@@ -367,7 +384,7 @@ class EvidenceStore:
                 _hex(note.order_digest),
                 _hex(note.sender),
                 note.seq,
-                _dumps(note.to_wire()),
+                _body(note),
                 _hex(signed.signature),
                 signed.received_at_ms,
             ),
@@ -497,9 +514,7 @@ class EvidenceStore:
         rows = self._conn.execute(
             f"SELECT body, signature, received_at_ms FROM fills {where} ORDER BY seq, hash", values
         )
-        return [
-            SignedFill(Fill.from_wire(json.loads(body)), _unhex(sig), at) for body, sig, at in rows
-        ]
+        return [SignedFill(_parsed(Fill, body), _unhex(sig), at) for body, sig, at in rows]
 
     def notes(self, digest: bytes | None = None) -> list[SignedNote]:
         """Notes of ``digest`` (every note if ``None``), in seq order."""
@@ -513,8 +528,7 @@ class EvidenceStore:
             f"SELECT body, signature, received_at_ms FROM notes {where} ORDER BY seq, hash", values
         )
         return [
-            SignedNote(CancellationNote.from_wire(json.loads(body)), _unhex(sig), at)
-            for body, sig, at in rows
+            SignedNote(_parsed(CancellationNote, body), _unhex(sig), at) for body, sig, at in rows
         ]
 
     def findings(self, status: str | None = None) -> list[Finding]:
@@ -740,9 +754,46 @@ _ORDER_COLUMNS = "body, signature, digest, placed_at_ms, local_seq, rejected"
 _CANCEL_COLUMNS = "kind, body, signature, request_hash, sent_at_ms, local_seq, rejected"
 
 
+#: Stored bodies whose parsed message is remembered (a bounded cache, shared by stores;
+#: a lock, because a watchtower's step may run in a worker thread beside the session).
+BODY_CACHE_SIZE = 8192
+_bodies: OrderedDict[tuple[type, str], SignedMessage] = OrderedDict()
+_bodies_lock = threading.Lock()
+
+
+def _body(message: SignedMessage) -> str:
+    """The JSON a message is stored as; the message is remembered as its parse."""
+    body = _dumps(message.to_wire())
+    _remember((type(message), body), message)
+    return body
+
+
+def _remember(key: tuple[type, str], message: SignedMessage) -> None:
+    with _bodies_lock:
+        _bodies[key] = message
+        _bodies.move_to_end(key)
+        if len(_bodies) > BODY_CACHE_SIZE:
+            _bodies.popitem(last=False)
+
+
+def _parsed(cls: type[M], body: str) -> M:
+    """A stored body parsed back into its (immutable) message, parsed once while in use
+    however often the verifier reads it (the body a message was stored as parses back
+    to an equal message: ``from_wire`` inverts ``to_wire``)."""
+    key = (cls, body)
+    with _bodies_lock:
+        message = _bodies.get(key)
+        if message is not None:
+            _bodies.move_to_end(key)
+    if message is None:
+        message = cls.from_wire(json.loads(body))
+        _remember(key, message)
+    return message  # type: ignore[return-value]
+
+
 def _order_from_row(row: tuple[str, str, str, int, int, int]) -> StoredOrder:
     body, signature, digest, placed_at_ms, local_seq, rejected = row
-    order = Order.from_wire(json.loads(body))
+    order = _parsed(Order, body)
     return StoredOrder(
         order, _unhex(signature), _unhex(digest), placed_at_ms, local_seq, bool(rejected)
     )
@@ -751,7 +802,7 @@ def _order_from_row(row: tuple[str, str, str, int, int, int]) -> StoredOrder:
 def _cancel_from_row(row: tuple[str, str, str, str, int, int, int]) -> StoredCancel:
     kind, body, signature, request_hash, sent_at_ms, local_seq, rejected = row
     cls = Cancellation if kind == "Cancellation" else CancellationProducts
-    request = cls.from_wire(json.loads(body))
+    request = _parsed(cls, body)
     return StoredCancel(
         request, _unhex(signature), _unhex(request_hash), sent_at_ms, local_seq, bool(rejected)
     )

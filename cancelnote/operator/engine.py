@@ -345,6 +345,33 @@ class Engine:
         )
         return out
 
+    def match_directed(self, request: PlaceOrder, maker_digest: bytes, now_ms: int) -> list[Output]:
+        """The operator's own taker fills exactly the resting order ``maker_digest``.
+
+        An operator runs the matching engine, so a malicious one can fill the order it
+        chooses, whatever better-priced orders rest beside it; the lab's adversary
+        (:mod:`cancelnote.sim.adversary`) needs exactly that to take the held order it
+        targets. It is an operator-side call, never a request: no wire message reaches it
+        (``_HANDLERS`` does not list it). The taker's order passes every check of a
+        place, must cross the target's price and be no larger than its unmatched size,
+        and matches that order alone at the target's price (so it never rests); the
+        journal entries are the ordinary ``OrderAccepted`` and ``Matched``.
+
+        Raises nothing: a refusal is a failure reply and changes nothing.
+        """
+        out: list[Output] = []
+        self._tick(now_ms, out)
+        try:
+            digest = self._check_order(request, now_ms)
+            self._check_rate(request.order.sender, PLACE_WEIGHT)
+            target = self._check_directed(request.order, maker_digest)
+            self._place(request, digest, PLACE_WEIGHT, now_ms, out, target)
+            out.append(Reply.success(request, {"digest": "0x" + digest.hex()}))
+        except Rejected as exc:
+            out.append(Reply.failure(request, exc))
+        self._tick(now_ms, out)
+        return out
+
     def stop_accepting_orders(self, reason: str, now_ms: int) -> list[Output]:
         """Refuse every new order from now on (``NOT_ACCEPTING_ORDERS``); cancels go on.
 
@@ -486,6 +513,22 @@ class Engine:
             raise BookFull(f"the operator rests its most open orders ({self.max_open_orders})")
         return digest
 
+    def _check_directed(self, taker: Order, maker_digest: bytes) -> tuple[bytes, int, int]:
+        """``(maker digest, price, size)`` of a directed match, or why it cannot be."""
+        record = self._orders.get(maker_digest)
+        if record is None or not record.on_book or record.product_id != taker.product_id:
+            raise OrderNotFound(f"no resting order 0x{maker_digest.hex()} to match")
+        price, size = record.order.price_x18, abs(taker.amount)
+        if (taker.amount > 0) == record.is_bid:
+            raise InvalidOrder("a directed match needs the opposite side of its target")
+        if (price > taker.price_x18) if taker.amount > 0 else (price < taker.price_x18):
+            raise InvalidOrder("a directed match must cross its target's price")
+        if size > record.remaining:
+            raise InvalidOrder(
+                f"a directed match of {size} exceeds the target's {record.remaining}"
+            )
+        return maker_digest, price, size
+
     def _check_cancel(self, request: CancelRequest, now_ms: int) -> tuple[bytes, int]:
         """All checks of a cancel (and a replace's order); returns (request hash, weight)."""
         tx = request.tx
@@ -614,9 +657,16 @@ class Engine:
         out.append(entry)
 
     def _place(
-        self, request: PlaceOrder, digest: bytes, weight: int, now_ms: int, out: list[Output]
+        self,
+        request: PlaceOrder,
+        digest: bytes,
+        weight: int,
+        now_ms: int,
+        out: list[Output],
+        directed: tuple[bytes, int, int] | None = None,
     ) -> None:
-        """Accept a checked order and match it against the opposite side at once."""
+        """Accept a checked order and match it against the opposite side at once (or,
+        ``directed``, against that one checked ``(maker, price, size)`` only)."""
         self._emit(
             OrderAccepted(
                 self._last_seq + 1,
@@ -631,9 +681,12 @@ class Engine:
         taker = self._orders[digest]
         book = self._books[taker.product_id]
         settle_at = now_ms + self.settlement_delay_ms
-        for maker, price, size in book.crossing(
-            taker.is_bid, taker.order.price_x18, taker.remaining
-        ):
+        crossing = (
+            [directed]
+            if directed is not None
+            else book.crossing(taker.is_bid, taker.order.price_x18, taker.remaining)
+        )
+        for maker, price, size in crossing:
             self._emit(
                 Matched(self._last_seq + 1, now_ms, maker, digest, size, price, settle_at), out
             )

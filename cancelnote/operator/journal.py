@@ -204,9 +204,12 @@ class _SignedEntry(_Entry):
         rest = {name: encode(getattr(self, name)) for name, encode in encoders}
         return _encode_json(rest)[:-1] + "," + self.signed_json[1:]
 
-    @cached_property
+    @property
     def signed_wire(self) -> dict[str, Any]:
-        """``{"fill"|"note": wire, "signature": "0x..."}``, as replies and pushes carry it."""
+        """``{"fill"|"note": wire, "signature": "0x..."}``, as replies and pushes carry it.
+
+        Built on each use (about 2 µs), not cached: the entry lives as long as its order
+        (a note is re-sent forever), and a kept dict would be most of its memory."""
         message = getattr(self, self.MESSAGE)
         return {self.MESSAGE: message.to_wire(), "signature": signature_to_wire(self.signature)}
 

@@ -24,6 +24,7 @@ FillAfterNote   a fill above the note's cap, after it: rule 1 (a) and (b)
 Backdate        a note that misses fills it precedes: rule 1 (d) (and (a)/(e))
 Equivocate      two different notes for one digest, both within the bounds: rule 2
 WithholdNotes   no note off-chain; the on-chain answer (rule 3) reveals the held one
+TargetSenders   what its inner policy leaves, for the targeted senders only
 ============== ===================================================================
 
 Policies hold no engine state; randomness is passed in (a seeded ``random.Random``),
@@ -194,6 +195,25 @@ class HoldAndBackdate(Policy):
 
     def on_note(self, ctx: NoteContext) -> NotePlan:
         return self.backdate.on_note(ctx)
+
+
+@attrs.frozen
+class TargetSenders(Policy):
+    """Apply ``policy`` to the cancels of ``senders`` only; answer everyone else honestly
+    (an operator that cheats only the clients it expects not to defend themselves)."""
+
+    policy: Policy
+    senders: frozenset[bytes]
+
+    def on_cancel(self, ctx: CancelContext) -> int | None:
+        if ctx.request.tx.sender in self.senders:
+            return self.policy.on_cancel(ctx)
+        return ctx.now_ms
+
+    def on_note(self, ctx: NoteContext) -> NotePlan:
+        if ctx.order.sender in self.senders:
+            return self.policy.on_note(ctx)
+        return HONEST_PLAN
 
 
 #: Every policy's name, as scenario files and ``cancelnote operator run --policy`` write it.

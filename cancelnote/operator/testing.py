@@ -9,6 +9,8 @@ adversarial policy leaves exactly what a cheater would.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import attrs
 
 from cancelnote.api import CancelAndPlace, CancelOrders, CancelProductOrders, PlaceOrder
@@ -38,8 +40,9 @@ class Trader:
     subaccount: str = "default"
     _counter: int = 0
 
-    @property
+    @cached_property
     def sender(self) -> bytes:
+        """Made once: every order shares the one bytes object (the engine keeps them all)."""
         return make_sender(self.signer.address, self.subaccount)
 
     def nonce(self, now_ms: int) -> int:

@@ -1,30 +1,41 @@
 """The client seam: one client's real verifier and watchtower, driven by simulated time.
 
 The simulator does not judge the operator itself. Each client keeps its evidence in an
-:class:`~cancelnote.client.evidence.EvidenceStore` (in memory: a run is disposable),
-hands every fill and note the operator pushes to the real
-:class:`~cancelnote.client.verifier.Verifier`, and takes findings to court with the
-real :class:`~cancelnote.client.watchtower.Watchtower`, whose ``step`` the world calls
-once per block slot while the client has something to do there. The world only decides
-*when* a client looks at the chain (a finding arrived, a cancel deadline passed, a case
-is open), never *what* it does.
+:class:`~cancelnote.client.evidence.EvidenceStore`, hands every fill and note the
+operator pushes to the real :class:`~cancelnote.client.verifier.Verifier`, and takes
+findings to court with the real :class:`~cancelnote.client.watchtower.Watchtower`, whose
+``step`` the world calls once per block slot while the client has something to do there.
+The world only decides *when* a client looks at the chain (a finding arrived, a cancel
+deadline passed, a case is open), never *what* it does.
+
+Two things differ from a client on a socket, both outside what the lab measures: the
+store is a temporary file without fsync (a run is disposable; durability is the
+operator's and the real client's concern, tested elsewhere) with a small page cache, so
+memory stays flat however long the run; and a pushed fill or note reaches the verifier
+as the signed message it is (``receive_fill``/``receive_note``), not as JSON to parse
+again. Every signature is still recovered and every rule checked; a simulated client
+never reconnects, so it keeps no stream cursor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import contextlib
+import os
+import tempfile
 
 from ..api import CancelOrders, PlaceOrder
-from ..client.evidence import EvidenceStore
+from ..client.evidence import EvidenceStore, SignedFill, SignedNote
 from ..client.verifier import DISPUTABLE, Received, Verifier, VerifierPolicy
 from ..client.watchtower import Outcome, Watchtower
 from ..crypto import Signer
 from ..dispute.court import Court
 from ..messages import Domain
+from ..operator.journal import FillIssued, NoteIssued
 
 #: Finding states in which the watchtower still has court work to do.
 _OPEN = ("open", "forced")
+#: SQLite page cache of one simulated client's store, KiB (the default is 2 MiB).
+CACHE_KIB = 256
 
 
 def is_disputable(received: Received) -> bool:
@@ -44,21 +55,30 @@ class SimClient:
 
     def __init__(self, signer: Signer, domain: Domain, operator: bytes, deadline_ms: int) -> None:
         self.signer = signer
-        self.store = EvidenceStore.open(":memory:", domain, operator)
+        descriptor, self._path = tempfile.mkstemp(prefix="cancelnote-client-", suffix=".db")
+        os.close(descriptor)
+        self.store = EvidenceStore.open(
+            self._path, domain, operator, durable=False, cache_kib=CACHE_KIB
+        )
         self.verifier = Verifier(self.store, VerifierPolicy(cancel_deadline_ms=deadline_ms))
         self.watchtower: Watchtower | None = None
 
-    def placed(self, request: PlaceOrder, now_ms: int) -> None:
-        """Keep our signed order (the court needs it to force a cancel)."""
-        self.store.add_order(request.order, request.signature, now_ms)
+    def requote(self, cancel: CancelOrders | None, orders: list[PlaceOrder], now_ms: int) -> None:
+        """Keep a requote's signed cancel (its deadline runs from now) and new orders (the
+        court needs an order to force its cancel) before they leave, in one commit."""
+        with self.store.transaction():
+            if cancel is not None:
+                self.store.add_cancel(cancel.tx, cancel.signature, now_ms)
+            for placed in orders:
+                self.store.add_order(placed.order, placed.signature, now_ms)
 
-    def cancel_sent(self, request: CancelOrders, now_ms: int) -> None:
-        """Keep our signed cancel before it leaves (its deadline runs from now)."""
-        self.store.add_cancel(request.tx, request.signature, now_ms)
-
-    def receive(self, wire: Mapping[str, Any], now_ms: int) -> Received:
+    def receive(self, entry: FillIssued | NoteIssued, now_ms: int) -> Received:
         """Verify and keep one pushed fill or note."""
-        return self.verifier.receive_wire(wire, now_ms, stream=True)
+        if type(entry) is FillIssued:
+            fill = SignedFill(entry.fill, entry.signature, now_ms)
+            return self.verifier.receive_fill(fill, now_ms)
+        note = SignedNote(entry.note, entry.signature, now_ms)
+        return self.verifier.receive_note(note, now_ms)
 
     def has_open_cases(self) -> bool:
         """Whether a disputable finding is still open or a forced cancel is unsettled."""
@@ -71,4 +91,8 @@ class SimClient:
         return self.watchtower.step(now_ms)
 
     def close(self) -> None:
+        """Close the store and delete its files."""
         self.store.close()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path + suffix)

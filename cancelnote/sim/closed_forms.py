@@ -31,7 +31,7 @@ from attrs import validators as v
 
 from .eventlog import EventLog
 from .kernel import Kernel
-from .market import ArithmeticBrownian, GeometricBrownian, MidPricePath
+from .market import ArithmeticBrownian, GeometricBrownian, MarketModel, MidPricePath
 from .seeding import Seeds
 
 _SQRT2 = math.sqrt(2.0)
@@ -111,7 +111,7 @@ class HeldCancel:
     of the hold (``lookback``).
     """
 
-    market: ArithmeticBrownian | GeometricBrownian
+    market: MarketModel
     hold_s: float = attrs.field(converter=float, validator=v.gt(0.0))
     distance: float = attrs.field(converter=float, validator=v.ge(0.0))
     exposure: Exposure = attrs.field(
@@ -122,14 +122,19 @@ class HeldCancel:
         """The exact expected gain per held cancel.
 
         Raises:
-            ValueError: GBM with two-sided or look-back exposure, which have no closed
-                form here.
+            ValueError: a model or exposure without a closed form here: GBM with
+                two-sided or look-back exposure, any drift, and jump-diffusion (whose
+                jumps the diffusion-only value would silently leave out).
         """
         market = self.market
         if isinstance(market, GeometricBrownian):
             if self.exposure != "one_sided" or market.drift != 0.0:
                 raise ValueError("GBM: only the one-sided, driftless value has a closed form")
             return gbm_one_sided_value(market.mid0, market.sigma, self.hold_s, self.distance)
+        if not isinstance(market, ArithmeticBrownian):
+            raise ValueError(
+                f"{type(market).__name__}: no closed form (simulate it: closed_forms.simulate)"
+            )
         if market.drift != 0.0:
             raise ValueError("the closed forms assume a driftless mid-price")
         return _ABM_VALUES[self.exposure](market.sigma, self.hold_s, self.distance)

@@ -20,8 +20,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .closed_forms import held_value
+from .config import ScenarioError
 from .market import ArithmeticBrownian
-from .records import HONEST, CancelRecord, FillRecord
+from .plugins import load_class
+from .records import HELD, HONEST, INTENTS, NEVER
+from .scenario import Scenario
 from .world import OPERATOR, World
 
 #: Gas of ``proveFillAfterNote`` (docs/gas.md), the cost of a proof when a run made none.
@@ -61,63 +64,74 @@ def _quantiles(values_ns: Sequence[int], prefix: str, into: Metrics) -> None:
 
 def _auc(positives: Sequence[float], negatives: Sequence[float]) -> float | None:
     """P(a delayed request's note delay > an honest one's), ties half: the ROC's AUC."""
-    if not positives or not negatives:
+    if len(positives) == 0 or len(negatives) == 0:
         return None
     both = np.concatenate([np.asarray(positives, float), np.asarray(negatives, float)])
-    order = both.argsort(kind="mergesort")
-    ranks = np.empty(len(both))
-    ranks[order] = np.arange(1, len(both) + 1)
-    for value in np.unique(both):  # average the ranks of ties (inf included)
-        tied = both == value
-        ranks[tied] = ranks[tied].mean()
+    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)
+    ranks = ((last - counts + 1 + last) / 2)[inverse]  # ties (inf included) share a rank
     n_pos = len(positives)
     u = ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * len(negatives)))
 
 
-def _loss(fill: FillRecord, cancel: CancelRecord, world: World) -> float:
-    """q · side · (p − m(t̂)): what the client paid above (got below) the mid."""
-    claimed_ns = max(world.ns_of_ms(fill.claimed_ms), 0)
-    return fill.quantity * cancel.side * (fill.price - world.mid_at(claimed_ns))
+class Metric:
+    """A plug-in metric: ``[metrics] plugins = ["module:Class"]`` (:mod:`.plugins`).
+
+    The class is built without arguments once per run; :meth:`compute` gets the finished
+    world (read its ``scenario``, ``disputes``, ``txs``, ``positions`` (agent ->
+    ``[inventory, cash]``), ``mids`` and ``horizon_ns``), the closed cancel records as
+    a :data:`~.records.CANCEL_DTYPE` array and the built-in metrics, and returns new
+    metrics by name (floats, or ``None`` where undefined). A name that is already taken
+    is an error.
+    """
+
+    def compute(
+        self, world: World, cancels: np.ndarray, metrics: Mapping[str, float | None]
+    ) -> Mapping[str, float | None]:
+        raise NotImplementedError
 
 
-def stale_fills(world: World) -> dict[bytes, tuple[int, float]]:
-    """``{order digest: (stale fills, client loss on them)}``: fills that executed after
-    the operator received the order's cancel (in-flight fills executed before)."""
-    stale: dict[bytes, tuple[int, float]] = {}
-    for fill in world.fills:
-        cancel = world.cancels.get(fill.digest)
-        if cancel is not None and cancel.t_recv is not None and fill.t_match > cancel.t_recv:
-            count, loss = stale.get(fill.digest, (0, 0.0))
-            stale[fill.digest] = (count + 1, loss + _loss(fill, cancel, world))
-    return stale
+def metric_plugins(scenario: Scenario) -> list[Metric]:
+    """The scenario's plug-in metrics, built (a missing or bad one is a ScenarioError)."""
+    return [
+        load_class(name, Metric, scenario.base_dir, "[metrics] plugins")()
+        for name in scenario.metrics.plugins
+    ]
+
+
+def _defined(times: np.ndarray) -> np.ndarray:
+    return times != NEVER
 
 
 def run_metrics(world: World) -> Metrics:
-    """Every §7 metric of one finished run."""
+    """Every §7 metric of one finished run (and the scenario's plug-in metrics)."""
     scenario = world.scenario
     onchain = world.onchain
     horizon = world.horizon_ns
-    cancels = world.cancels
-    requests = list(cancels.values())
-    received = [c for c in requests if c.t_recv is not None]
-    m: Metrics = {"requests": float(len(requests)), "received": float(len(received))}
+    table = world.recorder.table()
+    mids = np.frombuffer(world.mids, dtype=float)
+    tick_ns = scenario.feed.tick_ms * NS_PER_MS
+    received = _defined(table["t_recv"])
+    n_requests, n_received = len(table), int(received.sum())
+    m: Metrics = {"requests": float(n_requests), "received": float(n_received)}
 
     # Stale fills and client loss.
-    stale_loss = {digest: loss for digest, (_, loss) in stale_fills(world).items()}
-    loss = float(sum(stale_loss.values()))
-    notional = sum(c.quantity * c.price for c in requests)
+    stale = table["stale_fills"] > 0
+    loss = math.fsum(table["loss"])
+    notional = float(np.sum(table["quantity"] * table["price"]))
     m["client_loss"] = loss
     m["client_loss_bps"] = _ratio(1e4 * loss, notional)
-    m["client_loss_per_cancel"] = _ratio(loss, len(requests))
-    m["loss_vs_closed_form"] = _closed_form_ratio(world, stale_loss)
+    m["client_loss_per_cancel"] = _ratio(loss, n_requests)
+    m["loss_vs_closed_form"] = closed_form_ratio(world, table, mids)
 
     # The operator's gain, gross and net.
     operator_gas = sum(tx.gas for tx in world.txs if tx.party == OPERATOR)
     penalties = onchain.currency(world.penalties_wei)
     bonds_won = world.answers * scenario.court.dispute_bond
-    net = loss - penalties - onchain.gas_cost(operator_gas) + bonds_won
-    m["operator_gain_gross"] = loss
+    gross = math.fsum(table["taken"])
+    net = gross - penalties - onchain.gas_cost(operator_gas) + bonds_won
+    m["operator_gain_gross"] = gross
     m["operator_penalties"] = penalties
     m["operator_gas_cost"] = onchain.gas_cost(operator_gas)
     m["operator_bonds_won"] = bonds_won
@@ -125,42 +139,43 @@ def run_metrics(world: World) -> Metrics:
     m["attack_roi"] = net / scenario.court.operator_bond
 
     # Stale-fill rate and the adverse-versus-favourable asymmetry.
-    m["stale_fill_rate"] = _ratio(sum(c.digest in stale_loss for c in received), len(received))
-    m["asymmetry"] = _asymmetry(world, received, stale_loss)
+    m["stale_fill_rate"] = _ratio(int((stale & received).sum()), n_received)
+    m["asymmetry"] = _asymmetry(world, table[received], mids, tick_ns)
 
     # Time to cancel and its parts.
-    effective = [c for c in received if c.t_eff is not None]
-    _quantiles([c.t_eff - c.t_send for c in effective], "time_to_cancel", m)  # type: ignore[operator]
-    _quantiles([c.t_recv - c.t_send for c in received], "network", m)  # type: ignore[operator]
-    noted = [c for c in received if c.t_note is not None]
-    _quantiles([c.t_note - c.t_recv for c in noted], "hold", m)  # type: ignore[operator]
-    chain = [c.t_eff - c.t_note for c in effective if c.forced and c.note_on_chain]  # type: ignore[operator]
-    _quantiles(chain, "chain", m)
+    recv = table[received]
+    effective = recv[_defined(recv["t_eff"])]
+    _quantiles(effective["t_eff"] - effective["t_send"], "time_to_cancel", m)
+    _quantiles(recv["t_recv"] - recv["t_send"], "network", m)
+    noted = recv[_defined(recv["t_note"])]
+    _quantiles(noted["t_note"] - noted["t_recv"], "hold", m)
+    chain = effective[effective["forced"] & effective["note_on_chain"]]
+    _quantiles(chain["t_eff"] - chain["t_note"], "chain", m)
 
     # Detection by note delay.
     tau = scenario.client.detect_ms * NS_PER_MS
-    delays: dict[bool, list[float]] = {True: [], False: []}
-    for c in requests:
-        if c.t_note_seen is not None:
-            delays[c.intent != HONEST].append(float(c.t_note_seen - c.t_send))
-        elif horizon - c.t_send > tau:
-            delays[c.intent != HONEST].append(math.inf)
-    flagged = {key: sum(d > tau for d in values) for key, values in delays.items()}
-    m["detection_tpr"] = _ratio(flagged[True], len(delays[True]))
-    m["detection_fpr"] = _ratio(flagged[False], len(delays[False]))
-    m["detection_auc"] = _auc(delays[True], delays[False])
+    seen = _defined(table["t_note_seen"])
+    delays = np.where(seen, (table["t_note_seen"] - table["t_send"]).astype(float), math.inf)
+    judged = seen | (horizon - table["t_send"] > tau)
+    delayed = table["intent"] != INTENTS.index(HONEST)
+    positives, negatives = delays[judged & delayed], delays[judged & ~delayed]
+    m["detection_tpr"] = _ratio(int((positives > tau).sum()), len(positives))
+    m["detection_fpr"] = _ratio(int((negatives > tau).sum()), len(negatives))
+    m["detection_auc"] = _auc(positives, negatives)
 
     # Disputes.
     cases = world.disputes
     filed = len(cases)
     won = sum(case.outcome == "won" for case in cases)
     lost = sum(case.outcome == "lost" for case in cases)
-    dishonest = {c.digest for c in requests if c.intent != HONEST or c.misbehaved}
     m["disputes_filed"] = float(filed)
     m["disputes_won"] = float(won)
     m["disputes_lost"] = float(lost)
     m["dispute_success_rate"] = _ratio(won, won + lost)
-    m["false_positive_disputes"] = float(sum(case.digest not in dishonest for case in cases))
+    delayed = table["intent"] != INTENTS.index(HONEST)
+    dishonest = delayed | table["misbehaved"]
+    cheated = {bytes(d) for d in table["digest"][dishonest]} if cases else set()
+    m["false_positive_disputes"] = float(sum(case.digest not in cheated for case in cases))
     resolved = [case for case in cases if case.block_resolved is not None]
     m["blocks_to_resolution"] = (
         float(np.mean([case.block_resolved - case.block_filed for case in resolved]))  # type: ignore[operator]
@@ -182,10 +197,8 @@ def run_metrics(world: World) -> Metrics:
     m["gas_cost_total"] = onchain.gas_cost(gas_total)
 
     # Market quality (compare arms in a sweep: the honest arm is the reference).
-    spreads = [spread for spread, _ in world.book_samples if spread is not None]
-    m["quoted_spread_mean"] = float(np.mean(spreads)) if spreads else None
-    depths = [depth for _, depth in world.book_samples]
-    m["depth_at_best_mean"] = float(np.mean(depths)) if depths else None
+    m["quoted_spread_mean"] = _ratio(world.spread_sum, world.spread_samples)
+    m["depth_at_best_mean"] = _ratio(world.depth_sum, world.book_samples)
     m["halted_s"] = 0.0 if world.halted_at is None else (horizon - world.halted_at) / 1e9
 
     # The undisputable-loss floor and the deterrence threshold.
@@ -194,62 +207,102 @@ def run_metrics(world: World) -> Metrics:
     proof_gas = np.mean([case.gas for case in proofs]) if proofs else PROOF_GAS
     dispute_cost = onchain.gas_cost(int(proof_gas))
     restitution = scenario.court.penalty * (1.0 if p_win is None else p_win)
-    provable = {c.digest for c in requests if c.misbehaved}
-    m["undisputable_loss"] = math.fsum(
-        value
-        for digest, value in stale_loss.items()
-        if digest not in provable or restitution <= dispute_cost
-    )
-    detected = [c for c in requests if c.digest in dishonest]
-    disputed = {case.digest for case in cases} & dishonest
+    provable = table["misbehaved"]
+    floor = ~provable if restitution > dispute_cost else np.ones(len(table), bool)
+    m["undisputable_loss"] = math.fsum(table["loss"][stale & floor])
+    n_dishonest = int(dishonest.sum())
+    disputed = {case.digest for case in cases} & cheated
     p_detect = m["detection_tpr"]
-    p_file = _ratio(len(disputed), len(detected))
+    p_file = _ratio(len(disputed), n_dishonest)
     win = m["dispute_success_rate"]
     c_attack = onchain.gas_cost(operator_gas)
+    m["dishonest_orders"] = float(n_dishonest)
     if p_detect and p_file and win:
-        m["deterrence_threshold"] = (loss - c_attack) / (p_detect * p_file * win)
+        threshold = (gross - c_attack) / (p_detect * p_file * win)
+        m["deterrence_threshold"] = threshold
+        m["deterrence_per_offence"] = threshold / n_dishonest
     else:
         m["deterrence_threshold"] = None
+        m["deterrence_per_offence"] = None
+
+    for plugin in metric_plugins(scenario):
+        extra = plugin.compute(world, table, dict(m))
+        taken = sorted(set(extra) & set(m))
+        if taken:
+            raise ScenarioError(f"[metrics] plugin {type(plugin).__name__} redefines {taken}")
+        m.update(extra)
     return m
 
 
-def _closed_form_ratio(world: World, stale_loss: Mapping[bytes, float]) -> float | None:
-    """Loss on held orders over the §5 value of their holds (ABM only): E[(Y − s)⁺] with
-    Y ~ N(0, σ²d) and s the order's distance from mid when the hold began, summed."""
+def _holds(world: World, table: np.ndarray, mids: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Quantity, effective hold (s), distance from the mid at the hold's start and loss
+    of every held order the operator's taker looked at."""
+    tick_ns = world.scenario.feed.tick_ms * NS_PER_MS
+    held = table[
+        (table["intent"] == INTENTS.index(HELD))
+        & _defined(table["t_recv"])
+        & _defined(table["t_look"])
+    ]
+    last = len(mids) - 1
+    start = np.minimum(held["t_recv"] // tick_ns, last)
+    end = np.minimum(held["t_look"] // tick_ns, last)
+    hold_s = np.maximum(end - start, 0) * (tick_ns / 1e9)
+    distance = held["side"] * (mids[start] - held["price"])
+    return held["quantity"], hold_s, distance, held["loss"]
+
+
+def _expected(
+    sigma: float, quantity: np.ndarray, hold_s: np.ndarray, distance: np.ndarray
+) -> float:
+    return math.fsum(
+        q * held_value(sigma * math.sqrt(d), s)
+        for q, d, s in zip(quantity.tolist(), hold_s.tolist(), distance.tolist(), strict=True)
+    )
+
+
+def closed_form_ratio(
+    world: World, table: np.ndarray, mids: np.ndarray, hold_scale: float = 1.0
+) -> float | None:
+    """Loss on held orders over the §5 value of their holds (ABM only): Σ q·E[(Y − s)⁺]
+    with s the order's distance from the mid when the hold began and Y ~ N(0, σ²d), d the
+    *effective* hold: from the tick in force when the cancel arrived to the tick in force
+    when the operator's taker last looked at the order (the feed is a grid, so a hold
+    that is not a whole number of ticks is seen shorter or longer than it is).
+    ``hold_scale`` multiplies d (the validation's power check predicts a wrong hold).
+    """
     market = world.scenario.market
     if not isinstance(market, ArithmeticBrownian):
         return None
-    hold_s = world.scenario.operator.delay_ms / 1e3
-    expected = 0.0
-    held = 0.0
-    for c in world.cancels.values():
-        if c.intent != "held" or c.t_recv is None:
-            continue
-        distance = c.side * (world.mid_at(c.t_recv) - c.price)
-        expected += c.quantity * held_value(market.sigma * math.sqrt(hold_s), distance)
-        held += stale_loss.get(c.digest, 0.0)
-    return _ratio(held, expected)
+    quantity, hold_s, distance, loss = _holds(world, table, mids)
+    expected = _expected(market.sigma, quantity, hold_s * hold_scale, distance)
+    return _ratio(math.fsum(loss), expected)
 
 
-def _asymmetry(
-    world: World, received: Sequence[CancelRecord], stale_loss: Mapping[bytes, float]
-) -> float | None:
+def intrinsic_share(world: World, table: np.ndarray, mids: np.ndarray) -> float | None:
+    """The share of the held orders' closed-form value that is intrinsic: an order already
+    in the money when its hold began (s < 0) is worth −s however short the hold, so a
+    check of the closed form has power against a wrong hold only where this is small."""
+    market = world.scenario.market
+    if not isinstance(market, ArithmeticBrownian):
+        return None
+    quantity, hold_s, distance, _ = _holds(world, table, mids)
+    intrinsic = float(np.dot(quantity, np.maximum(-distance, 0.0)))
+    return _ratio(intrinsic, _expected(market.sigma, quantity, hold_s, distance))
+
+
+def _asymmetry(world: World, received: np.ndarray, mids: np.ndarray, tick_ns: int) -> float | None:
     """P(stale | adverse) − P(stale | favourable), the move over the metric horizon H."""
     horizon = round(world.scenario.metrics.asymmetry_horizon_s * 1e9)
-    counts = {True: [0, 0], False: [0, 0]}  # adverse? -> [requests, stale]
-    for c in received:
-        assert c.t_recv is not None
-        if c.t_recv + horizon > world.horizon_ns:
-            continue
-        move = c.side * (world.mid_at(c.t_recv + horizon) - world.mid_at(c.t_recv))
-        if move == 0:
-            continue
-        tally = counts[move < 0]
-        tally[0] += 1
-        tally[1] += c.digest in stale_loss
-    adverse = _ratio(counts[True][1], counts[True][0])
-    favourable = _ratio(counts[False][1], counts[False][0])
-    return None if adverse is None or favourable is None else adverse - favourable
+    within = received[received["t_recv"] + horizon <= world.horizon_ns]
+    last = len(mids) - 1
+    start = mids[np.minimum(within["t_recv"] // tick_ns, last)]
+    end = mids[np.minimum((within["t_recv"] + horizon) // tick_ns, last)]
+    move = within["side"] * (end - start)
+    stale = within["stale_fills"] > 0
+    adverse, favourable = move < 0, move > 0
+    p_adverse = _ratio(int((stale & adverse).sum()), int(adverse.sum()))
+    p_favourable = _ratio(int((stale & favourable).sum()), int(favourable.sum()))
+    return None if p_adverse is None or p_favourable is None else p_adverse - p_favourable
 
 
 def aggregate(runs: Sequence[Mapping[str, float | None]]) -> dict[str, dict[str, float | None]]:

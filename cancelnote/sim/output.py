@@ -8,7 +8,12 @@ A run folder (``cancelnote sim run``)::
         events.csv         the kernel's event log (byte-identical for the same seed)
         cancels.csv        one row per (cancel request, order): its story and its loss
         disputes.csv       one row per court case
+        market.csv         the time series: mid, best bid and ask, depth (and .parquet)
+        agents.csv         every agent's inventory, cash and PnL over time (and .parquet)
         metrics.json       the replicate's metrics and its performance
+
+Every file is written as the run goes (the cancels once their story is over), so memory
+does not grow with the horizon.
 
 Everything but ``manifest.json``'s ``created_utc`` and the ``performance`` entries is a
 deterministic function of the scenario and the seed.
@@ -22,13 +27,15 @@ import importlib.metadata
 import json
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from .eventlog import EventLog
-from .metrics import Metrics, aggregate, run_metrics, stale_fills
+from .metrics import Metrics, aggregate, run_metrics
+from .records import INTENTS, NEVER
 from .scenario import Scenario
+from .series import SeriesWriter, to_parquet
 from .world import World
 
 #: Distributions whose versions a manifest records.
@@ -47,7 +54,7 @@ DEPENDENCIES = (
 CANCEL_COLUMNS = (
     "client", "digest", "side", "quantity", "price", "t_send_ns", "t_recv_ns", "intent",
     "misbehaved", "t_note_ns", "note_on_chain", "t_note_seen_ns", "t_eff_ns", "forced",
-    "stale_fills", "loss",
+    "stale_fills", "loss", "operator_take",
 )  # fmt: skip
 DISPUTE_COLUMNS = (
     "client", "digest", "kind", "t_filed_ns", "block_filed", "t_resolved_ns",
@@ -91,25 +98,34 @@ def _cell(value: object) -> object:
     return "" if value is None else value
 
 
-def _write_csv(path: Path, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+def _write_csv(path: Path, columns: tuple[str, ...], rows: Iterable[tuple[Any, ...]]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows([tuple(_cell(v) for v in row) for row in rows])
+        writer.writerows(tuple(_cell(v) for v in row) for row in rows)
+
+
+def _cancel_rows(world: World) -> Iterator[tuple[Any, ...]]:
+    """``cancels.csv`` rows from the spooled records, a chunk at a time."""
+    clients = world.recorder.clients
+    for chunk in world.recorder.chunks():
+        for r in chunk.tolist():
+            (client, digest, side, quantity, price, t_send, t_recv, intent, misbehaved,
+             t_note, on_chain, t_seen, t_eff, forced, stale, loss, taken, _) = r  # fmt: skip
+            yield (
+                clients[client], bytes(digest), side, quantity, price, t_send, _t(t_recv),
+                INTENTS[intent], misbehaved, _t(t_note), on_chain, _t(t_seen), _t(t_eff),
+                forced, stale, loss, taken,
+            )  # fmt: skip
+
+
+def _t(value: int) -> int | None:
+    return None if value == NEVER else value
 
 
 def write_records(world: World, folder: Path) -> None:
     """``cancels.csv`` and ``disputes.csv`` of a finished world."""
-    stale = stale_fills(world)
-    rows = [
-        (
-            c.client, c.digest, c.side, c.quantity, c.price, c.t_send, c.t_recv, c.intent,
-            c.misbehaved, c.t_note, c.note_on_chain, c.t_note_seen, c.t_eff, c.forced,
-            *stale.get(c.digest, (0, 0.0)),
-        )
-        for c in world.cancels.values()
-    ]  # fmt: skip
-    _write_csv(folder / "cancels.csv", CANCEL_COLUMNS, rows)
+    _write_csv(folder / "cancels.csv", CANCEL_COLUMNS, _cancel_rows(world))
     cases = [
         (
             d.client, d.digest, d.kind, d.t_filed, d.block_filed, d.t_resolved,
@@ -125,8 +141,10 @@ def run_replicate(
     replicate: int,
     folder: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    series: Path | None = None,
 ) -> Metrics:
-    """Play one replicate; with ``folder``, write its files there.
+    """Play one replicate; with ``folder``, write its files there (the time series too,
+    or into ``series`` when given without a folder).
 
     Returns the replicate's metrics (performance not included: it is not deterministic).
     """
@@ -134,19 +152,27 @@ def run_replicate(
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         stream = open(folder / "events.csv", "w", newline="", encoding="utf-8")  # noqa: SIM115
+        series = folder if series is None else series
+    writer = None if series is None else SeriesWriter(series)
     try:
-        world = World.build(scenario, replicate, None if stream is None else EventLog.start(stream))
+        log = None if stream is None else EventLog.start(stream)
+        world = World.build(scenario, replicate, log, writer)
         started = time.perf_counter()
         events = world.run(progress)
         wall = time.perf_counter() - started
     finally:
         if stream is not None:
             stream.close()
-    metrics = run_metrics(world)
-    if folder is not None:
-        write_records(world, folder)
-        performance = {"events": events, "wall_s": wall, "events_per_s": events / wall}
-        write_json(folder / "metrics.json", {"metrics": metrics, "performance": performance})
+    try:
+        metrics = run_metrics(world)
+        if folder is not None:
+            write_records(world, folder)
+            performance = {"events": events, "wall_s": wall, "events_per_s": events / wall}
+            write_json(folder / "metrics.json", {"metrics": metrics, "performance": performance})
+    finally:
+        world.recorder.discard()
+    if series is not None and folder is not None:
+        to_parquet(series)
     return metrics
 
 

@@ -1,8 +1,9 @@
 """Scenario files: one TOML document describing a world, parsed strictly into frozen values.
 
 A scenario has one table per part of the world (``[run]``, ``[market]``, ``[feed]``,
-``[latency.entry]``, ``[latency.response]``, ``[makers]``, ``[takers]``, ``[operator]``,
-``[client]``, ``[court]``, ``[chain]``, ``[metrics]``); ``simulations/*.toml`` are
+``[latency.entry]``, ``[latency.response]``, ``[makers]``, ``[takers]``, ``[operator]``
+with its ``[operator.params]``, ``[client]``, ``[court]``, ``[chain]``, ``[metrics]``)
+and an optional array ``[[agents]]`` of plug-in agents; ``simulations/*.toml`` are
 commented examples. Rules:
 
 * Every key is known: an unknown or misspelt key, a missing required one, a value of the
@@ -15,6 +16,9 @@ commented examples. Rules:
   written one.
 * Money is in quote currency (the unit of prices); the court works in wei, converted at
   ``chain.eth_price`` (quote currency per ether).
+* Plug-ins (``module:Class`` for the operator's policy, agents and metrics) are loaded
+  and built once while parsing (:mod:`.plugins`), so a missing module or a bad
+  parameter fails before anything runs.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any, Literal
 import attrs
 from attrs import validators as v
 
-from ..operator.policies import POLICY_NAMES
+from .adversary import OPERATOR_POLICIES, build_adversary
 from .config import ScenarioError
 from .latency import LatencyModel, latency_from_config
 from .market import MarketModel, market_from_config
@@ -38,6 +42,7 @@ Ordering = Literal["fifo", "cancel_first", "seeded_random", "adversarial"]
 ORDERINGS: tuple[str, ...] = Ordering.__args__  # type: ignore[attr-defined]
 
 _pos_int = [v.instance_of(int), v.gt(0)]
+_table_of = v.instance_of(dict)
 _nonneg_int = [v.instance_of(int), v.ge(0)]
 _bool = v.instance_of(bool)
 
@@ -102,15 +107,19 @@ class TakerSpec:
 class OperatorSpec:
     """The operator's policy and its affiliated sniper.
 
-    ``delay_ms`` is the hold of ``delay``, ``conditional_delay`` and ``backdate`` (a
-    backdating operator holds, snipes, then signs ``receivedAtMs`` ``backdate_ms``
-    earlier); ``ignore_p`` is the share of cancels ``ignore`` drops. The sniper (the
-    operator's own taker) fills a held or ignored order that is ``snipe_edge`` or more in
-    the money, at the end of a hold, or every ``snipe_every_ms`` while a cancel is
-    ignored. ``answer_on_chain = false`` lets forced cancels default.
+    ``policy`` is an engine policy (``delay_ms`` is the hold of ``delay``,
+    ``conditional_delay`` and ``backdate``: a backdating operator holds, snipes, then
+    signs ``receivedAtMs`` ``backdate_ms`` earlier; ``ignore_p`` is the share of cancels
+    ``ignore`` drops), a strategy of :mod:`.adversary` (``patience``, ``floor``,
+    ``unwatched``, ``split``) whose parameters are the ``[operator.params]`` table, or a
+    plug-in ``module:Class``. The sniper (the operator's own taker) fills a held or
+    ignored order that is more than ``snipe_edge`` in the money, at the end of a hold,
+    or every ``snipe_every_ms`` while a cancel is ignored. ``answer_on_chain = false``
+    lets forced cancels default.
     """
 
-    policy: str = attrs.field(default="honest", validator=v.in_(POLICY_NAMES))
+    policy: str = attrs.field(default="honest", validator=v.instance_of(str))
+    params: dict[str, Any] = attrs.field(factory=dict, validator=_table_of, hash=False)
     delay_ms: int = attrs.field(default=0, validator=_nonneg_int)
     ignore_p: float = _float(0.0, ge=0.0, le=1.0)
     backdate_ms: int = attrs.field(default=0, validator=_nonneg_int)
@@ -127,13 +136,15 @@ class ClientSpec:
     """What the clients run: the real verifier and watchtower, and their limits.
 
     ``verify`` runs the verifier on every fill and note; ``dispute`` lets the watchtower
-    take findings to court; ``force_after_ms`` is the verifier's cancel deadline (no note
-    that long after sending: force the cancel on-chain); ``detect_ms`` is the τ of the
-    detection metric (docs/simulation.md §7).
+    take findings to court, for the first ``watchtower_share`` of the makers (rounded;
+    the others only verify); ``force_after_ms`` is the verifier's cancel deadline (no
+    note that long after sending: force the cancel on-chain); ``detect_ms`` is the τ of
+    the detection metric (docs/simulation.md §7).
     """
 
     verify: bool = attrs.field(default=True, validator=_bool)
     dispute: bool = attrs.field(default=True, validator=_bool)
+    watchtower_share: float = _float(1.0, ge=0.0, le=1.0)
     force_after_ms: int = attrs.field(default=30_000, validator=_pos_int)
     detect_ms: int = attrs.field(default=100, validator=_pos_int)
 
@@ -169,6 +180,18 @@ class MetricSpec:
 
     asymmetry_horizon_s: float = _float(1.0, gt=0.0)
     carry_rate_per_year: float = _float(0.05, ge=0.0)
+    plugins: list[str] = attrs.field(
+        factory=list, validator=v.deep_iterable(v.instance_of(str), v.instance_of(list)), hash=False
+    )
+
+
+@attrs.frozen
+class AgentSpec:
+    """One ``[[agents]]`` entry: a plug-in ``class``, its unique ``name``, its keys."""
+
+    cls: str
+    name: str
+    params: dict[str, Any] = attrs.field(factory=dict, hash=False)
 
 
 _TABLES: dict[str, type] = {
@@ -203,6 +226,8 @@ class Scenario:
     chain: ChainSpec
     metrics: MetricSpec
     document: Mapping[str, Any] = attrs.field(eq=False, repr=False)
+    agents: tuple[AgentSpec, ...] = ()
+    base_dir: Path | None = attrs.field(default=None, eq=False, repr=False)
 
     def sha256(self) -> str:
         """The hash of the canonical document (overrides included): names the scenario."""
@@ -252,7 +277,7 @@ def parse_scenario(document: Mapping[str, Any], base_dir: Path | None = None) ->
     Raises:
         ScenarioError: naming the table and key at fault.
     """
-    known = set(_TABLES) | set(_REQUIRED)
+    known = set(_TABLES) | set(_REQUIRED) | {"agents"}
     for name in document:
         if name not in known:
             raise ScenarioError(f"unknown table [{name}]; known: {', '.join(sorted(known))}")
@@ -266,13 +291,53 @@ def parse_scenario(document: Mapping[str, Any], base_dir: Path | None = None) ->
         )
     links = {link: _latency(link, latency[link], base_dir) for link in _LATENCY_LINKS}
     tables = {name: _table(name, cls, document.get(name, {})) for name, cls in _TABLES.items()}
-    return Scenario(
+    scenario = Scenario(
         market=market_from_config(document["market"]),
         entry_latency=links["entry"],
         response_latency=links["response"],
         document=copy.deepcopy(dict(document)),
+        agents=_agents(document.get("agents", [])),
+        base_dir=base_dir,
         **tables,
     )
+    _check_plugins(scenario)
+    return scenario
+
+
+def _agents(raw: object) -> tuple[AgentSpec, ...]:
+    if not isinstance(raw, list) or not all(isinstance(item, Mapping) for item in raw):
+        raise ScenarioError("[[agents]] must be an array of tables")
+    specs = []
+    for index, item in enumerate(raw):
+        params = dict(item)
+        cls, name = params.pop("class", None), params.pop("name", None)
+        if not isinstance(cls, str) or not isinstance(name, str) or not name:
+            raise ScenarioError(f"[[agents]] entry {index}: needs a class and a name (strings)")
+        specs.append(AgentSpec(cls, name, params))
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise ScenarioError(f"[[agents]] names must be unique; got {names}")
+    return tuple(specs)
+
+
+def _check_plugins(scenario: Scenario) -> None:
+    """Build every plug-in once, so a bad one fails at parse time."""
+    from .agents import Agent
+    from .metrics import metric_plugins
+    from .plugins import load_class
+
+    spec = scenario.operator
+    if spec.policy not in OPERATOR_POLICIES and ":" not in spec.policy:
+        known = ", ".join(OPERATOR_POLICIES)
+        raise ScenarioError(f"[operator] policy {spec.policy!r}: one of {known}, or module:Class")
+    build_adversary(spec, scenario.base_dir)
+    for agent in scenario.agents:
+        cls = load_class(agent.cls, Agent, scenario.base_dir, "[[agents]] class")
+        try:
+            cls(**agent.params)
+        except (TypeError, ValueError) as error:
+            raise ScenarioError(f"[[agents]] {agent.name}: {error}") from error
+    metric_plugins(scenario)
 
 
 def _latency(link: str, raw: object, base_dir: Path | None) -> LatencyModel:

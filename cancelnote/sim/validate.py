@@ -19,7 +19,10 @@ from .eventlog import EventLog
 from .market import ArithmeticBrownian, GeometricBrownian
 from .seeding import Seeds
 
-#: A check passes within this many standard errors (a false alarm has odds of ~1 in 370).
+#: A check passes within this many standard errors. A correct simulator fails a check
+#: by chance with probability P(|Z| > 3) ≈ 0.0027 (1 in 370) when its standard error
+#: comes from many paths (z is normal), but P(|t_{n-1}| > 3) when it comes from n
+#: replicates (0.0090 at n = 16): :func:`false_alarm_probability`.
 TOLERANCE_SE = 3.0
 #: The reference case: σ = 1 price unit per √s, a 1 s hold, an order 0.5 from mid (k = 0.5).
 SIGMA = 1.0
@@ -33,9 +36,55 @@ DETERMINISM_PATHS = 2_000
 DETERMINISM_RUNS = 3
 
 
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, front = 1e-300, 1.0
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    front = d
+    for m in range(1, 300):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            front *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front
+
+
+def regularized_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function, for 0 <= x <= 1."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+        + a * math.log(x) + b * math.log1p(-x)
+    )  # fmt: skip
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def false_alarm_probability(df: int | None, tolerance: float = TOLERANCE_SE) -> float:
+    """P(|z| > tolerance) for a correct simulator: normal z (``df`` None) or Student's t
+    with ``df`` degrees of freedom, P(|t| > c) = I_{df/(df+c²)}(df/2, 1/2)."""
+    if df is None:
+        return math.erfc(tolerance / math.sqrt(2.0))
+    return regularized_beta(df / 2.0, 0.5, df / (df + tolerance**2))
+
+
 @attrs.frozen
 class Check:
-    """One validation result: expected against measured, with the measurement's error."""
+    """One validation result: expected against measured, with the measurement's error.
+
+    ``df`` is the degrees of freedom of the standard error when it comes from a few
+    replicates (z is then Student's t), ``None`` when it comes from many paths.
+    """
 
     name: str
     expected: float
@@ -43,14 +92,26 @@ class Check:
     stderr: float
     passed: bool
     note: str = ""
+    df: int | None = None
 
     @classmethod
     def compare(
-        cls, name: str, expected: float, measured: float, stderr: float, note: str = ""
+        cls,
+        name: str,
+        expected: float,
+        measured: float,
+        stderr: float,
+        note: str = "",
+        df: int | None = None,
     ) -> Check:
         """Pass iff ``|measured − expected| <= TOLERANCE_SE · stderr``."""
         passed = abs(measured - expected) <= TOLERANCE_SE * stderr
-        return cls(name, expected, measured, stderr, passed, note)
+        return cls(name, expected, measured, stderr, passed, note, df)
+
+    @property
+    def false_alarm(self) -> float:
+        """How often a correct simulator fails this check by chance."""
+        return false_alarm_probability(self.df)
 
     @property
     def z(self) -> float:
@@ -111,11 +172,14 @@ def _determinism_check(case: HeldCancel, seed: int) -> Check:
 
 def format_table(checks: list[Check]) -> str:
     """The checks as a plain-text table, one row each, and a summary line."""
-    header = f"{'check':<32} {'expected':>12} {'measured':>12} {'std err':>10} {'z':>6}  result"
+    width = max([32, *(len(check.name) for check in checks)])
+    header = (
+        f"{'check':<{width}} {'expected':>12} {'measured':>12} {'std err':>10} {'z':>6}  result"
+    )
     lines = [header, "-" * len(header)]
     for check in checks:
         lines.append(
-            f"{check.name:<32} {check.expected:>12.6f} {check.measured:>12.6f} "
+            f"{check.name:<{width}} {check.expected:>12.6f} {check.measured:>12.6f} "
             f"{check.stderr:>10.6f} {check.z:>6.2f}  {'PASS' if check.passed else 'FAIL'}"
             + (f"  ({check.note})" if check.note else "")
         )

@@ -13,16 +13,22 @@ One :class:`World` is one replicate of a scenario. The parts, and the rules they
   ``[latency.response]``, each link drawing from its own stream (FIFO, as TCP).
 * **Noise takers** arrive as a Poisson process (``takers``) and hit the best quote with
   an order sized and priced to fill at once (they sit beside the engine: a taker never
-  rests).
-* **The operator** is the real :class:`~cancelnote.operator.engine.Engine` with the
-  scenario's policy; every call's outputs are routed: held cancels get a kernel event at
-  their release, in-flight matches at their settlement, pushes to their client.
-* **The sniper** is the operator's own taker: it fills a held order at the end of the
-  hold, or an ignored one while it stays on the book, when that is in the money.
+  rests). **Plug-in agents** (:mod:`.agents`) trade through links of their own.
+* **The operator** is the real :class:`~cancelnote.operator.engine.Engine`; its
+  strategy is an :class:`~.adversary.Adversary`, asked at every decision point: the
+  engine's policy, how long an arriving order waits, when its own taker (the *sniper*)
+  looks at a held or new order and whether it fills it, when it answers a forced
+  cancel. The sniper fills exactly the order it targets (a directed match: the operator
+  is the matching engine), never a better-priced neighbour. Every call's outputs are
+  routed: held cancels get a kernel event at their release, in-flight matches at their
+  settlement, pushes to their client.
 * **Clients** run the real verifier and watchtower (:mod:`.clients`); the court runs on
-  an in-process chain whose blocks follow simulated time (:mod:`.onchain`). The operator
-  answers forced cancels it sees on the chain (unless ``answer_on_chain`` is false).
-* **Ground truth** (:mod:`.records`) is kept as it happens; :mod:`.metrics` reads it.
+  an in-process chain whose blocks follow simulated time (:mod:`.onchain`). The first
+  ``client.watchtower_share`` of the makers go to court; the others only verify.
+* **Ground truth** (:mod:`.records`) is kept as it happens and closed records are
+  spooled to disk, so memory does not grow with the horizon; :mod:`.metrics` reads it.
+  A time series (mid, top of book, every agent's inventory and PnL) is streamed to a
+  :class:`~.series.SeriesWriter` when one is given.
 
 Time: the engine's clock is ``EPOCH_MS + t_ns // 1_000_000`` (unix ms), the chain's
 ``EPOCH_S + t_ns // 1_000_000`` (a chain second is a simulated millisecond: see
@@ -31,7 +37,9 @@ Time: the engine's clock is ``EPOCH_MS + t_ns // 1_000_000`` (unix ms), the chai
 
 from __future__ import annotations
 
+import gc
 import math
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -42,20 +50,24 @@ from ..api import BookDepth, CancelOrders, OrderStatus, PlaceOrder, Push, Reply
 from ..client import watchtower as wt
 from ..dispute.chain import TransactionReverted
 from ..dispute.inprocess import dev_account
-from ..messages import CancellationNote, signature_from_wire, signature_to_wire
+from ..messages import CancellationNote, Domain, signature_to_wire
 from ..operator.engine import Engine, Output
 from ..operator.journal import CancelAccepted, FillIssued, Matched, NoteIssued
 from ..operator.lifecycle import CancellationType
-from ..operator.policies import ConditionalDelay, Policy, build_policy
 from ..operator.testing import Trader
+from .adversary import Adversary, OrderView, build_adversary
+from .agents import Agent, AgentContext
 from .clients import SimClient, is_disputable
 from .eventlog import EventLog
 from .kernel import Kernel
+from .latency import LatencyModel
 from .market import MidPricePath
 from .onchain import CHAIN_TIME_SCALE, EPOCH_S, OPERATOR, OnChain, domain_of
-from .records import DROPPED, HELD, CancelRecord, DisputeRecord, FillRecord, TxRecord
-from .scenario import OperatorSpec, Scenario
+from .plugins import load_class
+from .records import DROPPED, HELD, CancelRecord, DisputeRecord, Recorder, TxRecord
+from .scenario import AgentSpec, Scenario
 from .seeding import Seeds
+from .series import SeriesWriter
 
 NS_PER_MS = 10**6
 EPOCH_MS = EPOCH_S * 1000
@@ -64,25 +76,37 @@ X18 = 10**18
 #: Priorities at one instant: the price tick first, then (with ``cancel_first``) cancels.
 TICK_PRIORITY = -10
 CANCEL_PRIORITY = -1
-#: How often the book is sampled for the market-quality metrics (spread, depth at best).
+#: How often the book is sampled for the market-quality metrics and the time series.
 BOOK_SAMPLE_NS = 100 * NS_PER_MS
-#: Dev accounts: the operator, its sniper, the noise takers, then one per maker.
+#: How often finished cancel records are closed and spooled to disk.
+COMPACT_NS = 10 * 10**9
+#: Dev accounts: the operator, its sniper, the noise takers, then one per maker, then
+#: one per plug-in agent.
 OPERATOR_ACCOUNT, SNIPER_ACCOUNT, TAKER_ACCOUNT, FIRST_MAKER_ACCOUNT = 0, 1, 2, 3
 SNIPER, TAKER = "sniper", "taker"
 
 
-def policy_of(spec: OperatorSpec, seeds: Seeds) -> Policy:
-    """The engine policy a scenario's ``[operator]`` table names."""
-    seed = 0
-    if spec.policy == "ignore":  # drawn only when used, so no other policy's run changes
-        seed = int(seeds.generator("operator/policy").integers(2**63))
-    return build_policy(
-        spec.policy,
-        delay_ms=spec.delay_ms,
-        backdate_ms=spec.backdate_ms,
-        ignore_p=spec.ignore_p,
-        seed=seed,
-    )
+@attrs.define
+class Link:
+    """One direction of a connection: each message arrives strictly after the one
+    before it (FIFO, as over TCP), its latency drawn from the link's own stream."""
+
+    model: LatencyModel
+    rng: np.random.Generator
+    last: int = 0
+
+    def arrival(self, now_ns: int) -> int:
+        self.last = max(now_ns + self.model.sample(self.rng), self.last + 1)
+        return self.last
+
+
+@attrs.frozen
+class Owner:
+    """Who placed an order, on which side, how large (x18): for positions and PnL."""
+
+    agent: str
+    side: int
+    size: int
 
 
 @attrs.define
@@ -90,16 +114,16 @@ class Maker:
     """One market maker: its key, its quotes and its client (verifier and watchtower)."""
 
     name: str
+    index: int
     trader: Trader
     half_spread: float
     client: SimClient | None
-    entry: np.random.Generator
-    response: np.random.Generator
+    watched: bool  # its client takes findings to court
+    entry: Link
+    response: Link
     centre: float | None = None
     live: dict[bytes, PlaceOrder] = attrs.Factory(dict)  # digest -> order believed resting
     pending: dict[bytes, PlaceOrder] = attrs.Factory(dict)  # cancelled, no note seen yet
-    entry_last: int = 0  # arrival time of the last message sent (links are FIFO, as TCP)
-    response_last: int = 0
 
 
 def order_lifetime_s(scenario: Scenario) -> int:
@@ -117,25 +141,33 @@ class World:
     kernel: Kernel
     engine: Engine
     onchain: OnChain
+    adversary: Adversary
     makers: list[Maker]
     mid_path: MidPricePath
     sniper: Trader
     taker: Trader
     taker_rng: np.random.Generator
-    mids: list[float] = attrs.Factory(list)
-    cancels: dict[bytes, CancelRecord] = attrs.Factory(dict)
-    fills: list[FillRecord] = attrs.Factory(list)
+    recorder: Recorder
+    series: SeriesWriter | None = None
+    agents: list[AgentContext] = attrs.Factory(list)
+    mids: array = attrs.Factory(lambda: array("d"))
     disputes: list[DisputeRecord] = attrs.Factory(list)
     txs: list[TxRecord] = attrs.Factory(list)
+    fills: int = 0  # operator-signed fills of client orders
     penalties_wei: int = 0
     answers: int = 0
-    book_samples: list[tuple[float | None, float]] = attrs.Factory(list)  # spread, depth
+    spread_sum: float = 0.0  # over book samples with both sides
+    spread_samples: int = 0
+    depth_sum: float = 0.0
+    book_samples: int = 0
     halted_at: int | None = None  # when a default halted the operator (halt_on_default)
-    _owners: dict[bytes, str] = attrs.Factory(dict)  # order digest -> agent
-    _orders: dict[bytes, PlaceOrder] = attrs.Factory(dict)  # maker orders by digest
-    _by_sender: dict[bytes, Maker] = attrs.Factory(dict)
+    positions: dict[str, list[float]] = attrs.Factory(dict)  # agent -> [inventory, cash]
+    _logging: bool = False
+    _owners: dict[bytes, Owner] = attrs.Factory(dict)  # order digest -> who, side, size
+    _orders: dict[bytes, PlaceOrder] = attrs.Factory(dict)  # client orders by digest
+    _by_sender: dict[bytes, Maker | AgentContext] = attrs.Factory(dict)
     _match_time: dict[int, tuple[int, bytes, bytes]] = attrs.Factory(dict)
-    _filled: dict[bytes, int] = attrs.Factory(dict)  # maker order digest -> filled x18
+    _filled: dict[bytes, int] = attrs.Factory(dict)  # client order digest -> filled x18
     _exposed: dict[bytes, None] = attrs.Factory(dict)  # orders the sniper watches
     _patrolling: bool = False
     _slot_scheduled: bool = False
@@ -144,30 +176,29 @@ class World:
     _open_cases: dict[bytes, DisputeRecord] = attrs.Factory(dict)  # forced cancels
 
     @classmethod
-    def build(cls, scenario: Scenario, replicate: int, event_log: EventLog | None = None) -> World:
+    def build(
+        cls,
+        scenario: Scenario,
+        replicate: int,
+        event_log: EventLog | None = None,
+        series: SeriesWriter | None = None,
+    ) -> World:
         """The world of ``scenario``'s replicate ``replicate`` (seed ``run.seed``)."""
         seeds = Seeds(scenario.run.seed, replicate)
         spec = scenario.operator
         operator = dev_account(OPERATOR_ACCOUNT)
         domain = domain_of(operator)
-        engine = Engine(
-            operator,
-            domain,
-            {PRODUCT},
-            settlement_delay_ms=spec.settlement_delay_ms,
-            policy=policy_of(spec, seeds),
-            rate_limit=spec.rate_limit,
-            max_order_lifetime_s=order_lifetime_s(scenario),
-        )
         count = scenario.makers.count
+        agent_specs = scenario.agents
         onchain = OnChain(
             scenario.court,
             scenario.chain,
             operator,
-            FIRST_MAKER_ACCOUNT + count,
+            FIRST_MAKER_ACCOUNT + count + len(agent_specs),
             seeds.generator("chain/ordering"),
         )
         client_spec = scenario.client
+        watched = round(client_spec.watchtower_share * count)
         makers = []
         for i in range(count):
             name = f"mm/{i}"
@@ -180,28 +211,109 @@ class World:
             makers.append(
                 Maker(
                     name,
+                    i,
                     Trader(signer, domain, "mm"),
                     scenario.makers.half_spread + i * scenario.makers.spread_step,
                     client,
-                    seeds.generator(f"latency/{name}->operator"),
-                    seeds.generator(f"latency/operator->{name}"),
+                    client_spec.dispute and client is not None and i < watched,
+                    Link(scenario.entry_latency, seeds.generator(f"latency/{name}->operator")),
+                    Link(scenario.response_latency, seeds.generator(f"latency/operator->{name}")),
                 )
             )
+        adversary = build_adversary(spec, scenario.base_dir)
         world = cls(
             scenario=scenario,
             seeds=seeds,
             kernel=Kernel(event_log),
-            engine=engine,
+            engine=Engine(
+                operator,
+                domain,
+                {PRODUCT},
+                settlement_delay_ms=spec.settlement_delay_ms,
+                rate_limit=spec.rate_limit,
+                max_order_lifetime_s=order_lifetime_s(scenario),
+            ),
             onchain=onchain,
+            adversary=adversary,
             makers=makers,
             mid_path=scenario.market.path(seeds.generator("market")),
             sniper=Trader(dev_account(SNIPER_ACCOUNT), domain, "sniper"),
             taker=Trader(dev_account(TAKER_ACCOUNT), domain, "taker"),
             taker_rng=seeds.generator("taker/0"),
+            recorder=Recorder([maker.name for maker in makers]),
+            series=series,
+            logging=event_log is not None,
         )
+        adversary.bind(world)
+        world.engine.policy = adversary.engine_policy()
         for maker in makers:
             world._by_sender[maker.trader.sender] = maker
+        for j, agent_spec in enumerate(agent_specs):
+            world._add_agent(j, agent_spec, domain)
         return world
+
+    def _add_agent(self, index: int, spec: AgentSpec, domain: Domain) -> None:
+        cls = load_class(spec.cls, Agent, self.scenario.base_dir, "[[agents]] class")
+        agent = cls(**spec.params)
+        name = spec.name
+        signer = dev_account(FIRST_MAKER_ACCOUNT + self.scenario.makers.count + index)
+        seeds = self.seeds
+        ctx = AgentContext(
+            name,
+            agent,
+            Trader(signer, domain, "agent"),
+            seeds.generator(f"agent/{name}"),
+            Link(self.scenario.entry_latency, seeds.generator(f"latency/agent/{name}->operator")),
+            Link(
+                self.scenario.response_latency, seeds.generator(f"latency/operator->agent/{name}")
+            ),
+            self,
+        )
+        self.agents.append(ctx)
+        self._by_sender[ctx.trader.sender] = ctx
+
+    # --- what the operator's strategy may read (adversary.OperatorView) -------------------
+
+    @property
+    def now_ns(self) -> int:
+        return self.kernel.now_ns
+
+    @property
+    def sniper_sender(self) -> bytes:
+        return self.sniper.sender
+
+    @property
+    def product(self) -> int:
+        return PRODUCT
+
+    def watched(self, sender: bytes) -> bool:
+        """Whether the client ``sender`` runs a watchtower that goes to court."""
+        maker = self._by_sender.get(sender)
+        return isinstance(maker, Maker) and maker.watched
+
+    def unwatched_senders(self) -> list[bytes]:
+        return [maker.trader.sender for maker in self.makers if not maker.watched]
+
+    def order_view(self, digest: bytes) -> OrderView | None:
+        """A client's order as the operator's own book has it (``None``: not a client
+        order the world still follows); its state is read from the engine when asked."""
+        placed = self._orders.get(digest)
+        if placed is None:
+            return None
+        order = placed.order
+        owner = self._owners.get(digest)
+        side = 1 if order.amount > 0 else -1
+        return OrderView(
+            digest, "?" if owner is None else owner.agent, order.sender, side,
+            order.price_x18 / X18, lambda: self._order_state(digest),
+        )  # fmt: skip
+
+    def _order_state(self, digest: bytes) -> tuple[float, bool]:
+        """Unmatched size and ``ACTIVE`` of an order, from the engine's order status."""
+        status = self.query(OrderStatus(digest))
+        if status is None:
+            return 0.0, False
+        return abs(int(status["unfilled_amount"])) / X18, status["status"] == "ACTIVE"
 
     # --- running --------------------------------------------------------------------------
 
@@ -222,16 +334,25 @@ class World:
         kernel.schedule(0, self._tick, 0, TICK_PRIORITY)
         if self.scenario.takers.rate_per_s > 0:
             kernel.schedule(self._taker_gap(), self._taker_arrives)
+        kernel.schedule(COMPACT_NS, self._compact)
+        for ctx in self.agents:
+            kernel.schedule(0, lambda c: c.agent.start(c), ctx)
         events = 0
         horizon = self.horizon_ns
-        for step in range(1, steps + 1):
-            until = horizon * step // steps
-            events += kernel.run(until_ns=until)
-            if progress is not None:
-                progress(until, horizon)
+        try:
+            for step in range(1, steps + 1):
+                until = horizon * step // steps
+                events += kernel.run(until_ns=until)
+                if progress is not None:
+                    progress(until, horizon)
+        finally:
+            gc.unfreeze()
         for maker in self.makers:
             if maker.client is not None:
                 maker.client.close()
+        self.recorder.finish()
+        if self.series is not None:
+            self.series.close()
         return events
 
     def now_ms(self) -> int:
@@ -244,6 +365,9 @@ class World:
     def mid_at(self, t_ns: int) -> float:
         """The mid-price at ``t_ns`` (the tick in force then), within the run."""
         return self.mids[min(t_ns // self._tick_ns, len(self.mids) - 1)]
+
+    def _record(self, kind: str, agent: str, digest: bytes = b"", payload: str = "") -> None:
+        self.kernel.record(kind, agent, "0x" + digest.hex() if digest else "", payload)
 
     # --- the market -----------------------------------------------------------------------
 
@@ -264,38 +388,44 @@ class World:
         now_ms = self.now_ms()
         now = self.kernel.now_ns
         trader = maker.trader
+        request = None
         if maker.live:
             orders = list(maker.live.values())
             request = trader.cancel(orders, now_ms)
             for placed, digest in zip(orders, maker.live, strict=True):
                 order = placed.order
-                self.cancels[digest] = CancelRecord(
-                    maker.name, digest, 1 if order.amount > 0 else -1,
-                    abs(order.amount) / X18, order.price_x18 / X18, now,
+                self.recorder.add(
+                    CancelRecord(
+                        maker.index, digest, 1 if order.amount > 0 else -1,
+                        abs(order.amount) / X18, order.price_x18 / X18, now,
+                    )
                 )  # fmt: skip
-                self.kernel.record("cancel_send", maker.name, "0x" + digest.hex())
-            if maker.client is not None:
-                maker.client.cancel_sent(request, now_ms)
-                if self.scenario.client.dispute:
-                    due = now + (self.scenario.client.force_after_ms + 1) * NS_PER_MS
-                    self.kernel.schedule(due, self._deadline, (maker, tuple(maker.live)))
-            priority = CANCEL_PRIORITY if self.scenario.chain.ordering == "cancel_first" else 0
-            self._send(maker, request, priority)
+                if self._logging:
+                    self._record("cancel_send", maker.name, digest)
+            if maker.watched:
+                due = now + (self.scenario.client.force_after_ms + 1) * NS_PER_MS
+                self.kernel.schedule(due, self._deadline, (maker, tuple(maker.live)))
             maker.pending.update(maker.live)
             maker.live = {}
         size = round(self.scenario.makers.size * X18)
         lifetime = self.engine.max_order_lifetime_s
+        new = []
         for price_x18, amount in zip(self._quotes(maker, mid), (size, -size), strict=True):
             placed = trader.order(PRODUCT, price_x18, amount, now_ms, lifetime)
             digest = placed.order.digest(trader.domain)
             maker.live[digest] = placed
-            self._owners[digest] = maker.name
+            self._owners[digest] = Owner(maker.name, 1 if amount > 0 else -1, abs(amount))
             self._orders[digest] = placed
-            if maker.client is not None:
-                maker.client.placed(placed, now_ms)
-            price = price_x18 / X18
-            self.kernel.record("place", maker.name, "0x" + digest.hex(), f"price={price!r}")
-            self._send(maker, placed, 0)
+            new.append(placed)
+            if self._logging:
+                self._record("place", maker.name, digest, f"price={price_x18 / X18!r}")
+        if maker.client is not None:
+            maker.client.requote(request, new, now_ms)
+        if request is not None:
+            priority = CANCEL_PRIORITY if self.scenario.chain.ordering == "cancel_first" else 0
+            self._send(maker.entry, request, priority)
+        for placed in new:
+            self._send(maker.entry, placed, 0)
         maker.centre = mid
 
     def _quotes(self, maker: Maker, mid: float) -> tuple[int, int]:
@@ -316,39 +446,82 @@ class World:
         return bid, ask
 
     def _sample_book(self) -> None:
-        """The quoted spread (``None`` when a side is empty) and the depth at the best
-        bid and ask, as anyone querying the book sees them."""
-        book = self._reply(BookDepth(PRODUCT))["data"]
+        """The quoted spread (when both sides hold orders) and the depth at the best bid
+        and ask, as anyone querying the book sees them; a time-series row."""
+        book = self.query(BookDepth(PRODUCT))
+        assert book is not None
         bids, asks = book["bids"], book["asks"]
-        spread = (int(asks[0][0]) - int(bids[0][0])) / X18 if bids and asks else None
+        best_bid = int(bids[0][0]) / X18 if bids else None
+        best_ask = int(asks[0][0]) / X18 if asks else None
         depth = sum(int(side[0][1]) for side in (bids, asks) if side) / X18
-        self.book_samples.append((spread, depth))
+        self.book_samples += 1
+        self.depth_sum += depth
+        if best_bid is not None and best_ask is not None:
+            self.spread_sum += best_ask - best_bid
+            self.spread_samples += 1
+        if self.series is not None:
+            mid = self.mid()
+            self.series.market(self.kernel.now_ns, mid, best_bid, best_ask, depth)
+            for agent, (inventory, cash) in self.positions.items():
+                self.series.agent(
+                    self.kernel.now_ns, agent, inventory, cash, cash + inventory * mid
+                )
 
-    def _send(self, maker: Maker, request: PlaceOrder | CancelOrders, priority: int) -> None:
-        delay = self.scenario.entry_latency.sample(maker.entry)
-        maker.entry_last = max(self.kernel.now_ns + delay, maker.entry_last + 1)
-        self.kernel.schedule(maker.entry_last, self._arrive, request, priority)
+    def _send(self, link: Link, request: PlaceOrder | CancelOrders, priority: int) -> None:
+        self.kernel.schedule(link.arrival(self.kernel.now_ns), self._arrive, request, priority)
+
+    def agent_send(self, ctx: AgentContext, request: PlaceOrder | CancelOrders) -> None:
+        if isinstance(request, PlaceOrder):
+            self._own(request, ctx.name)
+        self._send(ctx.entry, request, 0)
+
+    def _own(self, placed: PlaceOrder, agent: str) -> None:
+        amount = placed.order.amount
+        owner = Owner(agent, 1 if amount > 0 else -1, abs(amount))
+        self._owners[placed.order.digest(self.engine.domain)] = owner
 
     def _arrive(self, request: PlaceOrder | CancelOrders) -> None:
         if isinstance(request, PlaceOrder):
-            self._call(request)
+            delay = self.adversary.order_delay_ns(request)
+            if delay > 0:
+                if self._logging:
+                    digest = request.order.digest(self.engine.domain)
+                    self._record("order_hold", OPERATOR, digest, f"for={delay}")
+                self.kernel.schedule_after(delay, self._accept_order, request)
+                return
+            self._accept_order(request)
             return
         now = self.kernel.now_ns
+        recorder = self.recorder
         for digest in request.tx.digests:
-            self.cancels[digest].t_recv = now
+            record = recorder.get(digest)
+            if record is not None:
+                record.t_recv = now
         outputs = self._call(request)
         if not any(_answers(out, request) for out in outputs):  # the policy dropped it
             for digest in request.tx.digests:
-                self.cancels[digest].intent = DROPPED
-                self.kernel.record("cancel_drop", OPERATOR, "0x" + digest.hex())
+                record = recorder.get(digest)
+                if record is not None:
+                    record.intent = DROPPED
+                if self._logging:
+                    self._record("cancel_drop", OPERATOR, digest)
                 self._expose(digest)
+
+    def _accept_order(self, placed: PlaceOrder) -> None:
+        self._call(placed)
+        digest = placed.order.digest(self.engine.domain)
+        view = self.order_view(digest)  # a client's order: the operator may look at it now
+        if view is not None:
+            for at in self.adversary.looks_at_placed(view):
+                self.kernel.schedule(at, self._snipe, digest)
 
     def _taker_gap(self) -> int:
         return max(1, round(self.taker_rng.exponential(1e9 / self.scenario.takers.rate_per_s)))
 
     def _taker_arrives(self, _: object) -> None:
         buy = bool(self.taker_rng.random() < 0.5)
-        book = self._reply(BookDepth(PRODUCT))["data"]
+        book = self.query(BookDepth(PRODUCT))
+        assert book is not None
         levels = book["asks"] if buy else book["bids"]
         if levels:
             price_x18, depth = int(levels[0][0]), int(levels[0][1])
@@ -360,27 +533,28 @@ class World:
         """An order that crosses at once (priced and sized from the book it hits)."""
         lifetime = self.engine.max_order_lifetime_s
         placed = trader.order(PRODUCT, price_x18, amount, self.now_ms(), lifetime)
-        self._owners[placed.order.digest(trader.domain)] = agent
+        self._own(placed, agent)
         self._call(placed)
 
     # --- the operator's engine ------------------------------------------------------------
 
     def _call(self, request: Any) -> list[Output]:
-        if isinstance(self.engine.policy, ConditionalDelay):
+        if self.adversary.needs_mark():
             self.engine.set_mark_price(PRODUCT, round(self.mid() * X18))
         outputs = self.engine.handle(request, self.now_ms())
         self._route(outputs)
         return outputs
 
-    def _reply(self, query: Any) -> dict[str, Any]:
-        """The answer to a query: the call's last reply of the query's type (a held
-        cancel released by the same call answers first)."""
+    def query(self, query: Any) -> dict[str, Any] | None:
+        """The data of a query's answer (``None`` when it failed): the call's last reply
+        of the query's type (a held cancel released by the same call answers first)."""
         outputs = self._call(query)
-        return next(
+        wire = next(
             out.wire
             for out in reversed(outputs)
             if isinstance(out, Reply) and out.wire["request_type"] == query.REQUEST_TYPE
         )
+        return wire["data"] if wire["status"] == "success" else None
 
     def _advance(self, _: object) -> None:
         self._route(self.engine.advance(self.now_ms()))
@@ -409,11 +583,15 @@ class World:
         release = self.ns_of_ms(entry.process_at_ms)
         self.kernel.schedule(release, self._advance)
         for digest in entry.request.tx.digests:
-            self.cancels[digest].intent = HELD
-            self.kernel.record("cancel_hold", OPERATOR, "0x" + digest.hex(), f"until={release}")
-            if self.scenario.operator.snipe:
-                snipe_at = max(self.kernel.now_ns, release - NS_PER_MS)
-                self.kernel.schedule(snipe_at, self._snipe, digest)
+            record = self.recorder.get(digest)
+            if record is not None:
+                record.intent = HELD
+            if self._logging:
+                self._record("cancel_hold", OPERATOR, digest, f"until={release}")
+            view = self.order_view(digest)
+            if view is not None:
+                for at in self.adversary.looks_at_held(view, release):
+                    self.kernel.schedule(at, self._snipe, digest)
 
     def _on_match(self, entry: Matched) -> None:
         self._match_time[entry.seq] = (self.kernel.now_ns, entry.maker, entry.taker)
@@ -423,31 +601,47 @@ class World:
     def _on_fill(self, entry: FillIssued) -> None:
         fill = entry.fill
         digest = fill.order_digest
-        t_match, maker, taker = self._match_time[entry.match_seq]
-        if digest not in self._orders:
-            return  # a taker's or the sniper's own fill
-        other = taker if digest == maker else maker
-        self._filled[digest] = fill.filled_total
         price = fill.price_x18 / X18
-        self.fills.append(
-            FillRecord(
-                digest, fill.seq, fill.amount / X18, price, t_match, self.kernel.now_ns,
-                fill.timestamp_ms, self._owners.get(other, "?"),
-            )
-        )  # fmt: skip
-        self.kernel.record(
-            "fill", self._owners[digest], "0x" + digest.hex(),
-            f"seq={fill.seq} amount={fill.amount / X18!r} price={price!r}",
-        )  # fmt: skip
+        t_match, maker, taker = self._match_time[entry.match_seq]
+        if digest == taker:  # the maker's fill is signed first: the match is done
+            del self._match_time[entry.match_seq]
+        owner = self._owners.get(digest)
+        if owner is not None:
+            position = self.positions.setdefault(owner.agent, [0.0, 0.0])
+            signed = owner.side * fill.amount / X18
+            position[0] += signed
+            position[1] -= signed * price
+        if digest not in self._orders:  # a taker's, an agent's or the sniper's own fill
+            if owner is not None and fill.filled_total >= owner.size:
+                del self._owners[digest]
+            return
+        self.fills += 1
+        self._filled[digest] = fill.filled_total
+        record = self.recorder.get(digest)
+        other = self._owners.get(taker if digest == maker else maker)
+        if record is not None and record.t_recv is not None and t_match > record.t_recv:
+            claimed_ns = max(self.ns_of_ms(fill.timestamp_ms), 0)
+            loss = fill.amount / X18 * record.side * (price - self.mid_at(claimed_ns))
+            record.stale_fills += 1
+            record.loss += loss
+            if other is not None and other.agent == SNIPER:
+                record.taken += loss
+        if self._logging:
+            self._record(
+                "fill", owner.agent if owner else "?", digest,
+                f"seq={fill.seq} amount={fill.amount / X18!r} price={price!r}"
+                f" counterparty={other.agent if other else '?'}",
+            )  # fmt: skip
 
     def _on_note(self, entry: NoteIssued) -> None:
         note = entry.note
-        record = self.cancels.get(note.order_digest)
+        record = self.recorder.get(note.order_digest)
         on_chain = entry.cancellation_type is CancellationType.ON_CHAIN
-        self.kernel.record(
-            "note", OPERATOR, "0x" + note.order_digest.hex(),
-            f"seq={note.seq} on_chain={on_chain} published={entry.published}",
-        )  # fmt: skip
+        if self._logging:
+            self._record(
+                "note", OPERATOR, note.order_digest,
+                f"seq={note.seq} on_chain={on_chain} published={entry.published}",
+            )  # fmt: skip
         if entry.fills_after:
             self._expose(note.order_digest)
         if record is None:
@@ -467,42 +661,51 @@ class World:
                 record.t_eff = self.kernel.now_ns
 
     def _push(self, push: Push) -> None:
-        maker = self._by_sender.get(push.sender)
-        if maker is not None:
-            delay = self.scenario.response_latency.sample(maker.response)
-            maker.response_last = max(self.kernel.now_ns + delay, maker.response_last + 1)
-            self.kernel.schedule(maker.response_last, self._deliver, (maker, push.wire))
+        target = self._by_sender.get(push.sender)
+        if target is not None:
+            arrival = target.response.arrival(self.kernel.now_ns)
+            self.kernel.schedule(arrival, self._deliver, (target, push.entry))
 
     # --- the clients ----------------------------------------------------------------------
 
-    def _deliver(self, item: tuple[Maker, dict[str, Any]]) -> None:
-        maker, wire = item
-        if "fill" in wire:
-            fill = wire["fill"]
-            digest = bytes.fromhex(fill["digest"][2:])
-            placed = self._orders[digest]
-            if int(fill["filledTotal"]) >= abs(placed.order.amount):
+    def _deliver(self, item: tuple[Maker | AgentContext, FillIssued | NoteIssued]) -> None:
+        target, entry = item
+        if isinstance(target, AgentContext):
+            target.agent.on_push(target, entry.signed_wire)
+            return
+        maker = target
+        if type(entry) is FillIssued:
+            digest = entry.fill.order_digest
+            placed = self._orders.get(digest)
+            if placed is not None and entry.fill.filled_total >= abs(placed.order.amount):
                 maker.live.pop(digest, None)
                 maker.pending.pop(digest, None)
+                if self.recorder.get(digest) is None:  # filled while live: done with it
+                    self._forget(digest)
         else:
-            digest = bytes.fromhex(wire["note"]["digest"][2:])
+            digest = entry.note.order_digest
             maker.pending.pop(digest, None)
-            record = self.cancels.get(digest)
+            record = self.recorder.get(digest)
             if record is not None and record.t_note_seen is None:
                 record.t_note_seen = self.kernel.now_ns
         if maker.client is not None:
-            received = maker.client.receive(wire, self.now_ms())
-            if self.scenario.client.dispute and is_disputable(received):
+            received = maker.client.receive(entry, self.now_ms())
+            if maker.watched and is_disputable(received):
                 self._wants_court(maker.name)
 
     def _deadline(self, item: tuple[Maker, tuple[bytes, ...]]) -> None:
         maker, digests = item
-        if any(
-            self.cancels[d].t_note_seen is None
-            and self._filled.get(d, 0) < abs(self._orders[d].order.amount)
-            for d in digests
-        ):
-            self._wants_court(maker.name)
+        for digest in digests:
+            record = self.recorder.get(digest)
+            placed = self._orders.get(digest)
+            if (
+                record is not None
+                and record.t_note_seen is None
+                and placed is not None
+                and self._filled.get(digest, 0) < abs(placed.order.amount)
+            ):
+                self._wants_court(maker.name)
+                return
 
     # --- the sniper -----------------------------------------------------------------------
 
@@ -527,23 +730,65 @@ class World:
             )
 
     def _snipe(self, digest: bytes) -> bool:
-        """Fill ``digest`` if it is in the money; false once it can no longer be sniped."""
-        reply = self._reply(OrderStatus(digest))
-        if reply["status"] != "success":
+        """Look at ``digest``: fill exactly it if the strategy says so; false once it can
+        no longer be sniped."""
+        view = self.order_view(digest)
+        if view is None or not view.remaining:
             return False
-        status = reply["data"]
-        remaining = abs(int(status["unfilled_amount"]))
-        if not remaining or (status["status"] != "ACTIVE" and digest not in self._exposed):
+        if not view.active and digest not in self._exposed:
             return False
-        order = self._orders[digest].order
-        side = 1 if order.amount > 0 else -1
-        edge = side * (order.price_x18 / X18 - self.mid())
-        if edge <= self.scenario.operator.snipe_edge:
+        record = self.recorder.get(digest)
+        if record is not None and record.t_note is None:
+            record.t_look = self.kernel.now_ns
+        if not self.adversary.take(view):
             return True
-        self.kernel.record("snipe", SNIPER, "0x" + digest.hex(), f"edge={edge!r}")
-        self._take(self.sniper, SNIPER, order.price_x18, -side * remaining)
+        if self._logging:
+            self._record("snipe", SNIPER, digest, f"edge={view.edge(self.mid())!r}")
+        size = round(view.remaining * X18)
+        lifetime = self.engine.max_order_lifetime_s
+        placed = self.sniper.order(
+            PRODUCT, round(view.price * X18), -view.side * size, self.now_ms(), lifetime
+        )
+        self._own(placed, SNIPER)
+        outputs = self.engine.match_directed(placed, digest, self.now_ms())
+        self._route(outputs)
         # A cancelled order let through once leaves the book after that one fill.
-        return status["status"] == "ACTIVE"
+        return view.active
+
+    # --- closing finished records ---------------------------------------------------------
+
+    def _compact(self, _: object) -> None:
+        """Close the cancel records nothing can change any more (their note was seen and
+        took effect, no case or exposure is open, the metric horizon has passed)."""
+        now = self.kernel.now_ns
+        margin = (
+            round(self.scenario.metrics.asymmetry_horizon_s * 1e9)
+            + (3 * self.scenario.chain.block_time_s + 1) * 10**9
+        )
+        done = [
+            record
+            for record in self.recorder.open.values()
+            if record.t_note_seen is not None
+            and record.t_eff is not None
+            and record.t_recv is not None
+            and now - record.t_recv > margin
+            and now - record.t_note_seen > margin
+            and record.digest not in self._exposed
+            and record.digest not in self._open_cases
+        ]
+        for record in done:
+            self.recorder.close(record)
+            self._forget(record.digest)
+        # What is left is long-lived (the engine keeps every order): keep the cyclic
+        # garbage collector from walking it again and again (undone when the run ends).
+        gc.freeze()
+        if now + COMPACT_NS <= self.horizon_ns:
+            self.kernel.schedule_after(COMPACT_NS, self._compact)
+
+    def _forget(self, digest: bytes) -> None:
+        self._orders.pop(digest, None)
+        self._owners.pop(digest, None)
+        self._filled.pop(digest, None)
 
     # --- the chain ------------------------------------------------------------------------
 
@@ -561,7 +806,7 @@ class World:
                 self._client_round(next(m for m in self.makers if m.name == party))
         self._read_court()
         for maker in self.makers:
-            if maker.client is not None and maker.client.has_open_cases():
+            if maker.watched and maker.client is not None and maker.client.has_open_cases():
                 self._wants_court(maker.name)
         if self._answers_due:
             self._wants_court(OPERATOR)
@@ -572,7 +817,8 @@ class World:
         gas, block = self.onchain.gas_of(tx_hash)
         tx = TxRecord(self.kernel.now_ns, block, party, function, gas, ok, detail)
         self.txs.append(tx)
-        self.kernel.record("tx", party, "", f"function={function} gas={gas} ok={ok} {detail}")
+        if self._logging:
+            self.kernel.record("tx", party, "", f"function={function} gas={gas} ok={ok} {detail}")
         return tx
 
     def _client_round(self, maker: Maker) -> None:
@@ -593,7 +839,9 @@ class World:
                 self.disputes.append(case)
                 if ok:
                     self._open_cases[action.digest] = case
-                    self.cancels[action.digest].forced = True
+                    record = self.recorder.get(action.digest)
+                    if record is not None:
+                        record.forced = True
                 else:
                     self._resolve(case, "lost", tx.block)
             elif isinstance(action, wt.Finalize):
@@ -639,11 +887,11 @@ class World:
             event = court.decode_log(log)
             args = event.args
             digest = args.get("digest", b"")
-            self.kernel.record("court", event.name, "0x" + digest.hex() if digest else "")
+            if self._logging:
+                self._record("court", event.name, digest)
             if event.name == "CancelRequested":
                 self._exposed.pop(digest, None)
-                if self.scenario.operator.answer_on_chain:
-                    self._answer(digest)
+                self._forced_seen(digest)
             elif event.name == "CancelAnswered":
                 self.answers += 1
                 self._settled(digest)
@@ -659,20 +907,36 @@ class World:
         self._next_block = head + 1
 
     def _settled(self, digest: bytes) -> None:
-        record = self.cancels.get(digest)
+        record = self.recorder.get(digest)
         if record is not None and record.t_eff is None:
             record.t_eff = self.kernel.now_ns
 
+    def _forced_seen(self, digest: bytes) -> None:
+        """The operator's watcher saw a forced cancel: its strategy picks when to answer."""
+        view = self.order_view(digest)
+        if view is not None:
+            for at in self.adversary.looks_at_forced(view):
+                self.kernel.schedule(at, self._snipe, digest)
+        delay = self.adversary.answer_delay_ns(digest)
+        if delay is None:
+            return
+        if delay > 0:
+            self.kernel.schedule_after(delay, self._answer, digest)
+        else:
+            self._answer(digest)
+
     def _answer(self, digest: bytes) -> None:
         """The operator's watcher: the engine's note for a forced cancel, to submit."""
-        outputs = self.engine.force_cancel(digest, self.now_ms(), self._orders[digest].order)
+        placed = self._orders.get(digest)
+        outputs = self.engine.force_cancel(
+            digest, self.now_ms(), None if placed is None else placed.order
+        )
         self._route(outputs)
         for out in outputs:
-            if isinstance(out, Push) and "note" in out.wire:
-                note = CancellationNote.from_wire(out.wire["note"])
-                if note.order_digest == digest:
-                    signature = signature_from_wire(out.wire["signature"])
-                    self._answers_due.append((digest, note, signature))
+            if isinstance(out, Push) and isinstance(out.entry, NoteIssued):
+                issued = out.entry
+                if issued.note.order_digest == digest:
+                    self._answers_due.append((digest, issued.note, issued.signature))
                     self._wants_court(OPERATOR)
                     return
 
