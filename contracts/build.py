@@ -5,6 +5,14 @@ writes; ``--check`` recompiles and fails if a committed artifact differs, which 
 CI and ``tests/test_court_build.py`` run. The build is in-process (``vyper.compile_code``),
 offline and byte-for-byte reproducible: the same source, compiler and EVM version give the
 same JSON, written with sorted keys and a trailing newline.
+
+Each contract is built once per EVM version of :data:`EVM_VERSIONS`: ``<name>.json`` for
+the first (the reference, which py-evm runs and the gas figures measure) and
+``<name>.<version>.json`` for each older one, for nodes without the newer opcodes (the
+reference needs Cancun's MCOPY and transient storage; ganache runs Shanghai at most).
+The reference lists the older builds (``older_builds``) so that the package finds them.
+``--evm-version V`` (repeated, the reference first) builds another list, e.g. to add
+``paris`` for a node without PUSH0.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import vyper
@@ -25,6 +34,9 @@ ARTIFACTS_DIR = CONTRACTS_DIR.parent / "cancelnote" / "contracts"
 CONTRACTS = ("CancelCourt",)
 #: py-evm's newest fork; pinned so that a compiler upgrade cannot move it silently.
 EVM_VERSION = "prague"
+#: The builds shipped, the reference first: Prague's (Vyper emits nothing newer than
+#: Cancun's opcodes for it) and Shanghai's (PUSH0, no MCOPY or transient storage).
+EVM_VERSIONS = (EVM_VERSION, "shanghai")
 
 
 def compile_source(source: str, *, evm_version: str = EVM_VERSION) -> dict[str, object]:
@@ -44,13 +56,23 @@ def compile_source(source: str, *, evm_version: str = EVM_VERSION) -> dict[str, 
     }
 
 
-def build_artifact(name: str) -> str:
-    """The JSON text of contract ``name``'s artifact, exactly as it is committed."""
+def build_artifact(name: str, evm_versions: Sequence[str], index: int) -> str:
+    """The JSON text of contract ``name``'s build for ``evm_versions[index]`` (the first is
+    the reference, which lists the others), exactly as committed."""
     source_path = CONTRACTS_DIR / f"{name}.vy"
-    artifact = compile_source(source_path.read_text(encoding="utf-8"))
+    source = source_path.read_text(encoding="utf-8")
+    artifact = compile_source(source, evm_version=evm_versions[index])
     artifact["contract"] = name
     artifact["source"] = f"contracts/{source_path.name}"
+    if index == 0:
+        artifact["older_builds"] = list(evm_versions[1:])
     return json.dumps(artifact, indent=2, sort_keys=True) + "\n"
+
+
+def artifact_path(name: str, evm_versions: Sequence[str], index: int) -> Path:
+    """``<name>.json`` for the reference build, ``<name>.<evm version>.json`` for another."""
+    suffix = "" if index == 0 else f".{evm_versions[index]}"
+    return ARTIFACTS_DIR / f"{name}{suffix}.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,17 +81,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="fail if a committed artifact is out of date"
     )
+    parser.add_argument(
+        "--evm-version",
+        action="append",
+        default=[],
+        help=f"build for these EVM versions, the reference first (default: {EVM_VERSIONS})",
+    )
     args = parser.parse_args(argv)
     stale = []
+    versions = tuple(dict.fromkeys(args.evm_version)) or EVM_VERSIONS
     for name in CONTRACTS:
-        path = ARTIFACTS_DIR / f"{name}.json"
-        text = build_artifact(name)
-        if args.check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text:
-                stale.append(path)
-        else:
-            path.write_text(text, encoding="utf-8")
-            print(f"wrote {path.relative_to(CONTRACTS_DIR.parent)}")
+        for index in range(len(versions)):
+            path = artifact_path(name, versions, index)
+            text = build_artifact(name, versions, index)
+            if args.check:
+                if not path.exists() or path.read_text(encoding="utf-8") != text:
+                    stale.append(path)
+            else:
+                path.write_text(text, encoding="utf-8")
+                print(f"wrote {path.relative_to(CONTRACTS_DIR.parent)}")
     for path in stale:
         print(f"stale: {path} (run python contracts/build.py)", file=sys.stderr)
     return 1 if stale else 0
