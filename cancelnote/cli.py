@@ -212,8 +212,9 @@ def check_port_free(host: str, port: int) -> None:
         with socket.create_server((host, port), reuse_port=False) as probe:
             probe.close()
     except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise CommandError(
-            USAGE, f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose another --port)"
+            USAGE, f"cannot listen on {host}:{port}: {reason} (choose another --port)"
         ) from None
 
 
