@@ -240,7 +240,12 @@ def _submit(args: argparse.Namespace) -> int:
     import trio
 
     from cancelnote.dispute.jsonrpc import parse_json
-    from cancelnote.messages import Order, from_typed_data, signature_from_wire
+    from cancelnote.messages import (
+        Order,
+        from_typed_data,
+        sender_subaccount,
+        signature_from_wire,
+    )
 
     ctx = _Context(args)
     with open(args.file, "rb") as file:
@@ -254,7 +259,8 @@ def _submit(args: argparse.Namespace) -> int:
         raise CommandError(USAGE, f"{args.file} is for another court or chain than {args.db}")
     signature = signature_from_wire(args.signature)
     message.verify(signature, domain, message.sender[:20])
-    args.address = message.sender[:20]  # the session streams for the order's owner
+    # the session streams for the order's own sender (owner and subaccount)
+    args.address, args.subaccount = message.sender[:20], sender_subaccount(message.sender)
     args.key = None
 
     async def work(session: Any) -> bytes:
@@ -629,7 +635,7 @@ def add_client_commands(
         "submit",
         "place an order a wallet signed (the typed data of place --typed-data)",
         _submit,
-        [*trading, _flags(lambda p: p.add_argument("--subaccount", default="default"))],
+        trading,
     )
     submit.add_argument("file", help="the typed-data JSON the wallet signed")
     submit.add_argument("--signature", required=True, help="the wallet's signature, 0x...")

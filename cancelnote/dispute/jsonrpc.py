@@ -39,7 +39,6 @@ import urllib.request
 from typing import Any
 
 import attrs
-from eth_account import Account
 
 from ..crypto import Signer, to_checksum
 from .chain import (
@@ -435,6 +434,8 @@ class JsonRpcChain(Chain):
 
     def _send_signed(self, sender: Signer, transaction: dict[str, Any]) -> bytes:
         """Sign with the next nonce (counted here) and ``eth_sendRawTransaction``."""
+        from eth_account import Account  # 0.6 s to import: only once a key signs here
+
         with self._nonce_lock:
             nonce = self._nonces.get(sender.address)
             if nonce is None:
