@@ -156,6 +156,9 @@ def test_an_unanswered_cancel_is_overdue_exit_3_and_then_forced_on_chain(exchang
     started = time.monotonic()
     done = client_run(exchange, "alice", "cancel", order, "--deadline-s", "1")
     assert done.returncode == exits.DISPUTE and time.monotonic() - started < 30
+    store = EvidenceStore.open(exchange["dir"] / "alice.sqlite")
+    assert [c.request.digests for c in store.cancels()] == [(bytes.fromhex(order[2:]),)]
+    store.close()
     assert done.stderr == (
         "cancelnote client cancel: no note within 1 s: the note is overdue. The signed cancel"
         f" is kept in {exchange['dir'] / 'alice.sqlite'}; client watch or client dispute will"
@@ -177,7 +180,12 @@ def test_ctrl_c_while_waiting_is_one_line_and_exit_130(exchange):
          "--db", str(exchange["dir"] / "alice.sqlite"), "--key", str(exchange["keys"]["alice"])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
     )  # fmt: skip
-    time.sleep(5)  # started, connected, and waiting for a note that never comes
+    store = EvidenceStore.open(exchange["dir"] / "alice.sqlite")
+    deadline = time.monotonic() + 30
+    while not store.cancels() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the cancel is kept before it is sent: then it waits for a note
+    store.close()
+    time.sleep(0.5)
     waiting.send_signal(signal.SIGINT)
     _, errors = waiting.communicate(timeout=20)
     assert waiting.returncode == exits.INTERRUPTED

@@ -20,6 +20,7 @@ from cancelnote.dispute.inprocess import InProcessChain, dev_account
 from cancelnote.dispute.jsonrpc import JsonRpcChain, NodeAccount
 from cancelnote.dispute.nodes import court_artifact
 from cancelnote.dispute.rpcserver import RpcServer
+from cancelnote.messages import DOMAIN_VERSION
 
 OPERATOR = dev_account(1)
 
@@ -97,7 +98,7 @@ def test_a_contract_that_is_not_this_court_is_refused(rpc_url, capsys):
     address = to_checksum(other.contract_address)
     code, _, err = run(capsys, "court", "status", "--rpc", rpc_url, "--court", address)
     assert code == exits.USAGE
-    assert "is not a cancelnote court of protocol version 1" in err
+    assert f"is not a cancelnote court of protocol version {DOMAIN_VERSION}" in err
 
 
 def test_a_malformed_court_address_is_a_usage_error_naming_the_flag(rpc_url, capsys):
