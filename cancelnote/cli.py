@@ -1,13 +1,27 @@
-"""The ``cancelnote`` command. Each sub-command imports what it needs only when run."""
+"""The ``cancelnote`` command. Each sub-command imports what it needs only when run.
+
+Every error a user can act on ends in :func:`main`, which prints it as one line on stderr
+(``cancelnote COMMAND: what is wrong``; the traceback too with ``--debug``) and exits with
+the code of :mod:`cancelnote.exits`; Ctrl-C exits 130 with one line. Only a bug prints a
+traceback on its own.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
+from . import __version__
+from .cliargs import add_profile_flag, env_help, fill_defaults, need, need_address
 from .dispute.cli import add_chain_commands, add_court_commands
+from .exits import INTERRUPTED, USAGE, CommandError, exit_code, leaf
+
+#: Set (to anything) to print tracebacks, as ``--debug`` does.
+DEBUG_ENV = "CANCELNOTE_DEBUG"
 
 
 def _example(args: argparse.Namespace) -> int:
@@ -242,53 +256,72 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _operator_run(args: argparse.Namespace) -> int:
     from . import keystore
-    from .crypto import parse_address
-    from .errors import CancelnoteError
     from .operator import service
     from .operator.limits import SERVER_FLAGS, ServerConfig
 
-    service.configure_logging()
+    rpc = None if args.chain else need(args, "rpc", ", or --chain in-process")
+    court = None if args.chain else need_address(args, "court")
     try:
-        signer = keystore.load(args.key, keystore.read_password(args.password_file))
-        config = service.OperatorConfig(
-            db=args.db,
-            signer=signer,
-            rpc=args.rpc,
-            court=None if args.court is None else parse_address(args.court),
-            host=args.host,
-            port=args.port,
-            products=frozenset(int(p) for p in args.products.split(",")),
-            settlement_delay_ms=args.settlement_delay_ms,
-            max_order_lifetime_s=args.max_order_lifetime_s,
-            policy=service.parse_policy(args.policy, args.policy_seed),
-            post_bond_wei=args.post_bond,
-            durability=args.durability.upper(),
-            watch=not args.no_watch,
-            poll_s=args.poll_s,
-            max_open_orders=args.max_open_orders,
-            max_open_orders_per_product=args.max_open_orders_per_product,
-            server=ServerConfig(**{field: getattr(args, field) for _, field, _, _ in SERVER_FLAGS}),
-        )
-        return service.run(config)
-    except (CancelnoteError, ValueError) as exc:
-        print(f"cancelnote operator run: {exc}", file=sys.stderr)
-        return 2
+        policy = service.parse_policy(args.policy, args.policy_seed)
+    except ValueError as exc:
+        raise CommandError(USAGE, f"--policy: {exc}") from None
+    check_port_free(args.host, args.port)
+    service.configure_logging()
+    signer = keystore.load(args.key, keystore.read_password(args.password_file))
+    config = service.OperatorConfig(
+        db=args.db,
+        signer=signer,
+        rpc=rpc,
+        court=court,
+        host=args.host,
+        port=args.port,
+        products=frozenset(int(p) for p in args.products.split(",")),
+        settlement_delay_ms=args.settlement_delay_ms,
+        max_order_lifetime_s=args.max_order_lifetime_s,
+        policy=policy,
+        post_bond_wei=args.post_bond,
+        durability=args.durability.upper(),
+        watch=not args.no_watch,
+        poll_s=args.poll_s,
+        max_open_orders=args.max_open_orders,
+        max_open_orders_per_product=args.max_open_orders_per_product,
+        server=ServerConfig(**{field: getattr(args, field) for _, field, _, _ in SERVER_FLAGS}),
+    )
+    return service.run(config)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on, in one line, before anything starts.
+
+    The server binds it again (with the same ``SO_REUSEADDR``) a moment later; a port
+    taken in between still fails there, logged.
+
+    Raises:
+        CommandError: the address cannot be bound (a usage error).
+    """
+    import socket
+
+    if port == 0:
+        return
+    try:
+        with socket.create_server((host, port), reuse_port=False) as probe:
+            probe.close()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CommandError(
+            USAGE, f"cannot listen on {host}:{port}: {reason} (choose another --port)"
+        ) from None
 
 
 def _journal_verify(args: argparse.Namespace) -> int:
     """Verify a journal's chain, meta and seal (and parse every row)."""
-    from .errors import CancelnoteError
     from .operator.journal import Journal
 
+    journal = Journal.open_readonly(args.db)
     try:
-        journal = Journal.open_readonly(args.db)
-        try:
-            count = sum(1 for _ in journal.entries())
-        finally:
-            journal.close()
-    except CancelnoteError as exc:
-        print(f"cancelnote operator journal verify: {exc}", file=sys.stderr)
-        return 2
+        count = sum(1 for _ in journal.entries())
+    finally:
+        journal.close()
     print(f"ok: {count} entries, last seq {journal.last_seq()}, head 0x{journal.head.hex()}")
     return 0
 
@@ -297,7 +330,6 @@ def _journal_export(args: argparse.Namespace) -> int:
     """Every row as a JSON line (seq, kind, body, chain), verified as it streams."""
     import json
 
-    from .errors import CancelnoteError
     from .operator.journal import Journal
 
     out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
@@ -314,9 +346,6 @@ def _journal_export(args: argparse.Namespace) -> int:
                 out.write(json.dumps(line, separators=(",", ":")) + "\n")
         finally:
             journal.close()
-    except CancelnoteError as exc:
-        print(f"cancelnote operator journal export: {exc}", file=sys.stderr)
-        return 2
     finally:
         if out is not sys.stdout:
             out.close()
@@ -327,18 +356,17 @@ def _keys_create(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import keystore
-    from .errors import CancelnoteError
 
-    try:
-        password = keystore.read_password(args.password_file, confirm=True)
-        if args.private_key_file is None:
-            signer = keystore.create(args.out, password)
-        else:
-            text = Path(args.private_key_file).read_text(encoding="utf-8").strip()
-            signer = keystore.import_key(args.out, bytes.fromhex(text.removeprefix("0x")), password)
-    except (CancelnoteError, OSError, ValueError) as exc:
-        print(f"cancelnote keys: {exc}", file=sys.stderr)
-        return 2
+    password = keystore.read_password(args.password_file, confirm=True)
+    if args.private_key_file is None:
+        signer = keystore.create(args.out, password)
+    else:
+        text = Path(args.private_key_file).read_text(encoding="utf-8").strip()
+        try:
+            key = bytes.fromhex(text.removeprefix("0x"))
+        except ValueError:
+            raise CommandError(USAGE, f"{args.private_key_file} does not hold a hex key") from None
+        signer = keystore.import_key(args.out, key, password)
     print(f"{signer.checksum_address} {args.out}")
     return 0
 
@@ -389,14 +417,15 @@ def _add_operator_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--password-file", help="file holding the keystore password (else $CANCELNOTE_PASSWORD)"
     )
-    chain = run.add_mutually_exclusive_group(required=True)
-    chain.add_argument("--rpc", help="Ethereum JSON-RPC URL of the court's chain")
+    chain = run.add_mutually_exclusive_group()
+    chain.add_argument("--rpc", help=env_help("rpc", "JSON-RPC URL of the court's chain"))
     chain.add_argument(
         "--chain",
         choices=["in-process"],
         help="run a private py-evm chain and deploy a court on it (tests, demos)",
     )
-    run.add_argument("--court", help="the court's address (required with --rpc)")
+    run.add_argument("--court", help=env_help("court", "the court's address (with --rpc)"))
+    add_profile_flag(run)
     run.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     run.add_argument(
         "--port", type=_int_at_least(0), default=8765, help="port, 0 for any (default %(default)s)"
@@ -498,7 +527,16 @@ def _add_backend(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cancelnote", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="cancelnote",
+        description="Accountable order cancellation: operator, client, court and lab.",
+        epilog="exit codes: 0 done, 1 refused, 2 usage or configuration, 3 needs a dispute,"
+        " 4 unreachable, 130 interrupted (the README's table)",
+    )
+    parser.add_argument("--version", action="version", version=f"cancelnote {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"print tracebacks of errors (also ${DEBUG_ENV})"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     example = commands.add_parser(
@@ -619,9 +657,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """``cancelnote client place``: the command and sub-commands ``args`` ran."""
+    words, name = ["cancelnote"], args.command
+    while name:
+        words.append(name)
+        name = getattr(args, f"{name}_command", None)
+    return " ".join(words)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; an error is one line on stderr and an exit code (module docstring)."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        fill_defaults(args)
+        return args.run(args)
+    except BaseException as exc:  # every error ends here, as one line or as a bug
+        cause = leaf(exc)
+        code = exit_code(cause)
+        if code is None:
+            raise  # a bug (or SystemExit): Python prints it
+        if args.debug or os.environ.get(DEBUG_ENV):
+            traceback.print_exception(exc)
+        message = "interrupted" if code == INTERRUPTED else str(cause) or type(cause).__name__
+        print(f"{command_name(args)}: {' '.join(message.split())}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

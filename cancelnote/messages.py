@@ -652,3 +652,70 @@ def check_containers(text: str, limit: int = MAX_CONTAINERS) -> None:
     """
     if text.count("[") + text.count("{") > limit:
         raise MessageError(f"more than {limit} JSON objects and arrays (or nested deeper)")
+
+
+# ---------------------------------------------------------------------------------------
+# Wallet typed data: what ``eth_signTypedData_v4`` (MetaMask, ethers.js' signTypedData)
+# takes, derived from the definitions above so that a wallet signs exactly our digest.
+
+#: The largest integer a JavaScript number holds exactly: a ``chainId`` above it is written
+#: as a decimal string, which wallets and ethers.js read as a big integer.
+MAX_SAFE_INTEGER = 2**53 - 1
+DOMAIN_PRIMARY_TYPE = DOMAIN_TYPE_STRING[: DOMAIN_TYPE_STRING.index("(")]
+
+
+def domain_types() -> list[dict[str, str]]:
+    """The ``EIP712Domain`` type's fields, from :data:`DOMAIN_TYPE_STRING` itself."""
+    members = DOMAIN_TYPE_STRING[len(DOMAIN_PRIMARY_TYPE) + 1 : -1].split(",")
+    return [{"name": name, "type": sol} for sol, name in (m.split(" ") for m in members)]
+
+
+def domain_to_json(domain: Domain) -> dict[str, Any]:
+    """The domain as typed data writes it (``chainId`` a string above 2**53 - 1)."""
+    wire = domain.to_wire()
+    if wire["chainId"] > MAX_SAFE_INTEGER:
+        wire["chainId"] = str(wire["chainId"])
+    return wire
+
+
+def typed_data(message: SignedMessage, domain: Domain) -> dict[str, Any]:
+    """The full ``eth_signTypedData_v4`` object of ``message`` in ``domain``: ``types``
+    (with ``EIP712Domain``), ``primaryType``, ``domain`` and ``message`` (its wire form)."""
+    name = type(message).__name__
+    return {
+        "types": {DOMAIN_PRIMARY_TYPE: domain_types(), name: type(message).eip712_types()},
+        "primaryType": name,
+        "domain": domain_to_json(domain),
+        "message": message.to_wire(),
+    }
+
+
+def from_typed_data(obj: object) -> tuple[SignedMessage, Domain]:
+    """The message and domain of a typed-data object, checked to be one of ours exactly.
+
+    A wallet signs the types it is shown, so the ``types`` must be this module's, field for
+    field; any other list would be another digest.
+
+    Raises:
+        MessageError: not a typed-data object of one of :data:`MESSAGE_TYPES`.
+    """
+    if not isinstance(obj, Mapping) or set(obj) != {"types", "primaryType", "domain", "message"}:
+        raise MessageError("typed data: expected types, primaryType, domain and message")
+    cls = next((c for c in MESSAGE_TYPES if c.__name__ == obj["primaryType"]), None)
+    if cls is None:
+        raise MessageError(f"typed data: primaryType {_show(obj['primaryType'])} is not ours")
+    expected = {DOMAIN_PRIMARY_TYPE: domain_types(), cls.__name__: cls.eip712_types()}
+    if obj["types"] != expected:
+        raise MessageError(f"typed data: the types are not those of {cls.__name__} and its domain")
+    raw = obj["domain"]
+    if not isinstance(raw, Mapping) or set(raw) != {f["name"] for f in domain_types()}:
+        raise MessageError(f"typed data: the domain must have exactly {DOMAIN_TYPE_STRING}")
+    if not all(isinstance(raw[key], str) for key in ("name", "version", "verifyingContract")):
+        raise MessageError("typed data: domain name, version and verifyingContract are strings")
+    domain = Domain(
+        _value_from_wire("uint256", "domain.chainId", raw["chainId"]),
+        raw["verifyingContract"],
+        name=raw["name"],
+        version=raw["version"],
+    )
+    return cls.from_wire(obj["message"]), domain

@@ -1031,6 +1031,6 @@ def test_chain_serve_on_a_taken_port_fails_with_a_message(capsys):
         taken.listen()
         port = taken.getsockname()[1]
 
-        assert serve("127.0.0.1", port, chain_id=1337, accounts=0) == 1
+        assert serve("127.0.0.1", port, chain_id=1337, accounts=0) == 2  # exits.USAGE
 
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

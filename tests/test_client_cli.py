@@ -8,15 +8,12 @@ import pytest
 
 from cancelnote import keystore
 from cancelnote.cli import main
-from cancelnote.client import cli as client_cli
-from cancelnote.client.cli import (
-    EXIT_FINDINGS,
-    EXIT_OK,
-    EXIT_REJECTED,
-    EXIT_UNREACHABLE,
-    EXIT_USAGE,
-)
 from cancelnote.client.testing import Market
+from cancelnote.exits import DISPUTE as EXIT_FINDINGS
+from cancelnote.exits import OK as EXIT_OK
+from cancelnote.exits import REFUSED as EXIT_REJECTED
+from cancelnote.exits import UNREACHABLE as EXIT_UNREACHABLE
+from cancelnote.exits import USAGE as EXIT_USAGE
 from cancelnote.operator.policies import FillAfterNote
 
 PRICE = 100 * 10**18
@@ -82,8 +79,8 @@ def test_an_unreachable_operator_exits_4(cheated, tmp_path, monkeypatch, capsys)
     key = tmp_path / "key.json"
     keystore.import_key(key, b"\x05" * 32, "pw", iterations=2)
     monkeypatch.setenv(keystore.PASSWORD_ENV, "pw")
-    monkeypatch.setattr(client_cli, "CONNECT_TIMEOUT_S", 0.3)
     args = ["client", "place", "buy", "--product", "1", "--price", "1", "--amount", "1"]
     url = "ws://127.0.0.1:1/"  # nothing listens on port 1
-    assert main([*args, "--db", str(db), "--key", str(key), "--url", url]) == EXIT_UNREACHABLE
-    assert "cannot reach the operator" in capsys.readouterr().err
+    argv = [*args, "--db", str(db), "--key", str(key), "--url", url, "--timeout-s", "0.3"]
+    assert main(argv) == EXIT_UNREACHABLE
+    assert "did not answer within 0.3 s" in capsys.readouterr().err

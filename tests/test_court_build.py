@@ -38,6 +38,29 @@ def test_build_reproduces_the_committed_artifact_byte_for_byte():
     assert build.returncode == 0, build.stderr
 
 
+def test_the_shipped_build_fits_eip_170_and_deploys():
+    """Code over 24,576 bytes (runtime and immutables) would "deploy" nowhere."""
+    from cancelnote.dispute.court import DEV_PARAMETERS, Court
+    from cancelnote.dispute.inprocess import InProcessChain
+
+    artifact = load_artifact("CancelCourt")
+    chain = InProcessChain()
+    operator, deployer = chain.dev_accounts[:2]
+    court = Court.deploy(chain, deployer, operator=operator.address, **DEV_PARAMETERS)
+    code = chain.code(court.address)
+    assert code.startswith(artifact.bytecode_runtime) and len(code) <= 24_576  # + immutables
+
+
+def test_a_build_that_does_not_fit_eip_170_is_refused_even_optimised_for_size():
+    sys.path.insert(0, str(ROOT / "contracts"))
+    try:
+        import build
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(build.BuildError, match="24,960 bytes even optimised for size"):
+        build.compile_source(SOURCE.read_text(encoding="utf-8"), evm_version="shanghai")
+
+
 def test_artifact_matches_its_source_and_loads():
     artifact = load_artifact("CancelCourt")
     assert artifact.source_sha256 == hashlib.sha256(SOURCE.read_bytes()).hexdigest()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from cancelnote import exits
 from cancelnote.cli import main
 from cancelnote.crypto import to_checksum
 from cancelnote.dispute.court import Court
@@ -79,19 +80,23 @@ def test_status_reports_the_forced_cancel_state_of_an_order(rpc_url, capsys):
     assert status["claims"] == {}
 
 
-def test_deploy_without_a_key_is_a_one_line_error(rpc_url, capsys):
+def test_deploy_without_a_key_is_a_one_line_usage_error(rpc_url, capsys):
     code = main(["court", "deploy", "--rpc", rpc_url, "--operator", "0x" + "11" * 20])
-    assert code == 1
-    assert "give --key KEYSTORE or, on a dev chain, --dev-account N" in capsys.readouterr().err
+    assert code == exits.USAGE
+    assert capsys.readouterr().err == (
+        "cancelnote court deploy: give --key KEYSTORE, --node-account N or --dev-account N\n"
+    )
 
 
-def test_deploy_to_an_unreachable_chain_is_a_one_line_error(capsys):
+def test_deploy_to_an_unreachable_chain_is_a_one_line_error_and_exit_4(capsys):
     code = main(
         ["court", "deploy", "--rpc", "http://127.0.0.1:9", "--operator", "0x" + "11" * 20,
          "--dev-account", "0"]
     )  # fmt: skip
-    assert code == 1
-    assert "cancelnote court:" in capsys.readouterr().err
+    assert code == exits.UNREACHABLE
+    err = capsys.readouterr().err
+    assert err.startswith("cancelnote court deploy: cannot reach the node at http://127.0.0.1:9")
+    assert err.count("\n") == 1
 
 
 def test_fund_sends_ether_from_dev_account_zero(rpc_url, capsys):

@@ -21,7 +21,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_st
 
 from cancelnote.api import request_to_wire
 from cancelnote.crypto import Signer, recover_address
-from cancelnote.messages import CancellationNote, Domain, Fill
+from cancelnote.messages import CancellationNote, Domain, Fill, domain_to_json
 from cancelnote.operator.clock import wall_clock_ms
 from cancelnote.operator.engine import Engine
 from cancelnote.operator.journal import Journal
@@ -243,6 +243,8 @@ async def test_subscribe_after_seq_replays_only_later_items_then_streams_live(st
                 "sender": sender,
                 "after_seq": str(alice_seqs[0]),
                 "replayed": 2,
+                "domain": domain_to_json(server.engine.domain),
+                "operator": server.engine.signer.checksum_address,
             }
             replayed = [signed_seq(await watcher.stream_item()) for _ in range(2)]
             assert replayed == alice_seqs[1:]

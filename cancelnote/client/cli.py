@@ -1,42 +1,47 @@
-"""``cancelnote client``: trade, cancel, keep evidence and take a cheating operator to court.
+"""cancelnote client: trade, cancel, keep evidence and take a cheating operator to court.
 
-Every command works on one evidence store (``--db``). The first command that names the
-court (``--rpc URL --court ADDRESS``) creates the store for that court and its operator
-(read from the court); later commands may omit them where no chain call is needed.
+Every command works on one evidence store (--db). The first command that names the
+court (--rpc URL --court ADDRESS) creates the store for that court and its operator (read
+from the court); later commands may leave them out where no chain call is needed. With
+--url, a command first catches up with everything the operator sent while it was away.
+--url, --rpc, --court and --db default to $CANCELNOTE_URL, $CANCELNOTE_RPC,
+$CANCELNOTE_COURT and $CANCELNOTE_CLIENT_DB, or to a --profile's values.
 
-Exit codes: 0 done; 1 the operator or the court refused; 2 usage or configuration error
-(bad option, key, password, store of another court); 3 a finding needs a dispute (or a
-dispute is still open: forced and unsettled, or claimed and not yet paid in full); 4 the
-operator or the chain cannot be reached.
+A wallet that signs elsewhere: place --typed-data prints an order as eth_signTypedData_v4
+takes it (with --address instead of --key); submit places it once signed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_FINDINGS, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
-#: Environment variable naming the default evidence store.
-DB_ENV = "CANCELNOTE_CLIENT_DB"
+from cancelnote.cliargs import (
+    add_profile_flag,
+    address_type,
+    digest_type,
+    env_help,
+    need,
+    need_address,
+)
+from cancelnote.exits import DISPUTE, OK, REFUSED, UNREACHABLE, USAGE, CommandError
+
 X18 = 10**18
-#: Seconds to wait for the operator's first answer (the subscription) before giving up.
-CONNECT_TIMEOUT_S = 10.0
+#: Seconds to wait for the operator's answers (the subscription, a place, a catch-up).
+TIMEOUT_S = 10.0
 
 EPILOG = (
-    "exit codes: 0 ok, 1 operator or court rejected, 2 usage/config error,"
-    " 3 finding needs a dispute, 4 operator or chain unreachable"
+    "exit codes: 0 ok, 1 operator or court refused, 2 usage or configuration,"
+    " 3 needs a dispute (a finding, or an overdue note), 4 operator or chain unreachable,"
+    " 130 interrupted"
 )
-
-
-class _Exit(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+OUTCOME_COLUMNS = [
+    "action", "order", "outcome", "owed_wei", "paid_wei", "bond_wei", "withdrawn_wei", "detail"
+]
 
 
 def _x18(text: str) -> int:
@@ -44,16 +49,6 @@ def _x18(text: str) -> int:
         return int(Decimal(text) * X18)
     except InvalidOperation:
         raise argparse.ArgumentTypeError(f"not a decimal number: {text!r}") from None
-
-
-def _digest(text: str) -> bytes:
-    from cancelnote.errors import MessageError
-    from cancelnote.messages import bytes32_from_wire
-
-    try:
-        return bytes32_from_wire("order id", text)
-    except MessageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -64,33 +59,24 @@ class _Context:
     def __init__(self, args: argparse.Namespace, *, chain: bool = False) -> None:
         import attrs
 
-        from cancelnote.client.evidence import EvidenceError, EvidenceStore
+        from cancelnote.client.evidence import EvidenceStore
         from cancelnote.client.verifier import Verifier, VerifierPolicy
 
         self.args = args
         self.court: Any = None
         domain = operator = None
-        policy = VerifierPolicy(cancel_deadline_ms=int(args.deadline_s * 1000))
-        if args.rpc:
-            from cancelnote.crypto import parse_address
-            from cancelnote.dispute.chain import ChainError
+        if getattr(args, "rpc", None) or chain:
             from cancelnote.dispute.court import Court
             from cancelnote.dispute.jsonrpc import JsonRpcChain
 
-            if not args.court:
-                raise _Exit(EXIT_USAGE, "--court ADDRESS is needed with --rpc")
-            try:
-                self.court = Court.at(JsonRpcChain(args.rpc), parse_address(args.court))
-                domain, operator = self.court.domain, self.court.operator()
-                policy = attrs.evolve(policy, court_max_pending_ms=self.court.max_pending_ms())
-            except ChainError as exc:
-                raise _Exit(EXIT_UNREACHABLE, f"cannot reach the chain: {exc}") from None
-        elif chain:
-            raise _Exit(EXIT_USAGE, "this command needs the court: --rpc URL --court ADDRESS")
-        try:
-            self.store = EvidenceStore.open(args.db, domain, operator)
-        except EvidenceError as exc:
-            raise _Exit(EXIT_USAGE, str(exc)) from None
+            chain_ = JsonRpcChain(need(args, "rpc", " (this command needs the court)"))
+            self.court = Court.at(chain_, need_address(args, "court"))
+            domain, operator = self.court.domain, self.court.operator()
+        self.store = EvidenceStore.open(args.db, domain, operator)
+        deadline_s = getattr(args, "deadline_s", None)
+        policy = VerifierPolicy() if deadline_s is None else VerifierPolicy(int(deadline_s * 1000))
+        if self.court is not None:  # notes are judged by this court's pending bound
+            policy = attrs.evolve(policy, court_max_pending_ms=self.court.max_pending_ms())
         self.verifier = Verifier(self.store, policy)
 
     def signer(self) -> Any:
@@ -99,21 +85,17 @@ class _Context:
     def session(self) -> Any:
         from cancelnote.client.session import Session
 
-        if not self.args.url:
-            raise _Exit(EXIT_USAGE, "this command needs the operator: --url ws://HOST:PORT")
-        return Session(self.args.url, self.signer(), self.verifier, subaccount=self.args.subaccount)
+        url = need(self.args, "url", " (this command needs the operator)")
+        address = getattr(self.args, "address", None)
+        if self.args.key is None and address is not None:
+            return Session(url, None, self.verifier, subaccount=self.args.subaccount, owner=address)
+        return Session(url, self.signer(), self.verifier, subaccount=self.args.subaccount)
 
 
 def _load_signer(args: argparse.Namespace) -> Any:
     from cancelnote import keystore
-    from cancelnote.errors import CancelnoteError
 
-    if not args.key:
-        raise _Exit(EXIT_USAGE, "this command needs --key KEYSTORE")
-    try:
-        return keystore.load(args.key, keystore.read_password(args.password_file))
-    except CancelnoteError as exc:
-        raise _Exit(EXIT_USAGE, str(exc)) from None
+    return keystore.load(need(args, "key"), keystore.read_password(args.password_file))
 
 
 def _emit(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -138,7 +120,7 @@ def _findings_exit(ctx: _Context) -> int:
         for f in ctx.store.findings()
         if f.kind in DISPUTABLE and f.status in ("open", "forced", "claimed")
     ]
-    return EXIT_FINDINGS if open_ else EXIT_OK
+    return DISPUTE if open_ else OK
 
 
 def _finding_rows(ctx: _Context) -> list[dict[str, Any]]:
@@ -156,37 +138,54 @@ def _finding_rows(ctx: _Context) -> list[dict[str, Any]]:
 
 
 async def _with_session(ctx: _Context, work: Any, linger_s: float) -> Any:
-    """Connect, run ``work(session)``, keep receiving for ``linger_s``, disconnect.
+    """Connect, catch up, run ``work(session)``, keep receiving for ``linger_s``, disconnect.
 
-    Failures are raised after the nursery has closed, so that they reach the exit code
-    as themselves (not inside an exception group).
+    Every wait is bounded: connecting and catching up by ``--timeout-s``; ``work`` bounds
+    its own requests. Failures are raised after the nursery has closed, so that they reach
+    the exit code as themselves (not inside an exception group).
     """
     import trio
 
     from cancelnote.client.session import ConnectionLost, OperatorRejected
 
     session = ctx.session()
+    timeout_s = ctx.args.timeout_s
     result: Any = None
-    failure: _Exit | None = None
+    failure: CommandError | None = None
     async with trio.open_nursery() as nursery:
-        with trio.move_on_after(CONNECT_TIMEOUT_S) as connecting:
+        with trio.move_on_after(timeout_s) as connecting:
             await nursery.start(session.run)
+            await session.wait_caught_up()
         if connecting.cancelled_caught:
-            failure = _Exit(EXIT_UNREACHABLE, f"cannot reach the operator at {session.url}")
+            failure = CommandError(
+                UNREACHABLE, f"the operator at {session.url} did not answer within {timeout_s:g} s"
+            )
         else:
             try:
                 result = await work(session)
                 await trio.sleep(linger_s)
             except OperatorRejected as exc:
-                failure = _Exit(EXIT_REJECTED, f"the operator refused: {exc}")
+                failure = CommandError(REFUSED, f"the operator refused: {exc}")
             except ConnectionLost as exc:
-                failure = _Exit(EXIT_UNREACHABLE, str(exc))
-            except _Exit as exc:
+                failure = CommandError(UNREACHABLE, str(exc))
+            except CommandError as exc:
                 failure = exc
         nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure
     return result
+
+
+def _catch_up(ctx: _Context) -> None:
+    """With ``--url``, take in what the operator sent while we were away, first."""
+    import trio
+
+    if ctx.args.url:
+
+        async def nothing(session: Any) -> None:
+            return None
+
+        trio.run(_with_session, ctx, nothing, 0.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,17 +197,87 @@ def _place(args: argparse.Namespace) -> int:
 
     ctx = _Context(args)
     amount = args.amount if args.side == "buy" else -args.amount
+    if args.typed_data:
+        return _print_typed_data(ctx, amount)
 
     async def work(session: Any) -> bytes:
-        return await session.place(args.product, args.price, amount, lifetime_s=args.lifetime_s)
+        with trio.move_on_after(args.timeout_s):
+            return await session.place(args.product, args.price, amount, lifetime_s=args.lifetime_s)
+        raise _no_answer("order", args)
 
     digest = trio.run(_with_session, ctx, work, args.wait_s)
+    return _placed(ctx, digest)
+
+
+def _no_answer(what: str, args: argparse.Namespace) -> CommandError:
+    return CommandError(
+        UNREACHABLE,
+        f"the operator did not answer the {what} within {args.timeout_s:g} s; it is kept in"
+        f" {args.db} (client status --url shows what became of it)",
+    )
+
+
+def _placed(ctx: _Context, digest: bytes) -> int:
+    order = ctx.store.order(digest).order
+    side = "buy" if order.amount > 0 else "sell"
     _emit(
-        args,
-        [{"order": "0x" + digest.hex(), "product": args.product, "side": args.side}],
+        ctx.args,
+        [{"order": "0x" + digest.hex(), "product": order.product_id, "side": side}],
         ["order", "product", "side"],
     )
     return _findings_exit(ctx)
+
+
+def _print_typed_data(ctx: _Context, amount: int) -> int:
+    """The order as a wallet signs it (eth_signTypedData_v4); nothing is signed or sent."""
+    from cancelnote.client.session import Session
+    from cancelnote.messages import typed_data
+
+    args = ctx.args
+    owner = args.address if args.key is None else _load_signer(args).address
+    if owner is None:
+        raise CommandError(USAGE, "--typed-data needs --address (or --key) of the owner")
+    session = Session("", None, ctx.verifier, subaccount=args.subaccount, owner=owner)
+    order = session.make_order(args.product, args.price, amount, args.lifetime_s)
+    print(json.dumps(typed_data(order, ctx.store.domain), indent=2))
+    return OK
+
+
+def _submit(args: argparse.Namespace) -> int:
+    """Place an order signed by a wallet: the typed data as printed, and its signature."""
+    import trio
+
+    from cancelnote.dispute.jsonrpc import parse_json
+    from cancelnote.messages import (
+        Order,
+        from_typed_data,
+        sender_subaccount,
+        signature_from_wire,
+    )
+
+    ctx = _Context(args)
+    with open(args.file, "rb") as file:
+        try:
+            message, domain = from_typed_data(parse_json(file.read()))
+        except ValueError as exc:  # MessageError is one too
+            raise CommandError(USAGE, f"{args.file}: {exc}") from None
+    if not isinstance(message, Order):
+        raise CommandError(USAGE, f"{args.file}: submit takes an Order, not {type(message)}")
+    if domain != ctx.store.domain:
+        raise CommandError(USAGE, f"{args.file} is for another court or chain than {args.db}")
+    signature = signature_from_wire(args.signature)
+    message.verify(signature, domain, message.sender[:20])
+    # the session streams for the order's own sender (owner and subaccount)
+    args.address, args.subaccount = message.sender[:20], sender_subaccount(message.sender)
+    args.key = None
+
+    async def work(session: Any) -> bytes:
+        with trio.move_on_after(args.timeout_s):
+            return await session.place_signed(message, signature)
+        raise _no_answer("order", args)
+
+    digest = trio.run(_with_session, ctx, work, args.wait_s)
+    return _placed(ctx, digest)
 
 
 def _cancel(args: argparse.Namespace) -> int:
@@ -217,15 +286,23 @@ def _cancel(args: argparse.Namespace) -> int:
     ctx = _Context(args)
 
     async def work(session: Any) -> dict[str, Any]:
-        if args.orders:
+        with trio.move_on_after(args.deadline_s):
+            if not args.orders:
+                return await session.cancel_products(tuple(args.products))
             pairs = []
             for digest in args.orders:
                 stored = ctx.store.order(digest)
                 if stored is None and args.product is None:
-                    raise _Exit(EXIT_USAGE, f"0x{digest.hex()} is not in the store: give --product")
+                    raise CommandError(
+                        USAGE, f"0x{digest.hex()} is not in the store: give --product"
+                    )
                 pairs.append((digest, args.product if stored is None else stored.order.product_id))
             return await session.cancel(pairs)
-        return await session.cancel_products(tuple(args.products))
+        raise CommandError(
+            DISPUTE,
+            f"no note within {args.deadline_s:g} s: the note is overdue. The signed cancel is"
+            f" kept in {args.db}; client watch or client dispute will force it on-chain",
+        )
 
     data = trio.run(_with_session, ctx, work, args.wait_s)
     rows = [{"order": d, "outcome": "cancelled"} for d in data["successful_cancellations"]]
@@ -239,8 +316,10 @@ def _cancel(args: argparse.Namespace) -> int:
     rows += [
         {"order": f["digest"], "outcome": f["reason_code"]} for f in data["failed_cancellations"]
     ]
+    from cancelnote.messages import bytes32_from_wire
+
     for row in rows:
-        notes = ctx.store.notes(_digest(row["order"]))
+        notes = ctx.store.notes(bytes32_from_wire("order", row["order"]))
         row["note_seq"] = notes[0].note.seq if notes else ""
         row["filled"] = str(Decimal(notes[0].note.filled_amount) / X18) if notes else ""
     _emit(args, rows, ["order", "outcome", "note_seq", "filled"])
@@ -260,13 +339,7 @@ def _order_state(rejected: bool, noted: bool, filled: int, amount: int) -> str:
 
 def _status(args: argparse.Namespace) -> int:
     ctx = _Context(args)
-    if args.url:  # first catch up on what the operator sent while we were away
-        import trio
-
-        async def catch_up(session: Any) -> None:
-            await session.wait_caught_up()
-
-        trio.run(_with_session, ctx, catch_up, 0.0)
+    _catch_up(ctx)
     rows = []
     for stored in ctx.store.orders():
         if args.order and stored.digest != args.order:
@@ -296,43 +369,46 @@ def _status(args: argparse.Namespace) -> int:
     return _findings_exit(ctx)
 
 
-def _evidence(args: argparse.Namespace) -> int:
-    from cancelnote.client.evidence import EvidenceError, EvidenceStore, parse_bundle
-
-    if args.evidence_command == "import":
-        from cancelnote.client.verifier import Verifier
-        from cancelnote.dispute.jsonrpc import parse_json
-
-        with open(args.file, "rb") as file:
-            try:
-                bundle = parse_bundle(parse_json(file.read()))
-            except (EvidenceError, ValueError) as exc:
-                raise _Exit(EXIT_REJECTED, f"bundle refused: {exc}") from None
-        try:
-            store = EvidenceStore.open(args.db, bundle.domain, bundle.operator)
-        except EvidenceError as exc:
-            raise _Exit(EXIT_USAGE, str(exc)) from None
-        found = Verifier(store).import_bundle(bundle, _now_ms())
-        print(
-            f"imported {len(bundle.orders)} orders, {len(bundle.fills)} fills,"
-            f" {len(bundle.notes)} notes; {len(found)} new findings",
-            file=sys.stderr,
-        )
-        rows = [{"kind": f.kind, "order": "0x" + f.digest.hex(), "detail": f.detail} for f in found]
-        _emit(args, rows, ["kind", "order", "detail"])
-        return EXIT_FINDINGS if found else EXIT_OK
+def _evidence_findings(args: argparse.Namespace) -> int:
     ctx = _Context(args)
-    if args.evidence_command == "export":
-        bundle = ctx.store.export_bundle(args.order, args.since_ms, args.until_ms)
-        text = json.dumps(bundle, indent=2)
-        if args.out:
-            with open(args.out, "w", encoding="utf-8") as file:
-                file.write(text + "\n")
-        else:
-            print(text)
-        return EXIT_OK
+    _catch_up(ctx)
     _emit(args, _finding_rows(ctx), ["id", "kind", "order", "status", "offence", "detail"])
     return _findings_exit(ctx)
+
+
+def _evidence_export(args: argparse.Namespace) -> int:
+    ctx = _Context(args)
+    _catch_up(ctx)
+    bundle = ctx.store.export_bundle(args.order, args.since_ms, args.until_ms)
+    text = json.dumps(bundle, indent=2)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as file:
+            file.write(text + "\n")
+    else:
+        print(text)
+    return OK
+
+
+def _evidence_import(args: argparse.Namespace) -> int:
+    from cancelnote.client.evidence import EvidenceError, EvidenceStore, parse_bundle
+    from cancelnote.client.verifier import Verifier
+    from cancelnote.dispute.jsonrpc import parse_json
+
+    with open(args.file, "rb") as file:
+        try:
+            bundle = parse_bundle(parse_json(file.read()))
+        except (EvidenceError, ValueError) as exc:
+            raise CommandError(REFUSED, f"bundle refused: {exc}") from None
+    store = EvidenceStore.open(args.db, bundle.domain, bundle.operator)
+    found = Verifier(store).import_bundle(bundle, _now_ms())
+    print(
+        f"imported {len(bundle.orders)} orders, {len(bundle.fills)} fills,"
+        f" {len(bundle.notes)} notes; {len(found)} new findings",
+        file=sys.stderr,
+    )
+    rows = [{"kind": f.kind, "order": "0x" + f.digest.hex(), "detail": f.detail} for f in found]
+    _emit(args, rows, ["kind", "order", "detail"])
+    return DISPUTE if found else OK
 
 
 def _now_ms() -> int:
@@ -341,11 +417,12 @@ def _now_ms() -> int:
     return wall_clock_ms()
 
 
-#: The columns of a watchtower round's outcomes (``dispute``, ``watch``).
-_OUTCOME_COLUMNS = ["action", "order", "outcome", "owed_wei", "paid_wei", "detail"]
+def _outcome_rows(outcomes: list[Any], dispute_bond: int) -> list[dict[str, Any]]:
+    """One row an outcome; ``bond_wei`` is the dispute bond paid to force a cancel (minus)
+    or returned with a default's claim (plus, part of ``paid_wei``); ``withdrawn_wei`` what
+    a withdrawal took out."""
+    from cancelnote.client.watchtower import ForceCancel, Withdraw
 
-
-def _outcome_rows(outcomes: list[Any]) -> list[dict[str, Any]]:
     return [
         {
             "action": type(o.action).__name__,
@@ -353,6 +430,12 @@ def _outcome_rows(outcomes: list[Any]) -> list[dict[str, Any]]:
             "outcome": o.outcome,
             "owed_wei": o.owed,
             "paid_wei": o.paid,
+            "bond_wei": (
+                -dispute_bond
+                if isinstance(o.action, ForceCancel) and o.outcome == "forced"
+                else o.refund
+            ),
+            "withdrawn_wei": o.action.amount if isinstance(o.action, Withdraw) else 0,
             "detail": o.detail,
             "tx": "" if o.tx_hash is None else "0x" + o.tx_hash.hex(),
         }
@@ -367,16 +450,12 @@ def _watchtower(ctx: _Context) -> Any:
 
 
 def _dispute(args: argparse.Namespace) -> int:
-    from cancelnote.dispute.chain import ChainError
-
     ctx = _Context(args, chain=True)
-    try:
-        outcomes = _watchtower(ctx).step(_now_ms())
-    except ChainError as exc:
-        raise _Exit(EXIT_UNREACHABLE, str(exc)) from None
-    _emit(args, _outcome_rows(outcomes), _OUTCOME_COLUMNS)
+    _catch_up(ctx)
+    outcomes = _watchtower(ctx).step(_now_ms())
+    _emit(args, _outcome_rows(outcomes, ctx.court.dispute_bond()), OUTCOME_COLUMNS)
     if any(o.outcome == "rejected" for o in outcomes):
-        return EXIT_REJECTED
+        return REFUSED
     return _findings_exit(ctx)
 
 
@@ -385,6 +464,7 @@ def _watch(args: argparse.Namespace) -> int:
 
     ctx = _Context(args, chain=True)
     tower = _watchtower(ctx)
+    dispute_bond = ctx.court.dispute_bond()
     outcomes: list[Any] = []
 
     async def rounds() -> None:
@@ -392,7 +472,7 @@ def _watch(args: argparse.Namespace) -> int:
             while True:
                 done = await trio.to_thread.run_sync(tower.step, _now_ms())
                 outcomes.extend(done)
-                for row in _outcome_rows(done):
+                for row in _outcome_rows(done, dispute_bond):
                     print(json.dumps(row), file=sys.stderr, flush=True)
                 await trio.sleep(args.poll_s)
 
@@ -407,27 +487,22 @@ def _watch(args: argparse.Namespace) -> int:
             await rounds()
 
     trio.run(main)
-    _emit(args, _outcome_rows(outcomes), _OUTCOME_COLUMNS)
+    _emit(args, _outcome_rows(outcomes, dispute_bond), OUTCOME_COLUMNS)
     return _findings_exit(ctx)
 
 
 def _withdraw(args: argparse.Namespace) -> int:
-    from cancelnote.dispute.chain import TransactionReverted
-
     ctx = _Context(args, chain=True)
     signer = ctx.signer()
     amount = ctx.court.credits(signer.address)
-    try:
-        receipt = ctx.court.withdraw(signer)
-    except TransactionReverted as exc:
-        raise _Exit(EXIT_REJECTED, f"the court refused: {exc.reason}") from None
+    receipt = ctx.court.withdraw(signer)
     ctx.store.add_payout(receipt.transaction_hash, signer.address, amount, _now_ms())
     _emit(
         args,
         [{"account": signer.checksum_address, "withdrawn_wei": amount}],
         ["account", "withdrawn_wei"],
     )
-    return EXIT_OK
+    return OK
 
 
 def _keys_show(args: argparse.Namespace) -> int:
@@ -446,27 +521,72 @@ def _keys_show(args: argparse.Namespace) -> int:
         ],
         ["address", "subaccount", "sender"],
     )
-    return EXIT_OK
+    return OK
 
 
 # ---------------------------------------------------------------------------------------
-# The parser.
+# The parser: each command takes the flag groups it uses, and no other.
 
 
-def _run(handler: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        from cancelnote.errors import CancelnoteError
+def _flags(add: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    add(parent)
+    return parent
 
-        try:
-            return handler(args)
-        except _Exit as exc:
-            print(f"cancelnote client: {exc}", file=sys.stderr)
-            return exc.code
-        except CancelnoteError as exc:
-            print(f"cancelnote client: {exc.code}: {exc}", file=sys.stderr)
-            return EXIT_REJECTED
 
-    return run
+def _store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", help=env_help("db", "your evidence store (SQLite)"))
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_profile_flag(parser)
+
+
+def _court_flags(parser: argparse.ArgumentParser) -> None:
+    court = parser.add_argument_group("the court")
+    court.add_argument("--rpc", help=env_help("rpc", "JSON-RPC URL of the court's chain"))
+    court.add_argument("--court", help=env_help("court", "the court's address"))
+
+
+def _operator_flags(parser: argparse.ArgumentParser) -> None:
+    operator = parser.add_argument_group("the operator")
+    operator.add_argument("--url", help=env_help("url", "the operator's WebSocket URL"))
+    operator.add_argument(
+        "--timeout-s",
+        type=float,
+        default=TIMEOUT_S,
+        help="how long to wait for the operator's answers (default %(default)s)",
+    )
+
+
+def _key_flags(parser: argparse.ArgumentParser, *, address: bool = False) -> None:
+    key = parser.add_argument_group("your key")
+    key.add_argument("--key", help="your keystore (cancelnote keys create)")
+    key.add_argument("--password-file", help="its password file (else $CANCELNOTE_PASSWORD)")
+    if address:
+        key.add_argument(
+            "--address",
+            type=address_type,
+            help="your address instead of --key, for a wallet that signs elsewhere",
+        )
+    key.add_argument(
+        "--subaccount", default="default", help="subaccount name (default %(default)s)"
+    )
+
+
+def _deadline_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=30.0,
+        help="a cancel unanswered this long is overdue and forced on-chain (default %(default)s)",
+    )
+
+
+STORE = _flags(_store_flags)
+COURT = _flags(_court_flags)
+OPERATOR = _flags(_operator_flags)
+KEY = _flags(_key_flags)
+KEY_OR_ADDRESS = _flags(lambda parser: _key_flags(parser, address=True))
+DEADLINE = _flags(_deadline_flag)
 
 
 def add_client_commands(
@@ -482,58 +602,66 @@ def add_client_commands(
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--db",
-        default=os.environ.get(DB_ENV, "cancelnote-client.sqlite"),
-        help=f"evidence store (default ${DB_ENV} or %(default)s)",
-    )
-    common.add_argument("--key", help="your keystore (cancelnote keys create)")
-    common.add_argument(
-        "--password-file", help="keystore password file (else $CANCELNOTE_PASSWORD)"
-    )
-    common.add_argument(
-        "--subaccount", default="default", help="subaccount name (default %(default)s)"
-    )
-    common.add_argument("--url", help="the operator's WebSocket URL, ws://HOST:PORT")
-    common.add_argument("--rpc", help="JSON-RPC URL of the court's chain")
-    common.add_argument("--court", help="the court's address")
-    common.add_argument(
-        "--deadline-s",
-        type=float,
-        default=30.0,
-        help="a cancel unanswered this long is forced on-chain (default %(default)s)",
-    )
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub = client.add_subparsers(dest="client_command", required=True, metavar="COMMAND")
 
-    def command(name: str, helptext: str, handler: Any) -> argparse.ArgumentParser:
-        parser = sub.add_parser(
-            name, parents=[common], help=helptext, description=helptext, epilog=EPILOG
+    def command(
+        into: argparse._SubParsersAction,
+        name: str,
+        helptext: str,
+        handler: Callable[[argparse.Namespace], int],
+        parents: list[argparse.ArgumentParser],
+    ) -> argparse.ArgumentParser:
+        parser = into.add_parser(
+            name, parents=parents, help=helptext, description=helptext, epilog=EPILOG
         )
-        parser.set_defaults(run=_run(handler))
+        parser.set_defaults(run=handler)
         return parser
 
     keys = sub.add_parser("keys", help="your keys: create, import, show")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     add_key_file_commands(keys_sub)
-    show = keys_sub.add_parser(
-        "show", parents=[common], help="your address and sender (subaccount)"
-    )
-    show.set_defaults(run=_run(_keys_show))
+    show = command(keys_sub, "show", "your address and sender (subaccount)", _keys_show, [KEY])
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    place = command("place", "sign, store and place a limit order", _place)
+    trading = [STORE, COURT, OPERATOR]
+    place = command(
+        sub,
+        "place",
+        "sign, store and place a limit order (or print it for a wallet: --typed-data)",
+        _place,
+        [*trading, KEY_OR_ADDRESS],
+    )
     place.add_argument("side", choices=["buy", "sell"])
     place.add_argument("--product", type=int, required=True, help="product id")
     place.add_argument("--price", type=_x18, required=True, help="limit price, decimal")
     place.add_argument("--amount", type=_x18, required=True, help="size, decimal, > 0")
     place.add_argument("--lifetime-s", type=int, default=3_600, help="seconds until it expires")
     place.add_argument("--wait-s", type=float, default=0.5, help="keep receiving fills this long")
+    place.add_argument(
+        "--typed-data",
+        action="store_true",
+        help="print the order as eth_signTypedData_v4 takes it; sign nothing, send nothing",
+    )
+
+    submit = command(
+        sub,
+        "submit",
+        "place an order a wallet signed (the typed data of place --typed-data)",
+        _submit,
+        trading,
+    )
+    submit.add_argument("file", help="the typed-data JSON the wallet signed")
+    submit.add_argument("--signature", required=True, help="the wallet's signature, 0x...")
+    submit.add_argument("--wait-s", type=float, default=0.5, help="keep receiving fills this long")
 
     cancel = command(
-        "cancel", "cancel orders (by id, or all in --products) and keep the notes", _cancel
+        sub,
+        "cancel",
+        "cancel orders (by id, or all in --products) and keep the notes",
+        _cancel,
+        [*trading, KEY, DEADLINE],
     )
-    cancel.add_argument("orders", nargs="*", type=_digest, help="order ids (0x...)")
+    cancel.add_argument("orders", nargs="*", type=digest_type, help="order ids (0x...)")
     cancel.add_argument("--product", type=int, help="product of ids not in the store")
     cancel.add_argument(
         "--products", type=int, nargs="*", default=[], help="cancel by product (none: all)"
@@ -541,27 +669,54 @@ def add_client_commands(
     cancel.add_argument("--wait-s", type=float, default=0.5, help="keep receiving this long")
 
     status = command(
+        sub,
         "status",
         "your orders, fills and notes from the evidence store (with --url: caught up first)",
         _status,
+        [*trading, KEY_OR_ADDRESS],
     )
-    status.add_argument("order", nargs="?", type=_digest, help="one order id")
+    status.add_argument("order", nargs="?", type=digest_type, help="one order id")
 
-    evidence = command("evidence", "findings; export or import evidence bundles", _evidence)
-    evidence.add_argument("evidence_command", choices=["findings", "export", "import"])
-    evidence.add_argument("file", nargs="?", help="bundle to import")
-    evidence.add_argument("--order", type=_digest, help="export one order's evidence")
-    evidence.add_argument("--since-ms", type=int, help="export what arrived from then (unix ms)")
-    evidence.add_argument("--until-ms", type=int, help="... until then")
-    evidence.add_argument("--out", help="write the bundle here (default stdout)")
+    evidence = sub.add_parser(
+        "evidence", help="findings; export or import evidence bundles", epilog=EPILOG
+    )
+    evidence_sub = evidence.add_subparsers(
+        dest="evidence_command", required=True, metavar="COMMAND"
+    )
+    command(
+        evidence_sub,
+        "findings",
+        "what the evidence proves against the operator (with --url: caught up first)",
+        _evidence_findings,
+        [*trading, KEY_OR_ADDRESS],
+    )
+    export = command(
+        evidence_sub,
+        "export",
+        "write a self-contained bundle that any machine verifies offline",
+        _evidence_export,
+        [*trading, KEY_OR_ADDRESS],
+    )
+    export.add_argument("--order", type=digest_type, help="export one order's evidence")
+    export.add_argument("--since-ms", type=int, help="export what arrived from then (unix ms)")
+    export.add_argument("--until-ms", type=int, help="... until then")
+    export.add_argument("--out", help="write the bundle here (default stdout)")
+    bundle = command(
+        evidence_sub,
+        "import",
+        "verify a bundle and keep its evidence (a third-party watchtower)",
+        _evidence_import,
+        [STORE],
+    )
+    bundle.add_argument("file", help="the bundle (evidence export)")
 
     for name, helptext, handler in (
         ("dispute", "one watchtower round: prove findings, force unanswered cancels", _dispute),
         ("watch", "stay subscribed (with --url) and run the watchtower every --poll-s", _watch),
     ):
-        parser = command(name, helptext, handler)
+        parser = command(sub, name, helptext, handler, [*trading, KEY, DEADLINE])
         parser.add_argument("--no-withdraw", action="store_true", help="leave payouts credited")
         if name == "watch":
             parser.add_argument("--duration-s", type=float, default=float("inf"), help="stop after")
             parser.add_argument("--poll-s", type=float, default=1.0, help="seconds between rounds")
-    command("withdraw", "take what the court credited you", _withdraw)
+    command(sub, "withdraw", "take what the court credited you", _withdraw, [STORE, COURT, KEY])

@@ -12,6 +12,11 @@ Rules of the session (docs/protocol.md §11, §15):
   ``after_seq`` = the highest seq of its own stream it stored; the operator replays
   everything later, and the store's idempotent inserts absorb anything seen twice.
 
+* **The operator's domain first.** The subscription's answer names the operator's EIP-712
+  domain (chain id, court) and key; the session checks them against its store's before it
+  lets anything be signed, and stops with :class:`OperatorMismatch` if they differ (a
+  signature made for another court is worthless as evidence, and refused anyway).
+
 Error handling: a dropped connection fails the requests in flight with
 :class:`ConnectionLost` (a retried request is answered ``REPLAYED``; the notes and status
 queries then tell its outcome) and the session reconnects after :data:`RECONNECT_S`.
@@ -53,6 +58,7 @@ from cancelnote.messages import (
     Cancellation,
     CancellationProducts,
     Order,
+    domain_to_json,
     make_nonce,
     make_sender,
 )
@@ -73,6 +79,12 @@ class ConnectionLost(Rejected):
     """Raised when the connection dropped before the operator answered a request."""
 
     code = "CONNECTION_LOST"
+
+
+class OperatorMismatch(Rejected):
+    """Raised when the operator serves another domain (chain, court) or key than the store's."""
+
+    code = "OPERATOR_MISMATCH"
 
 
 class OperatorRejected(Rejected):
@@ -96,27 +108,33 @@ class Session:
 
     Args:
         url: the operator's WebSocket URL.
-        signer: the owner key that signs orders and cancels.
+        signer: the owner key that signs orders and cancels; ``None`` for an owner whose
+            wallet signs elsewhere (then only :meth:`place_signed` and queries work).
         verifier: checks and keeps everything received (its store is this client's).
         subaccount: the sender's subaccount name.
         clock: unix ms (nonces, expirations, receive times).
+        owner: the owner's address when there is no ``signer``.
     """
 
     def __init__(
         self,
         url: str,
-        signer: Signer,
+        signer: Signer | None,
         verifier: Verifier,
         *,
         subaccount: str = "default",
         clock: Callable[[], int] = wall_clock_ms,
+        owner: bytes | None = None,
     ) -> None:
         self.url = url
         self.signer = signer
         self.verifier = verifier
         self.store = verifier.store
         self.domain = verifier.store.domain
-        self.sender = make_sender(signer.address, subaccount)
+        address = owner if signer is None else signer.address
+        if address is None:
+            raise ValueError("a session needs a signer or an owner address")
+        self.sender = make_sender(address, subaccount)
         self.clock = clock
         send, self.received = trio.open_memory_channel[Received](RECEIVED_BUFFER)
         self._received_in = send
@@ -188,9 +206,27 @@ class Session:
         if answer.get("status") != "success":
             raise OperatorRejected(answer)
         data = answer.get("data")
+        self._check_operator(data)
         replayed = data.get("replayed") if isinstance(data, dict) else None
         self._replay_expected = replayed if type(replayed) is int else 0
         self._note_stream_progress()
+
+    def _check_operator(self, data: object) -> None:
+        """The subscription's answer must name this store's domain and operator key."""
+        served = data.get("domain") if isinstance(data, dict) else None
+        operator = data.get("operator") if isinstance(data, dict) else None
+        if served != domain_to_json(self.domain):
+            raise OperatorMismatch(
+                f"the operator at {self.url} serves the domain {json.dumps(served)[:300]};"
+                f" this store is for {json.dumps(domain_to_json(self.domain))}"
+                " (another court or chain: check --url, or use another --db)"
+            )
+        expected = self.store.operator
+        if not isinstance(operator, str) or operator.lower() != "0x" + expected.hex():
+            raise OperatorMismatch(
+                f"the operator at {self.url} signs with {operator!r:.60}; this store's court"
+                f" names 0x{expected.hex()}"
+            )
 
     def _note_stream_progress(self) -> None:
         if self._replay_expected is not None and self._stream_seen >= self._replay_expected:
@@ -247,10 +283,11 @@ class Session:
         self._pending[request_id] = send
         try:
             await ws.send_message(json.dumps({**body, "id": request_id}))
+            answer = await receive.receive()
         except ConnectionClosed:
-            self._pending.pop(request_id, None)
             raise ConnectionLost("the connection dropped while sending") from None
-        answer = await receive.receive()
+        finally:  # answered, failed, or given up on (a caller's timeout): forget it
+            self._pending.pop(request_id, None)
         if answer is None:
             raise ConnectionLost("the connection dropped before the operator answered")
         return answer
@@ -272,11 +309,10 @@ class Session:
     def _nonce(self) -> int:
         return make_nonce(self.clock() + RECV_AHEAD_MS)
 
-    def sign_order(
-        self, product_id: int, price_x18: int, amount: int, lifetime_s: int
-    ) -> PlaceOrder:
+    def make_order(self, product_id: int, price_x18: int, amount: int, lifetime_s: int) -> Order:
+        """An order of this sender, expiring ``lifetime_s`` from now, with a fresh nonce."""
         now_ms = self.clock()
-        order = Order(
+        return Order(
             self.sender,
             product_id,
             price_x18,
@@ -284,13 +320,35 @@ class Session:
             math.ceil(now_ms / 1000) + lifetime_s,
             self._nonce(),
         )
-        return PlaceOrder(product_id, order, order.sign(self.signer, self.domain))
+
+    def sign_order(
+        self, product_id: int, price_x18: int, amount: int, lifetime_s: int
+    ) -> PlaceOrder:
+        order = self.make_order(product_id, price_x18, amount, lifetime_s)
+        return PlaceOrder(product_id, order, order.sign(self._signer(), self.domain))
+
+    def _signer(self) -> Signer:
+        if self.signer is None:
+            raise OperatorMismatch("this session has no key: only signed orders can be placed")
+        return self.signer
 
     async def place(
         self, product_id: int, price_x18: int, amount: int, *, lifetime_s: int = 3_600
     ) -> bytes:
         """Sign, keep and place an order; returns its order id."""
         request = self.sign_order(product_id, price_x18, amount, lifetime_s)
+        return await self._place(request)
+
+    async def place_signed(self, order: Order, signature: bytes) -> bytes:
+        """Keep and place an order a wallet signed (checked here first); returns its id.
+
+        Raises:
+            SignatureError: the signature is not the order's owner's in this domain.
+        """
+        order.verify(signature, self.domain, order.sender[:20])
+        return await self._place(PlaceOrder(order.product_id, order, signature))
+
+    async def _place(self, request: PlaceOrder) -> bytes:
         digest = request.order.digest(self.domain)
         self.store.add_order(request.order, request.signature, self.clock())
         await self._execute(request, digest)
@@ -301,12 +359,12 @@ class Session:
         tx = Cancellation(
             self.sender, tuple(p for _, p in orders), tuple(d for d, _ in orders), self._nonce()
         )
-        return await self._cancel(CancelOrders(tx, tx.sign(self.signer, self.domain)))
+        return await self._cancel(CancelOrders(tx, tx.sign(self._signer(), self.domain)))
 
     async def cancel_products(self, product_ids: tuple[int, ...] = ()) -> dict[str, Any]:
         """Cancel every order of this sender in ``product_ids`` (all if empty)."""
         tx = CancellationProducts(self.sender, product_ids, self._nonce())
-        return await self._cancel(CancelProductOrders(tx, tx.sign(self.signer, self.domain)))
+        return await self._cancel(CancelProductOrders(tx, tx.sign(self._signer(), self.domain)))
 
     async def cancel_and_place(
         self,
@@ -322,7 +380,7 @@ class Session:
         tx = Cancellation(
             self.sender, tuple(p for _, p in orders), tuple(d for d, _ in orders), self._nonce()
         )
-        request = CancelAndPlace(tx, tx.sign(self.signer, self.domain), place)
+        request = CancelAndPlace(tx, tx.sign(self._signer(), self.domain), place)
         self.store.add_order(place.order, place.signature, self.clock())
         try:
             return await self._cancel(request)

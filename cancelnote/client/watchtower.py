@@ -260,6 +260,8 @@ class Outcome:
     """Wei credited by the court to the owner by this call (a claim paid)."""
     owed: int = 0
     """Wei a claim this call filed is owed (a proof or a default)."""
+    refund: int = 0
+    """Of ``paid``, the owner's dispute bond returned with a default's claim."""
 
 
 class Watchtower:
@@ -368,6 +370,7 @@ class Watchtower:
         events = self.court.events(receipt)
         owed = sum(e.args["penalty"] for e in events if e.name == "Slashed")
         paid = sum(e.args["paid"] + e.args["refund"] for e in events if e.name == "ClaimPaid")
+        refund = sum(e.args["refund"] for e in events if e.name == "ClaimPaid")
         if isinstance(action, Claim):
             outcome = (
                 "paid"
@@ -380,7 +383,7 @@ class Watchtower:
                 type(action), "withdrawn"
             )
             detail = f"claim filed: {owed} wei owed to the owner" if owed else ""
-        return self._record(action, outcome, detail, receipt, now_ms, paid, owed)
+        return self._record(action, outcome, detail, receipt, now_ms, paid, owed, refund)
 
     def _would_revert(self, action: Claim) -> str | None:
         """The reason a claim would revert now (a dry run), or ``None``."""
@@ -422,6 +425,7 @@ class Watchtower:
         now_ms: int,
         paid: int = 0,
         owed: int = 0,
+        refund: int = 0,
     ) -> Outcome:
         tx_hash = None if receipt is None else receipt.transaction_hash
         finding_id = getattr(action, "finding_id", None)
@@ -441,4 +445,4 @@ class Watchtower:
             "court_call",
             extra={"fields": {"action": name, "outcome": outcome, "detail": detail}},
         )
-        return Outcome(action, outcome, detail, tx_hash, paid, owed)
+        return Outcome(action, outcome, detail, tx_hash, paid, owed, refund)

@@ -1,47 +1,69 @@
 """``cancelnote chain`` and ``cancelnote court``: a dev chain, and deploying and reading a court.
 
-Keys come from keystores (``cancelnote keys``) or, on a cancelnote dev chain only, from
-``--dev-account N``: the well-known funded keys that ``cancelnote chain serve`` prints.
+Who pays for a transaction: a keystore (``--key``, see ``cancelnote keys``), one of the
+node's own unlocked accounts (``--node-account N``: ``eth_accounts[N]``, which anvil,
+hardhat, ganache and ``cancelnote chain serve`` hold; the node signs), or, on a cancelnote
+dev chain only, ``--dev-account N``: the well-known funded keys that ``chain serve`` prints.
+Errors are raised to ``cancelnote.cli.main``, which prints one line and exits with the
+code of :mod:`cancelnote.exits`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from cancelnote.crypto import Signer, parse_address, to_checksum
+from cancelnote.cliargs import (
+    add_profile_flag,
+    address_type,
+    digest_type,
+    env_help,
+    need,
+    need_address,
+)
+from cancelnote.crypto import to_checksum
 from cancelnote.dispute.court import DEV_PARAMETERS, Offence
 from cancelnote.dispute.local import BACKENDS
-from cancelnote.errors import CancelnoteError
+from cancelnote.exits import USAGE, CommandError
 
 #: The integer parameters of ``court deploy``, each a ``--flag`` defaulting to the dev court's.
 _INT_PARAMETERS = tuple(name for name, value in DEV_PARAMETERS.items() if type(value) is int)
 
 
-def _signer(args: argparse.Namespace) -> Signer:
+def _chain(args: argparse.Namespace) -> Any:
+    from cancelnote.dispute.jsonrpc import JsonRpcChain
+
+    return JsonRpcChain(need(args, "rpc"))
+
+
+def _payer(args: argparse.Namespace, chain: Any, *, default_node_account: bool = False) -> Any:
+    """Who signs and pays: ``--key``, ``--node-account N`` or ``--dev-account N``."""
     from cancelnote import keystore
     from cancelnote.dispute.inprocess import dev_account
 
+    if args.node_account is not None:
+        return chain.node_account(args.node_account)
     if args.dev_account is not None:
         return dev_account(args.dev_account)
-    if args.key is None:
-        raise CancelnoteError("give --key KEYSTORE or, on a dev chain, --dev-account N")
-    return keystore.load(args.key, keystore.read_password(args.password_file))
+    if args.key is not None:
+        return keystore.load(args.key, keystore.read_password(args.password_file))
+    if default_node_account:
+        return chain.node_account(0)
+    raise CommandError(USAGE, "give --key KEYSTORE, --node-account N or --dev-account N")
 
 
 def _court_deploy(args: argparse.Namespace) -> int:
     from cancelnote.dispute.court import Court
-    from cancelnote.dispute.jsonrpc import JsonRpcChain
 
+    chain = _chain(args)
     parameters = {name: getattr(args, name) for name in _INT_PARAMETERS}
     court = Court.deploy(
-        JsonRpcChain(args.rpc),
-        _signer(args),
-        operator=parse_address(args.operator),
+        chain,
+        _payer(args, chain),
+        operator=args.operator,
         halt_on_default=not args.no_halt,
-        burn_address=parse_address(args.burn_address),
+        burn_address=args.burn_address,
         **parameters,
     )
     receipt = court.deploy_receipt
@@ -54,9 +76,8 @@ def _court_deploy(args: argparse.Namespace) -> int:
 
 def _court_status(args: argparse.Namespace) -> int:
     from cancelnote.dispute.court import Court
-    from cancelnote.dispute.jsonrpc import JsonRpcChain
 
-    court = Court.at(JsonRpcChain(args.rpc), parse_address(args.court))
+    court = Court.at(_chain(args), need_address(args, "court"))
     status: dict[str, Any] = {
         "court": to_checksum(court.address),
         "operator": to_checksum(court.operator()),
@@ -77,8 +98,7 @@ def _court_status(args: argparse.Namespace) -> int:
         "burn_unsent_wei": court.burn_unsent(),
     }
     if args.digest is not None:
-        digest = bytes.fromhex(args.digest.removeprefix("0x"))
-        cancel = court.cancel_status(digest)
+        cancel = court.cancel_status(args.digest)
         status["cancel"] = {
             "state": cancel.state.name,
             "requested_at": cancel.requested_at,
@@ -89,14 +109,18 @@ def _court_status(args: argparse.Namespace) -> int:
             offence.name: {"window": c.window, "paid": c.paid, "entitled": c.entitled,
                            "vests_at": c.vests_at}
             for offence in Offence
-            if (c := court.claim_of(digest, offence)).filed
+            if (c := court.claim_of(args.digest, offence)).filed
         }  # fmt: skip
     if args.json:
         print(json.dumps(status))
-    else:
-        width = max(map(len, status))
-        for name, value in status.items():
-            print(f"{name:<{width}}  {value}")
+        return 0
+    rows = {name: value for name, value in status.items() if name not in ("cancel", "claims")}
+    rows.update({f"cancel_{name}": value for name, value in status.get("cancel", {}).items()})
+    for offence, claim in status.get("claims", {}).items():
+        rows.update({f"claim_{offence}_{name}": value for name, value in claim.items()})
+    width = max(map(len, rows))
+    for name, value in rows.items():
+        print(f"{name:<{width}}  {value}")
     return 0
 
 
@@ -104,34 +128,50 @@ def _chain_serve(args: argparse.Namespace) -> int:
     from cancelnote.dispute.rpcserver import serve
 
     return serve(
-        args.host, args.port, chain_id=args.chain_id, accounts=args.accounts, backend=args.backend
+        args.host,
+        args.port,
+        chain_id=args.chain_id,
+        accounts=args.accounts,
+        backend=args.backend,
+        hardfork=args.hardfork,
     )
 
 
 def _chain_fund(args: argparse.Namespace) -> int:
-    from cancelnote.dispute.inprocess import dev_account
-    from cancelnote.dispute.jsonrpc import JsonRpcChain
-
-    chain = JsonRpcChain(args.rpc)
-    payer = dev_account(0) if args.key is None and args.dev_account is None else _signer(args)
-    recipient = parse_address(args.to)
-    receipt = chain.transact(payer, recipient, b"", value=round(args.eth * 10**18))
-    ether = chain.balance(recipient) / 10**18
-    print(f"{to_checksum(recipient)} holds {ether:,.4f} ETH (block {receipt.block_number})")
+    chain = _chain(args)
+    payer = _payer(args, chain, default_node_account=True)
+    receipt = chain.transact(payer, args.to, b"", value=round(args.eth * 10**18))
+    ether = chain.balance(args.to) / 10**18
+    print(f"{to_checksum(args.to)} holds {ether:,.4f} ETH (block {receipt.block_number})")
     return 0
 
 
-def _reporting_errors(handler: Any) -> Any:
-    """Run ``handler``; a cancelnote error is one line on stderr and exit code 1."""
+def _chain_advance(args: argparse.Namespace) -> int:
+    chain = _chain(args)
+    before = chain.timestamp()
+    chain.increase_time(args.seconds)
+    chain.mine()
+    after = chain.timestamp()
+    print(f"block {chain.block_number()} at {after} ({after - before:+,} s)")
+    return 0
 
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except (CancelnoteError, ValueError) as exc:
-            print(f"cancelnote {args.command}: {exc}", file=sys.stderr)
-            return 1
 
-    return run
+def _add_rpc_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rpc", help=env_help("rpc", "the node's JSON-RPC URL"))
+    add_profile_flag(parser)
+
+
+def _add_payer_flags(parser: argparse.ArgumentParser, default: str) -> None:
+    payers = parser.add_argument_group(f"who pays ({default})")
+    payer = payers.add_mutually_exclusive_group()
+    payer.add_argument("--key", help="a keystore (cancelnote keys create)")
+    payer.add_argument(
+        "--node-account", type=int, metavar="N", help="the node's unlocked eth_accounts[N]"
+    )
+    payer.add_argument(
+        "--dev-account", type=int, metavar="N", help="dev key N of cancelnote chain serve"
+    )
+    payers.add_argument("--password-file", help="the keystore's password file (else env, prompt)")
 
 
 def add_chain_commands(commands: argparse._SubParsersAction) -> None:
@@ -155,16 +195,30 @@ def add_chain_commands(commands: argparse._SubParsersAction) -> None:
         help="the EVM: py-evm (the reference) or revm (fast; needs cancelnote[fast])"
         " (default %(default)s)",
     )
+    serve.add_argument(
+        "--hardfork",
+        choices=["shanghai", "cancun", "prague"],
+        default="prague",
+        help="py-evm's fork; shanghai is a node without Cancun's opcodes, as ganache is"
+        " (default %(default)s)",
+    )
     serve.set_defaults(run=_chain_serve)
 
-    fund = chain_commands.add_parser("fund", help="send ether from a dev account (dev chains)")
-    fund.add_argument("--rpc", required=True, help="Ethereum JSON-RPC URL")
-    fund.add_argument("--to", required=True, help="the address to fund")
+    fund = chain_commands.add_parser("fund", help="send ether to an address (dev chains)")
+    _add_rpc_flag(fund)
+    fund.add_argument("--to", required=True, type=address_type, help="the address to fund")
     fund.add_argument("--eth", type=float, default=10.0, help="how much (default %(default)s)")
-    fund.add_argument("--key", help="the payer's keystore (default: --dev-account 0)")
-    fund.add_argument("--password-file", help="keystore password file (else env or prompt)")
-    fund.add_argument("--dev-account", type=int, help="pay from dev account N")
-    fund.set_defaults(run=_reporting_errors(_chain_fund))
+    _add_payer_flags(fund, "default: --node-account 0")
+    fund.set_defaults(run=_chain_fund)
+
+    advance = chain_commands.add_parser(
+        "advance", help="move a dev node's clock on and mine a block (evm_increaseTime)"
+    )
+    _add_rpc_flag(advance)
+    advance.add_argument(
+        "--seconds", type=int, required=True, help="how far the next block's time jumps"
+    )
+    advance.set_defaults(run=_chain_advance)
 
 
 def add_court_commands(commands: argparse._SubParsersAction) -> None:
@@ -172,31 +226,33 @@ def add_court_commands(commands: argparse._SubParsersAction) -> None:
     court_commands = court.add_subparsers(dest="court_command", required=True, metavar="COMMAND")
 
     deploy = court_commands.add_parser("deploy", help="deploy a new court for an operator")
-    deploy.add_argument("--rpc", required=True, help="Ethereum JSON-RPC URL")
-    deploy.add_argument("--operator", required=True, help="the operator's address (0x...)")
-    deploy.add_argument("--key", help="the deployer's keystore")
-    deploy.add_argument("--password-file", help="keystore password file (else env or prompt)")
+    _add_rpc_flag(deploy)
     deploy.add_argument(
-        "--dev-account", type=int, help="deploy with dev account N of `cancelnote chain serve`"
+        "--operator", required=True, type=address_type, help="the operator's address (0x...)"
     )
+    _add_payer_flags(deploy, "one of these")
     for name in _INT_PARAMETERS:
         value = DEV_PARAMETERS[name]
         flag = "--" + name.replace("_", "-")
         deploy.add_argument(flag, type=int, default=value, help=f"default {value:,}")
     deploy.add_argument(
         "--burn-address",
-        default=to_checksum(DEV_PARAMETERS["burn_address"]),
-        help="where the burn share of every penalty goes (default %(default)s)",
+        type=address_type,
+        default=DEV_PARAMETERS["burn_address"],
+        help=f"where the burn share of every penalty goes (default"
+        f" {to_checksum(DEV_PARAMETERS['burn_address'])})",
     )
     deploy.add_argument(
         "--no-halt", action="store_true", help="do not halt the operator on its first default"
     )
     deploy.add_argument("--json", action="store_true", help="print JSON")
-    deploy.set_defaults(run=_reporting_errors(_court_deploy))
+    deploy.set_defaults(run=_court_deploy)
 
     status = court_commands.add_parser("status", help="bond, parameters, defaults, halted")
-    status.add_argument("--rpc", required=True, help="Ethereum JSON-RPC URL")
-    status.add_argument("--court", required=True, help="the court's address")
-    status.add_argument("--digest", help="also show the forced-cancel state of this order")
+    _add_rpc_flag(status)
+    status.add_argument("--court", help=env_help("court", "the court's address"))
+    status.add_argument(
+        "--digest", type=digest_type, help="also show the forced-cancel state of this order"
+    )
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.set_defaults(run=_reporting_errors(_court_status))
+    status.set_defaults(run=_court_status)

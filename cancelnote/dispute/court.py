@@ -37,6 +37,7 @@ from ..messages import (
     SignedMessage,
 )
 from .chain import Chain, ChainError, Log, Receipt
+from .nodes import check_court, court_artifact
 
 ARTIFACT_NAME = "CancelCourt"
 
@@ -261,8 +262,8 @@ def _parse_abi(
 class Court:
     """A deployed ``CancelCourt`` on ``chain`` at ``address``.
 
-    Construct it with :meth:`deploy` or :meth:`at`; both check nothing on-chain beyond
-    what they must (``at`` trusts the address).
+    Construct it with :meth:`deploy` or :meth:`at`; ``at`` checks that the address holds
+    this version's court and that the node runs it.
     """
 
     def __init__(self, chain: Chain, address: bytes) -> None:
@@ -291,8 +292,9 @@ class Court:
         burn_share_bps: int,
         burn_address: bytes,
     ) -> Self:
-        """Deploy a new court with these parameters (see the contract's constructor)."""
-        artifact = load_artifact(ARTIFACT_NAME)
+        """Deploy a new court with these parameters (see the contract's constructor), from
+        the newest build the node runs (:func:`~.nodes.court_artifact`)."""
+        artifact = court_artifact(chain, ARTIFACT_NAME)
         constructor = next(entry for entry in artifact.abi if entry["type"] == "constructor")
         arguments = abi_encode(
             [_canonical_type(item) for item in constructor["inputs"]],
@@ -319,7 +321,13 @@ class Court:
 
     @classmethod
     def at(cls, chain: Chain, address: bytes) -> Self:
-        """The court already deployed at ``address``."""
+        """The court already deployed at ``address``.
+
+        Raises:
+            NodeMismatch: no court of this version there, or one the node cannot run
+                (:func:`~.nodes.check_court`).
+        """
+        check_court(chain, address, ARTIFACT_NAME)
         return cls(chain, address)
 
     @property

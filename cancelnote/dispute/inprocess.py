@@ -1,7 +1,9 @@
 """py-evm in this process: the reference chain of tests, the court's own checks and the demo.
 
 Blocks, transactions, logs and gas estimates follow :class:`~cancelnote.dispute.local.LocalChain`;
-this module only executes (py-evm's Prague, all of it) and reads state. Beyond that:
+this module only executes (py-evm's Prague, all of it, or an older fork with ``hardfork=``:
+a Shanghai chain is a node without Cancun's opcodes, as ganache is) and reads state.
+Beyond that:
 
 * **A block builds in linear time.** The transactions of a block are applied one by one to
   the pending state and its transaction and receipt tries are built once, when it is sealed
@@ -19,12 +21,20 @@ import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
+from typing import Any
 
 from eth import exceptions as evm_errors
-from eth.abc import BlockHeaderAPI, ComputationAPI, ReceiptAPI, SignedTransactionAPI, StateAPI
+from eth.abc import (
+    BlockHeaderAPI,
+    ComputationAPI,
+    ReceiptAPI,
+    SignedTransactionAPI,
+    StateAPI,
+    VirtualMachineAPI,
+)
 from eth.chains.base import MiningChain
 from eth.db.atomic import AtomicDB
-from eth.vm.forks import PragueVM
+from eth.vm.forks import CancunVM, PragueVM, ShanghaiVM
 from eth.vm.spoof import SpoofTransaction
 from eth_utils import ValidationError
 
@@ -71,22 +81,32 @@ _HALTS: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
-class _PragueVM(PragueVM):
-    """Prague, except that a block may share its parent's second (sub-second slots)."""
-
-    @classmethod
-    def validate_header(cls, header: BlockHeaderAPI, parent_header: BlockHeaderAPI) -> None:
-        if parent_header is not None and header.timestamp == parent_header.timestamp:
-            parent_header = parent_header.copy(timestamp=header.timestamp - 1)
-        super().validate_header(header, parent_header)
+#: The forks ``hardfork=`` selects: py-evm's VMs since Shanghai (every one has EIP-1559
+#: fees and withdrawals, which the blocks here need).
+HARDFORKS: dict[str, type[VirtualMachineAPI]] = {
+    "shanghai": ShanghaiVM,
+    "cancun": CancunVM,
+    "prague": PragueVM,
+}
 
 
 @functools.cache
-def _chain_class(chain_id: int) -> type[MiningChain]:
-    """One configured chain class per chain id (``configure`` builds a class: do it once)."""
+def _chain_class(chain_id: int, hardfork: str) -> type[MiningChain]:
+    """One configured chain class per chain id and fork (``configure`` builds a class: do it
+    once), whose VM accepts a block in its parent's second (sub-second slots; mainnet's rule
+    wants a later one) and checks everything else as py-evm does."""
+    fork = HARDFORKS[hardfork]
+
+    class SameSecondVM(fork):  # type: ignore[valid-type,misc]
+        @classmethod
+        def validate_header(cls, header: BlockHeaderAPI, parent_header: BlockHeaderAPI) -> None:
+            if parent_header is not None and header.timestamp == parent_header.timestamp:
+                parent_header = parent_header.copy(timestamp=header.timestamp - 1)
+            super().validate_header(header, parent_header)
+
     return MiningChain.configure(
-        __name__=f"CancelnoteChain{chain_id}",
-        vm_configuration=((0, _PragueVM),),
+        __name__=f"CancelnoteChain{chain_id}{hardfork.title()}",
+        vm_configuration=((0, SameSecondVM),),
         chain_id=chain_id,
     )
 
@@ -122,9 +142,19 @@ def _info(header: BlockHeaderAPI, timestamp_ms: int, transactions: tuple[bytes, 
 
 
 class InProcessChain(LocalChain):
-    """A deterministic py-evm dev chain (see :class:`~cancelnote.dispute.local.LocalChain`)."""
+    """A deterministic py-evm dev chain (see :class:`~cancelnote.dispute.local.LocalChain`).
 
-    engine = f"py-evm {version('py-evm')} (Prague)"
+    Args:
+        hardfork: one of :data:`HARDFORKS` (``prague``, the newest, unless a test wants a
+            node without some opcodes); the other arguments are :class:`LocalChain`'s.
+    """
+
+    def __init__(self, *args: Any, hardfork: str = "prague", **options: Any) -> None:
+        if hardfork not in HARDFORKS:
+            raise ChainError(f"unknown hardfork {hardfork!r}: choose one of {', '.join(HARDFORKS)}")
+        self.hardfork = hardfork
+        self.engine = f"py-evm {version('py-evm')} ({hardfork.title()})"
+        super().__init__(*args, **options)
 
     # --- state ----------------------------------------------------------------------------
 
@@ -143,7 +173,7 @@ class InProcessChain(LocalChain):
     # --- the backend ------------------------------------------------------------------------
 
     def _genesis(self, balances: dict[bytes, int], timestamp: int) -> BlockInfo:
-        self._chain = _chain_class(self.chain_id).from_genesis(
+        self._chain = _chain_class(self.chain_id, self.hardfork).from_genesis(
             AtomicDB(),
             {"difficulty": 0, "gas_limit": self.gas_limit, "timestamp": timestamp},
             {

@@ -11,9 +11,13 @@ Rules:
   A transaction that reverts is still sent and mined, as on
   :class:`~cancelnote.dispute.inprocess.InProcessChain`; the reason of a mined failure
   comes from re-running it as a call at its block.
-* **Everything else is a ChainError**: an unreachable node, an HTTP error, an answer that
-  is not JSON-RPC, a node-side error (nonce too low, insufficient funds), a receipt that
-  does not come in time.
+* **Everything else is a ChainError**: an HTTP error, an answer that is not JSON-RPC, a
+  node-side error (nonce too low, insufficient funds: named with the sender and its
+  balance). A node that cannot be reached, or a receipt that does not come in time, is
+  its subclass :class:`ChainUnreachable` (worth retrying; the CLI exits 4).
+* **The node's own accounts** (:class:`NodeAccount`: ``eth_accounts``, unlocked on anvil,
+  hardhat, ganache and ``cancelnote chain serve``) send with ``eth_sendTransaction``, so
+  the node signs; a :class:`~cancelnote.crypto.Signer` signs here.
 * **Nonces are counted here**, under a lock, so threads of one process can send from one
   account without asking the node between transactions; a failed send forgets the count
   and asks the node again.
@@ -34,9 +38,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from eth_account import Account
+import attrs
 
-from ..crypto import Signer
+from ..crypto import Signer, to_checksum
 from .chain import (
     Chain,
     ChainError,
@@ -52,6 +56,31 @@ REVERTED_CODE = 3  # geth's and anvil's error code for "execution reverted"
 REVERTED_MESSAGE = "execution reverted"
 GAS_MARGIN = 1.2  # a real node's state may move between the estimate and the block
 LATEST = "latest"
+
+
+class ChainUnreachable(ChainError):
+    """Raised when the node cannot be reached or does not answer (or mine) in time."""
+
+    code = "CHAIN_UNREACHABLE"
+
+
+@attrs.frozen
+class NodeAccount:
+    """An account the node holds unlocked (``eth_accounts[index]``): the node signs for it.
+
+    Anywhere a :class:`~cancelnote.crypto.Signer` pays for a transaction on a
+    :class:`JsonRpcChain`, this may pay instead (``--node-account N``).
+    """
+
+    address: bytes
+    index: int
+
+    @property
+    def checksum_address(self) -> str:
+        return to_checksum(self.address)
+
+    def __str__(self) -> str:
+        return f"node account {self.index} ({self.checksum_address})"
 
 
 def to_quantity(value: int) -> str:
@@ -249,7 +278,8 @@ class JsonRpcChain(Chain):
                     f"{method}: HTTP {exc.code} {exc.reason} from {self.url}"
                 ) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            raise ChainError(f"{method}: cannot reach {self.url}: {exc}") from None
+            reason = getattr(exc, "reason", exc)
+            raise ChainUnreachable(f"cannot reach the node at {self.url} ({reason})") from None
         try:
             answer = parse_json(body)
         except ValueError:
@@ -362,28 +392,50 @@ class JsonRpcChain(Chain):
             raise ChainError(f"eth_getBlockByNumber: expected a block, got {block!r:.200}")
         return block
 
-    def _send(self, sender: Signer, to: bytes | None, data: bytes, value: int) -> Receipt:
-        """Estimate, price, sign, send, wait.
+    def _send(
+        self, sender: Signer | NodeAccount, to: bytes | None, data: bytes, value: int
+    ) -> Receipt:
+        """Estimate, price, sign (here, or the node for a :class:`NodeAccount`), send, wait.
 
         A transaction whose estimate reverts is still sent, with the block gas limit, so it
         is mined and charged as on the in-process chain (the sender must afford that limit).
+        A refusal by the node names the sender and what it holds.
         """
-        latest = self._latest_block()
-        gas_limit = _quantity(_field(latest, "gasLimit"), "block gasLimit")
         try:
-            gas = self.estimate_gas(sender.address, to, data, value=value)
-            gas = min(gas_limit, int(gas * GAS_MARGIN))
-        except TransactionReverted:  # mined and charged like any failure, as a node would
-            gas = gas_limit
-        transaction: dict[str, Any] = {
-            "chainId": self.chain_id,
-            "gas": gas,
-            "value": value,
-            "data": data,
-            **self._fees(latest),
-        }
-        if to is not None:
-            transaction["to"] = to
+            latest = self._latest_block()
+            gas_limit = _quantity(_field(latest, "gasLimit"), "block gasLimit")
+            try:
+                gas = self.estimate_gas(sender.address, to, data, value=value)
+                gas = min(gas_limit, int(gas * GAS_MARGIN))
+            except TransactionReverted:  # mined and charged like any failure, as a node would
+                gas = gas_limit
+            transaction: dict[str, Any] = {
+                "chainId": self.chain_id,
+                "gas": gas,
+                "value": value,
+                "data": data,
+                **self._fees(latest),
+            }
+            if to is not None:
+                transaction["to"] = to
+            if isinstance(sender, NodeAccount):
+                transaction_hash = self._send_from_node(sender, transaction)
+            else:
+                transaction_hash = self._send_signed(sender, transaction)
+        except ChainUnreachable:
+            raise
+        except ChainError as exc:
+            raise ChainError(f"{self._describe(sender)} cannot send: {exc}") from None
+        receipt = self._wait_for_receipt(transaction_hash)
+        if receipt.status == 0:
+            failure = self._replay(sender.address, to, data, value, receipt.block_number)
+            raise TransactionReverted(failure.reason, receipt, failure.output)
+        return receipt
+
+    def _send_signed(self, sender: Signer, transaction: dict[str, Any]) -> bytes:
+        """Sign with the next nonce (counted here) and ``eth_sendRawTransaction``."""
+        from eth_account import Account  # 0.6 s to import: only once a key signs here
+
         with self._nonce_lock:
             nonce = self._nonces.get(sender.address)
             if nonce is None:
@@ -397,11 +449,41 @@ class JsonRpcChain(Chain):
             self._nonces[sender.address] = nonce + 1
         if not isinstance(result, str) or result.lower() != to_data(bytes(signed.hash)):
             raise ChainError(f"eth_sendRawTransaction: the node answered {result!r:.100}")
-        receipt = self._wait_for_receipt(bytes(signed.hash))
-        if receipt.status == 0:
-            failure = self._replay(sender.address, to, data, value, receipt.block_number)
-            raise TransactionReverted(failure.reason, receipt, failure.output)
-        return receipt
+        return bytes(signed.hash)
+
+    def _send_from_node(self, sender: NodeAccount, transaction: dict[str, Any]) -> bytes:
+        """``eth_sendTransaction``: the node signs with its unlocked key (and counts nonces)."""
+        request = {
+            "from": to_data(sender.address),
+            **{
+                key: to_data(value) if isinstance(value, bytes) else to_quantity(value)
+                for key, value in transaction.items()
+            },
+        }
+        result = self._rpc("eth_sendTransaction", request)
+        return _data(result, "eth_sendTransaction result", 32)
+
+    def node_account(self, index: int) -> NodeAccount:
+        """The node's ``eth_accounts[index]``, which it signs for.
+
+        Raises:
+            ChainError: the node holds fewer accounts (most public nodes hold none).
+        """
+        accounts = _list(self._rpc("eth_accounts"), "eth_accounts result")
+        if not 0 <= index < len(accounts):
+            raise ChainError(
+                f"the node at {self.url} holds {len(accounts)} unlocked accounts:"
+                f" there is no node account {index}"
+            )
+        return NodeAccount(_data(accounts[index], "eth_accounts entry", 20), index)
+
+    def _describe(self, sender: Signer | NodeAccount) -> str:
+        """The sender and what it holds, for an error message."""
+        name = str(sender) if isinstance(sender, NodeAccount) else sender.checksum_address
+        try:
+            return f"{name}, holding {self.balance(sender.address) / 10**18:,.6f} ETH,"
+        except ChainError:
+            return name
 
     def _fees(self, latest: dict[str, Any]) -> dict[str, Any]:
         """EIP-1559 fees when the chain has a base fee (2x base + tip), else a gas price."""
@@ -419,7 +501,7 @@ class JsonRpcChain(Chain):
             if answer is not None:
                 return _receipt_from_wire(answer)
             if time.monotonic() > deadline:
-                raise ChainError(
+                raise ChainUnreachable(
                     f"transaction {to_data(transaction_hash)} not mined "
                     f"after {self._receipt_timeout} s"
                 )

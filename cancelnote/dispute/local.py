@@ -42,7 +42,7 @@ import threading
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar
+from typing import Any
 
 import attrs
 from eth.vm.forks.london.headers import calculate_expected_base_fee_per_gas
@@ -422,7 +422,7 @@ class LocalChain(Chain):
     """
 
     #: What executes the transactions (banners, ``web3_clientVersion``).
-    engine: ClassVar[str]
+    engine: str
 
     def __init__(
         self,

@@ -21,7 +21,8 @@ Error handling: every input gets an answer, and none stops the server.
 Supported: ``web3_clientVersion``, ``net_version``, ``eth_chainId``, ``eth_accounts``,
 ``eth_blockNumber``, ``eth_getBlockByNumber``, ``eth_getBalance``, ``eth_getCode``,
 ``eth_getTransactionCount``, ``eth_gasPrice``, ``eth_maxPriorityFeePerGas``, ``eth_call``,
-``eth_estimateGas``, ``eth_sendRawTransaction``, ``eth_getTransactionReceipt``,
+``eth_estimateGas``, ``eth_sendRawTransaction``, ``eth_sendTransaction`` (from a dev
+account: the server signs, as anvil and hardhat do), ``eth_getTransactionReceipt``,
 ``eth_getTransactionByHash``, ``eth_getLogs``, and the dev methods
 ``evm_setNextBlockTimestamp``, ``evm_increaseTime``, ``evm_mine``.
 """
@@ -38,6 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .. import __version__
+from ..exits import USAGE
 from .chain import ChainError, Log, LogFilter, TransactionReverted
 from .jsonrpc import (
     REVERTED_CODE,
@@ -174,6 +176,7 @@ class Dispatcher:
             "eth_call": self._call,
             "eth_estimateGas": self._estimate_gas,
             "eth_sendRawTransaction": self._send_raw_transaction,
+            "eth_sendTransaction": self._send_transaction,
             "eth_getTransactionReceipt": self._get_transaction_receipt,
             "eth_getTransactionByHash": self._get_transaction_by_hash,
             "eth_getLogs": self._get_logs,
@@ -333,6 +336,27 @@ class Dispatcher:
     def _send_raw_transaction(self, raw: object) -> str:
         return to_data(self.chain.send_raw_transaction(_parsed(parse_data, raw, "transaction")))
 
+    def _send_transaction(self, transaction: object) -> str:
+        """Sign with the dev account named ``from`` and include it; the node picks the nonce,
+        the gas and the fees (those given are ignored). A mined failure answers its hash
+        (its receipt says status 0), as geth does."""
+        if not isinstance(transaction, dict) or transaction.get("from") is None:
+            raise RpcError(INVALID_PARAMS, "invalid params: the transaction needs a from")
+        sender, to, data, value = self._call_request(transaction)
+        signer = next((s for s in self.chain.dev_accounts if s.address == sender), None)
+        if signer is None:
+            raise RpcError(SERVER_ERROR, f"unknown account {to_data(sender)}")
+        try:
+            if to is None:
+                receipt = self.chain.deploy(signer, data, value=value)
+            else:
+                receipt = self.chain.transact(signer, to, data, value=value)
+        except TransactionReverted as exc:
+            if exc.receipt is None:
+                raise
+            receipt = exc.receipt
+        return to_data(receipt.transaction_hash)
+
     def _mined(self, tx_hash: object) -> MinedTransaction | None:
         return self.chain.transaction(_hash32(tx_hash, "transaction hash"))
 
@@ -471,27 +495,43 @@ class RpcServer(ThreadingHTTPServer):
         return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
 
 
-def serve(host: str, port: int, *, chain_id: int, accounts: int, backend: str = "py-evm") -> int:
+def serve(
+    host: str,
+    port: int,
+    *,
+    chain_id: int,
+    accounts: int,
+    backend: str = "py-evm",
+    hardfork: str = "prague",
+) -> int:
     """Run a fresh dev chain on ``host:port`` until SIGINT or SIGTERM (``chain serve``).
 
-    ``backend`` is one of :data:`~cancelnote.dispute.local.BACKENDS` (py-evm by default).
+    ``backend`` is one of :data:`~cancelnote.dispute.local.BACKENDS` (py-evm by default);
+    ``hardfork`` one of py-evm's (:data:`~cancelnote.dispute.inprocess.HARDFORKS`).
 
     Prints the dev accounts and their keys first, then ``Listening on <url>`` as the
     last line of the banner (scripts wait for it; with port 0 it names the bound port).
 
     Returns:
-        the exit status: 0 after a signal, 1 if the address cannot be bound.
+        the exit status (:mod:`cancelnote.exits`): 0 after a signal, 2 if the chain cannot
+        be made or the address cannot be bound.
     """
+    options: dict[str, Any] = {"chain_id": chain_id, "accounts": accounts}
+    if hardfork != "prague":
+        if backend != "py-evm":
+            print(f"cannot start the chain: --hardfork {hardfork} needs py-evm", file=sys.stderr)
+            return USAGE
+        options["hardfork"] = hardfork
     try:
-        chain = make_chain(backend, chain_id=chain_id, accounts=accounts)
+        chain = make_chain(backend, **options)
     except ChainError as exc:  # revm without its package
         print(f"cannot start the chain: {exc}", file=sys.stderr)
-        return 1
+        return USAGE
     try:
         server = RpcServer(chain, host, port)
     except OSError as exc:  # port taken, host not ours
-        print(f"cannot listen on {host}:{port}: {exc}", file=sys.stderr)
-        return 1
+        print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return USAGE
     lines = [
         f"cancelnote dev chain: {chain.engine}, chain id {chain_id}",
         "",

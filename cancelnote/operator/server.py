@@ -101,7 +101,12 @@ from cancelnote.api import (
     weight_of,
 )
 from cancelnote.errors import MessageError, Rejected
-from cancelnote.messages import CancellationNote, signature_from_wire, signature_to_wire
+from cancelnote.messages import (
+    CancellationNote,
+    domain_to_json,
+    signature_from_wire,
+    signature_to_wire,
+)
 
 from .clock import Clock
 from .engine import Engine
@@ -1121,7 +1126,13 @@ class OperatorServer:
         if error is not None:
             conn.send(_encode_json(failure_wire(error, Subscribe.REQUEST_TYPE, request.id)))
             return
-        data = {"sender": sender_hex, "after_seq": str(request.after_seq), "replayed": replayed}
+        data = {
+            "sender": sender_hex,
+            "after_seq": str(request.after_seq),
+            "replayed": replayed,
+            "domain": domain_to_json(self.engine.domain),  # the client checks it before signing
+            "operator": self.engine.signer.checksum_address,
+        }
         conn.send(_encode_json(success_wire("subscribe", data, request.id)))
         self._streams.unsubscribe(conn, request.sender)  # a re-subscribe replays again
         conn.subscriptions.add(request.sender)

@@ -1,0 +1,7 @@
+"""``python -m cancelnote``: the ``cancelnote`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
