@@ -451,6 +451,46 @@ class Leaf:
         )
 
 
+@attrs.frozen
+class LeafProof:
+    """Leaf ``index`` of the log, whole, and its inclusion path in a tree of some size:
+    what the court takes as a leaf (``HeadsCourt.LeafProof``) and a proof query returns."""
+
+    index: int
+    leaf: Leaf
+    path: tuple[bytes, ...] = attrs.field(converter=tuple)
+
+    def verify(self, size: int, root: bytes) -> None:
+        """Check the proof against a head of ``size`` leaves and root ``root``.
+
+        Raises:
+            ProofError: it does not verify.
+        """
+        verify_inclusion(self.index, size, self.leaf.hash(), self.path, root)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "seq": str(self.index),
+            "leaf": self.leaf.to_wire(),
+            "path": path_to_wire(self.path),
+        }
+
+    @classmethod
+    def from_wire(cls, obj: object) -> LeafProof:
+        """Parse ``{"seq", "leaf", "path"}`` strictly.
+
+        Raises:
+            MessageError: a field missing, unknown or malformed.
+        """
+        if not isinstance(obj, dict) or set(obj) != {"seq", "leaf", "path"}:
+            raise MessageError("proof: expected exactly seq, leaf and path")
+        return cls(
+            uint64_from_wire("proof.seq", obj["seq"]),
+            Leaf.from_wire(obj["leaf"]),
+            path_from_wire("proof.path", obj["path"]),
+        )
+
+
 def uint64_from_wire(name: str, raw: object) -> int:
     """A uint64 as the wire writes one: a decimal string (or a JSON integer)."""
     if type(raw) is str and raw.isdecimal() and raw.isascii() and len(raw) <= 20:

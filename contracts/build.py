@@ -16,30 +16,43 @@ import sys
 from pathlib import Path
 
 import vyper
+from vyper.compiler.input_bundle import FilesystemInputBundle
 from vyper.compiler.settings import Settings
 
 #: Where the sources live and where the artifacts go (package data).
 CONTRACTS_DIR = Path(__file__).resolve().parent
 ARTIFACTS_DIR = CONTRACTS_DIR.parent / "cancelnote" / "contracts"
-#: The shipped contracts, by name (``<name>.vy`` → ``<name>.json``).
-CONTRACTS = ("CancelCourt",)
+#: The shipped contracts, by name (``<name>.vy`` → ``<name>.json``); the modules they
+#: import (``eip712.vy``) are compiled into them.
+CONTRACTS = ("CancelCourt", "HeadsCourt")
+MODULES = ("eip712",)
 #: py-evm's newest fork; pinned so that a compiler upgrade cannot move it silently.
 EVM_VERSION = "prague"
 
 
 def compile_source(source: str, *, evm_version: str = EVM_VERSION) -> dict[str, object]:
-    """Compile Vyper ``source``; the artifact fields that depend on the source alone."""
+    """Compile Vyper ``source`` (its imports from this folder); the artifact fields that
+    depend on the sources alone."""
     out = vyper.compile_code(
         source,
+        input_bundle=FilesystemInputBundle([CONTRACTS_DIR]),
         output_formats=["abi", "bytecode", "bytecode_runtime"],
         settings=Settings(evm_version=evm_version),
     )
+    modules = {
+        f"contracts/{name}.vy": hashlib.sha256(
+            (CONTRACTS_DIR / f"{name}.vy").read_bytes()
+        ).hexdigest()
+        for name in MODULES
+        if f"import {name}" in source
+    }
     return {
         "abi": out["abi"],
         "bytecode": out["bytecode"],
         "bytecode_runtime": out["bytecode_runtime"],
         "compiler": f"vyper {vyper.__version__}",
         "evm_version": evm_version,
+        "modules_sha256": modules,
         "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
     }
 
