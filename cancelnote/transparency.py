@@ -48,7 +48,13 @@ import attrs
 
 from .crypto import keccak
 from .errors import MessageError
-from .messages import Domain, bytes32_from_wire
+from .messages import (
+    Domain,
+    JournalHead,
+    bytes32_from_wire,
+    signature_from_wire,
+    signature_to_wire,
+)
 
 #: Most nodes in a proof the court takes (any proof of a log below 2**63 leaves fits).
 MAX_PROOF_NODES = 64
@@ -515,6 +521,37 @@ def path_from_wire(name: str, raw: object) -> list[bytes]:
 
 def path_to_wire(path: Sequence[bytes]) -> list[str]:
     return ["0x" + item.hex() for item in path]
+
+
+@attrs.frozen
+class SignedHead:
+    """A tree head and the operator's signature of it, as pushed and kept:
+    ``{"head": {"size", "root", "timestampMs"}, "signature": "0x..."}``."""
+
+    head: JournalHead
+    signature: bytes
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"head": self.head.to_wire(), "signature": signature_to_wire(self.signature)}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> SignedHead:
+        """Parse strictly (the signature is checked to be canonical, not whose it is).
+
+        Raises:
+            MessageError: a field missing, unknown or malformed.
+        """
+        if not isinstance(obj, dict) or set(obj) != {"head", "signature"}:
+            raise MessageError("expected exactly 'head' and 'signature'")
+        return cls(JournalHead.from_wire(obj["head"]), signature_from_wire(obj["signature"]))
+
+    def verify(self, domain: Domain, operator: bytes) -> None:
+        """Check that ``operator`` signed the head in ``domain``.
+
+        Raises:
+            SignatureError: it did not.
+        """
+        self.head.verify(self.signature, domain, operator)
 
 
 def genesis_leaf(domain: Domain, operator: bytes) -> Leaf:
