@@ -87,10 +87,14 @@ class HeadLog:
         self._nodes: list[tuple[int, int, bytes]] = []
         self._located: list[tuple[bytes, int]] = []
         self._stored = self._stored_leaves()
-        if state.size and next(self._stored, None) != self.genesis.hash():
-            raise JournalCorrupt(f"journal {journal.path}: its log is another operator's")
-        if state.head is not None:
-            self._check_head(state.head)
+        try:
+            if state.size and next(self._stored, None) != self.genesis.hash():
+                raise JournalCorrupt(f"journal {journal.path}: its log is another operator's")
+            if state.head is not None:
+                self._check_head(state.head)
+        except BaseException:
+            self._stored.close()
+            raise
         if not state.size:
             self._append(self.genesis, 0)
         self._reader = journal.reader()
@@ -270,4 +274,5 @@ class HeadLog:
         return {"seq": str(seq)}
 
     def close(self) -> None:
+        self._stored.close()
         self._reader.close()
