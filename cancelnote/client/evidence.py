@@ -15,6 +15,12 @@ a message the session reports received survives ``kill -9`` and a power cut. Rul
 * A **bundle** (:meth:`EvidenceStore.export_bundle`) is a self-contained JSON document
   (domain, operator, court, messages with signatures) that anyone can verify offline and
   import into another store (:func:`parse_bundle` checks every signature first).
+* **Journal heads** (protocol §21) are kept too: every signed head received (one per size
+  and root; of two with one size and root, the later), from the operator or from a peer
+  (a bundle), and the leaves of the operator's log that concern this store's messages
+  with their inclusion proofs, each against a head kept. Bundles carry heads, so heads are
+  exchanged by exchanging bundles (gossip by file): a split view shows up as two heads
+  that are not one log.
 """
 
 from __future__ import annotations
@@ -37,10 +43,13 @@ from cancelnote.messages import (
     CancellationProducts,
     Domain,
     Fill,
+    JournalHead,
+    Match,
     Order,
     signature_from_wire,
     signature_to_wire,
 )
+from cancelnote.transparency import LeafProof, SignedHead
 
 #: The ``format`` field of a bundle; a reader refuses any other (version 2: the messages
 #: of protocol v2, whose notes carry ``lastFillHash``).
@@ -80,6 +89,15 @@ CREATE TABLE IF NOT EXISTS payouts (
     tx_hash TEXT PRIMARY KEY, account TEXT NOT NULL, amount TEXT NOT NULL,
     at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS heads (
+    size INTEGER NOT NULL, root TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
+    signature TEXT NOT NULL, received_at_ms INTEGER NOT NULL, source TEXT NOT NULL,
+    PRIMARY KEY (size, root));
+CREATE INDEX IF NOT EXISTS heads_received ON heads (received_at_ms);
+CREATE TABLE IF NOT EXISTS leaves (
+    seq INTEGER PRIMARY KEY, leaf TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
+    match TEXT);
+CREATE TABLE IF NOT EXISTS located (content TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
 
 
@@ -156,6 +174,30 @@ class SignedNote:
 
     def to_wire(self) -> dict[str, Any]:
         return {"note": self.note.to_wire(), "signature": signature_to_wire(self.signature)}
+
+
+@attrs.frozen
+class StoredHead:
+    """A signed journal head kept, when it was received and from whom (``operator`` or
+    ``bundle``)."""
+
+    signed: SignedHead
+    received_at_ms: int
+    source: str
+
+    @property
+    def head(self) -> Any:
+        return self.signed.head
+
+
+@attrs.frozen
+class StoredLeaf:
+    """A leaf of the operator's log, proven in the kept head of ``size`` leaves (and, for
+    a match leaf, its match)."""
+
+    proof: LeafProof
+    size: int
+    match: Match | None = None
 
 
 @attrs.frozen
@@ -454,7 +496,101 @@ class EvidenceStore:
             (name, value),
         )
 
+    def add_head(self, signed: SignedHead, received_at_ms: int, source: str) -> bool:
+        """Keep a signed head (its signature checked by the caller); false if this size and
+        root were kept before with a time no earlier (the later one is kept)."""
+        head = signed.head
+        return self._insert(
+            "INSERT INTO heads VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (size, root) DO UPDATE"
+            " SET timestamp_ms = excluded.timestamp_ms, signature = excluded.signature"
+            " WHERE excluded.timestamp_ms > heads.timestamp_ms",
+            (
+                head.size,
+                _hex(head.root),
+                head.timestamp_ms,
+                _hex(signed.signature),
+                received_at_ms,
+                source,
+            ),
+        )
+
+    def add_leaf(self, leaf: StoredLeaf) -> None:
+        """Keep a proven leaf of the log (a later proof of the same seq replaces it)."""
+        self._insert(
+            "INSERT OR REPLACE INTO leaves VALUES (?, ?, ?, ?, ?)",
+            (
+                leaf.proof.index,
+                _dumps(leaf.proof.leaf.to_wire()),
+                _dumps([_hex(node) for node in leaf.proof.path]),
+                leaf.size,
+                None if leaf.match is None else _dumps(leaf.match.to_wire()),
+            ),
+        )
+
+    def set_located(self, content: bytes, seq: int) -> None:
+        """The operator's log holds the order or cancel whose struct hash is ``content``
+        at ``seq``."""
+        self._insert("INSERT OR REPLACE INTO located VALUES (?, ?)", (_hex(content), seq))
+
     # --- reads ----------------------------------------------------------------------------
+
+    def heads(self, *, min_size: int = 0) -> list[StoredHead]:
+        """Kept heads of at least ``min_size`` leaves, by size then time."""
+        rows = self._conn.execute(
+            "SELECT size, root, timestamp_ms, signature, received_at_ms, source FROM heads"
+            " WHERE size >= ? ORDER BY size, timestamp_ms",
+            (min_size,),
+        )
+        return [_head_from_row(row) for row in rows]
+
+    def latest_head(self) -> StoredHead | None:
+        """The kept head of the largest size (the latest of that size)."""
+        row = self._conn.execute(
+            "SELECT size, root, timestamp_ms, signature, received_at_ms, source FROM heads"
+            " ORDER BY size DESC, timestamp_ms DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else _head_from_row(row)
+
+    def head_of_size(self, size: int) -> StoredHead | None:
+        row = self._conn.execute(
+            "SELECT size, root, timestamp_ms, signature, received_at_ms, source FROM heads"
+            " WHERE size = ? ORDER BY timestamp_ms DESC LIMIT 1",
+            (size,),
+        ).fetchone()
+        return None if row is None else _head_from_row(row)
+
+    def latest_head_not_after(self, seq: int) -> StoredHead | None:
+        """Of the heads whose size is at most ``seq`` (signed before leaf ``seq`` was made),
+        the one with the latest time: what a fill numbered ``seq`` may not predate."""
+        row = self._conn.execute(
+            "SELECT size, root, timestamp_ms, signature, received_at_ms, source FROM heads"
+            " WHERE size <= ? ORDER BY timestamp_ms DESC LIMIT 1",
+            (seq,),
+        ).fetchone()
+        return None if row is None else _head_from_row(row)
+
+    def heads_received_since(self, since_ms: int, source: str = "operator") -> int:
+        (count,) = self._conn.execute(
+            "SELECT count(*) FROM heads WHERE received_at_ms >= ? AND source = ?",
+            (since_ms, source),
+        ).fetchone()
+        return count
+
+    def leaf(self, seq: int) -> StoredLeaf | None:
+        row = self._conn.execute(
+            "SELECT seq, leaf, path, size, match FROM leaves WHERE seq = ?", (seq,)
+        ).fetchone()
+        return None if row is None else _leaf_from_row(row)
+
+    def located(self, content: bytes) -> int | None:
+        row = self._conn.execute(
+            "SELECT seq FROM located WHERE content = ?", (_hex(content),)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def fills_from_seq(self, seq: int) -> list[SignedFill]:
+        """Fills numbered ``seq`` or later, in seq order."""
+        return self._fills("WHERE seq >= ?", (seq,))
 
     def cursor(self, name: str) -> int:
         row = self._conn.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
@@ -644,6 +780,7 @@ class EvidenceStore:
             ],
             "fills": [{**f.to_wire(), "received_at_ms": f.received_at_ms} for f in fills],
             "notes": [{**n.to_wire(), "received_at_ms": n.received_at_ms} for n in notes],
+            "heads": [h.signed.to_wire() for h in self.heads()],
         }
 
 
@@ -657,13 +794,14 @@ class Bundle:
     cancels: tuple[StoredCancel, ...]
     fills: tuple[SignedFill, ...]
     notes: tuple[SignedNote, ...]
+    heads: tuple[SignedHead, ...] = ()
 
 
 def parse_bundle(obj: object) -> Bundle:
     """Parse a bundle strictly and verify every signature in its own domain.
 
-    Orders and cancels must be signed by their sender's owner, fills and notes by the
-    bundle's operator. One bad item rejects the whole bundle: a file is not a peer whose
+    Orders and cancels must be signed by their sender's owner, fills, notes and heads by
+    the bundle's operator. One bad item rejects the whole bundle: a file is not a peer whose
     mistakes are evidence, and half an import would be worse than none.
 
     Raises:
@@ -711,7 +849,14 @@ def _parse_bundle(obj: Any) -> Bundle:
         signature = signature_from_wire(item["signature"])
         note.verify(signature, domain, operator)
         notes.append(SignedNote(note, signature, _ms(item, "received_at_ms")))
-    return Bundle(domain, operator, tuple(orders), tuple(cancels), tuple(fills), tuple(notes))
+    heads = []
+    for item in obj.get("heads", ()):  # (bundles before journal heads have none)
+        signed = SignedHead.from_wire(item)
+        signed.verify(domain, operator)
+        heads.append(signed)
+    return Bundle(
+        domain, operator, tuple(orders), tuple(cancels), tuple(fills), tuple(notes), tuple(heads)
+    )
 
 
 def _ms(item: Mapping[str, Any], key: str) -> int:
@@ -755,6 +900,20 @@ def _cancel_from_row(row: tuple[str, str, str, str, int, int, int]) -> StoredCan
     return StoredCancel(
         request, _unhex(signature), _unhex(request_hash), sent_at_ms, local_seq, bool(rejected)
     )
+
+
+def _head_from_row(row: tuple[int, str, int, str, int, str]) -> StoredHead:
+    size, root, timestamp_ms, signature, received_at_ms, source = row
+    signed = SignedHead(JournalHead(size, _unhex(root), timestamp_ms), _unhex(signature))
+    return StoredHead(signed, received_at_ms, source)
+
+
+def _leaf_from_row(row: tuple[int, str, str, int, str | None]) -> StoredLeaf:
+    seq, leaf, path, size, match = row
+    proof = LeafProof.from_wire(
+        {"seq": str(seq), "leaf": json.loads(leaf), "path": json.loads(path)}
+    )
+    return StoredLeaf(proof, size, None if match is None else Match.from_wire(json.loads(match)))
 
 
 @contextmanager
