@@ -385,6 +385,7 @@ def _match_after_cancel(b: Bench, size: int) -> Receipt:
 
 #: operation -> how to run it in a fresh bench (the receipt measured is the last one).
 OPERATIONS: dict[str, Callable[[Bench], Receipt]] = {
+    "deploy (HeadsCourt)": lambda b: b.court.heads_deploy_receipt,
     "depositBond": lambda b: b.bond_receipt,
     "proveFillAfterNote": Bench.fill_after_note,
     "proveFillAfterNote (payee already credited)": _fill_after_note_again,

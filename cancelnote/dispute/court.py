@@ -281,8 +281,10 @@ class _Contract:
         artifact = load_artifact(self.ARTIFACT)
         self.chain = chain
         self.address = address
-        #: The receipt of the deployment, when this object deployed the contract.
+        #: The receipt of the deployment, when this object deployed the contract (and, for a
+        #: court, of its HeadsCourt's).
         self.deploy_receipt: Receipt | None = None
+        self.heads_deploy_receipt: Receipt | None = None
         self._functions, self._events = _parse_abi(artifact.abi)
 
     def encode_call(self, name: str, *args: object) -> bytes:
@@ -373,6 +375,7 @@ class Court(_Contract):
             )
         court = cls(chain, receipt.contract_address)
         court.deploy_receipt = receipt
+        court.heads_deploy_receipt = heads_receipt
         return court
 
     @classmethod
