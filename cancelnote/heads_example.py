@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .crypto import keccak
-from .example import T0_MS, Example, build_example
+from .example import T0_MS, Example, build_example, replace_block
 from .messages import JournalHead, Match
 from .transparency import Leaf, LeafKind, MemoryNodes, genesis_leaf, verify_consistency
 
@@ -93,20 +93,7 @@ def render() -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_doc(path: Path) -> bool:
-    """Replace the text between the markers in ``path``; True if it changed."""
-    text = path.read_text(encoding="utf-8")
-    head, sep, rest = text.partition(BEGIN)
-    _, sep_end, tail = rest.partition(END)
-    if not sep or not sep_end:
-        raise SystemExit(f"{path}: no {BEGIN.strip()} ... {END} markers")
-    new = head + BEGIN + render() + END + tail
-    if new == text:
-        return False
-    path.write_text(new, encoding="utf-8")
-    return True
-
-
 if __name__ == "__main__":  # python -m cancelnote.heads_example docs/protocol.md
     for name in sys.argv[1:]:
-        print(f"{name}: {'updated' if update_doc(Path(name)) else 'unchanged'}")
+        changed = replace_block(Path(name), BEGIN, END, render())
+        print(f"{name}: {'updated' if changed else 'unchanged'}")

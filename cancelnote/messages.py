@@ -513,6 +513,15 @@ def bytes32_from_wire(name: str, raw: object) -> bytes:
     return _value_from_wire("bytes32", name, raw)
 
 
+def uint64_from_wire(name: str, raw: object) -> int:
+    """A uint64 as §6.2 writes one: a decimal string (or a JSON integer).
+
+    Raises:
+        MessageError: naming ``name``.
+    """
+    return _value_from_wire("uint64", name, raw)
+
+
 def signature_from_wire(raw: object) -> bytes:
     """A 65-byte signature from ``0x`` and 130 hex digits, checked to be canonical."""
     if not isinstance(raw, str) or not _HEX_SIGNATURE.match(raw):

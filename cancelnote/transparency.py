@@ -54,6 +54,7 @@ from .messages import (
     bytes32_from_wire,
     signature_from_wire,
     signature_to_wire,
+    uint64_from_wire,
 )
 
 #: Most nodes in a proof the court takes (any proof of a log below 2**63 leaves fits).
@@ -495,21 +496,6 @@ class LeafProof:
             Leaf.from_wire(obj["leaf"]),
             path_from_wire("proof.path", obj["path"]),
         )
-
-
-def uint64_from_wire(name: str, raw: object) -> int:
-    """A uint64 as the wire writes one: a decimal string (or a JSON integer)."""
-    if type(raw) is str and raw.isdecimal() and raw.isascii() and len(raw) <= 20:
-        if len(raw) > 1 and raw[0] == "0":
-            raise MessageError(f"{name}: a leading zero in {raw!r}")
-        value = int(raw)
-    elif type(raw) is int:
-        value = raw
-    else:
-        raise MessageError(f"{name}: expected a uint64, got {raw!r:.40}")
-    if not 0 <= value < 2**64:
-        raise MessageError(f"{name}: {value} is out of range for uint64")
-    return value
 
 
 def path_from_wire(name: str, raw: object) -> list[bytes]:

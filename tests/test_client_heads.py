@@ -81,18 +81,40 @@ async def _heads(follower: HeadsFollower, count: int) -> None:
             await trio.sleep(H_MS / 1000 / 2)
 
 
-async def test_a_held_cancel_is_found_by_its_leaf_and_slashed(nursery, tmp_path):
-    exchange = await _exchange(nursery, tmp_path, Delay(2_000))
+@attrs.define
+class Traders:
+    """Alice (watched: her store, its heads follower and watchtower) and Bob, trading."""
+
+    alice: Session
+    bob: Session
+    follower: HeadsFollower
+    verifier: Verifier
+    tower: Watchtower
+
+
+async def _traders(nursery, exchange: Exchange, tmp_path: Path) -> Traders:
     world = exchange.world
     verifier, heads, tower = exchange.client(tmp_path, "alice", world.alice)
     bob_verifier, _, _ = exchange.client(tmp_path, "bob", world.bob)
-    alice = Session(exchange.url, world.alice, verifier)
-    bob = Session(exchange.url, world.bob, bob_verifier)
-    follower = HeadsFollower(exchange.url, heads, wall_clock_ms)
+    traders = Traders(
+        Session(exchange.url, world.alice, verifier),
+        Session(exchange.url, world.bob, bob_verifier),
+        HeadsFollower(exchange.url, heads, wall_clock_ms),
+        verifier,
+        tower,
+    )
+    for task in (traders.alice.run, traders.bob.run, traders.follower.run):
+        await nursery.start(task)
+    return traders
+
+
+async def test_a_held_cancel_is_found_by_its_leaf_and_slashed(nursery, tmp_path):
+    exchange = await _exchange(nursery, tmp_path, Delay(2_000))
+    world = exchange.world
     try:
-        await nursery.start(alice.run)
-        await nursery.start(bob.run)
-        await nursery.start(follower.run)
+        traders = await _traders(nursery, exchange, tmp_path)
+        alice, bob, follower = traders.alice, traders.bob, traders.follower
+        verifier, tower = traders.verifier, traders.tower
         digest = await alice.place(1, PRICE, 10**18)
         async with trio.open_nursery() as inner:  # the cancel is held 2 s...
             inner.start_soon(alice.cancel, [(digest, 1)])
@@ -116,15 +138,14 @@ async def test_a_held_cancel_is_found_by_its_leaf_and_slashed(nursery, tmp_path)
 
 async def test_an_honest_exchange_leaves_nothing_to_dispute(nursery, tmp_path):
     exchange = await _exchange(nursery, tmp_path, Policy())
-    world = exchange.world
-    verifier, heads, _ = exchange.client(tmp_path, "alice", world.alice)
-    bob_verifier, _, _ = exchange.client(tmp_path, "bob", world.bob)
-    alice = Session(exchange.url, world.alice, verifier)
-    bob = Session(exchange.url, world.bob, bob_verifier)
-    follower = HeadsFollower(exchange.url, heads, wall_clock_ms)
     try:
-        for task in (alice.run, bob.run, follower.run):
-            await nursery.start(task)
+        traders = await _traders(nursery, exchange, tmp_path)
+        alice, bob, follower, verifier = (
+            traders.alice,
+            traders.bob,
+            traders.follower,
+            traders.verifier,
+        )
         digests = [await alice.place(1, PRICE - n, 10**18) for n in range(3)]
         await bob.place(1, PRICE - 10**18, -(15 * 10**17))
         await alice.cancel([(d, 1) for d in digests])
@@ -178,6 +199,17 @@ def _signed(world, head: JournalHead) -> SignedHead:
     return SignedHead(head, head.sign(world.operator, world.court.domain))
 
 
+def _core(tmp_path: Path, world, name: str = "s") -> tuple[EvidenceStore, Verifier, HeadsVerifier]:
+    """A store holding one order of Alice's, its verifier and its heads core."""
+    store = EvidenceStore.open(
+        tmp_path / f"{name}.sqlite", world.court.domain, world.operator.address
+    )
+    order, signature = world.order(world.alice)
+    store.add_order(order, signature, 0)
+    verifier = Verifier(store, POLICY)
+    return store, verifier, HeadsVerifier(verifier)
+
+
 def test_a_backdated_fill_is_found_against_the_heads_held_and_slashed(tmp_path):
     world = make_world()
     store = EvidenceStore.open(tmp_path / "s.sqlite", world.court.domain, world.operator.address)
@@ -220,11 +252,7 @@ def test_a_peers_bundle_shows_a_split_view_and_the_court_halts_the_operator(tmp_
     world = make_world()
     domain = world.court.domain
     honest, forked = _split_view(world, 30, fork_at=12)
-    mine = EvidenceStore.open(tmp_path / "mine.sqlite", domain, world.operator.address)
-    order, signature = world.order(world.alice)
-    mine.add_order(order, signature, 0)
-    verifier = Verifier(mine, POLICY)
-    heads = HeadsVerifier(verifier)
+    _, verifier, heads = _core(tmp_path, world, "mine")
     assert heads.receive_head(_signed(world, JournalHead(30, honest.root(30), 1_000)), 1_000) == []
     peer = EvidenceStore.open(tmp_path / "peer.sqlite", domain, world.operator.address)
     HeadsVerifier(Verifier(peer, POLICY)).receive_head(
@@ -239,13 +267,8 @@ def test_a_peers_bundle_shows_a_split_view_and_the_court_halts_the_operator(tmp_
 
 def test_an_operators_consistency_proof_from_the_other_view_proves_the_fork(tmp_path):
     world = make_world()
-    domain = world.court.domain
     honest, forked = _split_view(world, 40, fork_at=5)
-    store = EvidenceStore.open(tmp_path / "s.sqlite", domain, world.operator.address)
-    order, signature = world.order(world.alice)
-    store.add_order(order, signature, 0)
-    verifier = Verifier(store, POLICY)
-    heads = HeadsVerifier(verifier)
+    _, verifier, heads = _core(tmp_path, world)
     small = _signed(world, JournalHead(20, forked.root(20), 1_000))  # our view
     large = _signed(world, JournalHead(40, honest.root(40), 2_000))  # a peer's
     heads.receive_head(small, 1_000)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from test_protocol_doc import _full_message
 
 from cancelnote.example import build_example
 from cancelnote.heads_example import BEGIN, END, build_log, render
@@ -27,20 +28,7 @@ def test_eth_account_recovers_the_operator_from_an_example_head():
     example = build_example()
     _, nodes = build_log(example)
     head = JournalHead(58, nodes.root(58), 1_767_225_660_052)
-    typed = {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "JournalHead": JournalHead.eip712_types(),
-        },
-        "primaryType": "JournalHead",
-        "domain": example.domain.to_wire(),
-        "message": {"size": head.size, "root": head.root, "timestampMs": head.timestamp_ms},
-    }
+    typed = _full_message(head, example)
     signature = head.sign(example.operator, example.domain)
     recovered = Account.recover_message(encode_typed_data(full_message=typed), signature=signature)
     assert recovered == example.operator.checksum_address

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cancelnote.errors import MessageError
+from cancelnote.messages import uint64_from_wire
 from cancelnote.transparency import (
     KECCAK,
     SHA256,
@@ -31,7 +32,6 @@ from cancelnote.transparency import (
     proves_inconsistency,
     root_from_inclusion,
     tree_root,
-    uint64_from_wire,
     verify_consistency,
     verify_inclusion,
 )
@@ -81,27 +81,16 @@ def rfc_proof(m: int, entries: tuple[bytes, ...], mth=rfc_mth) -> list[bytes]:
 
 
 def rfc_verify_consistency(first, second, first_hash, second_hash, path) -> bool:
-    """§2.1.4.2 with its step 2 (the RFC's own verifier, for the RFC's own proofs)."""
+    """§2.1.4.2 with its step 2, for the RFC's own proofs: prepend the first root when the
+    first size is a power of two, then the walk our verifier runs (it skips step 2)."""
     if not path:
         return False
-    path = list(path)
     if first & (first - 1) == 0:
         path = [first_hash, *path]
-    fn, sn = first - 1, second - 1
-    while fn & 1:
-        fn, sn = fn >> 1, sn >> 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            fr, sr = _sha(b"\x01" + c + fr), _sha(b"\x01" + c + sr)
-            while not fn & 1 and fn:
-                fn, sn = fn >> 1, sn >> 1
-        else:
-            sr = _sha(b"\x01" + sr + c)
-        fn, sn = fn >> 1, sn >> 1
-    return fr == first_hash and sr == second_hash and sn == 0
+    try:
+        return consistency_roots(first, second, path, SHA256) == (first_hash, second_hash)
+    except ProofError:
+        return False
 
 
 # --- the published vectors -------------------------------------------------------------
@@ -210,12 +199,16 @@ VECTOR_CONSISTENCY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def vector_tree() -> MemoryNodes:
+def _sha_tree(entries: tuple[bytes, ...]) -> MemoryNodes:
     nodes = MemoryNodes(SHA256)
-    for entry in VECTOR_ENTRIES:
+    for entry in entries:
         nodes.append(SHA256.leaf(entry))
     return nodes
+
+
+@pytest.fixture(scope="module")
+def vector_tree() -> MemoryNodes:
+    return _sha_tree(VECTOR_ENTRIES)
 
 
 def test_roots_are_the_published_ones(vector_tree):
@@ -284,10 +277,7 @@ def _fast_mth(entries: _Slice) -> bytes:
 
 @pytest.fixture(scope="module")
 def small_tree() -> MemoryNodes:
-    nodes = MemoryNodes(SHA256)
-    for entry in ENTRIES:
-        nodes.append(SHA256.leaf(entry))
-    return nodes
+    return _sha_tree(ENTRIES)
 
 
 def test_every_root_and_inclusion_proof_is_the_rfc_definition(small_tree):

@@ -534,40 +534,30 @@ class EvidenceStore:
 
     # --- reads ----------------------------------------------------------------------------
 
-    def heads(self, *, min_size: int = 0) -> list[StoredHead]:
-        """Kept heads of at least ``min_size`` leaves, by size then time."""
+    def _heads(self, where: str, values: tuple[Any, ...], order: str) -> list[StoredHead]:
         rows = self._conn.execute(
             "SELECT size, root, timestamp_ms, signature, received_at_ms, source FROM heads"
-            " WHERE size >= ? ORDER BY size, timestamp_ms",
-            (min_size,),
+            f" {where} ORDER BY {order}",
+            values,
         )
         return [_head_from_row(row) for row in rows]
 
+    def heads(self, *, min_size: int = 0) -> list[StoredHead]:
+        """Kept heads of at least ``min_size`` leaves, by size then time."""
+        return self._heads("WHERE size >= ?", (min_size,), "size, timestamp_ms")
+
     def latest_head(self) -> StoredHead | None:
         """The kept head of the largest size (the latest of that size)."""
-        row = self._conn.execute(
-            "SELECT size, root, timestamp_ms, signature, received_at_ms, source FROM heads"
-            " ORDER BY size DESC, timestamp_ms DESC LIMIT 1"
-        ).fetchone()
-        return None if row is None else _head_from_row(row)
+        return next(iter(self._heads("", (), "size DESC, timestamp_ms DESC LIMIT 1")), None)
 
     def head_of_size(self, size: int) -> StoredHead | None:
-        row = self._conn.execute(
-            "SELECT size, root, timestamp_ms, signature, received_at_ms, source FROM heads"
-            " WHERE size = ? ORDER BY timestamp_ms DESC LIMIT 1",
-            (size,),
-        ).fetchone()
-        return None if row is None else _head_from_row(row)
+        return next(iter(self._heads("WHERE size = ?", (size,), "timestamp_ms DESC LIMIT 1")), None)
 
     def latest_head_not_after(self, seq: int) -> StoredHead | None:
         """Of the heads whose size is at most ``seq`` (signed before leaf ``seq`` was made),
         the one with the latest time: what a fill numbered ``seq`` may not predate."""
-        row = self._conn.execute(
-            "SELECT size, root, timestamp_ms, signature, received_at_ms, source FROM heads"
-            " WHERE size <= ? ORDER BY timestamp_ms DESC LIMIT 1",
-            (seq,),
-        ).fetchone()
-        return None if row is None else _head_from_row(row)
+        found = self._heads("WHERE size <= ?", (seq,), "timestamp_ms DESC LIMIT 1")
+        return next(iter(found), None)
 
     def heads_received_since(self, since_ms: int, source: str = "operator") -> int:
         (count,) = self._conn.execute(

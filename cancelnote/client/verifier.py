@@ -210,7 +210,7 @@ class Verifier:
                     SignedNote(CancellationNote.from_wire(obj["note"]), signature, now_ms), now_ms
                 )
         except MessageError as exc:
-            finding = self._record(
+            finding = self.record(
                 Kind.BAD_SIGNATURE if exc.code == "INVALID_SIGNATURE" else Kind.MALFORMED_MESSAGE,
                 json.dumps(obj, sort_keys=True, default=str)[:512],
                 bytes(32),
@@ -309,7 +309,7 @@ class Verifier:
                 "cancel": _cancel_wire(cancel),
                 "fills": [f.to_wire() for f in fills[-1:]],  # the latest receipt
             }
-            finding = self._record(
+            finding = self.record(
                 Kind.UNANSWERED_CANCEL,
                 "0x" + stored.digest.hex(),
                 stored.digest,
@@ -362,7 +362,7 @@ class Verifier:
         try:
             message.verify(signature, self.store.domain, self.store.operator)
         except MessageError as exc:
-            finding = self._record(
+            finding = self.record(
                 Kind.BAD_SIGNATURE,
                 _key(message) + "/" + signature.hex(),
                 message.order_digest,
@@ -473,19 +473,6 @@ class Verifier:
     def recorder(self, now_ms: int, into: list[Finding | None]) -> Any:
         """:meth:`_recorder` for the journal-heads checks (:mod:`.heads`)."""
         return self._recorder(now_ms, into)
-
-    def record(
-        self,
-        kind: Kind,
-        key: str,
-        digest: bytes,
-        offence: Offence | None,
-        detail: str,
-        evidence: Mapping[str, Any],
-        now_ms: int,
-    ) -> Finding | None:
-        """Record a finding that no pair of fills and notes shows (a head, a leaf)."""
-        return self._record(kind, key, digest, offence, detail, evidence, now_ms)
 
     def _judge_note(self, signed: SignedNote, now_ms: int) -> list[Finding]:
         note = signed.note
@@ -622,11 +609,11 @@ class Verifier:
             digest = plain[0].order_digest if plain else order.digest if order else bytes(32)
             if extra:  # (the same messages may show another offence against another head)
                 key += "/" + json.dumps(extra, sort_keys=True)[:200]
-            into.append(self._record(kind, key, digest, offence, detail, evidence, now_ms))
+            into.append(self.record(kind, key, digest, offence, detail, evidence, now_ms))
 
         return record
 
-    def _record(
+    def record(
         self,
         kind: Kind,
         key: str,
@@ -636,6 +623,8 @@ class Verifier:
         evidence: Mapping[str, Any],
         now_ms: int,
     ) -> Finding | None:
+        """Keep one finding (``None`` if it was kept before); for the checks no pair of
+        fills and notes shows too (:mod:`.heads`: a head, a leaf)."""
         return self.store.add_finding(
             Finding(str(kind), key, digest, offence, detail, evidence, now_ms)
         )
