@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -95,9 +95,9 @@ CREATE TABLE IF NOT EXISTS heads (
     PRIMARY KEY (size, root));
 CREATE INDEX IF NOT EXISTS heads_received ON heads (received_at_ms);
 CREATE TABLE IF NOT EXISTS leaves (
-    seq INTEGER PRIMARY KEY, leaf TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
-    match TEXT);
-CREATE TABLE IF NOT EXISTS located (content TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+    seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, ref INTEGER NOT NULL, leaf TEXT NOT NULL,
+    path TEXT NOT NULL, size INTEGER NOT NULL, match TEXT);
+CREATE TABLE IF NOT EXISTS located (key TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
 
 
@@ -516,21 +516,24 @@ class EvidenceStore:
 
     def add_leaf(self, leaf: StoredLeaf) -> None:
         """Keep a proven leaf of the log (a later proof of the same seq replaces it)."""
+        wire = leaf.proof.leaf.to_wire()
         self._insert(
-            "INSERT OR REPLACE INTO leaves VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO leaves VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 leaf.proof.index,
-                _dumps(leaf.proof.leaf.to_wire()),
+                wire["kind"],
+                leaf.proof.leaf.ref,
+                _dumps(wire),
                 _dumps([_hex(node) for node in leaf.proof.path]),
                 leaf.size,
                 None if leaf.match is None else _dumps(leaf.match.to_wire()),
             ),
         )
 
-    def set_located(self, content: bytes, seq: int) -> None:
-        """The operator's log holds the order or cancel whose struct hash is ``content``
-        at ``seq``."""
-        self._insert("INSERT OR REPLACE INTO located VALUES (?, ?)", (_hex(content), seq))
+    def set_located(self, key: bytes, seq: int) -> None:
+        """The operator's log holds the order (its id) or the cancel (its request hash)
+        ``key`` at ``seq``."""
+        self._insert("INSERT OR REPLACE INTO located VALUES (?, ?)", (_hex(key), seq))
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -551,6 +554,7 @@ class EvidenceStore:
         return next(iter(self._heads("", (), "size DESC, timestamp_ms DESC LIMIT 1")), None)
 
     def head_of_size(self, size: int) -> StoredHead | None:
+        """The latest kept head of ``size`` leaves."""
         return next(iter(self._heads("WHERE size = ?", (size,), "timestamp_ms DESC LIMIT 1")), None)
 
     def latest_head_not_after(self, seq: int) -> StoredHead | None:
@@ -572,11 +576,61 @@ class EvidenceStore:
         ).fetchone()
         return None if row is None else _leaf_from_row(row)
 
-    def located(self, content: bytes) -> int | None:
-        row = self._conn.execute(
-            "SELECT seq FROM located WHERE content = ?", (_hex(content),)
-        ).fetchone()
+    def located(self, key: bytes) -> int | None:
+        """Where the log holds the order or cancel ``key`` (``None``: not found yet)."""
+        row = self._conn.execute("SELECT seq FROM located WHERE key = ?", (_hex(key),)).fetchone()
         return None if row is None else row[0]
+
+    def unlocated(self) -> tuple[list[StoredOrder], list[StoredCancel]]:
+        """The orders and cancels sent (not refused) whose place in the log is not known."""
+        orders = self._conn.execute(
+            f"SELECT {_ORDER_COLUMNS} FROM orders WHERE rejected = 0"
+            " AND digest NOT IN (SELECT key FROM located) ORDER BY local_seq"
+        )
+        cancels = self._conn.execute(
+            f"SELECT {_CANCEL_COLUMNS} FROM cancels WHERE rejected = 0"
+            " AND request_hash NOT IN (SELECT key FROM located) ORDER BY local_seq"
+        )
+        return [_order_from_row(r) for r in orders], [_cancel_from_row(r) for r in cancels]
+
+    def unproven(self, size: int) -> list[int]:
+        """The seqs below ``size`` this store's evidence is about and holds no proof of:
+        its fills, notes, located orders and cancels, and the matches its fills name."""
+        rows = self._conn.execute(
+            "SELECT seq FROM fills UNION SELECT seq FROM notes UNION SELECT seq FROM located"
+            " UNION SELECT ref FROM leaves WHERE kind = 'fill'",
+        )
+        proven = {seq for (seq,) in self._conn.execute("SELECT seq FROM leaves")}
+        return sorted({seq for (seq,) in rows if seq < size} - proven)
+
+    def located_at(self, seqs: Iterable[int]) -> list[bytes]:
+        """The orders and cancels (ids and request hashes) located at one of ``seqs``."""
+        seqs = list(seqs)
+        marks = ",".join("?" * len(seqs))
+        rows = self._conn.execute(f"SELECT key FROM located WHERE seq IN ({marks})", seqs)
+        return [_unhex(key) for (key,) in rows]
+
+    def fill_leaves_naming(self, seqs: Iterable[int]) -> list[int]:
+        """The seqs of proven fill leaves whose ref (their match) is one of ``seqs``."""
+        seqs = list(seqs)
+        marks = ",".join("?" * len(seqs))
+        rows = self._conn.execute(
+            f"SELECT seq FROM leaves WHERE kind = 'fill' AND ref IN ({marks})", seqs
+        )
+        return [seq for (seq,) in rows]
+
+    def heads_of_size(self, size: int) -> list[StoredHead]:
+        return self._heads("WHERE size = ?", (size,), "timestamp_ms")
+
+    def peer_heads(self) -> list[StoredHead]:
+        """Heads that came from elsewhere than the operator's stream (bundles)."""
+        return self._heads("WHERE source != 'operator'", (), "size, timestamp_ms")
+
+    def neighbour_heads(self, size: int) -> list[StoredHead]:
+        """The largest head below ``size`` and the smallest above it (those that exist)."""
+        below = self._heads("WHERE size < ?", (size,), "size DESC, timestamp_ms DESC LIMIT 1")
+        above = self._heads("WHERE size > ?", (size,), "size, timestamp_ms LIMIT 1")
+        return below + above
 
     def fills_from_seq(self, seq: int) -> list[SignedFill]:
         """Fills numbered ``seq`` or later, in seq order."""

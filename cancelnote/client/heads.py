@@ -93,6 +93,7 @@ class HeadsVerifier:
         self.policy = verifier.policy
         self._checked: set[tuple[int, bytes]] = set()  # peers' heads whose consistency was asked
         self._reprove: set[int] = set()  # seqs an offence needs proven against one head
+        self._locating: dict[bytes, bytes] = {}  # content asked for -> order id / request hash
 
     # --- heads ----------------------------------------------------------------------------
 
@@ -118,8 +119,8 @@ class HeadsVerifier:
             return [f for f in found if f is not None]
         head = signed.head
         with self.store.transaction():
-            for other in self.store.heads(min_size=head.size):
-                if other.head.size == head.size and other.head.root != head.root:
+            for other in self.store.heads_of_size(head.size):
+                if other.head.root != head.root:
                     found.append(self._fork(other.signed, signed, [], now_ms))
             if not self.store.add_head(signed, now_ms, source):
                 return [f for f in found if f is not None]
@@ -138,7 +139,7 @@ class HeadsVerifier:
                         now_ms,
                     )
                 )
-            for other in self.store.heads():
+            for other in self.store.neighbour_heads(head.size):
                 earlier, later = sorted((other.head, head), key=lambda h: h.size)
                 if earlier.size < later.size and earlier.timestamp_ms > later.timestamp_ms:
                     found.append(
@@ -195,7 +196,7 @@ class HeadsVerifier:
         head = signed.head
         asked: list[Query] = []
         others = [] if previous is None else [previous]
-        others += [h.signed for h in self.store.heads() if h.source != "operator"]
+        others += [h.signed for h in self.store.peer_heads()]
         for other in others:
             pair = (other.head.size, other.head.root)
             if pair in self._checked or other.head.size == head.size:
@@ -204,39 +205,22 @@ class HeadsVerifier:
                 self._checked.add(pair)
             first, second = sorted((other.head.size, head.size))
             asked.append(Consistency(first, second))
-        for content in self._unlocated():
+        orders, cancels = self.store.unlocated()
+        keyed = [(o.digest, o.order.struct_hash()) for o in orders]
+        keyed += [(c.request_hash, c.request.struct_hash()) for c in cancels]
+        for key, content in keyed:
+            self._locating[content] = key
             asked.append(Locate(content))
-        seqs = sorted(self._unproven(head.size))
-        for start in range(0, len(seqs), INCLUSION_CHUNK):
-            asked.append(Inclusion(head.size, tuple(seqs[start : start + INCLUSION_CHUNK])))
+        seqs = set(self.store.unproven(head.size))
+        seqs |= {s for s in self._reprove if s < head.size and self._proven_elsewhere(s, head.size)}
+        ordered = sorted(seqs)
+        for start in range(0, len(ordered), INCLUSION_CHUNK):
+            asked.append(Inclusion(head.size, tuple(ordered[start : start + INCLUSION_CHUNK])))
         return asked
 
-    def _unlocated(self) -> list[bytes]:
-        contents = [o.order.struct_hash() for o in self.store.orders() if not o.rejected]
-        contents += [c.request.struct_hash() for c in self.store.cancels() if not c.rejected]
-        return [c for c in contents if self.store.located(c) is None]
-
-    def _interesting(self) -> set[int]:
-        """The seqs of the log this store's evidence is about."""
-        seqs = {f.fill.seq for f in self.store.fills()} | {n.note.seq for n in self.store.notes()}
-        for stored in self.store.orders():
-            if (seq := self.store.located(stored.order.struct_hash())) is not None:
-                seqs.add(seq)
-        for cancel in self.store.cancels():
-            if (seq := self.store.located(cancel.request.struct_hash())) is not None:
-                seqs.add(seq)
-        for fill in self.store.fills():  # the match each fill names
-            leaf = self.store.leaf(fill.fill.seq)
-            if leaf is not None and leaf.proof.leaf.kind == LeafKind.FILL:
-                seqs.add(leaf.proof.leaf.ref)
-        return seqs
-
-    def _unproven(self, size: int) -> set[int]:
-        wanted = {seq for seq in self._interesting() if self.store.leaf(seq) is None}
-        wanted |= {
-            seq for seq in self._reprove if (leaf := self.store.leaf(seq)) and leaf.size != size
-        }
-        return {seq for seq in wanted if seq < size}
+    def _proven_elsewhere(self, seq: int, size: int) -> bool:
+        leaf = self.store.leaf(seq)
+        return leaf is not None and leaf.size != size
 
     # --- answers ----------------------------------------------------------------------------
 
@@ -275,15 +259,17 @@ class HeadsVerifier:
         except (KeyError, TypeError, ValueError):
             found.append(self._unproven_finding(query, {"data": data}, now_ms))
             return
-        self.store.set_located(query.content, seq)
+        key = self._locating.pop(query.content, None)
+        if key is not None:
+            self.store.set_located(key, seq)
 
     def _take_consistency(self, query: Consistency, data: Any, now_ms: int) -> Finding | None:
         try:
             path = path_from_wire("path", data["path"])
         except (KeyError, TypeError, MessageError):
             return self._unproven_finding(query, {"data": data}, now_ms)
-        firsts = [h for h in self.store.heads() if h.head.size == query.first]
-        seconds = [h for h in self.store.heads() if h.head.size == query.second]
+        firsts = self.store.heads_of_size(query.first)
+        seconds = self.store.heads_of_size(query.second)
         for first in firsts:
             for second in seconds:
                 a, b = first.head, second.head
@@ -322,15 +308,29 @@ class HeadsVerifier:
                 found.append(self._unproven_finding(query, {"data": data}, now_ms))
                 continue
             self.store.add_leaf(StoredLeaf(proof, head.head.size, match))
-        self._judge_leaves(head, now_ms, found)
+        self._judge_leaves(head, set(query.seqs), now_ms, found)
 
     # --- offences from leaves -------------------------------------------------------------
 
-    def _judge_leaves(self, head: StoredHead, now_ms: int, found: list) -> None:
-        """Each held fill against the match its leaf names; each order against its cancels."""
+    def _touched(self, seqs: set[int]) -> list[SignedFill]:
+        """The fills whose judgement leaves numbered ``seqs`` may change: of orders whose
+        leaf, cancel's leaf, fills' leaves or matches' leaves are among them."""
+        fill_seqs = seqs | set(self.store.fill_leaves_naming(seqs))
+        digests = {f.fill.order_digest for s in fill_seqs for f in self.store.fills_with_seq(s)}
+        for key in self.store.located_at(seqs):
+            cancel = self.store.cancel(key)
+            if cancel is None:
+                digests.add(key)
+            else:
+                digests |= {o.digest for o in self.verifier._targets(cancel)}
+        return [f for d in sorted(digests) for f in self.store.fills(d)]
+
+    def _judge_leaves(self, head: StoredHead, seqs: set[int], now_ms: int, found: list) -> None:
+        """The fills the new leaves concern: each against the match its leaf names, and
+        each order against its cancels."""
         record = self.verifier.recorder(now_ms, found)
         fills_by_order: dict[bytes, list[tuple[SignedFill, StoredLeaf]]] = {}
-        for signed in self.store.fills():
+        for signed in self._touched(seqs):
             fill_leaf = self.store.leaf(signed.fill.seq)
             stored = self.store.order(signed.fill.order_digest)
             if fill_leaf is None or stored is None:
@@ -434,11 +434,11 @@ class HeadsVerifier:
         found: list,
     ) -> None:
         """A fill whose match came after a cancel of the order that came after the order."""
-        order_seq = self.store.located(stored.order.struct_hash())
+        order_seq = self.store.located(stored.digest)
         if order_seq is None:
             return
         for cancel in self.store.cancels():
-            cancel_seq = self.store.located(cancel.request.struct_hash())
+            cancel_seq = self.store.located(cancel.request_hash)
             if cancel_seq is None or not rules.cancel_names(
                 cancel.request, stored.order, stored.digest
             ):
@@ -531,7 +531,7 @@ class HeadsVerifier:
         for cancel in self.store.cancels(unsettled=True):
             if cancel.sent_at_ms > now_ms - wait_ms:
                 continue
-            if self.store.located(cancel.request.struct_hash()) is not None:
+            if self.store.located(cancel.request_hash) is not None:
                 continue
             for stored in self.verifier._targets(cancel):
                 if stored.order.expiration * 1000 <= now_ms or self.store.notes(stored.digest):
