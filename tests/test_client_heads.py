@@ -323,3 +323,16 @@ def test_a_head_far_from_the_clients_clock_is_recorded(tmp_path, lag_ms):
         _signed(world, JournalHead(3, keccak(b"r"), 50_000 + lag_ms)), 50_000
     )
     assert finding.kind == Kind.HEAD_CLOCK and finding.kind not in DISPUTABLE
+
+
+def test_a_fork_seen_by_a_store_without_orders_is_recorded_and_nothing_is_sent(tmp_path):
+    world = make_world()
+    store = EvidenceStore.open(tmp_path / "s.sqlite", world.court.domain, world.operator.address)
+    verifier = Verifier(store, POLICY)
+    heads = HeadsVerifier(verifier)
+    honest, forked = _split_view(world, 9, fork_at=3)
+    heads.receive_head(_signed(world, JournalHead(9, honest.root(9), 1_000)), 1_000)
+    (fork,) = heads.receive_head(_signed(world, JournalHead(9, forked.root(9), 1_000)), 1_000)
+    assert fork.kind == Kind.INCONSISTENT_HEADS and fork.offence is None
+    assert Watchtower(verifier, world.court, world.bob).step(1_100) == []
+    assert not world.court.halted()

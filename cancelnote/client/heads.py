@@ -168,7 +168,8 @@ class HeadsVerifier:
     def _fork(
         self, first: SignedHead, second: SignedHead, proof: list[bytes], now_ms: int
     ) -> Finding | None:
-        """Two heads that are not one log; the claim is for the owner of an order held."""
+        """Two heads that are not one log; the claim is for the owner of an order held (with
+        none, the finding is recorded: there is nobody to file the claim for)."""
         orders = self.store.orders()
         evidence: dict[str, Any] = {
             "heads": [first.to_wire(), second.to_wire()],
@@ -180,7 +181,7 @@ class HeadsVerifier:
             Kind.INCONSISTENT_HEADS,
             _head_key(first) + "," + _head_key(second),
             bytes(32) if not orders else orders[0].digest,
-            Offence.INCONSISTENT_HEADS,
+            Offence.INCONSISTENT_HEADS if orders else None,
             f"heads of {first.head.size} and {second.head.size} leaves are not one log",
             evidence,
             now_ms,

@@ -312,9 +312,9 @@ def plan(findings: Iterable[Finding], view: CourtView, noted: frozenset[bytes]) 
                 actions.append(Claim(finding.id, finding.digest, _order_of(finding), key[1]))
             continue
         if finding.kind not in FORCING:
-            if finding.status == "open":
-                actions.append(proof_of(finding))
-            continue
+            if finding.status == "open" and finding.offence is not None:
+                actions.append(proof_of(finding))  # (a fork with no order of ours to name:
+            continue  # recorded only, there is no one to file the claim for)
         status = view.cancels.get(finding.digest)
         state = CancelState.NONE if status is None else status.state
         if state is CancelState.ANSWERED:
