@@ -553,8 +553,8 @@ DECIMAL_WIRE = Annotated[str, msgspec.Meta(pattern="^" + _DECIMAL.pattern)]
 
 
 def _schema_type(sol: str) -> Any:
-    """The msgspec type of one wire value of Solidity type ``sol`` (ranges are checked by
-    the message's own validators once it is built)."""
+    """The msgspec type of one wire value of Solidity type ``sol`` (integer ranges are
+    checked as the value is converted: :func:`_from_schema_value`)."""
     if sol.endswith("[]"):
         return Annotated[list[_schema_type(sol[:-2])], msgspec.Meta(max_length=MAX_ARRAY_LENGTH)]
     if sol == "bytes32":
@@ -562,13 +562,50 @@ def _schema_type(sol: str) -> Any:
     return DECIMAL_WIRE | int
 
 
-def _from_schema_value(sol: str) -> Callable[[Any], Any]:
-    if sol.endswith("[]"):
-        item = _from_schema_value(sol[:-2])
-        return lambda values: tuple(map(item, values))
+def _from_schema_value(sol: str, name: str) -> Callable[[Any], Any]:
+    """The value of a field from its decoded schema value, range-checked: the schema has
+    checked everything else the message's validators would (types, hex, lengths).
+
+    Raises:
+        MessageError: out of range, worded as the validator words it.
+    """
     if sol == "bytes32":
         return lambda value: bytes.fromhex(value[2:])
-    return lambda value: int(value) if type(value) is str else value
+    if sol == "bytes32[]":
+        return lambda values: tuple(bytes.fromhex(value[2:]) for value in values)
+    low, high = _INT_RANGES[sol.removesuffix("[]")]
+    if sol.endswith("[]"):
+
+        def integers(values: list[Any]) -> tuple[int, ...]:
+            out = tuple(int(v) if type(v) is str else v for v in values)
+            if out and not (low <= min(out) and max(out) <= high):
+                _check_field(sol, name, out)  # names the first item out of range
+            return out
+
+        return integers
+
+    def integer(value: Any) -> int:
+        if type(value) is str:
+            value = int(value)
+        if not low <= value <= high:
+            _check_int(sol, name, value)
+        return value
+
+    return integer
+
+
+def _setter(cls: type, names: tuple[str, ...]) -> Callable[[list[Any]], Any]:
+    """A constructor of ``cls`` from checked values, in field order, that skips the
+    validators (attrs' own way round them, ``attrs.validators.disabled``, is global)."""
+    new, set_field = object.__new__, object.__setattr__
+
+    def build(values: list[Any]) -> Any:
+        message = new(cls)
+        for name, value in zip(names, values, strict=True):
+            set_field(message, name, value)
+        return message
+
+    return build
 
 
 @attrs.frozen
@@ -577,20 +614,19 @@ class WireSchema:
 
     message: type[SignedMessage]
     struct: type[msgspec.Struct]
-    converters: tuple[Callable[[Any], Any], ...]
-    fields: tuple[str, ...]  # wire names, in field order
+    converters: tuple[tuple[str, Callable[[Any], Any]], ...]  # (wire name, converter)
+    construct: Callable[[list[Any]], Any]
 
     def build(self, decoded: msgspec.Struct) -> Any:
-        """The message from its decoded struct (the message's validators check ranges).
+        """The message from its decoded struct, checked once: the schema checked the
+        shapes, the converters the ranges.
 
         Raises:
             MessageError: a value is out of its type's range.
         """
-        values = [
-            convert(getattr(decoded, name))
-            for name, convert in zip(self.fields, self.converters, strict=True)
-        ]
-        return self.message(*values)
+        return self.construct(
+            [convert(getattr(decoded, name)) for name, convert in self.converters]
+        )
 
 
 _WIRE_SCHEMAS: dict[type, WireSchema] = {}
@@ -605,9 +641,11 @@ def wire_schema(cls: type[SignedMessage]) -> WireSchema:
             [(wire, _schema_type(sol)) for _, wire, sol in cls._WIRE],
             forbid_unknown_fields=True,
         )
-        converters = tuple(_from_schema_value(sol) for _, _, sol in cls._WIRE)
-        fields = tuple(wire for _, wire, _ in cls._WIRE)
-        schema = _WIRE_SCHEMAS[cls] = WireSchema(cls, struct, converters, fields)
+        converters = tuple(
+            (wire, _from_schema_value(sol, f"{cls.__name__}.{wire}")) for _, wire, sol in cls._WIRE
+        )
+        construct = _setter(cls, tuple(name for name, _, _ in cls._WIRE))
+        schema = _WIRE_SCHEMAS[cls] = WireSchema(cls, struct, converters, construct)
     return schema
 
 

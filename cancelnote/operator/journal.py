@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from cancelnote.api import CancelRequest, request_from_wire, request_to_wire
+from cancelnote.api import CancelRequest, encode_json, request_from_wire, request_to_wire
 from cancelnote.crypto import to_checksum
 from cancelnote.errors import CancelnoteError
 from cancelnote.messages import (
@@ -70,6 +70,11 @@ def _unhex(raw: object) -> bytes:
     return bytes.fromhex(raw[2:])
 
 
+def _received_or_wire(request: CancelRequest) -> Any:
+    """The envelope a request was decoded from (msgspec encodes it in C), else its wire."""
+    return request.received if request.received is not None else request_to_wire(request)
+
+
 # Field codecs, (to JSON, from JSON), by the field's annotation.
 _CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "int": (lambda v: v, lambda raw: _typed(raw, int)),
@@ -79,7 +84,7 @@ _CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "Order": (Order.to_wire, Order.from_wire),
     "Fill": (Fill.to_wire, Fill.from_wire),
     "CancellationNote": (CancellationNote.to_wire, CancellationNote.from_wire),
-    "CancelRequest": (request_to_wire, request_from_wire),
+    "CancelRequest": (_received_or_wire, request_from_wire),
     "CancellationType": (lambda v: v.value, CancellationType),
 }
 
@@ -111,7 +116,7 @@ class _Entry:
         return {name: encode(getattr(self, name)) for name, encode in _encoders(type(self))}
 
     def body_json(self) -> str:
-        return _encode_json(self.body())
+        return encode_json(self.body()).decode()
 
     @classmethod
     def from_body(cls, seq: int, body: dict[str, Any]) -> Any:
@@ -202,7 +207,7 @@ class _SignedEntry(_Entry):
         """
         encoders = _unsigned_encoders(type(self))
         rest = {name: encode(getattr(self, name)) for name, encode in encoders}
-        return _encode_json(rest)[:-1] + "," + self.signed_json[1:]
+        return (encode_json(rest)[:-1] + b"," + self.signed_json[1:]).decode()
 
     @cached_property
     def signed_wire(self) -> dict[str, Any]:
@@ -211,9 +216,9 @@ class _SignedEntry(_Entry):
         return {self.MESSAGE: message.to_wire(), "signature": signature_to_wire(self.signature)}
 
     @cached_property
-    def signed_json(self) -> str:
-        """:attr:`signed_wire` as compact JSON."""
-        return _encode_json(self.signed_wire)
+    def signed_json(self) -> bytes:
+        """:attr:`signed_wire` as compact JSON: the bytes of the row, the reply, the stream."""
+        return encode_json(self.signed_wire)
 
 
 @attrs.frozen
@@ -430,6 +435,33 @@ class Seal:
             self._fd = None
 
 
+#: Rows per INSERT statement: powers of two up to this (a few statements per commit,
+#: each a single step of SQLite; a handful of distinct statements to cache).
+_MOST_ROWS_PER_INSERT = 256
+
+
+def _chunks(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+    """``rows`` in runs of power-of-two sizes, largest first.
+
+    Every statement SQLite steps releases and re-takes the GIL, and re-taking it from a
+    busy event loop can cost a whole switch interval (5 ms): one multi-row INSERT per
+    run, instead of one step per row, keeps a commit to a few such hand-offs."""
+    at = 0
+    while at < len(rows):
+        size = min(_MOST_ROWS_PER_INSERT, 1 << ((len(rows) - at).bit_length() - 1))
+        yield rows[at : at + size]
+        at += size
+
+
+@cache
+def _insert_rows(count: int) -> str:
+    return "INSERT INTO journal VALUES " + ",".join(["(?, ?, ?, ?)"] * count)
+
+
+def _flat(rows: list[tuple[Any, ...]]) -> list[Any]:
+    return [value for row in rows for value in row]
+
+
 def _refuse(path: Path, problem: str) -> JournalCorrupt:
     return JournalCorrupt(f"journal {path}: {problem}; not starting (docs/operations.md §7)")
 
@@ -595,10 +627,11 @@ class Journal:
         try:
             with self._conn:
                 self._conn.execute("BEGIN")
-                self._conn.executemany("INSERT INTO journal VALUES (?, ?, ?, ?)", rows)
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                    (("count", str(count)), ("last_seq", str(seq)), ("head", head.hex())),
+                for chunk in _chunks(rows):
+                    self._conn.execute(_insert_rows(len(chunk)), _flat(chunk))
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?), (?, ?), (?, ?)",
+                    ("count", str(count), "last_seq", str(seq), "head", head.hex()),
                 )
         except sqlite3.IntegrityError as exc:
             raise JournalCorrupt(f"journal append of seq {rows[0][0]}..: {exc}") from None

@@ -1,25 +1,41 @@
 """The operator's WebSocket server: the JSON API of docs/protocol.md §15 over trio.
 
-WebSocket is spoken with wsproto directly on trio's TCP streams, so that every byte that
-arrives or waits to leave is counted against a budget and every wait has a timeout
-(DESIGN §8). Three kinds of task share one process, and only one touches the engine:
+The opening handshake is wsproto's (h11); after it the server frames itself
+(:mod:`.frames`) on trio's TCP streams, so that every byte that arrives or waits to
+leave is counted against a budget and every wait has a timeout (DESIGN §8). A request
+goes through five stages, and only one touches the engine:
 
 * a **connection** task pair per client: the reader turns bytes into messages and each
-  message into a request (:func:`cancelnote.api.decode_request`) and queues it on the
-  shared inbox; the writer frames what was queued for that client, everything waiting
-  at once, into one socket write;
+  message into a request (:func:`cancelnote.api.decode_request`, one pass into the
+  final types), applies the connection's and address's rates, and puts it in the
+  **intake**; the writer frames what was queued for that client, everything waiting at
+  once, into one socket write;
+* the intake (:class:`_Intake`) serves the waiting requests fairly: each connection's in
+  order, the connections of one source address in turn, the addresses in turn. So a
+  burst from one address (or from many wallets behind it) waits behind itself, not in
+  front of another address's cancel;
+* the **verify lanes** (one per verifier worker, :mod:`.verifier`) take a batch from the
+  intake, compute each execute's signed digests, have a worker process recover their
+  signers on another core, and pass the batch on in the order it was taken, every
+  request carrying what its worker found (:class:`~.engine.Verified`). A worker that
+  fails is replaced and its batch retried; a batch no worker answers goes on without,
+  and the engine recovers those signatures itself. With no workers the engine always
+  does;
 * the **engine task** is the engine's only caller (it is not thread-safe). It takes
-  every request waiting in the inbox, cancels and queries first and new orders after
-  (each client's own requests keep their order: :func:`_cancels_first`), and for each of
-  the two parts (a batch) reads the clock once (``now_ms``: the engine never reads one),
-  calls :meth:`Engine.advance` and then ``handle`` for each request, and hands the
-  batch's journal entries and outgoing messages on. When no
-  request comes for :attr:`ServerConfig.tick_s` it still calls ``advance``, so that
-  in-flight matches settle, orders expire and held cancels are released on time;
+  the verified batches waiting for it, at most :attr:`ServerConfig.max_batch` requests a
+  step, cancels and queries first and new orders after (each client's own requests keep
+  their order: :func:`_cancels_first`), and for each of the two parts (a batch) reads the
+  clock once (``now_ms``: the engine never reads one), calls :meth:`Engine.advance` and
+  then ``handle`` for each request, and hands the batch's journal entries and outgoing
+  messages on. When no request comes for :attr:`ServerConfig.tick_s` it still calls
+  ``advance``, so that in-flight matches settle, orders expire and held cancels are
+  released on time;
 * the **dispatcher** commits the entries of every batch waiting for it in one
-  transaction (group commit: one fsync for all the requests of those loop turns) and
-  only then releases their replies and pushes: **durable before visible**. While it
-  waits for the disk, the engine task works on the next batch.
+  transaction (group commit: one fsync for all the requests of those steps) and only
+  then releases their replies and pushes: **durable before visible**. While it waits
+  for the disk, the engine task works on the next batch and the workers verify the one
+  after. A reply is encoded once, with each note or fill in it spliced in as the bytes
+  its journal row holds (:meth:`~cancelnote.api.Reply.json`); a push is those bytes.
 
 Subscriptions (``{"subscribe": {"sender", "after_seq"}}``, §15.3) are served by the
 dispatcher, which publishes fills and notes in journal order. A subscription first
@@ -31,17 +47,21 @@ queries to anyone who names a digest.
 
 Limits (:class:`ServerConfig`; protocol §15.5 lists the codes, docs/operations.md the
 defaults and flags). Before the handshake: connections in total and per source address
-(over either, an HTTP 503 and the socket closes), and a handshake timeout. On a
-connection: the message size (over it, ``INVALID_MESSAGE``; far over it, close 1009),
-how long a begun message may take (4001), an idle timeout with pings (4000), the bytes
-queued for the client (over them, or a write stuck for the write timeout: close 1008),
-subscriptions and replays in progress (``SUBSCRIPTION_LIMIT``, ``REPLAY_LIMIT``), and
-token-bucket rates per connection and per address for queries (``QUERY_RATE_LIMITED``)
-and for executes the engine rejected (beyond them an execute is refused unchecked,
-``REJECT_RATE_LIMITED``: a flood of bad signatures costs no signature recoveries).
-Replays stream at most at a rate per address. In total: the bytes buffered in and out
-over all connections; past that budget readers stop reading (TCP pushes back) and the
-client with the largest queue is closed (1013).
+(over either, an HTTP 503 written straight to the new socket, which closes), and a
+handshake timeout. On a connection: the message size (over it, ``INVALID_MESSAGE``; far
+over it, close 1009), how long a begun message may take (4001), an idle timeout with
+pings (4000), the bytes queued for the client (over them, or a write stuck for the write
+timeout: close 1008), the requests waiting in the pipeline (over
+:attr:`ServerConfig.max_pending`, its reader waits), subscriptions and replays in
+progress (``SUBSCRIPTION_LIMIT``, ``REPLAY_LIMIT``), and token-bucket rates per
+connection and per address for queries (``QUERY_RATE_LIMITED``) and for executes the
+engine rejected (beyond them an execute is refused unchecked, ``REJECT_RATE_LIMITED``: a
+flood of bad signatures costs no signature recoveries). Replays stream at most at a rate
+per address. In total: the requests in the pipeline (:attr:`ServerConfig.inbox_size`)
+and the bytes buffered in and out over all connections; past either, readers stop
+reading (TCP pushes back) and, for bytes, the client with the largest queue is closed
+(1013). A frame that breaks RFC 6455 closes the connection with 1002 (1007 for text that
+is not UTF-8).
 
 Error handling: whatever a connection does is handled in its own task, and nothing it
 raises leaves that task (a client that resets mid-handshake is one log line). A
@@ -50,8 +70,9 @@ commit, is a fault: it is logged with its cause and ends the server, and the jou
 the truth on restart (no reply of an uncommitted batch ever left).
 
 Shutdown (:meth:`OperatorServer.shutdown`): stop accepting, stop reading, answer every
-request already read, commit, flush every queue, close each socket with 1001; whatever a
-client does, every socket is closed within :attr:`ServerConfig.shutdown_timeout_s`.
+request already read, commit, flush every queue, close each socket with 1001, stop the
+workers; whatever a client does, every socket is closed within
+:attr:`ServerConfig.shutdown_timeout_s`.
 """
 
 from __future__ import annotations
@@ -61,26 +82,18 @@ import collections
 import contextlib
 import errno
 import itertools
-import json
 import logging
 import math
+import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Message,
-    Ping,
-    Request,
-    TextMessage,
-)
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.events import AcceptConnection, Request
+from wsproto.utilities import RemoteProtocolError
 
 from cancelnote.api import (
     CancelAndPlace,
@@ -96,15 +109,18 @@ from cancelnote.api import (
     WireRequest,
     decode_request,
     describe_failed,
+    encode_json,
     failure_wire,
+    signed_parts,
     success_wire,
     weight_of,
 )
 from cancelnote.errors import MessageError, Rejected
 from cancelnote.messages import CancellationNote, signature_from_wire, signature_to_wire
 
+from . import frames
 from .clock import Clock
-from .engine import Engine
+from .engine import Engine, Verified
 from .errors import (
     AddressRateLimited,
     QueryRateLimited,
@@ -115,6 +131,7 @@ from .errors import (
 from .journal import FillIssued, Journal, JournalEntry, NoteIssued
 from .lifecycle import CancellationType
 from .limits import ServerConfig
+from .verifier import Verifier
 
 LOGGER = logging.getLogger("cancelnote.operator.server")
 
@@ -129,13 +146,16 @@ WRITE_BYTES = 256 * 1024
 REPLAY_CHUNK = 64
 #: How long a closing handshake may take before the socket is dropped.
 CLOSE_TIMEOUT_S = 0.5
+#: The longest request head read before the upgrade (h11's own limit).
+MAX_HANDSHAKE_BYTES = 16 * 1024
+#: Where an HTTP request head ends, as h11 finds it.
+_HEAD_END = re.compile(rb"\n\r?\n")
 
 CANCEL_REQUESTS = (CancelOrders, CancelProductOrders, CancelAndPlace)
 EXECUTES = (PlaceOrder, *CANCEL_REQUESTS)
 _HTTP_REASONS = {400: "Bad Request", 503: "Service Unavailable"}
-
-
-_encode_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+_PONG, _PING = frames.PONG, frames.PING
+_DATA_OPCODES = (frames.TEXT, frames.BINARY)
 
 
 class _Bucket:
@@ -161,6 +181,10 @@ class _Bucket:
     def take(self, amount: float = 1.0) -> None:
         self._fill()
         self.tokens -= amount
+
+    def refund(self, amount: float = 1.0) -> None:
+        """Give back what was taken ahead (a reservation that was not needed)."""
+        self.tokens = min(self.burst, self.tokens + amount)
 
     def wait_s(self, amount: float = 1.0) -> float:
         """Seconds until ``amount`` tokens are there."""
@@ -203,6 +227,8 @@ class _Address:
     rejects: _Bucket
     replays: _Bucket
     executes: _Bucket
+    #: Its connections with requests in the intake, in turn (see :class:`_Intake`).
+    turns: collections.deque[_Connection] = attrs.Factory(collections.deque)
 
 
 @attrs.define(eq=False)
@@ -215,7 +241,7 @@ class _Replay:
 
 @attrs.define(eq=False)
 class _Connection:
-    """One client: its socket, its WebSocket state, its queue and its allowances."""
+    """One client: its socket, its frames, its queue and its allowances."""
 
     number: int
     stream: trio.SocketStream
@@ -226,9 +252,9 @@ class _Connection:
     rejects: _Bucket
     budget: _Budget
     max_send_bytes: int
-    ws: WSConnection = attrs.Factory(lambda: WSConnection(ConnectionType.SERVER))
+    parser: frames.FrameParser = attrs.Factory(lambda: frames.FrameParser(server=True))
     reader_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    outbox: collections.deque[str | bytes] = attrs.Factory(collections.deque)
+    outbox: collections.deque[bytes] = attrs.Factory(collections.deque)  # whole frames
     queued: int = 0
     wake: trio.Event = attrs.Factory(trio.Event)
     finishing: bool = False  # nothing more will be queued: the writer ends when empty
@@ -241,19 +267,25 @@ class _Connection:
     subscriptions: set[bytes] = attrs.Factory(set)
     replays: collections.deque[_Replay] = attrs.Factory(collections.deque)
     held: set[str] = attrs.Factory(set)  # signatures of its cancels a policy holds
+    pending: collections.deque[Any] = attrs.Factory(collections.deque)  # in the intake
+    waiting: int = 0  # its requests in the pipeline, intake to engine
 
     @property
     def is_open(self) -> bool:
         return self.close_code is None
 
-    def send(self, item: str | bytes) -> None:
-        """Queue a text message (or a framed control frame) without waiting.
+    def send(self, payload: bytes) -> None:
+        """Queue a text message (its UTF-8 bytes) without waiting."""
+        self.send_frame(frames.text_header(len(payload)) + payload)
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue a whole frame without waiting.
 
         A queue over :attr:`max_send_bytes` closes this client: it does not read.
         """
         if not self.is_open:
             return
-        size = len(item)
+        size = len(frame)
         if self.queued + size > self.max_send_bytes:
             self.close(
                 CloseCode.SEND_BUDGET,
@@ -262,7 +294,7 @@ class _Connection:
                 abort_write=True,
             )
             return
-        self.outbox.append(item)
+        self.outbox.append(frame)
         self.queued += size
         self.budget.take(size)
         self.wake.set()
@@ -290,20 +322,26 @@ class _Connection:
         self.wake.set()
 
 
-@attrs.frozen
+@attrs.define(eq=False, slots=True)
 class _Execute:
-    """A decoded API request of ``conn``."""
+    """A decoded API request of ``conn`` and, once a worker looked, what it found."""
 
     conn: _Connection
     request: Any
+    verified: Verified | None = None
 
 
 @attrs.frozen
 class _Answer:
-    """An answer the server makes itself (a parse failure): it still keeps its place."""
+    """An answer to ``conn``: the engine's reply, or one the server makes itself (a parse
+    failure, a limit) as a wire dict; it keeps its place among the connection's."""
 
     conn: _Connection
-    wire: dict[str, Any]
+    message: Reply | dict[str, Any]
+
+    def payload(self) -> bytes:
+        message = self.message
+        return message.json() if isinstance(message, Reply) else encode_json(message)
 
 
 @attrs.frozen
@@ -339,7 +377,7 @@ class _Publish:
 
     sender: bytes
     seq: int
-    text: str
+    text: bytes
 
 
 @attrs.define
@@ -348,6 +386,102 @@ class _Batch:
 
     entries: list[JournalEntry] = attrs.Factory(list)
     deliveries: list[_Answer | _Stream | _Publish | ForcedNote] = attrs.Factory(list)
+
+
+class _Intake:
+    """Requests read and not yet taken on: each connection's in order, the connections of
+    one address in turn, the addresses in turn, one request each per turn.
+
+    Whoever sends most waits longest: a burst of thousands of orders from one address,
+    or from many wallets behind it, is taken one per turn beside every other address's
+    requests, so an honest cancel waits for at most one request per busy address.
+    ``count`` (bounded by ``limit``) and each connection's ``waiting`` (bounded by
+    ``per_connection``) count requests from the moment they are put here until the
+    engine has handled them; readers wait for room (:meth:`room`).
+    """
+
+    def __init__(self, limit: int, per_connection: int) -> None:
+        self.limit = limit
+        self.per_connection = per_connection
+        self.count = 0
+        self.closed = False
+        self._ring: collections.deque[_Address] = collections.deque()
+        self._ready = trio.Event()
+        self._progress = trio.Event()
+
+    def put(self, conn: _Connection, item: Any) -> None:
+        conn.pending.append(item)
+        conn.waiting += 1
+        self.count += 1
+        if len(conn.pending) == 1:  # its first: the connection takes its turns again
+            turns = conn.shared.turns
+            turns.append(conn)
+            if len(turns) == 1:
+                self._ring.append(conn.shared)
+        self._ready.set()
+
+    async def take(self, most: int) -> list[Any] | None:
+        """Up to ``most`` requests, in turn (waits for one); ``None`` once closed and empty."""
+        while not self._ring:
+            if self.closed:
+                return None
+            if self._ready.is_set():  # (every waiting lane waits on the same event)
+                self._ready = trio.Event()
+            await self._ready.wait()
+        items: list[Any] = []
+        ring = self._ring
+        while ring and len(items) < most:
+            shared = ring.popleft()
+            conn = shared.turns.popleft()
+            items.append(conn.pending.popleft())
+            if conn.pending:
+                shared.turns.append(conn)
+            if shared.turns:
+                ring.append(shared)
+        return items
+
+    def done(self, conn: _Connection) -> None:
+        """The engine handled one of ``conn``'s requests."""
+        conn.waiting -= 1
+        self.count -= 1
+
+    def progressed(self) -> None:
+        """Wake readers waiting for room (after an engine step)."""
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def full(self, conn: _Connection) -> bool:
+        return conn.waiting >= self.per_connection or self.count >= self.limit
+
+    async def room(self, conn: _Connection) -> None:
+        """Wait until ``conn`` may put another request."""
+        while self.full(conn):
+            await self._progress.wait()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+
+class _Turns:
+    """Tickets that keep the verify lanes' batches in the order they were taken."""
+
+    def __init__(self) -> None:
+        self._issued = itertools.count()
+        self._next = 0
+        self._changed = trio.Event()
+
+    def ticket(self) -> int:
+        return next(self._issued)
+
+    async def wait(self, ticket: int) -> None:
+        while self._next != ticket:
+            await self._changed.wait()
+
+    def advance(self) -> None:
+        self._next += 1
+        self._changed.set()
+        self._changed = trio.Event()
 
 
 class _Streams:
@@ -361,10 +495,10 @@ class _Streams:
 
     def __init__(self) -> None:
         self._seqs: dict[bytes, list[int]] = {}
-        self._texts: dict[bytes, list[str]] = {}
+        self._texts: dict[bytes, list[bytes]] = {}
         self._subscribers: dict[bytes, set[_Connection]] = {}
 
-    def add(self, sender: bytes, seq: int, text: str) -> bool:
+    def add(self, sender: bytes, seq: int, text: bytes) -> bool:
         """Record a publication; false if this seq was published before (a re-push)."""
         seqs = self._seqs.setdefault(sender, [])
         texts = self._texts.setdefault(sender, [])
@@ -377,14 +511,17 @@ class _Streams:
 
     def publish(self, item: _Publish) -> None:
         if self.add(item.sender, item.seq, item.text):
-            for conn in self._subscribers.get(item.sender, ()):
-                conn.send(item.text)
+            subscribers = self._subscribers.get(item.sender)
+            if subscribers:
+                frame = frames.text_header(len(item.text)) + item.text
+                for conn in subscribers:
+                    conn.send_frame(frame)
 
     def count_after(self, sender: bytes, seq: int) -> int:
         seqs = self._seqs.get(sender, [])
         return len(seqs) - bisect.bisect_right(seqs, seq)
 
-    def chunk_after(self, sender: bytes, seq: int, most: int) -> tuple[list[str], int]:
+    def chunk_after(self, sender: bytes, seq: int, most: int) -> tuple[list[bytes], int]:
         """Up to ``most`` texts with a seq after ``seq``, and the seq of the last one."""
         seqs = self._seqs.get(sender, [])
         start = bisect.bisect_right(seqs, seq)
@@ -469,6 +606,12 @@ def _http_response(status: int, body: str) -> bytes:
     ).encode() + payload
 
 
+def _head_end(data: bytes) -> int | None:
+    """Where the request head in ``data`` ends (h11 skips one leading newline)."""
+    match = _HEAD_END.search(data, 1 if data[:1] == b"\n" else 0)
+    return None if match is None else match.end()
+
+
 # ---------------------------------------------------------------------------------------
 # The server.
 
@@ -480,7 +623,7 @@ class OperatorServer:
         engine: the engine, already restored from ``journal``; only this server calls it.
         journal: the engine's journal; the server is its only writer.
         clock: the operator's clock (read by the engine task only).
-        config: limits.
+        config: limits, and how many verifier workers to run.
     """
 
     def __init__(
@@ -496,12 +639,17 @@ class OperatorServer:
         self.journal = journal
         self.config = config
         self.clock = clock if clock is not None else Clock()
+        self.verifier = Verifier(config.verify_workers, config.verify_timeout_s)
         self._streams = _Streams()
         self._numbers = itertools.count(1)
         self._connections: set[_Connection] = set()
         self._addresses: dict[str, _Address] = {}
         self._held: dict[str, _Connection] = {}  # held cancel's signature -> its client
-        self._inbox, self._inbox_out = trio.open_memory_channel[Any](config.inbox_size)
+        self._intake = _Intake(config.inbox_size, config.max_pending)
+        # Verified batches for the engine: one waits while the engine works on another.
+        self._engine_in, self._engine_out = trio.open_memory_channel[list[Any]](1)
+        # What other producers (the chain watcher) send the engine, one item at a time.
+        self._watch_in, self._watch_out = trio.open_memory_channel[Any](16)
         self._budget = _Budget(config.max_buffered_bytes)
         self._listen_scope = trio.CancelScope()
         self._handlers_scope = trio.CancelScope()
@@ -535,9 +683,15 @@ class OperatorServer:
         self.port = listeners[0].socket.getsockname()[1]
         batches_in, batches_out = trio.open_memory_channel[_Batch](16)
         try:
+            await self.verifier.start()
             async with trio.open_nursery() as core:
                 core.start_soon(self._run_engine, batches_in)
                 core.start_soon(self._run_dispatcher, batches_out)
+                async with self._engine_in:
+                    core.start_soon(self._forward_watched, self._engine_in.clone())
+                    turns = _Turns()
+                    for lane in range(max(self.verifier.lanes, 1)):
+                        core.start_soon(self._run_lane, lane, turns, self._engine_in.clone())
                 with self._handlers_scope:
                     async with trio.open_nursery() as handlers:
                         for listener in listeners:
@@ -549,6 +703,7 @@ class OperatorServer:
         finally:
             for listener in listeners:  # closed without waiting: a fault in flight stays
                 listener.socket.close()
+            await self.verifier.aclose()
             self._stopped.set()
 
     async def shutdown(self) -> None:
@@ -564,15 +719,17 @@ class OperatorServer:
             self._listen_scope.cancel()
             for conn in self._connections:
                 conn.reader_scope.cancel()
-            await self._inbox.aclose()
+            self._intake.close()
+            await self._watch_in.aclose()
         with trio.move_on_at(self._deadline + CLOSE_TIMEOUT_S):
             await self._stopped.wait()
         self._handlers_scope.cancel()  # a client still holding on: dropped
         await self._stopped.wait()
 
     def inbox(self) -> trio.MemorySendChannel[Any]:
-        """A clone of the inbox for another producer (the chain watcher); close it when done."""
-        return self._inbox.clone()
+        """A channel to the engine for another producer (the chain watcher); close it when
+        done."""
+        return self._watch_in.clone()
 
     # --- accepting ------------------------------------------------------------------------
 
@@ -580,21 +737,19 @@ class OperatorServer:
         with self._listen_scope:
             while True:
                 try:
-                    stream = await listener.accept()
+                    sock, peer = await listener.socket.accept()
                 except OSError as exc:  # out of descriptors or memory: wait, never exit
                     LOGGER.warning("accept_failed", extra={"fields": {"error": repr(exc)}})
                     await trio.sleep(0.1 if exc.errno in (errno.EMFILE, errno.ENFILE) else 0.01)
                     continue
-                await self._admit(stream, handlers)
+                self._admit(sock, peer, handlers)
 
-    async def _admit(self, stream: trio.SocketStream, handlers: trio.Nursery) -> None:
-        """Start a connection, or refuse it at once (503) if a connection cap is reached."""
+    def _admit(self, sock: trio.socket.SocketType, peer: Any, handlers: trio.Nursery) -> None:
+        """Start a connection, or refuse it at once if a connection cap is reached: one
+        write of an HTTP 503 straight to the socket (it is new: there is room), then close.
+        A flood of refused connections costs an accept, a write and a close each."""
         config = self.config
-        try:
-            host, port, *_ = stream.socket.getpeername()
-        except OSError:  # reset before we looked
-            await trio.aclose_forcefully(stream)
-            return
+        host, port = peer[0], peer[1]
         shared = self._addresses.get(host)
         refusal = None
         if len(self._connections) >= config.max_connections:
@@ -605,10 +760,9 @@ class OperatorServer:
                 f" from {host} are open"
             )
         if refusal is not None:
-            with trio.move_on_after(0.05):
-                with contextlib.suppress(OSError, trio.BrokenResourceError):
-                    await stream.send_all(_http_response(503, refusal + "\n"))
-            await trio.aclose_forcefully(stream)
+            with contextlib.suppress(OSError):
+                os.write(sock.fileno(), _http_response(503, refusal + "\n"))
+            sock.close()
             return
         if shared is None:
             shared = self._addresses[host] = _Address(
@@ -621,7 +775,7 @@ class OperatorServer:
         shared.connections += 1
         conn = _Connection(
             next(self._numbers),
-            stream,
+            trio.SocketStream(sock),
             host,
             f"{host}:{port}",
             shared,
@@ -640,13 +794,14 @@ class OperatorServer:
         try:
             async with trio.open_nursery() as tasks:
                 with conn.reader_scope:
-                    if await self._handshake(conn) and not self._stopping:
+                    first = await self._handshake(conn)
+                    if first is not None and not self._stopping:
                         LOGGER.info(
                             "connection_open",
                             extra={"fields": {"conn": conn.number, "peer": conn.peer}},
                         )
                         tasks.start_soon(self._write, conn)
-                        await self._read(conn)
+                        await self._read(conn, first)
                 if conn.is_open and not self._stopping:  # the client left
                     tasks.cancel_scope.cancel()
         except Exception as exc:  # a client's doing (a reset, a protocol error): its own end
@@ -665,31 +820,41 @@ class OperatorServer:
         finally:
             await self._close(conn)
 
-    async def _handshake(self, conn: _Connection) -> bool:
-        """The opening handshake, within the handshake timeout; true once open."""
+    async def _handshake(self, conn: _Connection) -> bytes | None:
+        """The opening handshake (wsproto's), within the handshake timeout; once open, the
+        bytes that came after the request (its first frames), else ``None``."""
         if self._stopping:
-            return False
+            return None
+        ws = WSConnection(ConnectionType.SERVER)
+        received = b""
         with trio.move_on_after(self.config.handshake_timeout_s):
             while True:
                 data = await conn.stream.receive_some(RECEIVE_BYTES)
                 if not data:
-                    return False
+                    return None
+                received += data
+                end = _head_end(received)
+                if end is None and len(received) <= MAX_HANDSHAKE_BYTES:
+                    continue
                 try:
-                    conn.ws.receive_data(data)
-                    for event in conn.ws.events():
-                        if isinstance(event, Request):
-                            await conn.stream.send_all(conn.ws.send(AcceptConnection()))
-                            conn.open_ws = True
-                            return True
-                except RemoteProtocolError as exc:  # not a WebSocket upgrade
-                    reason = f"BAD_HANDSHAKE: {exc}\n"
-                    await conn.stream.send_all(_http_response(400, reason))
-                    return False
-        return False
+                    if end is None:
+                        raise RemoteProtocolError("the request head is too long")
+                    ws.receive_data(received[:end])
+                    if not any(isinstance(event, Request) for event in ws.events()):
+                        raise RemoteProtocolError("not a WebSocket upgrade request")
+                except RemoteProtocolError as exc:
+                    await conn.stream.send_all(_http_response(400, f"BAD_HANDSHAKE: {exc}\n"))
+                    return None
+                await conn.stream.send_all(ws.send(AcceptConnection()))
+                conn.open_ws = True
+                return received[end:]
+        return None
 
-    async def _read(self, conn: _Connection) -> None:
-        """Read messages until the client leaves, enforcing sizes and timeouts."""
-        config, ws, stream, budget = self.config, conn.ws, conn.stream, self._budget
+    async def _read(self, conn: _Connection, data: bytes) -> None:
+        """Read messages until the client leaves, enforcing sizes and timeouts; ``data``:
+        what came with the handshake."""
+        config, parser, stream, budget = self.config, conn.parser, conn.stream, self._budget
+        intake = self._intake
         limit = config.max_message_chars
         transport_limit = TRANSPORT_LIMIT_FACTOR * limit
         parts: list[str] = []
@@ -700,44 +865,52 @@ class OperatorServer:
         pinged = False
         try:
             while True:
+                for opcode, payload, finished in parser.feed(data) if data else ():
+                    if opcode in _DATA_OPCODES:
+                        if begun == math.inf:
+                            begun = last
+                        size += len(payload)
+                        if size > transport_limit:
+                            conn.close(
+                                CloseCode.MESSAGE_TOO_BIG,
+                                f"MESSAGE_TOO_BIG: over {transport_limit} characters",
+                            )
+                            return
+                        if size <= limit and opcode == frames.TEXT:
+                            parts.append(payload)
+                            held += len(payload)
+                            budget.take(len(payload))
+                        elif parts:  # over the limit: answered, not kept
+                            parts.clear()
+                        if finished:
+                            message = self._message(opcode, parts, size)
+                            budget.give(held)
+                            parts, held, size, begun = [], 0, 0, math.inf
+                            if not await self._submit(conn, message):
+                                return
+                    elif opcode == _PING:
+                        conn.send_frame(frames.control_frame(_PONG, payload))
+                    elif opcode == frames.CLOSE:
+                        conn.client_code = payload[0]
+                        return
+                if parser.error is not None:
+                    error = parser.error
+                    conn.close(error.code, f"{CloseCode(error.code).name}: {error}")
+                    return
+                if intake.full(conn) or budget.spent:  # not reading: TCP pushes back
+                    paused = trio.current_time()
+                    await intake.room(conn)
+                    await budget.wait_for_room()
+                    begun += trio.current_time() - paused  # (the client was not slow)
+                last = trio.current_time()  # idle from when what came was handled
                 deadline = min(begun + config.message_timeout_s, last + config.idle_timeout_s)
                 ping_at = math.inf if pinged else last + config.idle_timeout_s / 2
+                data = b""
                 with trio.move_on_at(min(deadline, ping_at)):
-                    if budget.spent:
-                        await budget.wait_for_room()
                     data = await stream.receive_some(RECEIVE_BYTES)
                     if not data:
                         return
                     last, pinged = trio.current_time(), False
-                    ws.receive_data(data)
-                    for event in ws.events():
-                        if isinstance(event, Message):
-                            if begun == math.inf:
-                                begun = last
-                            size += len(event.data)
-                            if size > transport_limit:
-                                conn.close(
-                                    CloseCode.MESSAGE_TOO_BIG,
-                                    f"MESSAGE_TOO_BIG: over {transport_limit} characters",
-                                )
-                                return
-                            if size <= limit:
-                                parts.append(event.data)
-                                held += len(event.data)
-                                budget.take(len(event.data))
-                            elif parts:  # over the limit: answered, not kept
-                                parts.clear()
-                            if event.message_finished:
-                                message = self._message(event, parts, size)
-                                budget.give(held)
-                                parts, held, size, begun = [], 0, 0, math.inf
-                                if not await self._submit(conn, message):
-                                    return
-                        elif isinstance(event, Ping):
-                            conn.send(ws.send(event.response()))
-                        elif isinstance(event, CloseConnection):
-                            conn.client_code = event.code
-                            return
                     continue
                 # The deadline or the ping time came.
                 now = trio.current_time()
@@ -754,24 +927,23 @@ class OperatorServer:
                     )
                     return
                 if not pinged:
-                    conn.send(ws.send(Ping()))
+                    conn.send_frame(frames.control_frame(_PING))
                     pinged = True
         finally:
             budget.give(held)
 
-    def _message(self, event: Message, parts: list[str], size: int) -> Any:
+    def _message(self, opcode: int, parts: list[str], size: int) -> str | MessageError:
         """A finished message as text, or the error it earns."""
-        if isinstance(event, BytesMessage):
+        if opcode == frames.BINARY:
             return MessageError("binary frames are not accepted: send JSON text")
         if size > self.config.max_message_chars:
             return MessageError(
                 f"message of {size} characters exceeds {self.config.max_message_chars}"
             )
-        assert isinstance(event, TextMessage)
-        return "".join(parts)
+        return parts[0] if len(parts) == 1 else "".join(parts)
 
     async def _submit(self, conn: _Connection, message: str | MessageError) -> bool:
-        """Decode one message and queue it for the engine; false once the inbox is closed.
+        """Decode one message and put it in the intake; false once the intake is closed.
 
         A connection over its own rates waits here before its next message is decoded
         (so its excess waits in TCP, costing nothing); an address over its rates gets
@@ -796,14 +968,13 @@ class OperatorServer:
                 item = _Answer(
                     conn, failure_wire(error, item.request.REQUEST_TYPE, item.request.id)
                 )
-        try:
-            await self._inbox.send(item)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        if self._intake.closed:
             return False  # shutting down: what was read before is answered
+        self._intake.put(conn, item)
         return True
 
     def _item(self, conn: _Connection, message: str | MessageError) -> _Execute | _Answer | _Stream:
-        """One message as an inbox item; never raises on any input."""
+        """One message as an intake item; never raises on any input."""
         if isinstance(message, MessageError):
             return _Answer(conn, failure_wire(message, None))
         try:
@@ -825,14 +996,17 @@ class OperatorServer:
             if error is not None:
                 return _Answer(conn, failure_wire(error, request.REQUEST_TYPE, request.id))
             shared.executes.take(weight)
+            # Reserved now, refunded if the engine accepts it: the requests in the
+            # pipeline count, so no more are verified than the allowance lets fail.
+            shared.rejects.take()
             return _Execute(conn, request)
         if isinstance(request, Subscribe | Unsubscribe):
             return _Stream(conn, request)
         return _Execute(conn, request)
 
     async def _write(self, conn: _Connection) -> None:
-        """Send what is queued for ``conn`` (several messages per write), then its replays."""
-        ws, stream, config = conn.ws, conn.stream, self.config
+        """Send what is queued for ``conn`` (several frames per write), then its replays."""
+        stream, config = conn.stream, self.config
         while conn.is_open:
             if not conn.outbox:
                 if conn.replays and not conn.finishing:
@@ -843,16 +1017,19 @@ class OperatorServer:
                 conn.wake = trio.Event()
                 await conn.wake.wait()
                 continue
-            frames: list[bytes] = []
+            outbox = conn.outbox
+            frames_out: list[bytes] = []
             taken = 0
-            while conn.outbox and len(frames) < WRITE_COALESCE and taken < WRITE_BYTES:
-                item = conn.outbox.popleft()
+            while outbox and len(frames_out) < WRITE_COALESCE and taken < WRITE_BYTES:
+                item = outbox.popleft()
                 taken += len(item)
-                frames.append(item if isinstance(item, bytes) else ws.send(TextMessage(data=item)))
+                frames_out.append(item)
             timeout = min(config.write_timeout_s, max(self._deadline - trio.current_time(), 0))
             conn.torn = True
             with trio.move_on_after(timeout) as conn.write_scope:
-                await stream.send_all(b"".join(frames))
+                await stream.send_all(
+                    frames_out[0] if len(frames_out) == 1 else b"".join(frames_out)
+                )
                 conn.torn = False
             conn.write_scope = None
             if conn.is_open:  # (a close dropped the queue and its bytes already)
@@ -908,28 +1085,15 @@ class OperatorServer:
                 min(CLOSE_TIMEOUT_S, max(self._deadline - trio.current_time(), 0.05))
             ):
                 try:
-                    if (
-                        conn.open_ws
-                        and not conn.torn
-                        and conn.ws.state
-                        in (
-                            ConnectionState.OPEN,
-                            ConnectionState.REMOTE_CLOSING,
-                        )
-                    ):
-                        reason = conn.close_reason[:120] or None
+                    if conn.open_ws and not conn.torn:
+                        assert conn.close_code is not None
                         await conn.stream.send_all(
-                            conn.ws.send(CloseConnection(conn.close_code, reason))
+                            frames.close_frame(conn.close_code, conn.close_reason[:120])
                         )
                         await conn.stream.send_eof()
                         while await conn.stream.receive_some(RECEIVE_BYTES):
                             pass  # until the client's close: unread data would reset it
-                except (
-                    OSError,
-                    trio.BrokenResourceError,
-                    trio.ClosedResourceError,
-                    LocalProtocolError,
-                ):
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
             await trio.aclose_forcefully(conn.stream)
         if conn.open_ws:
@@ -945,46 +1109,105 @@ class OperatorServer:
                 },
             )
 
+    # --- the verify lanes -------------------------------------------------------------------
+
+    async def _run_lane(
+        self, lane: int, turns: _Turns, engine_in: trio.MemorySendChannel[list[Any]]
+    ) -> None:
+        """Take requests from the intake, have their signers recovered, pass them on in
+        the order they were taken; until the intake is closed and empty."""
+        async with engine_in:
+            while True:
+                items = await self._intake.take(self.config.verify_batch)
+                if items is None:
+                    return
+                ticket = turns.ticket()
+                if self.verifier.lanes:
+                    await self._verify(lane, items)
+                await turns.wait(ticket)
+                try:
+                    await engine_in.send(items)
+                finally:
+                    turns.advance()
+
+    async def _verify(self, lane: int, items: list[Any]) -> None:
+        """Attach to each execute of ``items`` what a worker found for its signatures."""
+        domain = self.engine.domain
+        jobs: list[tuple[_Execute, tuple[bytes, ...]]] = []
+        pairs: list[tuple[bytes, bytes]] = []
+        for item in items:
+            if type(item) is _Execute and isinstance(item.request, EXECUTES):
+                parts = signed_parts(item.request)
+                digests = tuple(message.digest(domain) for message, _ in parts)
+                jobs.append((item, digests))
+                pairs.extend(zip(digests, (signature for _, signature in parts), strict=True))
+        if not pairs:
+            return
+        signers = await self.verifier.verify(lane, pairs)
+        if signers is None:
+            return  # the workers failed it: the engine recovers these itself
+        at = 0
+        for item, digests in jobs:
+            count = len(digests)
+            item.verified = Verified(digests, tuple(signers[at : at + count]))
+            at += count
+
+    async def _forward_watched(self, engine_in: trio.MemorySendChannel[list[Any]]) -> None:
+        """Pass what the watcher sends on to the engine."""
+        async with engine_in:
+            async for item in self._watch_out:
+                await engine_in.send([item])
+
     # --- the engine task --------------------------------------------------------------------
 
     async def _run_engine(self, batches: trio.MemorySendChannel[_Batch]) -> None:
-        """Take every waiting request, run it through the engine, pass the batch on."""
+        """Take the waiting batches, at most ``max_batch`` requests a step, run them through
+        the engine, pass each step's batch on; until every lane and the watcher are done."""
+        waiting: collections.deque[Any] = collections.deque()
+        most = self.config.max_batch
         async with batches:
             closing = False
-            while not closing:
-                items: list[Any] = []
-                with trio.move_on_after(self.config.tick_s):
+            while not closing or waiting:
+                if not waiting and not closing:
+                    with trio.move_on_after(self.config.tick_s):
+                        try:
+                            waiting.extend(await self._engine_out.receive())
+                        except trio.EndOfChannel:
+                            closing = True
+                while len(waiting) < most and not closing:
                     try:
-                        items.append(await self._inbox_out.receive())
+                        waiting.extend(self._engine_out.receive_nowait())
+                    except trio.WouldBlock:
+                        break
                     except trio.EndOfChannel:
                         closing = True
-                while len(items) < self.config.max_batch:
-                    try:
-                        items.append(self._inbox_out.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                for part in _cancels_first(items):
+                step = [waiting.popleft() for _ in range(min(most, len(waiting)))]
+                for part in _cancels_first(step):
                     batch = self._step(part)
                     if batch.entries or batch.deliveries:
                         await batches.send(batch)
+                self._intake.progressed()
 
     def _step(self, items: list[Any]) -> _Batch:
         now_ms = self.clock.now_ms()
         batch = _Batch()
+        intake = self._intake
         self._route(self.engine.advance(now_ms), None, batch)
         for item in items:
-            if isinstance(item, _Execute):
-                outputs = self.engine.handle(item.request, now_ms)
+            if type(item) is _Execute:
+                outputs = self.engine.handle(item.request, now_ms, item.verified)
                 if not self._route(outputs, item.conn, batch) and isinstance(
                     item.request, CANCEL_REQUESTS
                 ):
                     self._hold(item.conn, item.request)
+                intake.done(item.conn)
             elif isinstance(item, ForcedNote):
                 self._force(item, now_ms, batch)
             elif isinstance(item, StopOrders):
                 self._route(self.engine.stop_accepting_orders(item.reason, now_ms), None, batch)
             else:
                 batch.deliveries.append(item)
+                intake.done(item.conn)
         return batch
 
     def _route(self, outputs: list[Any], conn: _Connection | None, batch: _Batch) -> bool:
@@ -992,7 +1215,8 @@ class OperatorServer:
 
         Replies of :meth:`Engine.advance` (``conn`` is ``None``) answer cancels a policy
         held: they go to the client that sent the cancel, found by its signature. An
-        execute's failure is charged to its connection's and address's reject allowance.
+        execute's failure is charged to its connection's reject allowance (its address's
+        was reserved when it was read, and is refunded on success).
         """
         answered = False
         for out in outputs:
@@ -1001,10 +1225,12 @@ class OperatorServer:
                 if conn is None and target is not None:
                     target.held.discard(out.wire["signature"])
                 if target is not None:
-                    if out.wire["status"] == "failure" and out.to is not None:
-                        target.rejects.take()
-                        target.shared.rejects.take()
-                    batch.deliveries.append(_Answer(target, out.wire))
+                    if out.to is not None:  # an execute's: its reject was reserved
+                        if out.wire["status"] == "failure":
+                            target.rejects.take()
+                        else:
+                            target.shared.rejects.refund()
+                    batch.deliveries.append(_Answer(target, out))
                     answered = True
             elif isinstance(out, Push):
                 batch.deliveries.append(_push_item(out))
@@ -1074,7 +1300,8 @@ class OperatorServer:
         if isinstance(item, _Publish):
             self._streams.publish(item)
         elif isinstance(item, _Answer):
-            item.conn.send(_encode_json(item.wire))
+            if item.conn.is_open:
+                item.conn.send(item.payload())
         elif isinstance(item, _Stream):
             self._serve_stream(item)
         else:
@@ -1101,7 +1328,7 @@ class OperatorServer:
             self._streams.unsubscribe(conn, request.sender)
             conn.subscriptions.discard(request.sender)
             conn.replays = collections.deque(r for r in conn.replays if r.sender != request.sender)
-            conn.send(_encode_json(success_wire("unsubscribe", {"sender": sender_hex}, request.id)))
+            conn.send(encode_json(success_wire("unsubscribe", {"sender": sender_hex}, request.id)))
             return
         error: Rejected | None = None
         if not live and len(conn.subscriptions) >= self.config.max_subscriptions:
@@ -1116,10 +1343,10 @@ class OperatorServer:
                 " one to finish"
             )
         if error is not None:
-            conn.send(_encode_json(failure_wire(error, Subscribe.REQUEST_TYPE, request.id)))
+            conn.send(encode_json(failure_wire(error, Subscribe.REQUEST_TYPE, request.id)))
             return
         data = {"sender": sender_hex, "after_seq": str(request.after_seq), "replayed": replayed}
-        conn.send(_encode_json(success_wire("subscribe", data, request.id)))
+        conn.send(encode_json(success_wire("subscribe", data, request.id)))
         self._streams.unsubscribe(conn, request.sender)  # a re-subscribe replays again
         conn.subscriptions.add(request.sender)
         conn.replays = collections.deque(replaying)
