@@ -108,6 +108,18 @@ def _encode_word(sol: str) -> Callable[[Any], bytes]:
     return lambda value: value.to_bytes(32, "big")
 
 
+_BYTES32, _UINT, _INT, _ARRAY = range(4)
+
+
+def _kind(sol: str) -> int:
+    """How :meth:`SignedMessage.struct_hash` encodes a field of Solidity type ``sol``."""
+    if sol.endswith("[]"):
+        return _ARRAY
+    if sol == "bytes32":
+        return _BYTES32
+    return _INT if sol.startswith("int") else _UINT
+
+
 def _encoder(sol: str) -> Callable[[Any], bytes]:
     word = _encode_word(sol.removesuffix("[]"))
     if sol.endswith("[]"):
@@ -264,6 +276,7 @@ class SignedMessage:
     TYPE_HASH: ClassVar[bytes]
     _WIRE: ClassVar[tuple[tuple[str, str, str], ...]]  # (attribute, wire name, sol type)
     _ENCODERS: ClassVar[tuple[Callable[[Any], bytes], ...]]
+    _KINDS: ClassVar[tuple[int, ...]]  # _BYTES32, _UINT, _INT or _ARRAY, per field
     _WIRE_ENCODERS: ClassVar[tuple[tuple[str, Callable[[Any], Any]], ...]]
     _VALUES: ClassVar[Callable[[Any], tuple[Any, ...]]]  # all field values, in order
 
@@ -276,10 +289,24 @@ class SignedMessage:
         ]
 
     def struct_hash(self) -> bytes:
-        """EIP-712 ``hashStruct``: keccak of the type hash and every encoded field."""
+        """EIP-712 ``hashStruct``: keccak of the type hash and every encoded field.
+
+        The hot path of every message (a note is hashed to be signed, a request to be
+        verified): static fields are encoded inline by kind, arrays by their encoder.
+        """
+        words = [self.TYPE_HASH]
+        append = words.append
         values = self._VALUES(self)
-        words = [encode(value) for encode, value in zip(self._ENCODERS, values, strict=True)]
-        return keccak(self.TYPE_HASH + b"".join(words))
+        for kind, encode, value in zip(self._KINDS, self._ENCODERS, values, strict=True):
+            if kind == _BYTES32:
+                append(value)
+            elif kind == _UINT:
+                append(value.to_bytes(32, "big"))
+            elif kind == _INT:
+                append(value.to_bytes(32, "big", signed=True))
+            else:
+                append(encode(value))
+        return keccak(b"".join(words))
 
     def digest(self, domain: Domain) -> bytes:
         """The 32-byte EIP-712 digest that is signed (``keccak(0x1901 ‖ domain ‖ struct)``).
@@ -360,6 +387,7 @@ def _eip712(cls: type) -> type:
     fields = attrs.fields(cls)
     cls._WIRE = tuple((f.name, f.metadata["wire"], f.metadata["sol"]) for f in fields)
     cls._ENCODERS = tuple(_encoder(f.metadata["sol"]) for f in fields)
+    cls._KINDS = tuple(_kind(f.metadata["sol"]) for f in fields)
     cls._WIRE_ENCODERS = tuple(
         (f.metadata["wire"], _wire_encoder(f.metadata["sol"])) for f in fields
     )

@@ -118,7 +118,14 @@ from .journal import (
 )
 from .lifecycle import CANCEL_REFUSALS, CancellationType, Event, OrderState, ReasonCode, step
 from .limits import MAX_OPEN_ORDERS, MAX_OPEN_ORDERS_PER_PRODUCT
-from .policies import EQUIVOCATION_WINDOW_MS, CancelContext, Honest, NoteContext, Policy
+from .policies import (
+    EQUIVOCATION_WINDOW_MS,
+    HONEST_PLAN,
+    CancelContext,
+    Honest,
+    NoteContext,
+    Policy,
+)
 
 Output = JournalEntry | Reply | Push
 
@@ -253,6 +260,18 @@ class Engine:
     _marks: dict[int, int] = attrs.field(factory=dict, init=False)
     _open: dict[tuple[bytes, int], int] = attrs.field(factory=dict, init=False)
     _open_total: int = attrs.field(default=0, init=False)
+    # Whether the policy makes each decision its own way (else the honest one, without
+    # building what it would look at: most operators are honest).
+    _asks_on_cancel: bool = attrs.field(init=False)
+    _asks_on_note: bool = attrs.field(init=False)
+
+    @_asks_on_cancel.default
+    def _policy_decides_cancels(self) -> bool:
+        return type(self.policy).on_cancel is not Policy.on_cancel
+
+    @_asks_on_note.default
+    def _policy_decides_notes(self) -> bool:
+        return type(self.policy).on_note is not Policy.on_note
 
     @_books.default
     def _make_books(self) -> dict[int, Book]:
@@ -547,6 +566,16 @@ class Engine:
         self, request: CancelRequest, now_ms: int, out: list[Output], verified: Verified | None
     ) -> None:
         request_hash, weight = self._check_cancel(request, now_ms, verified)
+        process_at = self._when_to_cancel(request, now_ms) if self._asks_on_cancel else now_ms
+        if process_at is None:
+            return  # dropped by the policy: no entry, no reply
+        accepted = CancelAccepted(self._last_seq + 1, now_ms, request, process_at, weight)
+        self._emit(accepted, out, request_hash)
+        if process_at <= now_ms:
+            self._process_cancel(accepted, request_hash, now_ms, out)
+
+    def _when_to_cancel(self, request: CancelRequest, now_ms: int) -> int | None:
+        """The policy's decision on a cancel, with what it sees of the orders it names."""
         targets = tuple(
             record.order
             for d in self._cancel_targets(request)
@@ -554,13 +583,7 @@ class Engine:
             and record.order.sender == request.tx.sender
             and record.state is OrderState.ACTIVE
         )
-        process_at = self.policy.on_cancel(CancelContext(now_ms, request, targets, self._marks))
-        if process_at is None:
-            return  # dropped by the policy: no entry, no reply
-        accepted = CancelAccepted(self._last_seq + 1, now_ms, request, process_at, weight)
-        self._emit(accepted, out, request_hash)
-        if process_at <= now_ms:
-            self._process_cancel(accepted, request_hash, now_ms, out)
+        return self.policy.on_cancel(CancelContext(now_ms, request, targets, self._marks))
 
     def _handle_order_status(
         self, query: OrderStatus, now_ms: int, out: list[Output], _: None = None
@@ -746,7 +769,11 @@ class Engine:
         policy changes is in its :class:`~.policies.NotePlan`.
         """
         on_chain = cancellation_type is CancellationType.ON_CHAIN
-        plan = self.policy.on_note(NoteContext(now_ms, record.order, received_at_ms, on_chain))
+        plan = (
+            self.policy.on_note(NoteContext(now_ms, record.order, received_at_ms, on_chain))
+            if self._asks_on_note
+            else HONEST_PLAN
+        )
         filled, last_fill_seq = record.filled, record.last_fill_seq
         if plan.received_at_ms is not None:  # backdated: the fills since are left out
             received_at_ms = plan.received_at_ms

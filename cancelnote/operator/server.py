@@ -182,6 +182,10 @@ class _Bucket:
         self._fill()
         self.tokens -= amount
 
+    def spend(self, amount: float = 1.0) -> None:
+        """:meth:`take` right after :meth:`has` (the bucket was just filled)."""
+        self.tokens -= amount
+
     def refund(self, amount: float = 1.0) -> None:
         """Give back what was taken ahead (a reservation that was not needed)."""
         self.tokens = min(self.burst, self.tokens + amount)
@@ -959,7 +963,7 @@ class OperatorServer:
                 await trio.sleep(conn.queries.wait_s())
             conn.queries.take()
             if conn.shared.queries.has():
-                conn.shared.queries.take()
+                conn.shared.queries.spend()
             else:
                 error = QueryRateLimited(
                     f"queries from {conn.address} are limited to"
@@ -995,10 +999,10 @@ class OperatorServer:
                 )
             if error is not None:
                 return _Answer(conn, failure_wire(error, request.REQUEST_TYPE, request.id))
-            shared.executes.take(weight)
+            shared.executes.spend(weight)
             # Reserved now, refunded if the engine accepts it: the requests in the
             # pipeline count, so no more are verified than the allowance lets fail.
-            shared.rejects.take()
+            shared.rejects.spend()
             return _Execute(conn, request)
         if isinstance(request, Subscribe | Unsubscribe):
             return _Stream(conn, request)
