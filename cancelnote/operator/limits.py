@@ -53,12 +53,12 @@ class ServerConfig:
     max_pending: int = 64
     #: Most requests one engine step handles (an honest cancel waits for one step at most
     #: once it is verified; the intake's turns bound how many are ahead of it there).
-    max_batch: int = 128
+    max_batch: int = 32
     #: Verifier worker processes that recover signatures ahead of the engine (0: the
     #: engine recovers them), requests a lane sends a worker at once, and how long a
     #: batch may take before its worker counts as hung and is replaced.
     verify_workers: int = 1
-    verify_batch: int = 64
+    verify_batch: int = 32
     verify_timeout_s: float = 5.0
     tick_s: float = 0.02
     shutdown_timeout_s: float = 1.0

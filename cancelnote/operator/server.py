@@ -86,6 +86,7 @@ import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -148,6 +149,10 @@ REPLAY_CHUNK = 64
 CLOSE_TIMEOUT_S = 0.5
 #: The longest request head read before the upgrade (h11's own limit).
 MAX_HANDSHAKE_BYTES = 16 * 1024
+#: The interpreter's switch interval while serving (the default is 5 ms): the commit
+#: thread re-takes the GIL after every SQLite step and the seal write, and each time the
+#: event loop is busy it waits up to one interval for it, on every honest reply's path.
+SWITCH_INTERVAL_S = 0.0005
 #: Where an HTTP request head ends, as h11 finds it.
 _HEAD_END = re.compile(rb"\n\r?\n")
 
@@ -686,6 +691,8 @@ class OperatorServer:
         listeners = await trio.open_tcp_listeners(port, host=host)
         self.port = listeners[0].socket.getsockname()[1]
         batches_in, batches_out = trio.open_memory_channel[_Batch](16)
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:
             await self.verifier.start()
             async with trio.open_nursery() as core:
@@ -708,6 +715,7 @@ class OperatorServer:
             for listener in listeners:  # closed without waiting: a fault in flight stays
                 listener.socket.close()
             await self.verifier.aclose()
+            sys.setswitchinterval(switch_interval)
             self._stopped.set()
 
     async def shutdown(self) -> None:
