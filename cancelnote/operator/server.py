@@ -1008,9 +1008,6 @@ class OperatorServer:
             if error is not None:
                 return _Answer(conn, failure_wire(error, request.REQUEST_TYPE, request.id))
             shared.executes.spend(weight)
-            # Reserved now, refunded if the engine accepts it: the requests in the
-            # pipeline count, so no more are verified than the allowance lets fail.
-            shared.rejects.spend()
             return _Execute(conn, request)
         if isinstance(request, Subscribe | Unsubscribe):
             return _Stream(conn, request)
@@ -1134,6 +1131,7 @@ class OperatorServer:
                 if items is None:
                     return
                 ticket = turns.ticket()
+                self._reserve_rejects(items)
                 if self.verifier.lanes:
                     await self._verify(lane, items)
                 await turns.wait(ticket)
@@ -1141,6 +1139,25 @@ class OperatorServer:
                     await engine_in.send(items)
                 finally:
                     turns.advance()
+
+    def _reserve_rejects(self, items: list[Any]) -> None:
+        """Take one of its address's rejects from each execute about to be verified,
+        refunded if the engine accepts it (:meth:`_route`): what is between here and the
+        engine counts, so no more are verified than the allowance lets fail. An address
+        whose allowance is spent gets ``REJECT_RATE_LIMITED``, unchecked."""
+        for index, item in enumerate(items):
+            if type(item) is not _Execute or not isinstance(item.request, EXECUTES):
+                continue
+            conn, shared = item.conn, item.conn.shared
+            if shared.rejects.has():
+                shared.rejects.spend()
+                continue
+            error = RejectRateLimited(
+                f"too many rejected requests from {conn.address} lately: slow down"
+            )
+            request = item.request
+            items[index] = _Answer(conn, failure_wire(error, request.REQUEST_TYPE, request.id))
+            conn.rejects.take()
 
     async def _verify(self, lane: int, items: list[Any]) -> None:
         """Attach to each execute of ``items`` what a worker found for its signatures."""
@@ -1228,7 +1245,7 @@ class OperatorServer:
         Replies of :meth:`Engine.advance` (``conn`` is ``None``) answer cancels a policy
         held: they go to the client that sent the cancel, found by its signature. An
         execute's failure is charged to its connection's reject allowance (its address's
-        was reserved when it was read, and is refunded on success).
+        was reserved before it was verified, and is refunded on success).
         """
         answered = False
         for out in outputs:
