@@ -6,7 +6,7 @@ converters ranges, no validator runs twice). The oracle below does the same job 
 slow, obvious way, the way the decoder did before: the standard library's JSON parser
 (duplicate keys and NaN refused), a hand check of the envelope and of each body's keys,
 and the messages' own ``from_wire`` with every attrs validator. Hypothesis builds valid
-requests of every kind and then breaks them (a key dropped, added or doubled, a value
+requests of every kind and then breaks them (a key dropped, added or repeated, a value
 replaced by any JSON value, strings and numbers pushed out of range, nesting changed):
 both must accept the same requests, equal, and refuse the same texts with the same
 error code.
@@ -283,10 +283,12 @@ def request_texts(draw: st.DrawFn) -> str:
             value = _replace(value, path, draw(st.sampled_from([edge, str(edge)])))
     text = json.dumps(value, separators=(",", ":"))
     pairs = list(_SCALAR_PAIR.finditer(text))
-    if pairs and draw(st.integers(0, 4)) == 0:  # a key given twice (same value or not)
+    if pairs and draw(st.integers(0, 4)) == 0:
+        # A key given twice, with the same value: nothing but the repetition is wrong.
+        # (With another value the decoder checks each copy's shape and the oracle only
+        # the last's, so which of two errors comes first could differ.)
         pair = draw(st.sampled_from(pairs))
-        again = pair[0] if draw(st.booleans()) else pair[1] + json.dumps(draw(_JSON_VALUES))
-        text = text[: pair.end()] + "," + again + text[pair.end() :]
+        text = text[: pair.end()] + "," + pair[0] + text[pair.end() :]
     if draw(st.booleans()):
         text = text.replace(",", ", ").replace(":", ": ")
     return text
