@@ -283,12 +283,13 @@ class _Connection:
     def is_open(self) -> bool:
         return self.close_code is None
 
-    def send(self, payload: bytes) -> None:
+    def send(self, payload: bytes, wake: bool = True) -> None:
         """Queue a text message (its UTF-8 bytes) without waiting."""
-        self.send_frame(frames.text_header(len(payload)) + payload)
+        self.send_frame(frames.text_header(len(payload)) + payload, wake)
 
-    def send_frame(self, frame: bytes) -> None:
-        """Queue a whole frame without waiting.
+    def send_frame(self, frame: bytes, wake: bool = True) -> None:
+        """Queue a whole frame without waiting; ``wake``: have the writer send it (else
+        the caller flushes it: :meth:`OperatorServer._flush`).
 
         A queue over :attr:`max_send_bytes` closes this client: it does not read.
         """
@@ -306,7 +307,8 @@ class _Connection:
         self.outbox.append(frame)
         self.queued += size
         self.budget.take(size)
-        self.wake.set()
+        if wake:
+            self.wake.set()
 
     def drop_queue(self) -> None:
         self.budget.give(self.queued)
@@ -518,13 +520,15 @@ class _Streams:
         texts.insert(index, text)
         return True
 
-    def publish(self, item: _Publish) -> None:
+    def publish(self, item: _Publish, flush: set[_Connection]) -> None:
+        """Record and queue a publication for its subscribers (each added to ``flush``)."""
         if self.add(item.sender, item.seq, item.text):
             subscribers = self._subscribers.get(item.sender)
             if subscribers:
                 frame = frames.text_header(len(item.text)) + item.text
                 for conn in subscribers:
-                    conn.send_frame(frame)
+                    conn.send_frame(frame, wake=False)
+                    flush.add(conn)
 
     def count_after(self, sender: bytes, seq: int) -> int:
         seqs = self._seqs.get(sender, [])
@@ -1301,10 +1305,13 @@ class OperatorServer:
                 entries = [entry for batch in waiting for entry in batch.entries]
                 if entries:
                     await self._commit(entries)
+                flush: set[_Connection] = set()
                 for batch in waiting:
                     for item in batch.deliveries:
-                        self._deliver(item)
+                        self._deliver(item, flush)
                 self._shed()
+                for conn in flush:
+                    self._flush(conn)
         for conn in list(self._connections):
             conn.finish()
 
@@ -1325,16 +1332,50 @@ class OperatorServer:
             )
             raise
 
-    def _deliver(self, item: _Answer | _Stream | _Publish | ForcedNote) -> None:
+    def _deliver(
+        self, item: _Answer | _Stream | _Publish | ForcedNote, flush: set[_Connection]
+    ) -> None:
+        """Queue ``item``'s messages; the connections with answers and pushes queued are
+        added to ``flush``."""
         if isinstance(item, _Publish):
-            self._streams.publish(item)
+            self._streams.publish(item, flush)
         elif isinstance(item, _Answer):
             if item.conn.is_open:
-                item.conn.send(item.payload())
+                item.conn.send(item.payload(), wake=False)
+                flush.add(item.conn)
         elif isinstance(item, _Stream):
             self._serve_stream(item)
         else:
             item.done.set()
+
+    def _flush(self, conn: _Connection) -> None:
+        """Write what is queued for ``conn`` at once, in one write that does not wait,
+        unless its writer is busy; what the socket does not take is the writer's.
+
+        Everything a commit released for a client thus leaves in one system call, from
+        the dispatcher, without waking the client's writer task."""
+        if not conn.is_open or not conn.outbox:
+            return
+        if conn.write_scope is not None or conn.replays or conn.finishing:
+            conn.wake.set()
+            return
+        outbox = conn.outbox
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        try:
+            sent = os.write(conn.stream.socket.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the writer meets the error and ends the connection its way
+            conn.wake.set()
+            return
+        outbox.clear()
+        conn.queued -= sent
+        self._budget.give(sent)
+        if sent < len(data):  # the rest waits for the socket, with the write timeout
+            outbox.append(data[sent:])
+            if sent:
+                conn.torn = True  # a frame is cut: no close frame until it is whole
+            conn.wake.set()
 
     def _shed(self) -> None:
         """Over the total budget: close the client with the largest queue (it does not read)."""
