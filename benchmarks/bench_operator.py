@@ -23,17 +23,22 @@ Two measurements, in one run so that machine noise hits baseline and subject ali
   ``definitions`` say the same. The baseline ``raw_sign_per_s`` is coincurve's
   ``sign_recoverable`` on 32-byte hashes, nothing else. ``engine_cpu_us_per_note_*``
   is the process CPU time per note (both threads), less sensitive to a busy machine.
-* **e2e**: the operator server in its own process (``OperatorServer`` on loopback),
-  ``--clients`` WebSocket clients in ``--client-processes`` processes, each cancelling
-  its own resting orders one digest per request with at most ``--window`` requests
-  outstanding; latency is from send to answer, as a client sees it. The clients speak
-  WebSocket with wsproto directly (masked frames, as any client must): the load
-  generator shares the machine, so it should burn as little CPU as it can.
-  ``e2e_server_cpu_us_per_cancel`` and ``e2e_client_cpu_us_per_cancel`` say where the
-  CPU went (Linux ``/proc`` and ``getrusage``; the server figure includes its journal
-  thread).
+* **e2e**: the operator server in its own process (``OperatorServer`` on loopback, with
+  ``--verify-workers`` verifier processes), ``--clients`` WebSocket clients in
+  ``--client-processes`` processes, each cancelling its own resting orders one digest
+  per request with at most ``--window`` requests outstanding; latency is from send to
+  answer, as a client sees it. The load generator shares the machine, so it burns as
+  little CPU as a client can: every request is signed, framed and masked before the
+  clock starts, answers are parsed with the operator's own frame parser (client side)
+  and read for their ``id`` and ``status`` only, and every note's signature is checked
+  after the clock stops. ``server_cpu_us_per_cancel`` is the operator's own CPU (its
+  process, all threads, and its workers, from ``/proc/PID/stat``) per cancel;
+  ``crypto_floor_us_per_cancel`` is one recovery and one signature on coincurve alone
+  and ``server_cpu_ratio`` their quotient; ``e2e_*_cores`` say how the machine's cores
+  were shared. ``--server-path`` runs it again with every cancel answered by a canned
+  reply (no entry, no note), to measure the server around the engine.
 
-    python benchmarks/bench_operator.py --out results/operator.json
+    python benchmarks/bench_operator.py --out results/operator.json [--server-path]
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection
 from wsproto.events import Request as WsRequest
 
-from cancelnote.api import request_to_wire
+from cancelnote.api import CancelOrders, Reply, request_to_wire
 from cancelnote.crypto import Signer, keccak
 from cancelnote.messages import CancellationNote, Domain, signature_from_wire
 from cancelnote.operator import frames
@@ -97,8 +102,19 @@ DEFINITIONS = {
     " the last commit is durable",
     "engine_cpu_us_per_note_1": "(and _10) process CPU time per note, engine and commit thread",
     "e2e_cancels_per_s": "single-digest cancel_orders answered per second over WebSocket",
-    "e2e_server_cpu_us_per_cancel": "server process CPU (all threads) per cancel, go to end",
+    "server_cpu_us_per_cancel": "the operator's CPU per cancel, go to end: its process (all"
+    " threads) and its verifier worker processes (/proc/PID/stat)",
+    "e2e_server_cpu_us_per_cancel": "= server_cpu_us_per_cancel",
+    "e2e_server_main_cpu_us_per_cancel": "(and _workers_) the two parts of it",
+    "crypto_floor_us_per_cancel": "one signature recovery + one signature, coincurve alone, CPU"
+    " time, measured just before and just after the e2e run (their mean)",
+    "server_cpu_ratio": "server_cpu_us_per_cancel / crypto_floor_us_per_cancel",
     "e2e_client_cpu_us_per_cancel": "client processes' CPU per cancel, go to end",
+    "e2e_server_main_cores": "(and _workers_, client_, other_) CPU seconds per second of the"
+    " operator process, its workers, the clients and everything else on the machine"
+    " (/proc/stat) during the e2e run; e2e_machine_busy_cores is the machine's total",
+    "server_path_main_cpu_us_per_request": "(--server-path) the operator process's CPU per"
+    " request with each cancel answered by a canned reply: the server around the engine",
 }
 
 
@@ -175,15 +191,36 @@ def profiled(function: Any, *args: Any, path: Path | None = None) -> str:
 # End to end.
 
 
-def _serve(db: str, durability: str, workers: int, ports: Any, stop: Any, profile: bool) -> None:
+class _CannedCancels:
+    """The engine, but each ``cancel_orders`` answered with a fixed reply (no entry, no
+    note, no signature): what the server costs around the engine (``--server-path``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def handle(self, request: Any, now_ms: int, verified: Any = None) -> list[Any]:
+        if isinstance(request, CancelOrders):
+            return [Reply.success(request, {"cancelled_orders": [], "notes": []})]
+        return self._engine.handle(request, now_ms, verified)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+def _serve(
+    db: str, durability: str, workers: int, ports: Any, stop: Any, profile: bool, canned: bool
+) -> None:
     """The server process: an engine, a journal and the WebSocket server (with ``workers``
-    verifier processes of its own), until ``stop``."""
+    verifier processes of its own), until ``stop``; ``canned``: cancels answered by
+    :class:`_CannedCancels`."""
 
     async def main() -> None:
         journal = Journal.open(db, DOMAIN, OPERATOR.address, durability)
         engine = Engine(OPERATOR, DOMAIN, {1}, **UNCAPPED)
         config = ServerConfig(execute_rate_per_address=UNLIMITED, verify_workers=workers)
         server = OperatorServer(engine, journal, config=config)
+        if canned:
+            server.engine = _CannedCancels(engine)  # type: ignore[assignment]
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve, "127.0.0.1", 0)
             ports.put(port)
@@ -341,7 +378,15 @@ def _check_answers(texts: list[str], orders: list[Any]) -> None:
 
 
 def _clients(
-    port: int, first: int, clients: int, count: int, window: int, go: Any, ready: Any, results: Any
+    port: int,
+    first: int,
+    clients: int,
+    count: int,
+    window: int,
+    go: Any,
+    ready: Any,
+    results: Any,
+    check: bool = True,
 ) -> None:
     """A client process: ``clients`` concurrent clients in one trio loop.
 
@@ -370,7 +415,8 @@ def _clients(
     outcomes, cpu = trio.run(main)
     results.put(("done", cpu))  # the clock stops here; the checks come after
     for _, _, _, texts, orders in outcomes:
-        _check_answers(texts, orders)
+        if check:
+            _check_answers(texts, orders)
     results.put(([o[:3] for o in outcomes], cpu))
 
 
@@ -423,13 +469,22 @@ def e2e(
     workers: int,
     directory: Path,
     profile: bool = False,
+    canned: bool = False,
 ) -> dict[str, float]:
     context = multiprocessing.get_context("spawn")
     ports, ready, results = context.Queue(), context.Queue(), context.Queue()
     stop, go = context.Event(), context.Event()
     server = context.Process(
         target=_serve,
-        args=(str(directory / "e2e.sqlite"), durability, workers, ports, stop, profile),
+        args=(
+            str(directory / ("canned.sqlite" if canned else "e2e.sqlite")),
+            durability,
+            workers,
+            ports,
+            stop,
+            profile,
+            canned,
+        ),
     )
     server.start()
     try:
@@ -439,7 +494,8 @@ def e2e(
         first = 0
         for n in per_process:
             worker = context.Process(
-                target=_clients, args=(port, first, n, count, window, go, ready, results)
+                target=_clients,
+                args=(port, first, n, count, window, go, ready, results, not canned),
             )
             worker.start()
             client_processes.append(worker)
@@ -451,8 +507,13 @@ def e2e(
         worker_cpu = [_process_cpu_seconds(pid) for pid in verifiers]
         machine_busy, wall = _machine_busy_seconds(), time.perf_counter()
         go.set()
-        for _ in client_processes:
-            results.get(timeout=300)  # ("done", cpu): the last answer is in
+        reports, done = [], 0
+        while done < len(client_processes):  # ("done", cpu): a process's last answer is in
+            message = results.get(timeout=300)
+            if message[0] == "done":
+                done += 1
+            else:
+                reports.append(message)  # (a quick process's results, after its "done")
         machine_busy, wall = _machine_busy_seconds() - machine_busy, time.perf_counter() - wall
         if main_cpu is not None:
             main_cpu = _process_cpu_seconds(server.pid) - main_cpu
@@ -461,7 +522,7 @@ def e2e(
             for pid, before in zip(verifiers, worker_cpu, strict=True)
             if before is not None
         ]
-        reports = [results.get(timeout=300) for _ in client_processes]
+        reports += [results.get(timeout=300) for _ in range(len(client_processes) - len(reports))]
         for worker in client_processes:
             worker.join()
     finally:
@@ -523,6 +584,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--durability", choices=["FULL", "NORMAL"], default="FULL")
     parser.add_argument(
+        "--server-path",
+        action="store_true",
+        help="also measure the server around the engine (cancels answered by a canned reply)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="print profiles of the engine and the server"
     )
     args = parser.parse_args(argv)
@@ -570,6 +636,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         floor = statistics.fmean([floor_before, _crypto_floor_us(args.notes)])
+        if args.server_path:
+            canned = e2e(
+                args.clients,
+                args.client_processes,
+                args.per_client,
+                args.window,
+                args.durability,
+                args.verify_workers,
+                directory,
+                canned=True,
+            )
+            figures["server_path_requests_per_s"] = canned["e2e_cancels_per_s"]
+            figures["server_path_main_cpu_us_per_request"] = canned[
+                "e2e_server_main_cpu_us_per_cancel"
+            ]
         figures["crypto_floor_us_per_cancel"] = floor
         if "server_cpu_us_per_cancel" in figures:
             figures["server_cpu_ratio"] = figures["server_cpu_us_per_cancel"] / floor
