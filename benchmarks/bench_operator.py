@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
 import json
 import math
@@ -623,30 +624,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures["ceiling_ratio_10"] = 1 / (1 + raw_sign / (10 * raw_recover))
         # The crypto a cancel cannot avoid, on the CPU clock just before and after e2e.
         floor_before = _crypto_floor_us(args.notes)
-        figures.update(
-            e2e(
-                args.clients,
-                args.client_processes,
-                args.per_client,
-                args.window,
-                args.durability,
-                args.verify_workers,
-                directory,
-                args.profile,
-            )
+        run_e2e = functools.partial(
+            e2e,
+            args.clients,
+            args.client_processes,
+            args.per_client,
+            args.window,
+            args.durability,
+            args.verify_workers,
+            directory,
         )
+        figures.update(run_e2e(args.profile))
         floor = statistics.fmean([floor_before, _crypto_floor_us(args.notes)])
         if args.server_path:
-            canned = e2e(
-                args.clients,
-                args.client_processes,
-                args.per_client,
-                args.window,
-                args.durability,
-                args.verify_workers,
-                directory,
-                canned=True,
-            )
+            canned = run_e2e(canned=True)
             figures["server_path_requests_per_s"] = canned["e2e_cancels_per_s"]
             figures["server_path_main_cpu_us_per_request"] = canned[
                 "e2e_server_main_cpu_us_per_cancel"

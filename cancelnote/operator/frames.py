@@ -31,6 +31,8 @@ _CONTROL = frozenset((CLOSE, PING, PONG))
 #: three reserved for local use: 1005, 1006, 1015), and any from 3000 to 4999.
 _REGISTERED_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013))
 NO_STATUS = 1005  # a close frame with no code
+#: The longest payload the next shorter length form holds, by extended length's size.
+_SHORTER = {2: 125, 8: 0xFFFF}
 PROTOCOL_ERROR, INVALID_TEXT = 1002, 1007
 
 
@@ -163,20 +165,17 @@ class FrameParser:
         if opcode in _CONTROL and length > 125:
             raise ProtocolError("Control frame with payload len > 125")
         position = at + 2
-        if length == 126:
-            if end - position < 2:
+        if length > 125:  # 126: a 2-byte length follows, 127: an 8-byte one
+            size = 2 if length == 126 else 8
+            if end - position < size:
                 return at
-            length = int.from_bytes(data[position : position + 2], "big")
-            position += 2
-            if length <= 125:
-                raise ProtocolError("Payload length used 2 bytes when 1 would have sufficed")
-        elif length == 127:
-            if end - position < 8:
-                return at
-            length = int.from_bytes(data[position : position + 8], "big")
-            position += 8
-            if length <= 0xFFFF:
-                raise ProtocolError("Payload length used 8 bytes when 2 would have sufficed")
+            length = int.from_bytes(data[position : position + size], "big")
+            position += size
+            if length <= _SHORTER[size]:
+                shorter = 1 if size == 2 else 2
+                raise ProtocolError(
+                    f"Payload length used {size} bytes when {shorter} would have sufficed"
+                )
             if length >> 63:
                 raise ProtocolError("8-byte payload length with non-zero MSB")
         if first & 0x70:
