@@ -42,6 +42,7 @@ from cancelnote.messages import (
     Cancellation,
     CancellationProducts,
     Order,
+    SignedMessage,
     check_containers,
     signature_from_wire,
     signature_to_wire,
@@ -130,6 +131,11 @@ def _uint64(name: str, raw: str | int) -> int:
 # Executes: signed requests that change state.
 
 
+# An execute's ``received`` is the decoded wire envelope it came in (a msgspec struct;
+# ``None`` if it was built): the journal stores its C encoding rather than encoding the
+# request again. It is not part of equality.
+
+
 @attrs.frozen
 class PlaceOrder:
     """Place ``order`` (signed by its sender) on ``product_id``'s book."""
@@ -142,6 +148,7 @@ class PlaceOrder:
     order: Order
     signature: bytes
     id: int | None = None
+    received: Any = attrs.field(default=None, eq=False, repr=False, kw_only=True)
 
     def body(self) -> dict[str, Any]:
         return {
@@ -151,9 +158,10 @@ class PlaceOrder:
         }
 
     @classmethod
-    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
+    def from_decoded(cls, body: Any, id: int | None = None, received: Any = None) -> Self:
+        order = _ORDER.build(body.order)
         return cls(
-            body.product_id, _ORDER.build(body.order), signature_from_wire(body.signature), id
+            body.product_id, order, signature_from_wire(body.signature), id, received=received
         )
 
 
@@ -169,13 +177,16 @@ class _SignedTx:
     tx: Any  # an instance of SCHEMA.message
     signature: bytes
     id: int | None = None
+    received: Any = attrs.field(default=None, eq=False, repr=False, kw_only=True)
 
     def body(self) -> dict[str, Any]:
         return {"tx": self.tx.to_wire(), "signature": signature_to_wire(self.signature)}
 
     @classmethod
-    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
-        return cls(cls.SCHEMA.build(body.tx), signature_from_wire(body.signature), id)
+    def from_decoded(cls, body: Any, id: int | None = None, received: Any = None) -> Self:
+        return cls(
+            cls.SCHEMA.build(body.tx), signature_from_wire(body.signature), id, received=received
+        )
 
 
 @attrs.frozen
@@ -210,6 +221,7 @@ class CancelAndPlace:
     signature: bytes
     place_order: PlaceOrder
     id: int | None = None
+    received: Any = attrs.field(default=None, eq=False, repr=False, kw_only=True)
 
     def body(self) -> dict[str, Any]:
         return {
@@ -219,12 +231,13 @@ class CancelAndPlace:
         }
 
     @classmethod
-    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
+    def from_decoded(cls, body: Any, id: int | None = None, received: Any = None) -> Self:
         return cls(
             _CANCELLATION.build(body.cancel_tx),
             signature_from_wire(body.cancel_signature),
             PlaceOrder.from_decoded(body.place_order),
             id,
+            received=received,
         )
 
 
@@ -245,7 +258,7 @@ class _DigestQuery:
         return {"digest": "0x" + self.digest.hex()}
 
     @classmethod
-    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
+    def from_decoded(cls, body: Any, id: int | None = None, received: Any = None) -> Self:
         return cls(bytes.fromhex(body.digest[2:]), id)
 
 
@@ -288,7 +301,7 @@ class BookDepth:
         return {"product_id": self.product_id}
 
     @classmethod
-    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
+    def from_decoded(cls, body: Any, id: int | None = None, received: Any = None) -> Self:
         return cls(body.product_id, id)
 
 
@@ -312,7 +325,7 @@ class Subscribe:
         return {"sender": "0x" + self.sender.hex(), "after_seq": str(self.after_seq)}
 
     @classmethod
-    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
+    def from_decoded(cls, body: Any, id: int | None = None, received: Any = None) -> Self:
         after_seq = _uint64("subscribe.after_seq", body.after_seq)
         return cls(bytes.fromhex(body.sender[2:]), after_seq, id)
 
@@ -332,7 +345,7 @@ class Unsubscribe:
         return {"sender": "0x" + self.sender.hex()}
 
     @classmethod
-    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
+    def from_decoded(cls, body: Any, id: int | None = None, received: Any = None) -> Self:
         return cls(bytes.fromhex(body.sender[2:]), id)
 
 
@@ -354,7 +367,7 @@ class _Nothing:
         return {}
 
     @classmethod
-    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
+    def from_decoded(cls, body: Any, id: int | None = None, received: Any = None) -> Self:
         return cls(id)
 
 
@@ -398,7 +411,7 @@ class Inclusion:
         return {"size": str(self.size), "seqs": [str(seq) for seq in self.seqs]}
 
     @classmethod
-    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
+    def from_decoded(cls, body: Any, id: int | None = None, received: Any = None) -> Self:
         seqs = tuple(_uint64(f"inclusion.seqs[{i}]", raw) for i, raw in enumerate(body.seqs))
         return cls(_uint64("inclusion.size", body.size), seqs, id)
 
@@ -419,7 +432,7 @@ class Consistency:
         return {"first": str(self.first), "second": str(self.second)}
 
     @classmethod
-    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
+    def from_decoded(cls, body: Any, id: int | None = None, received: Any = None) -> Self:
         first = _uint64("consistency.first", body.first)
         return cls(first, _uint64("consistency.second", body.second), id)
 
@@ -439,7 +452,7 @@ class Locate:
         return {"content": "0x" + self.content.hex()}
 
     @classmethod
-    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
+    def from_decoded(cls, body: Any, id: int | None = None, received: Any = None) -> Self:
         return cls(bytes.fromhex(body.content[2:]), id)
 
 
@@ -501,17 +514,22 @@ def _key_count(struct: Any) -> int:
 _KEYS: dict[str, int] = {key: 1 + _key_count(cls.BODY) for key, cls in REQUEST_CLASSES.items()}
 
 
+_KEY_OF = tuple(REQUEST_CLASSES)  # the envelope's fields, in order (``id`` last)
+
+
 def _from_envelope(envelope: Any) -> tuple[WireRequest, str]:
-    present = [key for key in REQUEST_CLASSES if getattr(envelope, key) is not UNSET]
+    fields = msgspec.structs.astuple(envelope)
+    present = [_KEY_OF[i] for i, value in enumerate(fields[:-1]) if value is not UNSET]
     if len(present) != 1:
         raise MessageError(f"request: expected one of {sorted(REQUEST_CLASSES)}, got {present}")
     (key,) = present
-    request_id = None if envelope.id is UNSET else envelope.id
-    return REQUEST_CLASSES[key].from_decoded(getattr(envelope, key), request_id), key
+    request_id = None if fields[-1] is UNSET else fields[-1]
+    return REQUEST_CLASSES[key].from_decoded(getattr(envelope, key), request_id, envelope), key
 
 
 def decode_request(text: str) -> WireRequest:
-    """Decode one request message strictly (see the module docstring).
+    """Decode one request message strictly (see the module docstring), in one pass from
+    the text into the request types (an execute keeps the decoded envelope).
 
     Raises:
         MessageError: not JSON, not the schema, a value out of range, a key given twice;
@@ -565,6 +583,17 @@ def weight_of(request: Execute) -> int:
         return CANCEL_PER_PRODUCT_WEIGHT * len(request.tx.product_ids) or CANCEL_ALL_PRODUCTS_WEIGHT
     weight = len(request.tx.digests)
     return weight + PLACE_WEIGHT if isinstance(request, CancelAndPlace) else weight
+
+
+def signed_parts(request: Execute) -> tuple[tuple[SignedMessage, bytes], ...]:
+    """What an execute's signatures sign, each with its signature, in a fixed order: a
+    place's order; a cancel's transaction; a replace's cancel, then its order."""
+    if isinstance(request, PlaceOrder):
+        return ((request.order, request.signature),)
+    if isinstance(request, CancelAndPlace):
+        placed = request.place_order
+        return ((request.tx, request.signature), (placed.order, placed.signature))
+    return ((request.tx, request.signature),)
 
 
 def request_to_wire(request: WireRequest) -> dict[str, Any]:
@@ -621,23 +650,53 @@ def failure_wire(
     return _with_id(wire, request_id)
 
 
+class SignedStatement(Protocol):
+    """An operator-signed fill or note as the journal holds it (its entry)."""
+
+    seq: int
+    MESSAGE: ClassVar[str]  # "fill" or "note"
+
+    @property
+    def signed_wire(self) -> dict[str, Any]: ...
+
+    @property
+    def signed_json(self) -> bytes: ...
+
+
+#: Compact JSON as bytes, the form every message leaves in (and the journal stores).
+encode_json: Callable[[Any], bytes] = msgspec.json.Encoder().encode
+
+
 @attrs.frozen
 class Reply:
     """The answer to one request; ``to`` is the request's sender (``None`` for queries).
 
     ``wire`` is the Vertex envelope: ``{"status": "success", "signature", "data",
     "request_type"}`` or ``{"status": "failure", "signature", "error", "error_code",
-    "request_type"}``, plus ``"id"`` when the request had one.
+    "request_type"}``, plus ``"id"`` when the request had one. ``signed`` are the
+    journal entries of the fills or notes that ``wire["data"]`` lists (under ``"fills"``
+    or ``"notes"``, as their :attr:`~SignedStatement.signed_wire`, in order): :meth:`json`
+    splices in their JSON as the journal holds it instead of encoding them again.
     """
 
     to: bytes | None
     wire: dict[str, Any]
+    signed: tuple[SignedStatement, ...] = ()
 
     @classmethod
-    def success(cls, request: Request, data: Any) -> Self:
+    def success(cls, request: Request, data: Any, signed: tuple[SignedStatement, ...] = ()) -> Self:
         wire = success_wire(request.REQUEST_TYPE, data, request.id)
         wire["signature"] = _request_signature(request)
-        return cls(_request_sender(request), wire)
+        return cls(_request_sender(request), wire, signed)
+
+    def json(self) -> bytes:
+        """:attr:`wire` as compact JSON, each signed fill or note spliced in as stored."""
+        wire = self.wire
+        if self.signed:
+            data = dict(wire["data"])
+            data[self.signed[0].MESSAGE + "s"] = [msgspec.Raw(s.signed_json) for s in self.signed]
+            wire = {**wire, "data": data}
+        return encode_json(wire)
 
     @classmethod
     def failure(
@@ -648,18 +707,6 @@ class Reply:
         wire = failure_wire(error, request.REQUEST_TYPE, request.id)
         wire["signature"] = _request_signature(request)
         return cls(_request_sender(request), wire)
-
-
-class SignedStatement(Protocol):
-    """An operator-signed fill or note as the journal holds it (its entry)."""
-
-    seq: int
-
-    @property
-    def signed_wire(self) -> dict[str, Any]: ...
-
-    @property
-    def signed_json(self) -> str: ...
 
 
 @attrs.frozen
@@ -679,8 +726,8 @@ class Push:
         return self.entry.signed_wire
 
     @property
-    def text(self) -> str:
-        """:attr:`wire` as compact JSON (the very text the journal row embeds)."""
+    def text(self) -> bytes:
+        """:attr:`wire` as compact JSON (the very bytes the journal row embeds)."""
         return self.entry.signed_json
 
 

@@ -109,6 +109,18 @@ def _encode_word(sol: str) -> Callable[[Any], bytes]:
     return lambda value: value.to_bytes(32, "big")
 
 
+_BYTES32, _UINT, _INT, _ARRAY = range(4)
+
+
+def _kind(sol: str) -> int:
+    """How :meth:`SignedMessage.struct_hash` encodes a field of Solidity type ``sol``."""
+    if sol.endswith("[]"):
+        return _ARRAY
+    if sol == "bytes32":
+        return _BYTES32
+    return _INT if sol.startswith("int") else _UINT
+
+
 def _encoder(sol: str) -> Callable[[Any], bytes]:
     word = _encode_word(sol.removesuffix("[]"))
     if sol.endswith("[]"):
@@ -266,6 +278,7 @@ class SignedMessage:
     TYPE_HASH: ClassVar[bytes]
     _WIRE: ClassVar[tuple[tuple[str, str, str], ...]]  # (attribute, wire name, sol type)
     _ENCODERS: ClassVar[tuple[Callable[[Any], bytes], ...]]
+    _KINDS: ClassVar[tuple[int, ...]]  # _BYTES32, _UINT, _INT or _ARRAY, per field
     _WIRE_ENCODERS: ClassVar[tuple[tuple[str, Callable[[Any], Any]], ...]]
     _VALUES: ClassVar[Callable[[Any], tuple[Any, ...]]]  # all field values, in order
 
@@ -366,10 +379,22 @@ HASH_CACHE_SIZE = 16_384
 @functools.lru_cache(maxsize=HASH_CACHE_SIZE)
 def _struct_hash(message: SignedMessage) -> bytes:
     """``hashStruct(message)``, cached by value: a message is frozen, so equal messages
-    (the cache's key) have one hash."""
+    (the cache's key) have one hash. The hot path of every message (a note is hashed to
+    be signed, a request to be verified, each log leaf to be committed): static fields
+    are encoded inline by kind, arrays by their encoder."""
+    words = [message.TYPE_HASH]
+    append = words.append
     values = message._VALUES(message)
-    words = [encode(value) for encode, value in zip(message._ENCODERS, values, strict=True)]
-    return keccak(message.TYPE_HASH + b"".join(words))
+    for kind, encode, value in zip(message._KINDS, message._ENCODERS, values, strict=True):
+        if kind == _BYTES32:
+            append(value)
+        elif kind == _UINT:
+            append(value.to_bytes(32, "big"))
+        elif kind == _INT:
+            append(value.to_bytes(32, "big", signed=True))
+        else:
+            append(encode(value))
+    return keccak(b"".join(words))
 
 
 @functools.lru_cache(maxsize=HASH_CACHE_SIZE)
@@ -382,6 +407,7 @@ def _eip712(cls: type) -> type:
     fields = attrs.fields(cls)
     cls._WIRE = tuple((f.name, f.metadata["wire"], f.metadata["sol"]) for f in fields)
     cls._ENCODERS = tuple(_encoder(f.metadata["sol"]) for f in fields)
+    cls._KINDS = tuple(_kind(f.metadata["sol"]) for f in fields)
     cls._WIRE_ENCODERS = tuple(
         (f.metadata["wire"], _wire_encoder(f.metadata["sol"])) for f in fields
     )
@@ -621,8 +647,8 @@ DECIMAL_WIRE = Annotated[str, msgspec.Meta(pattern="^" + _DECIMAL.pattern)]
 
 
 def _schema_type(sol: str) -> Any:
-    """The msgspec type of one wire value of Solidity type ``sol`` (ranges are checked by
-    the message's own validators once it is built)."""
+    """The msgspec type of one wire value of Solidity type ``sol`` (integer ranges are
+    checked as the value is converted: :func:`_from_schema_value`)."""
     if sol.endswith("[]"):
         return Annotated[list[_schema_type(sol[:-2])], msgspec.Meta(max_length=MAX_ARRAY_LENGTH)]
     if sol == "bytes32":
@@ -630,13 +656,50 @@ def _schema_type(sol: str) -> Any:
     return DECIMAL_WIRE | int
 
 
-def _from_schema_value(sol: str) -> Callable[[Any], Any]:
-    if sol.endswith("[]"):
-        item = _from_schema_value(sol[:-2])
-        return lambda values: tuple(map(item, values))
+def _from_schema_value(sol: str, name: str) -> Callable[[Any], Any]:
+    """The value of a field from its decoded schema value, range-checked: the schema has
+    checked everything else the message's validators would (types, hex, lengths).
+
+    Raises:
+        MessageError: out of range, worded as the validator words it.
+    """
     if sol == "bytes32":
         return lambda value: bytes.fromhex(value[2:])
-    return lambda value: int(value) if type(value) is str else value
+    if sol == "bytes32[]":
+        return lambda values: tuple(bytes.fromhex(value[2:]) for value in values)
+    low, high = _INT_RANGES[sol.removesuffix("[]")]
+    if sol.endswith("[]"):
+
+        def integers(values: list[Any]) -> tuple[int, ...]:
+            out = tuple(int(v) if type(v) is str else v for v in values)
+            if out and not (low <= min(out) and max(out) <= high):
+                _check_field(sol, name, out)  # names the first item out of range
+            return out
+
+        return integers
+
+    def integer(value: Any) -> int:
+        if type(value) is str:
+            value = int(value)
+        if not low <= value <= high:
+            _check_int(sol, name, value)
+        return value
+
+    return integer
+
+
+def _setter(cls: type, names: tuple[str, ...]) -> Callable[[list[Any]], Any]:
+    """A constructor of ``cls`` from checked values, in field order, that skips the
+    validators (attrs' own way round them, ``attrs.validators.disabled``, is global)."""
+    new, set_field = object.__new__, object.__setattr__
+
+    def build(values: list[Any]) -> Any:
+        message = new(cls)
+        for name, value in zip(names, values, strict=True):
+            set_field(message, name, value)
+        return message
+
+    return build
 
 
 @attrs.frozen
@@ -645,20 +708,19 @@ class WireSchema:
 
     message: type[SignedMessage]
     struct: type[msgspec.Struct]
-    converters: tuple[Callable[[Any], Any], ...]
-    fields: tuple[str, ...]  # wire names, in field order
+    converters: tuple[tuple[str, Callable[[Any], Any]], ...]  # (wire name, converter)
+    construct: Callable[[list[Any]], Any]
 
     def build(self, decoded: msgspec.Struct) -> Any:
-        """The message from its decoded struct (the message's validators check ranges).
+        """The message from its decoded struct, checked once: the schema checked the
+        shapes, the converters the ranges.
 
         Raises:
             MessageError: a value is out of its type's range.
         """
-        values = [
-            convert(getattr(decoded, name))
-            for name, convert in zip(self.fields, self.converters, strict=True)
-        ]
-        return self.message(*values)
+        return self.construct(
+            [convert(getattr(decoded, name)) for name, convert in self.converters]
+        )
 
 
 _WIRE_SCHEMAS: dict[type, WireSchema] = {}
@@ -673,9 +735,11 @@ def wire_schema(cls: type[SignedMessage]) -> WireSchema:
             [(wire, _schema_type(sol)) for _, wire, sol in cls._WIRE],
             forbid_unknown_fields=True,
         )
-        converters = tuple(_from_schema_value(sol) for _, _, sol in cls._WIRE)
-        fields = tuple(wire for _, wire, _ in cls._WIRE)
-        schema = _WIRE_SCHEMAS[cls] = WireSchema(cls, struct, converters, fields)
+        converters = tuple(
+            (wire, _from_schema_value(sol, f"{cls.__name__}.{wire}")) for _, wire, sol in cls._WIRE
+        )
+        construct = _setter(cls, tuple(name for name, _, _ in cls._WIRE))
+        schema = _WIRE_SCHEMAS[cls] = WireSchema(cls, struct, converters, construct)
     return schema
 
 

@@ -482,3 +482,44 @@ def test_cancels_of_every_kind_are_located(tmp_path):
         seq = int(op.heads.locate(request.tx.struct_hash())["seq"])
         assert op.leaves()[seq].content == request.tx.struct_hash()
     op.close()
+
+
+def test_a_commit_of_hundreds_of_entries_lands_its_whole_log_at_once(tmp_path):
+    # The journal writes rows, tree nodes and located leaves in multi-row INSERTs of up to
+    # 256 rows: a commit bigger than that spans several statements of each table.
+    path = tmp_path / "j.sqlite"
+    op = Operator.open(path)
+    people = traders()
+    requests = [people[n % 3].order(1, PRICE + n, 1, T0) for n in range(300)]
+    outputs = [out for request in requests for out in op.engine.handle(request, T0)]
+    op.step(outputs, T0, head=True)
+    head = op.signed[-1].head
+    assert head.size == op.journal.last_seq() + 1 == 301
+    for seq in (1, 256, 257, 300):  # either side of a statement's end
+        (item,) = op.heads.inclusion(head.size, [seq])["proofs"]
+        LeafProof.from_wire(item).verify(head.size, head.root)
+    for request in (requests[0], requests[255], requests[299]):
+        assert op.heads.locate(request.order.struct_hash())
+    op.close()
+    again = Operator.open(path)  # every leaf on disk checked against its row, the border
+    assert (again.heads.tree.size, again.heads.tree.root()) == (head.size, head.root)
+    again.close()
+
+
+def test_a_commit_whose_log_repeats_a_subtree_lands_nothing(tmp_path):
+    op = Operator.open(tmp_path / "j.sqlite")
+    honest_history(op, steps=6)
+    seq, state = op.journal.last_seq(), op.journal.log_state()
+    placed = traders()[0].order(1, PRICE, 1, T0 + 10**6)
+    entries, _ = split_outputs(op.engine.handle(placed, T0 + 10**6))
+    op.heads.extend(entries)
+    write = op.heads.take(None)
+    repeated = attrs.evolve(write, nodes=[*write.nodes, (0, 0, bytes(32))])  # leaf 0 again
+    with pytest.raises(JournalCorrupt):
+        op.journal.append_many(entries, [repeated])
+    assert op.journal.last_seq() == seq and op.journal.log_state() == state
+    reader = op.journal.reader()
+    assert reader.locate(placed.order.struct_hash()) is None
+    reader.close()
+    op.heads.close()
+    op.journal.close()

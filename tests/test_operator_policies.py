@@ -110,6 +110,20 @@ def test_delay_holds_the_cancel_and_counts_the_fills_that_hit_meanwhile(alice, b
     assert rule1(fill, note) == ""  # ... which no court rule convicts
 
 
+def test_a_policy_set_after_the_engine_is_built_makes_every_decision(alice):
+    # The lab swaps the policy of a running engine (sim.world): the engine must not have
+    # decided once, at construction, that an honest policy never needs asking.
+    engine = make_engine(Honest())
+    maker, _ = resting_buy(engine, alice)
+    engine.policy = Delay(300)
+    held = engine.handle(alice.cancel([maker], T0 + 1), T0 + 1)
+    assert [type(o) for o in held] == [CancelAccepted]
+    other, _ = resting_buy(engine, alice, price=99)
+    engine.policy = WithholdNotes()
+    outputs = engine.handle(alice.cancel([other], T0 + 2), T0 + 2)
+    assert [n.published for n in of(outputs, NoteIssued)] == [False]
+
+
 def test_delay_does_not_hold_an_on_chain_request(alice):
     engine = make_engine(Delay(300))
     _, digest = resting_buy(engine, alice)

@@ -187,6 +187,54 @@ async def test_sigterm_exits_within_2_s_whatever_the_connections_do(tmp_path, ke
 
 
 # ---------------------------------------------------------------------------------------
+# The verifier workers live and die with the operator (issue #14).
+
+
+def worker_pids(operator: Operator) -> list[int]:
+    """The verifier workers' pids, as the operator logged them at start."""
+    for line in operator.log.read_text().splitlines():
+        record = json.loads(line)
+        if record["event"] == "verify_workers_started":
+            return record["pids"]
+    raise AssertionError("no verify_workers_started line")
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie has finished: it runs nothing)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+async def test_the_verifier_workers_start_and_stop_with_the_operator(tmp_path, keyfile):
+    operator = await start(tmp_path, tmp_path / "j.sqlite")
+    pids = worker_pids(operator)
+    assert pids and all(running(pid) and parent_of(pid) == operator.process.pid for pid in pids)
+    assert await is_serving(operator)
+    started = time.monotonic()
+    assert await operator.stop() == 0
+    assert time.monotonic() - started < 2.0
+    assert not any(running(pid) for pid in pids)
+
+
+async def test_kill_9_of_the_operator_leaves_no_worker_running(tmp_path, keyfile):
+    operator = await start(tmp_path, tmp_path / "j.sqlite")
+    pids = worker_pids(operator)
+    assert await is_serving(operator)
+    operator.process.kill()
+    await operator.process.wait()
+    with trio.fail_after(2):
+        while any(running(pid) for pid in pids):
+            await trio.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------
 # Finding 6: damaged, rolled-back or missing journals started silently.
 
 

@@ -19,6 +19,7 @@ from cancelnote.operator.clock import wall_clock_ms
 from cancelnote.operator.engine import Engine
 from cancelnote.operator.heads import HeadLog
 from cancelnote.operator.journal import Journal
+from cancelnote.operator.limits import ServerConfig
 from cancelnote.operator.server import OperatorServer
 from cancelnote.transparency import (
     LeafKind,
@@ -31,7 +32,14 @@ from cancelnote.transparency import (
 H_MS = 50
 
 
-async def _serve(nursery, path: Path, *, heads_ms: int | None = H_MS, **engine) -> OperatorServer:
+async def _serve(
+    nursery,
+    path: Path,
+    *,
+    heads_ms: int | None = H_MS,
+    config: ServerConfig | None = None,
+    **engine,
+) -> OperatorServer:
     journal = Journal.open(path, DOMAIN, OPERATOR.address)
     log = HeadLog.open(journal, OPERATOR, DOMAIN, heads_ms) if heads_ms else None
     replayed = Engine(OPERATOR, DOMAIN, {1, 2}, **engine)
@@ -41,7 +49,7 @@ async def _serve(nursery, path: Path, *, heads_ms: int | None = H_MS, **engine) 
         replayed.restore([entry])
     if log is not None:
         log.finish()
-    server = OperatorServer(replayed, journal, heads=log)
+    server = OperatorServer(replayed, journal, heads=log, config=config)
     await nursery.start(server.serve, "127.0.0.1", 0)
     return server
 
@@ -154,6 +162,27 @@ async def test_bad_heads_queries_get_clear_errors_and_change_nothing(
             answer = await client.request(request_)
             assert (answer["status"], answer["error_code"]) == ("failure", code), answer
             assert server.heads.durable_size == before and server.journal.last_seq() == 0
+    finally:
+        await _stop(server)
+
+
+async def test_heads_queries_give_back_their_place_in_the_pipeline(nursery, tmp_path):
+    # A connection has at most max_pending requests between its reader and the engine;
+    # an answered heads query must leave that count, or its reader stops for good.
+    fast = ServerConfig(max_pending=4, query_rate=10_000, query_rate_per_address=10_000)
+    server = await _serve(nursery, tmp_path / "j.sqlite", config=fast)
+    queries = [
+        {"head": {}},
+        {"inclusion": {"size": "1", "seqs": ["0"]}},
+        {"consistency": {"first": "1", "second": "1"}},
+        {"locate": {"content": "0x" + "11" * 32}},
+    ]
+    try:
+        async with connect(server) as client:
+            with trio.fail_after(10):
+                for request in queries * 5:
+                    assert "status" in await client.request(request)
+            assert server._intake.count == 0
     finally:
         await _stop(server)
 

@@ -125,7 +125,7 @@ from .journal import (
 )
 from .lifecycle import CANCEL_REFUSALS, CancellationType, Event, OrderState, ReasonCode, step
 from .limits import MAX_OPEN_ORDERS, MAX_OPEN_ORDERS_PER_PRODUCT
-from .policies import CancelContext, Honest, NoteContext, Policy
+from .policies import HONEST_PLAN, CancelContext, Honest, NoteContext, Policy
 
 Output = JournalEntry | Reply | Push
 
@@ -141,6 +141,17 @@ ON_CHAIN_REQUEST_HASH = bytes(32)
 MAX_PENDING_MS = 90_000
 
 _NEVER = 2**64
+
+
+@attrs.frozen
+class Verified:
+    """What a verifier worker found for an execute's signatures, in the order of
+    :func:`~cancelnote.api.signed_parts`: each signed EIP-712 digest (computed by the
+    server from this very request) and the 20-byte address its signature recovers to, or
+    the :class:`~cancelnote.errors.SignatureError` text saying why none does."""
+
+    digests: tuple[bytes, ...]
+    signers: tuple[bytes | str, ...]
 
 
 def split_outputs(outputs: Iterable[Output]) -> tuple[list[JournalEntry], list[Reply | Push]]:
@@ -262,6 +273,17 @@ class Engine:
     _marks: dict[int, int] = attrs.field(factory=dict, init=False)
     _open: dict[tuple[bytes, int], int] = attrs.field(factory=dict, init=False)
     _open_total: int = attrs.field(default=0, init=False)
+    # Whether the policy makes each decision its own way (else the honest one, without
+    # building what it would look at: most operators are honest). Asked of the policy
+    # each time: the lab swaps the policy of a running engine (``sim.world``).
+
+    @property
+    def _asks_on_cancel(self) -> bool:
+        return type(self.policy).on_cancel is not Policy.on_cancel
+
+    @property
+    def _asks_on_note(self) -> bool:
+        return type(self.policy).on_note is not Policy.on_note
 
     @_books.default
     def _make_books(self) -> dict[int, Book]:
@@ -270,8 +292,14 @@ class Engine:
     # -----------------------------------------------------------------------------------
     # Public entry points.
 
-    def handle(self, request: Request, now_ms: int) -> list[Output]:
+    def handle(
+        self, request: Request, now_ms: int, verified: Verified | None = None
+    ) -> list[Output]:
         """Answer one request at engine time ``now_ms`` (unix ms, never going backwards).
+
+        ``verified``: what a verifier worker found for an execute's signatures (the
+        server's workers recover them ahead of the engine); without it the engine
+        recovers them itself. Either way every check runs, in the same order.
 
         Returns outputs in the order they were made: journal entries, pushes and at
         most one reply to this request (none while a policy holds the cancel, or if it
@@ -282,7 +310,7 @@ class Engine:
         out: list[Output] = []
         self._tick(now_ms, out)
         try:
-            self._HANDLERS[type(request)](self, request, now_ms, out)
+            self._HANDLERS[type(request)](self, request, now_ms, out, verified)
         except Rejected as exc:
             out.append(Reply.failure(request, exc))
         self._tick(now_ms, out)  # matches that settle at once
@@ -362,7 +390,7 @@ class Engine:
         out: list[Output] = []
         self._tick(now_ms, out)
         try:
-            digest = self._check_order(request, now_ms)
+            digest = self._check_order(request, now_ms, None)
             self._check_rate(request.order.sender, PLACE_WEIGHT)
             target = self._check_directed(request.order, maker_digest)
             self._place(request, digest, PLACE_WEIGHT, now_ms, out, target)
@@ -463,9 +491,24 @@ class Engine:
                 f"nonce recv_time {recv_time} is outside ({now_ms}, {now_ms + RECV_WINDOW_MS}]"
             )
 
+    def _signed(
+        self, message: Order | Any, verified: Verified | None, index: int
+    ) -> tuple[bytes, bytes | str | None]:
+        """The EIP-712 digest of an execute's ``index``-th signed message and, if a worker
+        verified it, the address its signature recovered to (or why none did)."""
+        if verified is None:
+            return message.digest(self.domain), None
+        return verified.digests[index], verified.signers[index]
+
     @staticmethod
-    def _check_signer(digest: bytes, signature: bytes, sender: bytes, what: str) -> None:
-        if recover_address(digest, signature) != sender[:20]:
+    def _check_signer(
+        digest: bytes, signature: bytes, sender: bytes, what: str, signer: bytes | str | None
+    ) -> None:
+        if signer is None:
+            signer = recover_address(digest, signature)
+        elif type(signer) is str:  # the worker's SignatureError: nobody recovers
+            raise SignatureError(signer)
+        if signer != sender[:20]:
             raise SignatureError(f"{what} is not signed by {sender_address(sender)}")
 
     def _check_rate(self, sender: bytes, weight: int) -> None:
@@ -476,9 +519,17 @@ class Engine:
                 f" in the last minute; this request weighs {weight}"
             )
 
-    def _check_order(self, request: PlaceOrder, now_ms: int, freed: int = 0) -> bytes:
-        """All checks of a place but the rate limit; returns the order digest. ``freed``:
-        open orders of the same sender and product that a replace's cancel takes away."""
+    def _check_order(
+        self,
+        request: PlaceOrder,
+        now_ms: int,
+        verified: Verified | None,
+        index: int = 0,
+        freed: int = 0,
+    ) -> bytes:
+        """All checks of a place but the rate limit; returns the order digest. ``index``:
+        the order's place in ``verified``; ``freed``: open orders of the same sender and
+        product that a replace's cancel takes away."""
         order = request.order
         if request.product_id != order.product_id:
             raise MessageError(
@@ -497,8 +548,8 @@ class Engine:
                 f" {self.max_order_lifetime_s} s (latest {latest_ms // 1000} s)"
             )
         self._check_window(order.nonce, now_ms)
-        digest = order.digest(self.domain)
-        self._check_signer(digest, request.signature, order.sender, "order")
+        digest, signer = self._signed(order, verified, index)
+        self._check_signer(digest, request.signature, order.sender, "order", signer)
         if digest in self._orders or digest in self._held_orders:
             raise Replayed(f"order 0x{digest.hex()} was already placed")
         if self._stopped is not None:
@@ -529,7 +580,9 @@ class Engine:
             )
         return maker_digest, price, size
 
-    def _check_cancel(self, request: CancelRequest, now_ms: int) -> tuple[bytes, int]:
+    def _check_cancel(
+        self, request: CancelRequest, now_ms: int, verified: Verified | None
+    ) -> tuple[bytes, int]:
         """All checks of a cancel (and a replace's order); returns (request hash, weight)."""
         tx = request.tx
         if isinstance(request, CancelProductOrders):
@@ -547,10 +600,10 @@ class Engine:
         if isinstance(request, CancelAndPlace):
             if request.place_order.order.sender != tx.sender:
                 raise MessageError("cancel_and_place: the order's sender is not the cancel's")
-            self._check_order(request.place_order, now_ms, self._freed_by(request))
+            self._check_order(request.place_order, now_ms, verified, 1, self._freed_by(request))
         self._check_window(tx.nonce, now_ms)
-        request_hash = tx.digest(self.domain)
-        self._check_signer(request_hash, request.signature, tx.sender, request.KEY)
+        request_hash, signer = self._signed(tx, verified, 0)
+        self._check_signer(request_hash, request.signature, tx.sender, request.KEY, signer)
         if request_hash in self._requests:
             raise Replayed(f"{request.KEY} 0x{request_hash.hex()} was already accepted")
         self._check_rate(tx.sender, weight)
@@ -571,22 +624,19 @@ class Engine:
     # -----------------------------------------------------------------------------------
     # Request handlers: check everything, then make entries.
 
-    def _handle_place(self, request: PlaceOrder, now_ms: int, out: list[Output]) -> None:
-        digest = self._check_order(request, now_ms)
+    def _handle_place(
+        self, request: PlaceOrder, now_ms: int, out: list[Output], verified: Verified | None
+    ) -> None:
+        digest = self._check_order(request, now_ms, verified)
         self._check_rate(request.order.sender, PLACE_WEIGHT)
         self._place(request, digest, PLACE_WEIGHT, now_ms, out)
         out.append(Reply.success(request, {"digest": "0x" + digest.hex()}))
 
-    def _handle_cancel(self, request: CancelRequest, now_ms: int, out: list[Output]) -> None:
-        request_hash, weight = self._check_cancel(request, now_ms)
-        targets = tuple(
-            record.order
-            for d in self._cancel_targets(request)
-            if (record := self._orders.get(d)) is not None
-            and record.order.sender == request.tx.sender
-            and record.state is OrderState.ACTIVE
-        )
-        process_at = self.policy.on_cancel(CancelContext(now_ms, request, targets, self._marks))
+    def _handle_cancel(
+        self, request: CancelRequest, now_ms: int, out: list[Output], verified: Verified | None
+    ) -> None:
+        request_hash, weight = self._check_cancel(request, now_ms, verified)
+        process_at = self._when_to_cancel(request, now_ms) if self._asks_on_cancel else now_ms
         if process_at is None:
             return  # dropped by the policy: no entry, no reply
         accepted = CancelAccepted(self._last_seq + 1, now_ms, request, process_at, weight)
@@ -594,7 +644,20 @@ class Engine:
         if process_at <= now_ms:
             self._process_cancel(accepted, request_hash, now_ms, out)
 
-    def _handle_order_status(self, query: OrderStatus, now_ms: int, out: list[Output]) -> None:
+    def _when_to_cancel(self, request: CancelRequest, now_ms: int) -> int | None:
+        """The policy's decision on a cancel, with what it sees of the orders it names."""
+        targets = tuple(
+            record.order
+            for d in self._cancel_targets(request)
+            if (record := self._orders.get(d)) is not None
+            and record.order.sender == request.tx.sender
+            and record.state is OrderState.ACTIVE
+        )
+        return self.policy.on_cancel(CancelContext(now_ms, request, targets, self._marks))
+
+    def _handle_order_status(
+        self, query: OrderStatus, now_ms: int, out: list[Output], _: None = None
+    ) -> None:
         r = self._record(query.digest)
         data = {
             "digest": "0x" + r.digest.hex(),
@@ -611,15 +674,17 @@ class Engine:
         }
         out.append(Reply.success(query, data))
 
-    def _handle_fills(self, query: Fills, now_ms: int, out: list[Output]) -> None:
-        fills = [f.signed_wire for f in self._record(query.digest).fills]
-        out.append(Reply.success(query, {"fills": fills}))
+    def _handle_fills(self, query: Fills, now_ms: int, out: list[Output], _: None = None) -> None:
+        fills = self._record(query.digest).fills
+        out.append(Reply.success(query, {"fills": [f.signed_wire for f in fills]}, tuple(fills)))
 
-    def _handle_notes(self, query: Notes, now_ms: int, out: list[Output]) -> None:
-        notes = [n.signed_wire for n in self._record(query.digest).notes if n.published]
-        out.append(Reply.success(query, {"notes": notes}))
+    def _handle_notes(self, query: Notes, now_ms: int, out: list[Output], _: None = None) -> None:
+        notes = [n for n in self._record(query.digest).notes if n.published]
+        out.append(Reply.success(query, {"notes": [n.signed_wire for n in notes]}, tuple(notes)))
 
-    def _handle_book(self, query: BookDepth, now_ms: int, out: list[Output]) -> None:
+    def _handle_book(
+        self, query: BookDepth, now_ms: int, out: list[Output], _: None = None
+    ) -> None:
         book = self._books.get(query.product_id)
         if book is None:
             raise UnknownProduct(f"product {query.product_id} is not traded")
@@ -677,6 +742,7 @@ class Engine:
                 weight,
             ),
             out,
+            digest,
         )
         taker = self._orders[digest]
         book = self._books[taker.product_id]
@@ -718,6 +784,7 @@ class Engine:
         else:
             named = list(zip(tx.digests, tx.product_ids, strict=True))
         cancelled, notes = data["cancelled_orders"], data["notes"]
+        signed: list[NoteIssued] = []  # the entries of ``notes``, for the reply's JSON
         orders, sender, received_at = self._orders, tx.sender, accepted.at_ms
         for digest, product_id in named:
             record = orders.get(digest)
@@ -729,6 +796,7 @@ class Engine:
                 )
                 if reason is ReasonCode.ALREADY_CANCELLED and record.notes[0].published:
                     notes.append(record.notes[0].signed_wire)
+                    signed.append(record.notes[0])
                 continue
             cancelled.append(record.order_data(digest_hex))
             issued = self._sign_note(
@@ -737,6 +805,7 @@ class Engine:
             note = issued.note
             if issued.published:
                 notes.append(issued.signed_wire)
+                signed.append(issued)
             if note.pending_amount:
                 data["pending_cancellations"].append(
                     {
@@ -752,7 +821,7 @@ class Engine:
             digest = placed.order.digest(self.domain)
             self._place(placed, digest, 0, now_ms, out)
             data["digest"] = "0x" + digest.hex()
-        out.append(Reply.success(request, data))
+        out.append(Reply.success(request, data, tuple(signed)))
 
     @staticmethod
     def _cancel_refusal(
@@ -781,7 +850,11 @@ class Engine:
         :class:`~.policies.NotePlan`.
         """
         on_chain = cancellation_type is CancellationType.ON_CHAIN
-        plan = self.policy.on_note(NoteContext(now_ms, record.order, received_at_ms, on_chain))
+        plan = (
+            self.policy.on_note(NoteContext(now_ms, record.order, received_at_ms, on_chain))
+            if self._asks_on_note
+            else HONEST_PLAN
+        )
         counted = record.fills
         if plan.received_at_ms is not None:  # backdated: the fills since are left out
             received_at_ms = plan.received_at_ms
@@ -900,8 +973,11 @@ class Engine:
         self._APPLY[type(entry)](self, entry, *derived)
         self._last_seq = entry.seq
 
-    def _apply_order(self, entry: OrderAccepted) -> None:
-        record = self._new_record(entry.product_id, entry.order, entry.signature, entry.at_ms)
+    def _apply_order(self, entry: OrderAccepted, digest: bytes | None = None) -> None:
+        """``digest`` is the order's when the caller has it (live); on replay it is computed."""
+        record = self._new_record(
+            entry.product_id, entry.order, entry.signature, entry.at_ms, digest
+        )
         self._books[entry.product_id].side(record.is_bid).add(
             record.digest, record.order.price_x18, record.remaining
         )
@@ -914,9 +990,15 @@ class Engine:
         record.on_book = False
 
     def _new_record(
-        self, product_id: int, order: Order, signature: bytes, at_ms: int
+        self,
+        product_id: int,
+        order: Order,
+        signature: bytes,
+        at_ms: int,
+        digest: bytes | None = None,
     ) -> _OrderRecord:
-        digest = order.digest(self.domain)
+        if digest is None:
+            digest = order.digest(self.domain)
         if digest in self._orders:
             raise JournalCorrupt(f"order 0x{digest.hex()} accepted twice")
         record = _OrderRecord(product_id, order, signature, digest, at_ms, abs(order.amount))

@@ -44,7 +44,7 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from cancelnote.api import CancelRequest, request_from_wire, request_to_wire
+from cancelnote.api import CancelRequest, encode_json, request_from_wire, request_to_wire
 from cancelnote.crypto import keccak, to_checksum
 from cancelnote.errors import CancelnoteError
 from cancelnote.messages import (
@@ -81,6 +81,11 @@ def _unhex(raw: object) -> bytes:
     return bytes.fromhex(raw[2:])
 
 
+def _received_or_wire(request: CancelRequest) -> Any:
+    """The envelope a request was decoded from (msgspec encodes it in C), else its wire."""
+    return request.received if request.received is not None else request_to_wire(request)
+
+
 # Field codecs, (to JSON, from JSON), by the field's annotation.
 _CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "int": (lambda v: v, lambda raw: _typed(raw, int)),
@@ -90,7 +95,7 @@ _CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "Order": (Order.to_wire, Order.from_wire),
     "Fill": (Fill.to_wire, Fill.from_wire),
     "CancellationNote": (CancellationNote.to_wire, CancellationNote.from_wire),
-    "CancelRequest": (request_to_wire, request_from_wire),
+    "CancelRequest": (_received_or_wire, request_from_wire),
     "CancellationType": (lambda v: v.value, CancellationType),
 }
 
@@ -122,7 +127,7 @@ class _Entry:
         return {name: encode(getattr(self, name)) for name, encode in _encoders(type(self))}
 
     def body_json(self) -> str:
-        return _encode_json(self.body())
+        return encode_json(self.body()).decode()
 
     @classmethod
     def from_body(cls, seq: int, body: dict[str, Any]) -> Any:
@@ -218,7 +223,7 @@ class _SignedEntry(_Entry):
         """
         encoders = _unsigned_encoders(type(self))
         rest = {name: encode(getattr(self, name)) for name, encode in encoders}
-        return _encode_json(rest)[:-1] + "," + self.signed_json[1:]
+        return (encode_json(rest)[:-1] + b"," + self.signed_json[1:]).decode()
 
     @property
     def signed_wire(self) -> dict[str, Any]:
@@ -230,9 +235,9 @@ class _SignedEntry(_Entry):
         return {self.MESSAGE: message.to_wire(), "signature": signature_to_wire(self.signature)}
 
     @cached_property
-    def signed_json(self) -> str:
-        """:attr:`signed_wire` as compact JSON."""
-        return _encode_json(self.signed_wire)
+    def signed_json(self) -> bytes:
+        """:attr:`signed_wire` as compact JSON: the bytes of the row, the reply, the stream."""
+        return encode_json(self.signed_wire)
 
 
 @attrs.frozen
@@ -415,6 +420,12 @@ class LogWrite:
     root: bytes
     head: SignedHead | None = None
 
+    @cached_property
+    def head_json(self) -> bytes:
+        """:attr:`head` as compact JSON, made once: the meta row, the head's pushes and the
+        replies to ``head`` all carry these bytes (``b""``: no head)."""
+        return b"" if self.head is None else encode_json(self.head.to_wire())
+
 
 @attrs.frozen
 class LogState:
@@ -500,6 +511,34 @@ class Seal:
                 self.sync()
             os.close(self._fd)
             self._fd = None
+
+
+#: Rows per INSERT statement: powers of two up to this (a few statements per commit,
+#: each a single step of SQLite; a handful of distinct statements to cache).
+_MOST_ROWS_PER_INSERT = 256
+
+
+def _chunks(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+    """``rows`` in runs of power-of-two sizes, largest first.
+
+    Every statement SQLite steps releases and re-takes the GIL, and re-taking it from a
+    busy event loop can cost a whole switch interval (5 ms): one multi-row INSERT per
+    run, instead of one step per row, keeps a commit to a few such hand-offs."""
+    at = 0
+    while at < len(rows):
+        size = min(_MOST_ROWS_PER_INSERT, 1 << ((len(rows) - at).bit_length() - 1))
+        yield rows[at : at + size]
+        at += size
+
+
+@cache
+def _insert_rows(into: str, width: int, count: int) -> str:
+    row = "(" + ", ".join(["?"] * width) + ")"
+    return f"INSERT {into} VALUES " + ",".join([row] * count)
+
+
+def _flat(rows: list[tuple[Any, ...]]) -> list[Any]:
+    return [value for row in rows for value in row]
 
 
 def _refuse(path: Path, problem: str) -> JournalCorrupt:
@@ -678,15 +717,20 @@ class Journal:
                 self._conn.execute("BEGIN")
                 meta: list[tuple[str, str]] = []
                 if rows:
-                    self._conn.executemany("INSERT INTO journal VALUES (?, ?, ?, ?)", rows)
+                    self._insert("INTO journal", rows)
                     meta += [("count", str(count)), ("last_seq", str(seq)), ("head", head.hex())]
-                for log in logs:
-                    self._write_log(log)
                 if logs:
-                    meta += self._log_meta(
-                        logs[-1], next((g.head for g in reversed(logs) if g.head), None)
+                    self._insert(
+                        "INTO tree",
+                        [
+                            (node_key(level, index), value)
+                            for log in logs
+                            for level, index, value in log.nodes
+                        ],
                     )
-                self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
+                    self._insert("OR IGNORE INTO located", [r for log in logs for r in log.located])
+                    meta += self._log_meta(logs)
+                self._insert("OR REPLACE INTO meta", meta)
         except sqlite3.IntegrityError as exc:
             first = rows[0][0] if rows else "log"
             raise JournalCorrupt(f"journal append of seq {first}..: {exc}") from None
@@ -699,18 +743,19 @@ class Journal:
         timings["commit_ns"] += committed - started
         timings["seal_ns"] += time.perf_counter_ns() - committed
 
-    def _write_log(self, log: LogWrite) -> None:
-        self._conn.executemany(
-            "INSERT INTO tree VALUES (?, ?)",
-            [(node_key(level, index), value) for level, index, value in log.nodes],
-        )
-        self._conn.executemany("INSERT OR IGNORE INTO located VALUES (?, ?)", log.located)
+    def _insert(self, into: str, rows: list[tuple[Any, ...]]) -> None:
+        """``INSERT {into} VALUES`` of ``rows``, a few multi-row statements (:func:`_chunks`)."""
+        for chunk in _chunks(rows):
+            self._conn.execute(_insert_rows(into, len(chunk[0]), len(chunk)), _flat(chunk))
 
     @staticmethod
-    def _log_meta(last: LogWrite, head: SignedHead | None) -> list[tuple[str, str]]:
+    def _log_meta(logs: list[LogWrite]) -> list[tuple[str, str]]:
+        """The log's state after ``logs``: its size and root, and the last head signed."""
+        last = logs[-1]
         meta = [("log_size", str(last.size)), ("log_root", last.root.hex())]
-        if head is not None:
-            meta.append(("log_head", _encode_json(head.to_wire())))
+        signed = next((log for log in reversed(logs) if log.head is not None), None)
+        if signed is not None:
+            meta.append(("log_head", signed.head_json.decode()))
         return meta
 
     def log_state(self) -> LogState:

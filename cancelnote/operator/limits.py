@@ -47,8 +47,19 @@ class ServerConfig:
     reject_rate_per_address: float = 40.0
     #: Execute weight per second per address (Vertex's 2,400 a minute per IP); burst 10 s.
     execute_rate_per_address: float = 40.0
+    #: Requests read and not yet handled by the engine, in all and per connection; past
+    #: either, readers stop reading (TCP pushes back).
     inbox_size: int = 4096
-    max_batch: int = 1024
+    max_pending: int = 64
+    #: Most requests one engine step handles (an honest cancel waits for one step at most
+    #: once it is verified; the intake's turns bound how many are ahead of it there).
+    max_batch: int = 32
+    #: Verifier worker processes that recover signatures ahead of the engine (0: the
+    #: engine recovers them), requests a lane sends a worker at once, and how long a
+    #: batch may take before its worker counts as hung and is replaced.
+    verify_workers: int = 1
+    verify_batch: int = 32
+    verify_timeout_s: float = 5.0
     tick_s: float = 0.02
     shutdown_timeout_s: float = 1.0
 
@@ -73,4 +84,5 @@ SERVER_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--reject-rate-per-address", "reject_rate_per_address", float, "per address"),
     ("--execute-rate-per-address", "execute_rate_per_address", float, "weight/s per address"),
     ("--shutdown-timeout-s", "shutdown_timeout_s", float, "to flush clients after SIGTERM"),
+    ("--verify-workers", "verify_workers", int, "signature recovery processes (0: none)"),
 )

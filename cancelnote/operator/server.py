@@ -1,25 +1,41 @@
 """The operator's WebSocket server: the JSON API of docs/protocol.md §15 over trio.
 
-WebSocket is spoken with wsproto directly on trio's TCP streams, so that every byte that
-arrives or waits to leave is counted against a budget and every wait has a timeout
-(DESIGN §8). Three kinds of task share one process, and only one touches the engine:
+The opening handshake is wsproto's (h11); after it the server frames itself
+(:mod:`.frames`) on trio's TCP streams, so that every byte that arrives or waits to
+leave is counted against a budget and every wait has a timeout (DESIGN §8). A request
+goes through five stages, and only one touches the engine:
 
 * a **connection** task pair per client: the reader turns bytes into messages and each
-  message into a request (:func:`cancelnote.api.decode_request`) and queues it on the
-  shared inbox; the writer frames what was queued for that client, everything waiting
-  at once, into one socket write;
+  message into a request (:func:`cancelnote.api.decode_request`, one pass into the
+  final types), applies the connection's and address's rates, and puts it in the
+  **intake**; the writer frames what was queued for that client, everything waiting at
+  once, into one socket write;
+* the intake (:class:`_Intake`) serves the waiting requests fairly: each connection's in
+  order, the connections of one source address in turn, the addresses in turn. So a
+  burst from one address (or from many wallets behind it) waits behind itself, not in
+  front of another address's cancel;
+* the **verify lanes** (one per verifier worker, :mod:`.verifier`) take a batch from the
+  intake, compute each execute's signed digests, have a worker process recover their
+  signers on another core, and pass the batch on in the order it was taken, every
+  request carrying what its worker found (:class:`~.engine.Verified`). A worker that
+  fails is replaced and its batch retried; a batch no worker answers goes on without,
+  and the engine recovers those signatures itself. With no workers the engine always
+  does;
 * the **engine task** is the engine's only caller (it is not thread-safe). It takes
-  every request waiting in the inbox, cancels and queries first and new orders after
-  (each client's own requests keep their order: :func:`_cancels_first`), and for each of
-  the two parts (a batch) reads the clock once (``now_ms``: the engine never reads one),
-  calls :meth:`Engine.advance` and then ``handle`` for each request, and hands the
-  batch's journal entries and outgoing messages on. When no
-  request comes for :attr:`ServerConfig.tick_s` it still calls ``advance``, so that
-  in-flight matches settle, orders expire and held cancels are released on time;
+  the verified batches waiting for it, at most :attr:`ServerConfig.max_batch` requests a
+  step, cancels and queries first and new orders after (each client's own requests keep
+  their order: :func:`_cancels_first`), and for each of the two parts (a batch) reads the
+  clock once (``now_ms``: the engine never reads one), calls :meth:`Engine.advance` and
+  then ``handle`` for each request, and hands the batch's journal entries and outgoing
+  messages on. When no request comes for :attr:`ServerConfig.tick_s` it still calls
+  ``advance``, so that in-flight matches settle, orders expire and held cancels are
+  released on time;
 * the **dispatcher** commits the entries of every batch waiting for it in one
-  transaction (group commit: one fsync for all the requests of those loop turns) and
-  only then releases their replies and pushes: **durable before visible**. While it
-  waits for the disk, the engine task works on the next batch.
+  transaction (group commit: one fsync for all the requests of those steps) and only
+  then releases their replies and pushes: **durable before visible**. While it waits
+  for the disk, the engine task works on the next batch and the workers verify the one
+  after. A reply is encoded once, with each note or fill in it spliced in as the bytes
+  its journal row holds (:meth:`~cancelnote.api.Reply.json`); a push is those bytes.
 
 Journal heads (protocol §21), when the server has a :class:`~.heads.HeadLog`: the engine
 task makes each batch's entries leaves of the log and, every ``H`` ms or when a client
@@ -38,17 +54,21 @@ queries to anyone who names a digest.
 
 Limits (:class:`ServerConfig`; protocol §15.5 lists the codes, docs/operations.md the
 defaults and flags). Before the handshake: connections in total and per source address
-(over either, an HTTP 503 and the socket closes), and a handshake timeout. On a
-connection: the message size (over it, ``INVALID_MESSAGE``; far over it, close 1009),
-how long a begun message may take (4001), an idle timeout with pings (4000), the bytes
-queued for the client (over them, or a write stuck for the write timeout: close 1008),
-subscriptions and replays in progress (``SUBSCRIPTION_LIMIT``, ``REPLAY_LIMIT``), and
-token-bucket rates per connection and per address for queries (``QUERY_RATE_LIMITED``)
-and for executes the engine rejected (beyond them an execute is refused unchecked,
-``REJECT_RATE_LIMITED``: a flood of bad signatures costs no signature recoveries).
-Replays stream at most at a rate per address. In total: the bytes buffered in and out
-over all connections; past that budget readers stop reading (TCP pushes back) and the
-client with the largest queue is closed (1013).
+(over either, an HTTP 503 written straight to the new socket, which closes), and a
+handshake timeout. On a connection: the message size (over it, ``INVALID_MESSAGE``; far
+over it, close 1009), how long a begun message may take (4001), an idle timeout with
+pings (4000), the bytes queued for the client (over them, or a write stuck for the write
+timeout: close 1008), the requests waiting in the pipeline (over
+:attr:`ServerConfig.max_pending`, its reader waits), subscriptions and replays in
+progress (``SUBSCRIPTION_LIMIT``, ``REPLAY_LIMIT``), and token-bucket rates per
+connection and per address for queries (``QUERY_RATE_LIMITED``) and for executes the
+engine rejected (beyond them an execute is refused unchecked, ``REJECT_RATE_LIMITED``: a
+flood of bad signatures costs no signature recoveries). Replays stream at most at a rate
+per address. In total: the requests in the pipeline (:attr:`ServerConfig.inbox_size`)
+and the bytes buffered in and out over all connections; past either, readers stop
+reading (TCP pushes back) and, for bytes, the client with the largest queue is closed
+(1013). A frame that breaks RFC 6455 closes the connection with 1002 (1007 for text that
+is not UTF-8).
 
 Error handling: whatever a connection does is handled in its own task, and nothing it
 raises leaves that task (a client that resets mid-handshake is one log line). A
@@ -57,8 +77,9 @@ commit, is a fault: it is logged with its cause and ends the server, and the jou
 the truth on restart (no reply of an uncommitted batch ever left).
 
 Shutdown (:meth:`OperatorServer.shutdown`): stop accepting, stop reading, answer every
-request already read, commit, flush every queue, close each socket with 1001; whatever a
-client does, every socket is closed within :attr:`ServerConfig.shutdown_timeout_s`.
+request already read, commit, flush every queue, close each socket with 1001, stop the
+workers; whatever a client does, every socket is closed within
+:attr:`ServerConfig.shutdown_timeout_s`.
 """
 
 from __future__ import annotations
@@ -67,27 +88,22 @@ import bisect
 import collections
 import contextlib
 import errno
+import gc
 import itertools
-import json
 import logging
 import math
+import os
+import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
+import msgspec
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Message,
-    Ping,
-    Request,
-    TextMessage,
-)
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.events import AcceptConnection, Request
+from wsproto.utilities import RemoteProtocolError
 
 from cancelnote.api import (
     CancelAndPlace,
@@ -109,7 +125,9 @@ from cancelnote.api import (
     WireRequest,
     decode_request,
     describe_failed,
+    encode_json,
     failure_wire,
+    signed_parts,
     success_wire,
     weight_of,
 )
@@ -121,8 +139,9 @@ from cancelnote.messages import (
     signature_to_wire,
 )
 
+from . import frames
 from .clock import Clock
-from .engine import Engine
+from .engine import Engine, Verified
 from .errors import (
     AddressRateLimited,
     HeadsDisabled,
@@ -135,6 +154,7 @@ from .heads import HeadLog
 from .journal import FillIssued, Journal, JournalEntry, LogWrite, NoteIssued
 from .lifecycle import CancellationType
 from .limits import ServerConfig
+from .verifier import Verifier
 
 LOGGER = logging.getLogger("cancelnote.operator.server")
 
@@ -149,15 +169,27 @@ WRITE_BYTES = 256 * 1024
 REPLAY_CHUNK = 64
 #: How long a closing handshake may take before the socket is dropped.
 CLOSE_TIMEOUT_S = 0.5
+#: The longest request head read before the upgrade (h11's own limit).
+MAX_HANDSHAKE_BYTES = 16 * 1024
+#: The interpreter's switch interval while serving (the default is 5 ms): the commit
+#: thread re-takes the GIL after every SQLite step and the seal write, and each time the
+#: event loop is busy it waits up to one interval for it, on every honest reply's path.
+SWITCH_INTERVAL_S = 0.0005
+#: Young collections between two full ones while serving (Python's default is 10): a
+#: full collection traverses every live object (the books, the records, the stream
+#: index) and took 30-56 ms every few seconds under load, the worst tail an honest cancel
+#: met; young ones stay as they are (under 2 ms), and cycles still die young.
+FULL_COLLECTION_EVERY = 1000
+#: Where an HTTP request head ends, as h11 finds it.
+_HEAD_END = re.compile(rb"\n\r?\n")
 
 CANCEL_REQUESTS = (CancelOrders, CancelProductOrders, CancelAndPlace)
 EXECUTES = (PlaceOrder, *CANCEL_REQUESTS)
 HEADS_QUERIES = (HeadQuery, Inclusion, Consistency, Locate)
 STREAM_REQUESTS = (Subscribe, Unsubscribe, SubscribeHeads, UnsubscribeHeads)
 _HTTP_REASONS = {400: "Bad Request", 503: "Service Unavailable"}
-
-
-_encode_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+_PONG, _PING = frames.PONG, frames.PING
+_DATA_OPCODES = (frames.TEXT, frames.BINARY)
 
 
 class _Bucket:
@@ -183,6 +215,14 @@ class _Bucket:
     def take(self, amount: float = 1.0) -> None:
         self._fill()
         self.tokens -= amount
+
+    def spend(self, amount: float = 1.0) -> None:
+        """:meth:`take` right after :meth:`has` (the bucket was just filled)."""
+        self.tokens -= amount
+
+    def refund(self, amount: float = 1.0) -> None:
+        """Give back what was taken ahead (a reservation that was not needed)."""
+        self.tokens = min(self.burst, self.tokens + amount)
 
     def wait_s(self, amount: float = 1.0) -> float:
         """Seconds until ``amount`` tokens are there."""
@@ -225,6 +265,8 @@ class _Address:
     rejects: _Bucket
     replays: _Bucket
     executes: _Bucket
+    #: Its connections with requests in the intake, in turn (see :class:`_Intake`).
+    turns: collections.deque[_Connection] = attrs.Factory(collections.deque)
 
 
 @attrs.define(eq=False)
@@ -237,7 +279,7 @@ class _Replay:
 
 @attrs.define(eq=False)
 class _Connection:
-    """One client: its socket, its WebSocket state, its queue and its allowances."""
+    """One client: its socket, its frames, its queue and its allowances."""
 
     number: int
     stream: trio.SocketStream
@@ -248,9 +290,9 @@ class _Connection:
     rejects: _Bucket
     budget: _Budget
     max_send_bytes: int
-    ws: WSConnection = attrs.Factory(lambda: WSConnection(ConnectionType.SERVER))
+    parser: frames.FrameParser = attrs.Factory(lambda: frames.FrameParser(server=True))
     reader_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    outbox: collections.deque[str | bytes] = attrs.Factory(collections.deque)
+    outbox: collections.deque[bytes] = attrs.Factory(collections.deque)  # whole frames
     queued: int = 0
     wake: trio.Event = attrs.Factory(trio.Event)
     finishing: bool = False  # nothing more will be queued: the writer ends when empty
@@ -263,19 +305,26 @@ class _Connection:
     subscriptions: set[bytes] = attrs.Factory(set)
     replays: collections.deque[_Replay] = attrs.Factory(collections.deque)
     held: set[str] = attrs.Factory(set)  # signatures of its cancels a policy holds
+    pending: collections.deque[Any] = attrs.Factory(collections.deque)  # in the intake
+    waiting: int = 0  # its requests in the pipeline, intake to engine
 
     @property
     def is_open(self) -> bool:
         return self.close_code is None
 
-    def send(self, item: str | bytes) -> None:
-        """Queue a text message (or a framed control frame) without waiting.
+    def send(self, payload: bytes, wake: bool = True) -> None:
+        """Queue a text message (its UTF-8 bytes) without waiting."""
+        self.send_frame(frames.text_header(len(payload)) + payload, wake)
+
+    def send_frame(self, frame: bytes, wake: bool = True) -> None:
+        """Queue a whole frame without waiting; ``wake``: have the writer send it (else
+        the caller flushes it: :meth:`OperatorServer._flush`).
 
         A queue over :attr:`max_send_bytes` closes this client: it does not read.
         """
         if not self.is_open:
             return
-        size = len(item)
+        size = len(frame)
         if self.queued + size > self.max_send_bytes:
             self.close(
                 CloseCode.SEND_BUDGET,
@@ -284,10 +333,11 @@ class _Connection:
                 abort_write=True,
             )
             return
-        self.outbox.append(item)
+        self.outbox.append(frame)
         self.queued += size
         self.budget.take(size)
-        self.wake.set()
+        if wake:
+            self.wake.set()
 
     def drop_queue(self) -> None:
         self.budget.give(self.queued)
@@ -312,20 +362,26 @@ class _Connection:
         self.wake.set()
 
 
-@attrs.frozen
+@attrs.define(eq=False, slots=True)
 class _Execute:
-    """A decoded API request of ``conn``."""
+    """A decoded API request of ``conn`` and, once a worker looked, what it found."""
 
     conn: _Connection
     request: Any
+    verified: Verified | None = None
 
 
 @attrs.frozen
 class _Answer:
-    """An answer the server makes itself (a parse failure): it still keeps its place."""
+    """An answer to ``conn``: the engine's reply, or one the server makes itself (a parse
+    failure, a limit) as a wire dict; it keeps its place among the connection's."""
 
     conn: _Connection
-    wire: dict[str, Any]
+    message: Reply | dict[str, Any]
+
+    def payload(self) -> bytes:
+        message = self.message
+        return message.json() if isinstance(message, Reply) else encode_json(message)
 
 
 @attrs.frozen
@@ -362,7 +418,7 @@ class _Publish:
 
     sender: bytes
     seq: int
-    text: str
+    text: bytes
 
 
 @attrs.define
@@ -373,6 +429,102 @@ class _Batch:
     entries: list[JournalEntry] = attrs.Factory(list)
     deliveries: list[_Answer | _Stream | _Publish | ForcedNote] = attrs.Factory(list)
     log: LogWrite | None = None
+
+
+class _Intake:
+    """Requests read and not yet taken on: each connection's in order, the connections of
+    one address in turn, the addresses in turn, one request each per turn.
+
+    Whoever sends most waits longest: a burst of thousands of orders from one address,
+    or from many wallets behind it, is taken one per turn beside every other address's
+    requests, so an honest cancel waits for at most one request per busy address.
+    ``count`` (bounded by ``limit``) and each connection's ``waiting`` (bounded by
+    ``per_connection``) count requests from the moment they are put here until the
+    engine has handled them; readers wait for room (:meth:`room`).
+    """
+
+    def __init__(self, limit: int, per_connection: int) -> None:
+        self.limit = limit
+        self.per_connection = per_connection
+        self.count = 0
+        self.closed = False
+        self._ring: collections.deque[_Address] = collections.deque()
+        self._ready = trio.Event()
+        self._progress = trio.Event()
+
+    def put(self, conn: _Connection, item: Any) -> None:
+        conn.pending.append(item)
+        conn.waiting += 1
+        self.count += 1
+        if len(conn.pending) == 1:  # its first: the connection takes its turns again
+            turns = conn.shared.turns
+            turns.append(conn)
+            if len(turns) == 1:
+                self._ring.append(conn.shared)
+        self._ready.set()
+
+    async def take(self, most: int) -> list[Any] | None:
+        """Up to ``most`` requests, in turn (waits for one); ``None`` once closed and empty."""
+        while not self._ring:
+            if self.closed:
+                return None
+            if self._ready.is_set():  # (every waiting lane waits on the same event)
+                self._ready = trio.Event()
+            await self._ready.wait()
+        items: list[Any] = []
+        ring = self._ring
+        while ring and len(items) < most:
+            shared = ring.popleft()
+            conn = shared.turns.popleft()
+            items.append(conn.pending.popleft())
+            if conn.pending:
+                shared.turns.append(conn)
+            if shared.turns:
+                ring.append(shared)
+        return items
+
+    def done(self, conn: _Connection) -> None:
+        """The engine handled one of ``conn``'s requests."""
+        conn.waiting -= 1
+        self.count -= 1
+
+    def progressed(self) -> None:
+        """Wake readers waiting for room (after an engine step)."""
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def full(self, conn: _Connection) -> bool:
+        return conn.waiting >= self.per_connection or self.count >= self.limit
+
+    async def room(self, conn: _Connection) -> None:
+        """Wait until ``conn`` may put another request."""
+        while self.full(conn):
+            await self._progress.wait()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+
+class _Turns:
+    """Tickets that keep the verify lanes' batches in the order they were taken."""
+
+    def __init__(self) -> None:
+        self._issued = itertools.count()
+        self._next = 0
+        self._changed = trio.Event()
+
+    def ticket(self) -> int:
+        return next(self._issued)
+
+    async def wait(self, ticket: int) -> None:
+        while self._next != ticket:
+            await self._changed.wait()
+
+    def advance(self) -> None:
+        self._next += 1
+        self._changed.set()
+        self._changed = trio.Event()
 
 
 class _Streams:
@@ -386,10 +538,10 @@ class _Streams:
 
     def __init__(self) -> None:
         self._seqs: dict[bytes, list[int]] = {}
-        self._texts: dict[bytes, list[str]] = {}
+        self._texts: dict[bytes, list[bytes]] = {}
         self._subscribers: dict[bytes, set[_Connection]] = {}
 
-    def add(self, sender: bytes, seq: int, text: str) -> bool:
+    def add(self, sender: bytes, seq: int, text: bytes) -> bool:
         """Record a publication; false if this seq was published before (a re-push)."""
         seqs = self._seqs.setdefault(sender, [])
         texts = self._texts.setdefault(sender, [])
@@ -400,16 +552,21 @@ class _Streams:
         texts.insert(index, text)
         return True
 
-    def publish(self, item: _Publish) -> None:
+    def publish(self, item: _Publish, flush: set[_Connection]) -> None:
+        """Record and queue a publication for its subscribers (each added to ``flush``)."""
         if self.add(item.sender, item.seq, item.text):
-            for conn in self._subscribers.get(item.sender, ()):
-                conn.send(item.text)
+            subscribers = self._subscribers.get(item.sender)
+            if subscribers:
+                frame = frames.text_header(len(item.text)) + item.text
+                for conn in subscribers:
+                    conn.send_frame(frame, wake=False)
+                    flush.add(conn)
 
     def count_after(self, sender: bytes, seq: int) -> int:
         seqs = self._seqs.get(sender, [])
         return len(seqs) - bisect.bisect_right(seqs, seq)
 
-    def chunk_after(self, sender: bytes, seq: int, most: int) -> tuple[list[str], int]:
+    def chunk_after(self, sender: bytes, seq: int, most: int) -> tuple[list[bytes], int]:
         """Up to ``most`` texts with a seq after ``seq``, and the seq of the last one."""
         seqs = self._seqs.get(sender, [])
         start = bisect.bisect_right(seqs, seq)
@@ -494,6 +651,12 @@ def _http_response(status: int, body: str) -> bytes:
     ).encode() + payload
 
 
+def _head_end(data: bytes) -> int | None:
+    """Where the request head in ``data`` ends (h11 skips one leading newline)."""
+    match = _HEAD_END.search(data, 1 if data[:1] == b"\n" else 0)
+    return None if match is None else match.end()
+
+
 # ---------------------------------------------------------------------------------------
 # The server.
 
@@ -505,7 +668,7 @@ class OperatorServer:
         engine: the engine, already restored from ``journal``; only this server calls it.
         journal: the engine's journal; the server is its only writer.
         clock: the operator's clock (read by the engine task only).
-        config: limits.
+        config: limits, and how many verifier workers to run.
         heads: the journal's log, opened and checked against it, to sign heads and
             answer proofs (``None``: no heads, and heads requests get ``HEADS_DISABLED``).
     """
@@ -526,12 +689,17 @@ class OperatorServer:
         self.clock = clock if clock is not None else Clock()
         self.heads = heads
         self._head_subscribers: set[_Connection] = set()
+        self.verifier = Verifier(config.verify_workers, config.verify_timeout_s)
         self._streams = _Streams()
         self._numbers = itertools.count(1)
         self._connections: set[_Connection] = set()
         self._addresses: dict[str, _Address] = {}
         self._held: dict[str, _Connection] = {}  # held cancel's signature -> its client
-        self._inbox, self._inbox_out = trio.open_memory_channel[Any](config.inbox_size)
+        self._intake = _Intake(config.inbox_size, config.max_pending)
+        # Verified batches for the engine: one waits while the engine works on another.
+        self._engine_in, self._engine_out = trio.open_memory_channel[list[Any]](1)
+        # What other producers (the chain watcher) send the engine, one item at a time.
+        self._watch_in, self._watch_out = trio.open_memory_channel[Any](16)
         self._budget = _Budget(config.max_buffered_bytes)
         self._listen_scope = trio.CancelScope()
         self._handlers_scope = trio.CancelScope()
@@ -564,10 +732,20 @@ class OperatorServer:
         listeners = await trio.open_tcp_listeners(port, host=host)
         self.port = listeners[0].socket.getsockname()[1]
         batches_in, batches_out = trio.open_memory_channel[_Batch](16)
+        switch_interval, collection = sys.getswitchinterval(), gc.get_threshold()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        gc.freeze()  # what start-up made (the replayed journal) is never traversed again
+        gc.set_threshold(collection[0], collection[1], FULL_COLLECTION_EVERY)
         try:
+            await self.verifier.start()
             async with trio.open_nursery() as core:
                 core.start_soon(self._run_engine, batches_in)
                 core.start_soon(self._run_dispatcher, batches_out)
+                async with self._engine_in:
+                    core.start_soon(self._forward_watched, self._engine_in.clone())
+                    turns = _Turns()
+                    for lane in range(max(self.verifier.lanes, 1)):
+                        core.start_soon(self._run_lane, lane, turns, self._engine_in.clone())
                 with self._handlers_scope:
                     async with trio.open_nursery() as handlers:
                         for listener in listeners:
@@ -579,6 +757,10 @@ class OperatorServer:
         finally:
             for listener in listeners:  # closed without waiting: a fault in flight stays
                 listener.socket.close()
+            await self.verifier.aclose()
+            sys.setswitchinterval(switch_interval)
+            gc.set_threshold(*collection)
+            gc.unfreeze()
             self._stopped.set()
 
     async def shutdown(self) -> None:
@@ -594,15 +776,17 @@ class OperatorServer:
             self._listen_scope.cancel()
             for conn in self._connections:
                 conn.reader_scope.cancel()
-            await self._inbox.aclose()
+            self._intake.close()
+            await self._watch_in.aclose()
         with trio.move_on_at(self._deadline + CLOSE_TIMEOUT_S):
             await self._stopped.wait()
         self._handlers_scope.cancel()  # a client still holding on: dropped
         await self._stopped.wait()
 
     def inbox(self) -> trio.MemorySendChannel[Any]:
-        """A clone of the inbox for another producer (the chain watcher); close it when done."""
-        return self._inbox.clone()
+        """A channel to the engine for another producer (the chain watcher); close it when
+        done."""
+        return self._watch_in.clone()
 
     # --- accepting ------------------------------------------------------------------------
 
@@ -610,21 +794,19 @@ class OperatorServer:
         with self._listen_scope:
             while True:
                 try:
-                    stream = await listener.accept()
+                    sock, peer = await listener.socket.accept()
                 except OSError as exc:  # out of descriptors or memory: wait, never exit
                     LOGGER.warning("accept_failed", extra={"fields": {"error": repr(exc)}})
                     await trio.sleep(0.1 if exc.errno in (errno.EMFILE, errno.ENFILE) else 0.01)
                     continue
-                await self._admit(stream, handlers)
+                self._admit(sock, peer, handlers)
 
-    async def _admit(self, stream: trio.SocketStream, handlers: trio.Nursery) -> None:
-        """Start a connection, or refuse it at once (503) if a connection cap is reached."""
+    def _admit(self, sock: trio.socket.SocketType, peer: Any, handlers: trio.Nursery) -> None:
+        """Start a connection, or refuse it at once if a connection cap is reached: one
+        write of an HTTP 503 straight to the socket (it is new: there is room), then close.
+        A flood of refused connections costs an accept, a write and a close each."""
         config = self.config
-        try:
-            host, port, *_ = stream.socket.getpeername()
-        except OSError:  # reset before we looked
-            await trio.aclose_forcefully(stream)
-            return
+        host, port = peer[0], peer[1]
         shared = self._addresses.get(host)
         refusal = None
         if len(self._connections) >= config.max_connections:
@@ -635,10 +817,9 @@ class OperatorServer:
                 f" from {host} are open"
             )
         if refusal is not None:
-            with trio.move_on_after(0.05):
-                with contextlib.suppress(OSError, trio.BrokenResourceError):
-                    await stream.send_all(_http_response(503, refusal + "\n"))
-            await trio.aclose_forcefully(stream)
+            with contextlib.suppress(OSError):
+                os.write(sock.fileno(), _http_response(503, refusal + "\n"))
+            sock.close()
             return
         if shared is None:
             shared = self._addresses[host] = _Address(
@@ -651,7 +832,7 @@ class OperatorServer:
         shared.connections += 1
         conn = _Connection(
             next(self._numbers),
-            stream,
+            trio.SocketStream(sock),
             host,
             f"{host}:{port}",
             shared,
@@ -670,13 +851,14 @@ class OperatorServer:
         try:
             async with trio.open_nursery() as tasks:
                 with conn.reader_scope:
-                    if await self._handshake(conn) and not self._stopping:
+                    first = await self._handshake(conn)
+                    if first is not None and not self._stopping:
                         LOGGER.info(
                             "connection_open",
                             extra={"fields": {"conn": conn.number, "peer": conn.peer}},
                         )
                         tasks.start_soon(self._write, conn)
-                        await self._read(conn)
+                        await self._read(conn, first)
                 if conn.is_open and not self._stopping:  # the client left
                     tasks.cancel_scope.cancel()
         except Exception as exc:  # a client's doing (a reset, a protocol error): its own end
@@ -695,31 +877,41 @@ class OperatorServer:
         finally:
             await self._close(conn)
 
-    async def _handshake(self, conn: _Connection) -> bool:
-        """The opening handshake, within the handshake timeout; true once open."""
+    async def _handshake(self, conn: _Connection) -> bytes | None:
+        """The opening handshake (wsproto's), within the handshake timeout; once open, the
+        bytes that came after the request (its first frames), else ``None``."""
         if self._stopping:
-            return False
+            return None
+        ws = WSConnection(ConnectionType.SERVER)
+        received = b""
         with trio.move_on_after(self.config.handshake_timeout_s):
             while True:
                 data = await conn.stream.receive_some(RECEIVE_BYTES)
                 if not data:
-                    return False
+                    return None
+                received += data
+                end = _head_end(received)
+                if end is None and len(received) <= MAX_HANDSHAKE_BYTES:
+                    continue
                 try:
-                    conn.ws.receive_data(data)
-                    for event in conn.ws.events():
-                        if isinstance(event, Request):
-                            await conn.stream.send_all(conn.ws.send(AcceptConnection()))
-                            conn.open_ws = True
-                            return True
-                except RemoteProtocolError as exc:  # not a WebSocket upgrade
-                    reason = f"BAD_HANDSHAKE: {exc}\n"
-                    await conn.stream.send_all(_http_response(400, reason))
-                    return False
-        return False
+                    if end is None:
+                        raise RemoteProtocolError("the request head is too long")
+                    ws.receive_data(received[:end])
+                    if not any(isinstance(event, Request) for event in ws.events()):
+                        raise RemoteProtocolError("not a WebSocket upgrade request")
+                except RemoteProtocolError as exc:
+                    await conn.stream.send_all(_http_response(400, f"BAD_HANDSHAKE: {exc}\n"))
+                    return None
+                await conn.stream.send_all(ws.send(AcceptConnection()))
+                conn.open_ws = True
+                return received[end:]
+        return None
 
-    async def _read(self, conn: _Connection) -> None:
-        """Read messages until the client leaves, enforcing sizes and timeouts."""
-        config, ws, stream, budget = self.config, conn.ws, conn.stream, self._budget
+    async def _read(self, conn: _Connection, data: bytes) -> None:
+        """Read messages until the client leaves, enforcing sizes and timeouts; ``data``:
+        what came with the handshake."""
+        config, parser, stream, budget = self.config, conn.parser, conn.stream, self._budget
+        intake = self._intake
         limit = config.max_message_chars
         transport_limit = TRANSPORT_LIMIT_FACTOR * limit
         parts: list[str] = []
@@ -730,44 +922,52 @@ class OperatorServer:
         pinged = False
         try:
             while True:
+                for opcode, payload, finished in parser.feed(data) if data else ():
+                    if opcode in _DATA_OPCODES:
+                        if begun == math.inf:
+                            begun = last
+                        size += len(payload)
+                        if size > transport_limit:
+                            conn.close(
+                                CloseCode.MESSAGE_TOO_BIG,
+                                f"MESSAGE_TOO_BIG: over {transport_limit} characters",
+                            )
+                            return
+                        if size <= limit and opcode == frames.TEXT:
+                            parts.append(payload)
+                            held += len(payload)
+                            budget.take(len(payload))
+                        elif parts:  # over the limit: answered, not kept
+                            parts.clear()
+                        if finished:
+                            message = self._message(opcode, parts, size)
+                            budget.give(held)
+                            parts, held, size, begun = [], 0, 0, math.inf
+                            if not await self._submit(conn, message):
+                                return
+                    elif opcode == _PING:
+                        conn.send_frame(frames.control_frame(_PONG, payload))
+                    elif opcode == frames.CLOSE:
+                        conn.client_code = payload[0]
+                        return
+                if parser.error is not None:
+                    error = parser.error
+                    conn.close(error.code, f"{CloseCode(error.code).name}: {error}")
+                    return
+                if intake.full(conn) or budget.spent:  # not reading: TCP pushes back
+                    paused = trio.current_time()
+                    await intake.room(conn)
+                    await budget.wait_for_room()
+                    begun += trio.current_time() - paused  # (the client was not slow)
+                last = trio.current_time()  # idle from when what came was handled
                 deadline = min(begun + config.message_timeout_s, last + config.idle_timeout_s)
                 ping_at = math.inf if pinged else last + config.idle_timeout_s / 2
+                data = b""
                 with trio.move_on_at(min(deadline, ping_at)):
-                    if budget.spent:
-                        await budget.wait_for_room()
                     data = await stream.receive_some(RECEIVE_BYTES)
                     if not data:
                         return
                     last, pinged = trio.current_time(), False
-                    ws.receive_data(data)
-                    for event in ws.events():
-                        if isinstance(event, Message):
-                            if begun == math.inf:
-                                begun = last
-                            size += len(event.data)
-                            if size > transport_limit:
-                                conn.close(
-                                    CloseCode.MESSAGE_TOO_BIG,
-                                    f"MESSAGE_TOO_BIG: over {transport_limit} characters",
-                                )
-                                return
-                            if size <= limit:
-                                parts.append(event.data)
-                                held += len(event.data)
-                                budget.take(len(event.data))
-                            elif parts:  # over the limit: answered, not kept
-                                parts.clear()
-                            if event.message_finished:
-                                message = self._message(event, parts, size)
-                                budget.give(held)
-                                parts, held, size, begun = [], 0, 0, math.inf
-                                if not await self._submit(conn, message):
-                                    return
-                        elif isinstance(event, Ping):
-                            conn.send(ws.send(event.response()))
-                        elif isinstance(event, CloseConnection):
-                            conn.client_code = event.code
-                            return
                     continue
                 # The deadline or the ping time came.
                 now = trio.current_time()
@@ -784,24 +984,23 @@ class OperatorServer:
                     )
                     return
                 if not pinged:
-                    conn.send(ws.send(Ping()))
+                    conn.send_frame(frames.control_frame(_PING))
                     pinged = True
         finally:
             budget.give(held)
 
-    def _message(self, event: Message, parts: list[str], size: int) -> Any:
+    def _message(self, opcode: int, parts: list[str], size: int) -> str | MessageError:
         """A finished message as text, or the error it earns."""
-        if isinstance(event, BytesMessage):
+        if opcode == frames.BINARY:
             return MessageError("binary frames are not accepted: send JSON text")
         if size > self.config.max_message_chars:
             return MessageError(
                 f"message of {size} characters exceeds {self.config.max_message_chars}"
             )
-        assert isinstance(event, TextMessage)
-        return "".join(parts)
+        return parts[0] if len(parts) == 1 else "".join(parts)
 
     async def _submit(self, conn: _Connection, message: str | MessageError) -> bool:
-        """Decode one message and queue it for the engine; false once the inbox is closed.
+        """Decode one message and put it in the intake; false once the intake is closed.
 
         A connection over its own rates waits here before its next message is decoded
         (so its excess waits in TCP, costing nothing); an address over its rates gets
@@ -817,7 +1016,7 @@ class OperatorServer:
                 await trio.sleep(conn.queries.wait_s())
             conn.queries.take()
             if conn.shared.queries.has():
-                conn.shared.queries.take()
+                conn.shared.queries.spend()
             else:
                 error = QueryRateLimited(
                     f"queries from {conn.address} are limited to"
@@ -826,14 +1025,13 @@ class OperatorServer:
                 item = _Answer(
                     conn, failure_wire(error, item.request.REQUEST_TYPE, item.request.id)
                 )
-        try:
-            await self._inbox.send(item)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        if self._intake.closed:
             return False  # shutting down: what was read before is answered
+        self._intake.put(conn, item)
         return True
 
     def _item(self, conn: _Connection, message: str | MessageError) -> _Execute | _Answer | _Stream:
-        """One message as an inbox item; never raises on any input."""
+        """One message as an intake item; never raises on any input."""
         if isinstance(message, MessageError):
             return _Answer(conn, failure_wire(message, None))
         try:
@@ -854,15 +1052,15 @@ class OperatorServer:
                 )
             if error is not None:
                 return _Answer(conn, failure_wire(error, request.REQUEST_TYPE, request.id))
-            shared.executes.take(weight)
+            shared.executes.spend(weight)
             return _Execute(conn, request)
         if isinstance(request, STREAM_REQUESTS):
             return _Stream(conn, request)
         return _Execute(conn, request)
 
     async def _write(self, conn: _Connection) -> None:
-        """Send what is queued for ``conn`` (several messages per write), then its replays."""
-        ws, stream, config = conn.ws, conn.stream, self.config
+        """Send what is queued for ``conn`` (several frames per write), then its replays."""
+        stream, config = conn.stream, self.config
         while conn.is_open:
             if not conn.outbox:
                 if conn.replays and not conn.finishing:
@@ -873,16 +1071,19 @@ class OperatorServer:
                 conn.wake = trio.Event()
                 await conn.wake.wait()
                 continue
-            frames: list[bytes] = []
+            outbox = conn.outbox
+            frames_out: list[bytes] = []
             taken = 0
-            while conn.outbox and len(frames) < WRITE_COALESCE and taken < WRITE_BYTES:
-                item = conn.outbox.popleft()
+            while outbox and len(frames_out) < WRITE_COALESCE and taken < WRITE_BYTES:
+                item = outbox.popleft()
                 taken += len(item)
-                frames.append(item if isinstance(item, bytes) else ws.send(TextMessage(data=item)))
+                frames_out.append(item)
             timeout = min(config.write_timeout_s, max(self._deadline - trio.current_time(), 0))
             conn.torn = True
             with trio.move_on_after(timeout) as conn.write_scope:
-                await stream.send_all(b"".join(frames))
+                await stream.send_all(
+                    frames_out[0] if len(frames_out) == 1 else b"".join(frames_out)
+                )
                 conn.torn = False
             conn.write_scope = None
             if conn.is_open:  # (a close dropped the queue and its bytes already)
@@ -939,28 +1140,15 @@ class OperatorServer:
                 min(CLOSE_TIMEOUT_S, max(self._deadline - trio.current_time(), 0.05))
             ):
                 try:
-                    if (
-                        conn.open_ws
-                        and not conn.torn
-                        and conn.ws.state
-                        in (
-                            ConnectionState.OPEN,
-                            ConnectionState.REMOTE_CLOSING,
-                        )
-                    ):
-                        reason = conn.close_reason[:120] or None
+                    if conn.open_ws and not conn.torn:
+                        assert conn.close_code is not None
                         await conn.stream.send_all(
-                            conn.ws.send(CloseConnection(conn.close_code, reason))
+                            frames.close_frame(conn.close_code, conn.close_reason[:120])
                         )
                         await conn.stream.send_eof()
                         while await conn.stream.receive_some(RECEIVE_BYTES):
                             pass  # until the client's close: unread data would reset it
-                except (
-                    OSError,
-                    trio.BrokenResourceError,
-                    trio.ClosedResourceError,
-                    LocalProtocolError,
-                ):
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
             await trio.aclose_forcefully(conn.stream)
         if conn.open_ws:
@@ -976,56 +1164,136 @@ class OperatorServer:
                 },
             )
 
+    # --- the verify lanes -------------------------------------------------------------------
+
+    async def _run_lane(
+        self, lane: int, turns: _Turns, engine_in: trio.MemorySendChannel[list[Any]]
+    ) -> None:
+        """Take requests from the intake, have their signers recovered, pass them on in
+        the order they were taken; until the intake is closed and empty."""
+        async with engine_in:
+            while True:
+                items = await self._intake.take(self.config.verify_batch)
+                if items is None:
+                    return
+                ticket = turns.ticket()
+                self._reserve_rejects(items)
+                if self.verifier.lanes:
+                    await self._verify(lane, items)
+                await turns.wait(ticket)
+                try:
+                    await engine_in.send(items)
+                finally:
+                    turns.advance()
+
+    def _reserve_rejects(self, items: list[Any]) -> None:
+        """Take one of its address's rejects from each execute about to be verified,
+        refunded if the engine accepts it (:meth:`_route`): what is between here and the
+        engine counts, so no more are verified than the allowance lets fail. An address
+        whose allowance is spent gets ``REJECT_RATE_LIMITED``, unchecked."""
+        for index, item in enumerate(items):
+            if type(item) is not _Execute or not isinstance(item.request, EXECUTES):
+                continue
+            conn, shared = item.conn, item.conn.shared
+            if shared.rejects.has():
+                shared.rejects.spend()
+                continue
+            error = RejectRateLimited(
+                f"too many rejected requests from {conn.address} lately: slow down"
+            )
+            request = item.request
+            items[index] = _Answer(conn, failure_wire(error, request.REQUEST_TYPE, request.id))
+            conn.rejects.take()
+
+    async def _verify(self, lane: int, items: list[Any]) -> None:
+        """Attach to each execute of ``items`` what a worker found for its signatures."""
+        domain = self.engine.domain
+        jobs: list[tuple[_Execute, tuple[bytes, ...]]] = []
+        pairs: list[tuple[bytes, bytes]] = []
+        for item in items:
+            if type(item) is _Execute and isinstance(item.request, EXECUTES):
+                parts = signed_parts(item.request)
+                digests = tuple(message.digest(domain) for message, _ in parts)
+                jobs.append((item, digests))
+                pairs.extend(zip(digests, (signature for _, signature in parts), strict=True))
+        if not pairs:
+            return
+        signers = await self.verifier.verify(lane, pairs)
+        if signers is None:
+            return  # the workers failed it: the engine recovers these itself
+        at = 0
+        for item, digests in jobs:
+            count = len(digests)
+            item.verified = Verified(digests, tuple(signers[at : at + count]))
+            at += count
+
+    async def _forward_watched(self, engine_in: trio.MemorySendChannel[list[Any]]) -> None:
+        """Pass what the watcher sends on to the engine."""
+        async with engine_in:
+            async for item in self._watch_out:
+                await engine_in.send([item])
+
     # --- the engine task --------------------------------------------------------------------
 
     async def _run_engine(self, batches: trio.MemorySendChannel[_Batch]) -> None:
-        """Take every waiting request, run it through the engine, pass the batch on."""
+        """Take the waiting batches, at most ``max_batch`` requests a step, run them through
+        the engine, pass each step's batch on; until every lane and the watcher are done."""
+        waiting: collections.deque[Any] = collections.deque()
+        most = self.config.max_batch
         async with batches:
             closing = False
-            while not closing:
-                items: list[Any] = []
-                wait_s = self.config.tick_s
-                if self.heads is not None:  # idle, the next head still comes on time
-                    wait_s = min(wait_s, self.heads.until_due_s(self.clock.now_ms()))
-                with trio.move_on_after(wait_s):
+            while not closing or waiting:
+                if not waiting and not closing:
+                    wait_s = self.config.tick_s
+                    if self.heads is not None:  # idle, the next head still comes on time
+                        wait_s = min(wait_s, self.heads.until_due_s(self.clock.now_ms()))
+                    with trio.move_on_after(wait_s):
+                        try:
+                            waiting.extend(await self._engine_out.receive())
+                        except trio.EndOfChannel:
+                            closing = True
+                while len(waiting) < most and not closing:
                     try:
-                        items.append(await self._inbox_out.receive())
+                        waiting.extend(self._engine_out.receive_nowait())
+                    except trio.WouldBlock:
+                        break
                     except trio.EndOfChannel:
                         closing = True
-                while len(items) < self.config.max_batch:
-                    try:
-                        items.append(self._inbox_out.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                for part in _cancels_first(items):
+                step = [waiting.popleft() for _ in range(min(most, len(waiting)))]
+                for part in _cancels_first(step):
                     batch = self._step(part)
                     if batch.entries or batch.deliveries or batch.log is not None:
                         await batches.send(batch)
+                self._intake.progressed()
 
     def _step(self, items: list[Any]) -> _Batch:
         now_ms = self.clock.now_ms()
         batch = _Batch()
+        intake = self._intake
         head_answers: list[_Answer] = []
         self._route(self.engine.advance(now_ms), None, batch)
         for item in items:
-            if isinstance(item, _Execute) and isinstance(item.request, HEADS_QUERIES):
+            if type(item) is _Execute and isinstance(item.request, HEADS_QUERIES):
                 answer = self._heads_query(item)
                 if answer is None:  # a head: answered once signed, below
                     answer = _Answer(item.conn, {"id": item.request.id})
                     head_answers.append(answer)
                 batch.deliveries.append(answer)
-            elif isinstance(item, _Execute):
-                outputs = self.engine.handle(item.request, now_ms)
+                intake.done(item.conn)
+            elif type(item) is _Execute:
+                outputs = self.engine.handle(item.request, now_ms, item.verified)
                 if not self._route(outputs, item.conn, batch) and isinstance(
                     item.request, CANCEL_REQUESTS
                 ):
                     self._hold(item.conn, item.request)
+                intake.done(item.conn)
             elif isinstance(item, ForcedNote):
                 self._force(item, now_ms, batch)
             elif isinstance(item, StopOrders):
                 self._route(self.engine.stop_accepting_orders(item.reason, now_ms), None, batch)
             else:
                 batch.deliveries.append(item)
+                intake.done(item.conn)
         if self.heads is not None:
             self._log(batch, now_ms, head_answers)
         return batch
@@ -1039,10 +1307,13 @@ class OperatorServer:
         write = heads.take(head)
         if write.nodes or head is not None:
             batch.log = write
-        for answer in head_answers:
-            request_id = answer.wire.pop("id", None)
-            assert head is not None
-            answer.wire.update(success_wire(HeadQuery.REQUEST_TYPE, head.to_wire(), request_id))
+        if head_answers:  # the head's JSON as its pushes and the meta row carry it
+            signed = msgspec.Raw(write.head_json)
+            for answer in head_answers:
+                wire = answer.message
+                assert isinstance(wire, dict)
+                request_id = wire.pop("id", None)
+                wire.update(success_wire(HeadQuery.REQUEST_TYPE, signed, request_id))
 
     def _heads_query(self, item: _Execute) -> _Answer | None:
         """The answer to a proof query, or ``None`` for a head (signed with the batch)."""
@@ -1067,7 +1338,8 @@ class OperatorServer:
 
         Replies of :meth:`Engine.advance` (``conn`` is ``None``) answer cancels a policy
         held: they go to the client that sent the cancel, found by its signature. An
-        execute's failure is charged to its connection's and address's reject allowance.
+        execute's failure is charged to its connection's reject allowance (its address's
+        was reserved before it was verified, and is refunded on success).
         """
         answered = False
         for out in outputs:
@@ -1076,10 +1348,12 @@ class OperatorServer:
                 if conn is None and target is not None:
                     target.held.discard(out.wire["signature"])
                 if target is not None:
-                    if out.wire["status"] == "failure" and out.to is not None:
-                        target.rejects.take()
-                        target.shared.rejects.take()
-                    batch.deliveries.append(_Answer(target, out.wire))
+                    if out.to is not None:  # an execute's: its reject was reserved
+                        if out.wire["status"] == "failure":
+                            target.rejects.take()
+                        else:
+                            target.shared.rejects.refund()
+                    batch.deliveries.append(_Answer(target, out))
                     answered = True
             elif isinstance(out, Push):
                 batch.deliveries.append(_push_item(out))
@@ -1124,14 +1398,17 @@ class OperatorServer:
                 logs = [batch.log for batch in waiting if batch.log is not None]
                 if entries or logs:
                     await self._commit(entries, logs)
+                flush: set[_Connection] = set()
                 for batch in waiting:
                     if batch.log is not None and self.heads is not None:
                         self.heads.committed(batch.log)
                     for item in batch.deliveries:
-                        self._deliver(item)
+                        self._deliver(item, flush)
                     if batch.log is not None and batch.log.head is not None:
-                        self._push_head(_encode_json(batch.log.head.to_wire()))
+                        self._push_head(batch.log.head_json, flush)
                 self._shed()
+                for conn in flush:
+                    self._flush(conn)
         for conn in list(self._connections):
             conn.finish()
 
@@ -1153,15 +1430,50 @@ class OperatorServer:
             )
             raise
 
-    def _deliver(self, item: _Answer | _Stream | _Publish | ForcedNote) -> None:
+    def _deliver(
+        self, item: _Answer | _Stream | _Publish | ForcedNote, flush: set[_Connection]
+    ) -> None:
+        """Queue ``item``'s messages; the connections with answers and pushes queued are
+        added to ``flush``."""
         if isinstance(item, _Publish):
-            self._streams.publish(item)
+            self._streams.publish(item, flush)
         elif isinstance(item, _Answer):
-            item.conn.send(_encode_json(item.wire))
+            if item.conn.is_open:
+                item.conn.send(item.payload(), wake=False)
+                flush.add(item.conn)
         elif isinstance(item, _Stream):
-            self._serve_stream(item)
+            self._serve_stream(item, flush)
         else:
             item.done.set()
+
+    def _flush(self, conn: _Connection) -> None:
+        """Write what is queued for ``conn`` at once, in one write that does not wait,
+        unless its writer is busy; what the socket does not take is the writer's.
+
+        Everything a commit released for a client thus leaves in one system call, from
+        the dispatcher, without waking the client's writer task."""
+        if not conn.is_open or not conn.outbox:
+            return
+        if conn.write_scope is not None or conn.replays or conn.finishing:
+            conn.wake.set()
+            return
+        outbox = conn.outbox
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        try:
+            sent = os.write(conn.stream.socket.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the writer meets the error and ends the connection its way
+            conn.wake.set()
+            return
+        outbox.clear()
+        conn.queued -= sent
+        self._budget.give(sent)
+        if sent < len(data):  # the rest waits for the socket, with the write timeout
+            outbox.append(data[sent:])
+            if sent:
+                conn.torn = True  # a frame is cut: no close frame until it is whole
+            conn.wake.set()
 
     def _shed(self) -> None:
         """Over the total budget: close the client with the largest queue (it does not read)."""
@@ -1176,30 +1488,38 @@ class OperatorServer:
                 abort_write=True,
             )
 
-    def _push_head(self, text: str) -> None:
+    def _push_head(self, text: bytes, flush: set[_Connection]) -> None:
+        """Queue a committed head for every heads subscriber: framed once, flushed with
+        the batch's answers."""
+        frame = frames.text_header(len(text)) + text
         for conn in self._head_subscribers:
-            conn.send(text)
+            conn.send_frame(frame, wake=False)
+            flush.add(conn)
 
     def _serve_heads_stream(
-        self, conn: _Connection, request: SubscribeHeads | UnsubscribeHeads
+        self,
+        conn: _Connection,
+        request: SubscribeHeads | UnsubscribeHeads,
+        flush: set[_Connection],
     ) -> None:
         if isinstance(request, UnsubscribeHeads):
             self._head_subscribers.discard(conn)
-            conn.send(_encode_json(success_wire(request.REQUEST_TYPE, {}, request.id)))
-            return
-        if self.heads is None:
+            wire = success_wire(request.REQUEST_TYPE, {}, request.id)
+        elif self.heads is None:
             error = HeadsDisabled("this operator keeps no journal heads")
-            conn.send(_encode_json(failure_wire(error, request.REQUEST_TYPE, request.id)))
-            return
-        last = self.heads.last_head
-        data = {"head": None if last is None else last.to_wire()}
-        conn.send(_encode_json(success_wire(request.REQUEST_TYPE, data, request.id)))
-        self._head_subscribers.add(conn)
+            wire = failure_wire(error, request.REQUEST_TYPE, request.id)
+        else:
+            last = self.heads.last_head
+            data = {"head": None if last is None else last.to_wire()}
+            wire = success_wire(request.REQUEST_TYPE, data, request.id)
+            self._head_subscribers.add(conn)
+        conn.send(encode_json(wire), wake=False)
+        flush.add(conn)
 
-    def _serve_stream(self, item: _Stream) -> None:
+    def _serve_stream(self, item: _Stream, flush: set[_Connection]) -> None:
         conn, request = item.conn, item.request
         if isinstance(request, SubscribeHeads | UnsubscribeHeads):
-            self._serve_heads_stream(conn, request)
+            self._serve_heads_stream(conn, request, flush)
             return
         sender_hex = "0x" + request.sender.hex()
         live = request.sender in conn.subscriptions
@@ -1207,7 +1527,7 @@ class OperatorServer:
             self._streams.unsubscribe(conn, request.sender)
             conn.subscriptions.discard(request.sender)
             conn.replays = collections.deque(r for r in conn.replays if r.sender != request.sender)
-            conn.send(_encode_json(success_wire("unsubscribe", {"sender": sender_hex}, request.id)))
+            conn.send(encode_json(success_wire("unsubscribe", {"sender": sender_hex}, request.id)))
             return
         error: Rejected | None = None
         if not live and len(conn.subscriptions) >= self.config.max_subscriptions:
@@ -1222,7 +1542,7 @@ class OperatorServer:
                 " one to finish"
             )
         if error is not None:
-            conn.send(_encode_json(failure_wire(error, Subscribe.REQUEST_TYPE, request.id)))
+            conn.send(encode_json(failure_wire(error, Subscribe.REQUEST_TYPE, request.id)))
             return
         data = {
             "sender": sender_hex,
@@ -1231,7 +1551,7 @@ class OperatorServer:
             "domain": domain_to_json(self.engine.domain),  # the client checks it before signing
             "operator": self.engine.signer.checksum_address,
         }
-        conn.send(_encode_json(success_wire("subscribe", data, request.id)))
+        conn.send(encode_json(success_wire("subscribe", data, request.id)))
         self._streams.unsubscribe(conn, request.sender)  # a re-subscribe replays again
         conn.subscriptions.add(request.sender)
         conn.replays = collections.deque(replaying)
