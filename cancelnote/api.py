@@ -30,7 +30,7 @@ differently, and what is signed must be what is parsed).
 import contextlib
 from collections.abc import Callable, Mapping
 from enum import IntEnum
-from typing import Annotated, Any, ClassVar, Protocol, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, Self, TypeAlias
 
 import attrs
 import msgspec
@@ -52,6 +52,14 @@ from cancelnote.messages import (
 _ORDER = wire_schema(Order)
 _CANCELLATION = wire_schema(Cancellation)
 _CANCELLATION_PRODUCTS = wire_schema(CancellationProducts)
+if TYPE_CHECKING:  # structs built at run time from the message types: Structs to mypy
+    _OrderWire: TypeAlias = msgspec.Struct
+    _CancellationWire: TypeAlias = msgspec.Struct
+    _CancellationProductsWire: TypeAlias = msgspec.Struct
+else:
+    _OrderWire = _ORDER.struct
+    _CancellationWire = _CANCELLATION.struct
+    _CancellationProductsWire = _CANCELLATION_PRODUCTS.struct
 
 Uint32Wire = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 #: A uint64 as the wire writes it (protocol §6.2): a decimal string or a JSON integer
@@ -65,22 +73,22 @@ class _Body(msgspec.Struct, forbid_unknown_fields=True):
 
 class _PlaceOrderBody(_Body):
     product_id: Uint32Wire
-    order: _ORDER.struct  # type: ignore[valid-type]
+    order: _OrderWire
     signature: str
 
 
 class _CancelOrdersBody(_Body):
-    tx: _CANCELLATION.struct  # type: ignore[valid-type]
+    tx: _CancellationWire
     signature: str
 
 
 class _CancelProductsBody(_Body):
-    tx: _CANCELLATION_PRODUCTS.struct  # type: ignore[valid-type]
+    tx: _CancellationProductsWire
     signature: str
 
 
 class _CancelAndPlaceBody(_Body):
-    cancel_tx: _CANCELLATION.struct  # type: ignore[valid-type]
+    cancel_tx: _CancellationWire
     cancel_signature: str
     place_order: _PlaceOrderBody
 
@@ -121,7 +129,7 @@ class _ContentBody(_Body):
 
 
 def _uint64(name: str, raw: str | int) -> int:
-    value = int(raw) if type(raw) is str else raw
+    value = int(raw) if isinstance(raw, str) else raw
     if not 0 <= value < 2**64:
         raise MessageError(f"{name}: {value} is out of range for uint64")
     return value
@@ -504,6 +512,7 @@ def _key_count(struct: Any) -> int:
     """How many keys a JSON object of ``struct`` (every field present) holds, nested ones
     included."""
     info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
     return sum(
         1 + (_key_count(f.type.cls) if isinstance(f.type, msgspec.inspect.StructType) else 0)
         for f in info.fields
@@ -537,7 +546,7 @@ def decode_request(text: str) -> WireRequest:
     """
     check_containers(text)
     try:
-        envelope = _decode_envelope(text)
+        envelope: Any = _decode_envelope(text)
     except msgspec.ValidationError as exc:
         raise MessageError(f"malformed request: {exc}") from None
     except msgspec.DecodeError as exc:
@@ -554,7 +563,7 @@ def describe_failed(text: str) -> tuple[str | None, int | None]:
     """``(request_type, id)`` of a message that did not decode, as far as it can tell."""
     try:
         check_containers(text)
-        probe = _decode_probe(text)
+        probe: Any = _decode_probe(text)
     except (MessageError, msgspec.DecodeError):
         return None, None
     request_type = next(

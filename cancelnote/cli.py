@@ -14,6 +14,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import __version__
 from .cliargs import add_profile_flag, env_help, fill_defaults, need, need_address
@@ -77,7 +78,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _sim_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .sim.config import ScenarioError
     from .sim.output import run_scenario
@@ -103,10 +103,9 @@ def _sim_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_document(args: argparse.Namespace) -> tuple[object, dict[str, object]]:
+def _load_document(args: argparse.Namespace) -> tuple[Path, dict[str, object]]:
     """The scenario file's document with ``--seed``/``--set`` applied, and its path."""
     import tomllib
-    from pathlib import Path
 
     from .sim.config import ScenarioError
     from .sim.scenario import apply_overrides
@@ -120,7 +119,6 @@ def _load_document(args: argparse.Namespace) -> tuple[object, dict[str, object]]
 
 
 def _sim_sweep(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .sim.config import ScenarioError
     from .sim.progress import ProgressBar
@@ -159,7 +157,6 @@ def _sim_sweep(args: argparse.Namespace) -> int:
 
 
 def _sim_attack(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .sim.attack import DEFAULT_POLICIES, attack_json, format_attack, run_attack
     from .sim.config import ScenarioError
@@ -199,7 +196,6 @@ def _sim_attack(args: argparse.Namespace) -> int:
 
 
 def _sim_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .sim.report import write_report
 
@@ -224,7 +220,6 @@ def _missing_plot_extra(command: str) -> bool:
 
 
 def _sim_plot(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     if _missing_plot_extra("sim plot"):
         return 2
@@ -354,7 +349,6 @@ def _journal_export(args: argparse.Namespace) -> int:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from . import keystore
 

@@ -23,7 +23,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self, TypeVar
 
 import attrs
 import msgspec
@@ -280,7 +280,12 @@ class SignedMessage:
     _ENCODERS: ClassVar[tuple[Callable[[Any], bytes], ...]]
     _KINDS: ClassVar[tuple[int, ...]]  # _BYTES32, _UINT, _INT or _ARRAY, per field
     _WIRE_ENCODERS: ClassVar[tuple[tuple[str, Callable[[Any], Any]], ...]]
-    _VALUES: ClassVar[Callable[[Any], tuple[Any, ...]]]  # all field values, in order
+    _VALUES: ClassVar[operator.attrgetter[tuple[Any, ...]]]  # all field values, in order
+
+    if TYPE_CHECKING:  # what the subclasses' @attrs.frozen adds
+        __attrs_attrs__: ClassVar[tuple[attrs.Attribute[Any], ...]]
+
+        def __init__(self, *values: Any, **named: Any) -> None: ...
 
     def encoded_fields(self) -> list[tuple[str, bytes]]:
         """Each field's wire name and 32-byte EIP-712 ``encodeData`` word, in order."""
@@ -402,7 +407,10 @@ def _digest(message: SignedMessage, domain: Domain) -> bytes:
     return keccak(b"\x19\x01" + domain.separator + _struct_hash(message))
 
 
-def _eip712(cls: type) -> type:
+_Message = TypeVar("_Message", bound=SignedMessage)
+
+
+def _eip712(cls: type[_Message]) -> type[_Message]:
     """Derive the type string, type hash and codecs of a message class from its fields."""
     fields = attrs.fields(cls)
     cls._WIRE = tuple((f.name, f.metadata["wire"], f.metadata["sol"]) for f in fields)
@@ -536,6 +544,12 @@ class Match(SignedMessage):
     settle_at_ms: int = _field("uint64", "settleAtMs")
 
 
+#: The two cancel types by class name (how stores and bundles name a cancel's kind).
+CANCEL_TYPES: dict[str, type[Cancellation] | type[CancellationProducts]] = {
+    "Cancellation": Cancellation,
+    "CancellationProducts": CancellationProducts,
+}
+
 MESSAGE_TYPES: tuple[type[SignedMessage], ...] = (
     Order,
     Cancellation,
@@ -650,7 +664,8 @@ def _schema_type(sol: str) -> Any:
     """The msgspec type of one wire value of Solidity type ``sol`` (integer ranges are
     checked as the value is converted: :func:`_from_schema_value`)."""
     if sol.endswith("[]"):
-        return Annotated[list[_schema_type(sol[:-2])], msgspec.Meta(max_length=MAX_ARRAY_LENGTH)]
+        item = _schema_type(sol[:-2])  # (a type built at run time: no static type to check)
+        return Annotated[list[item], msgspec.Meta(max_length=MAX_ARRAY_LENGTH)]  # type: ignore[valid-type]
     if sol == "bytes32":
         return HEX32_WIRE
     return DECIMAL_WIRE | int
@@ -694,7 +709,7 @@ def _setter(cls: type, names: tuple[str, ...]) -> Callable[[list[Any]], Any]:
     new, set_field = object.__new__, object.__setattr__
 
     def build(values: list[Any]) -> Any:
-        message = new(cls)
+        message: Any = new(cls)
         for name, value in zip(names, values, strict=True):
             set_field(message, name, value)
         return message

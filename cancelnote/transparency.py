@@ -458,6 +458,10 @@ class Leaf:
         )
 
 
+def _nodes(path: Iterable[bytes]) -> tuple[bytes, ...]:
+    return tuple(path)
+
+
 @attrs.frozen
 class LeafProof:
     """Leaf ``index`` of the log, whole, and its inclusion path in a tree of some size:
@@ -465,7 +469,7 @@ class LeafProof:
 
     index: int
     leaf: Leaf
-    path: tuple[bytes, ...] = attrs.field(converter=tuple)
+    path: tuple[bytes, ...] = attrs.field(converter=_nodes)
 
     def verify(self, size: int, root: bytes) -> None:
         """Check the proof against a head of ``size`` leaves and root ``root``.

@@ -136,6 +136,12 @@ class TwinChain(Chain):
     def balance(self, address: bytes) -> int:
         return self.both("balance", address)
 
+    def nonce(self, address: bytes) -> int:
+        return self.both("nonce", address)
+
+    def code(self, address: bytes) -> bytes:
+        return self.both("code", address)
+
     def transaction_input(self, transaction_hash: bytes) -> bytes | None:
         return self.both("transaction_input", transaction_hash)
 
@@ -146,7 +152,7 @@ class TwinChain(Chain):
         self.both("mine")
 
     def __getattr__(self, name: str) -> Any:
-        """What dev chains add (``nonce``, ``begin_block``, ``building``...), asked of both."""
+        """What dev chains add (``begin_block``, ``building``...), asked of both."""
         if name.startswith("_") or not hasattr(self.reference, name):
             raise AttributeError(name)
         if not callable(getattr(self.reference, name)):

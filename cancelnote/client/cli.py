@@ -218,7 +218,9 @@ def _no_answer(what: str, args: argparse.Namespace) -> CommandError:
 
 
 def _placed(ctx: _Context, digest: bytes) -> int:
-    order = ctx.store.order(digest).order
+    stored = ctx.store.order(digest)
+    assert stored is not None  # (kept before it was sent)
+    order = stored.order
     side = "buy" if order.amount > 0 else "sell"
     _emit(
         ctx.args,

@@ -40,6 +40,7 @@ from cancelnote.crypto import parse_address, to_checksum
 from cancelnote.dispute.court import Offence
 from cancelnote.errors import MessageError, Rejected
 from cancelnote.messages import (
+    CANCEL_TYPES,
     Cancellation,
     CancellationNote,
     CancellationProducts,
@@ -890,8 +891,7 @@ def _parse_bundle(obj: Any) -> Bundle:
             StoredOrder(order, signature, order.digest(domain), _ms(item, "placed_at_ms"))
         )
     for item in obj["cancels"]:
-        kinds = {"Cancellation": Cancellation, "CancellationProducts": CancellationProducts}
-        request = kinds[item["kind"]].from_wire(item["tx"])
+        request = CANCEL_TYPES[item["kind"]].from_wire(item["tx"])
         signature = signature_from_wire(item["signature"])
         request.verify(signature, domain, request.sender[:20])
         cancels.append(
@@ -990,8 +990,7 @@ def _order_from_row(row: tuple[str, str, str, int, int, int]) -> StoredOrder:
 
 def _cancel_from_row(row: tuple[str, str, str, str, int, int, int]) -> StoredCancel:
     kind, body, signature, request_hash, sent_at_ms, local_seq, rejected = row
-    cls = Cancellation if kind == "Cancellation" else CancellationProducts
-    request = _parsed(cls, body)
+    request = _parsed(CANCEL_TYPES[kind], body)
     return StoredCancel(
         request, _unhex(signature), _unhex(request_hash), sent_at_ms, local_seq, bool(rejected)
     )

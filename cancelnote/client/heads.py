@@ -394,7 +394,10 @@ class HeadsVerifier:
                 [signed],
                 order=stored,
                 extra=self._proofs(
-                    head, fill=fill_leaf, named=named_proof, match=named and named.match
+                    head,
+                    fill=fill_leaf,
+                    named=named_proof,
+                    match=None if named is None else named.match,
                 ),
             )
 

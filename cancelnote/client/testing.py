@@ -23,10 +23,10 @@ from cancelnote.api import (
     CancelAndPlace,
     CancelOrders,
     CancelProductOrders,
+    Execute,
     PlaceOrder,
     Push,
     Reply,
-    Request,
 )
 from cancelnote.crypto import Signer
 from cancelnote.dispute.court import DEV_PARAMETERS, Court
@@ -170,7 +170,7 @@ class Market:
         self.send(request, desk, keys)
         return request
 
-    def send(self, request: Request, desk: Desk, keys: list[bytes]) -> None:
+    def send(self, request: Execute, desk: Desk, keys: list[bytes]) -> None:
         """Send ``request`` to the operator, ``latency_ms`` away.
 
         A failure answer marks ``keys`` (order ids, request hashes) rejected in ``desk``'s

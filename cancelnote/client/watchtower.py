@@ -46,9 +46,8 @@ from cancelnote.dispute.court import (
     WindowStatus,
 )
 from cancelnote.messages import (
-    Cancellation,
+    CANCEL_TYPES,
     CancellationNote,
-    CancellationProducts,
     Fill,
     Match,
     Order,
@@ -246,8 +245,7 @@ def _heads_proof(kind: Kind, ev: Mapping[str, Any]) -> tuple[str, tuple[Any, ...
             _leaf(ev["leaf2"]),
         )
     assert kind is Kind.FILL_AFTER_CANCEL
-    kinds = {"Cancellation": Cancellation, "CancellationProducts": CancellationProducts}
-    cancellation = kinds[ev["cancel"]["kind"]].from_wire(ev["cancel"]["tx"])
+    cancellation = CANCEL_TYPES[ev["cancel"]["kind"]].from_wire(ev["cancel"]["tx"])
     return "heads.prove_match_after_cancel", (
         order,
         cancellation,
@@ -307,8 +305,11 @@ def plan(findings: Iterable[Finding], view: CourtView, noted: frozenset[bytes]) 
             offence = finding.offence if finding.kind not in FORCING else None
             key = (finding.digest, offence or Offence.DEFAULT)
             claim = view.claims.get(key)
-            vested = claim is not None and view.chain_time_s >= claim.claim.vests_at
-            if vested and not claim.settled(view.penalty):
+            if (
+                claim is not None
+                and view.chain_time_s >= claim.claim.vests_at
+                and not claim.settled(view.penalty)
+            ):
                 actions.append(Claim(finding.id, finding.digest, _order_of(finding), key[1]))
             continue
         if finding.kind not in FORCING:
@@ -423,7 +424,7 @@ class Watchtower:
         start = self.store.cursor(EVENTS_CURSOR)
         while start <= head:
             end = min(head, start + MAX_BLOCK_RANGE - 1)
-            capped = set()
+            capped: set[bytes] = set()
             with self.store.transaction():
                 for log in self.court.chain.get_logs(self.court.address, start, end):
                     event = self.court.decode_log(log)
@@ -440,7 +441,10 @@ class Watchtower:
                             event.name,
                             event.args,
                         )
-                        if event.name in ("CancelRequested", "CancelAnswered"):
+                        if digest is not None and event.name in (
+                            "CancelRequested",
+                            "CancelAnswered",
+                        ):
                             capped.add(digest)
                 for digest in capped:
                     self.verifier.check_cap(digest, now_ms)
@@ -535,7 +539,7 @@ class Watchtower:
         retried = isinstance(action, Finalize | Claim) and outcome == "rejected"
         if finding_id is not None and not retried:
             self.store.set_finding_status(finding_id, outcome)
-        if isinstance(action, Withdraw) and receipt is not None:
+        if isinstance(action, Withdraw) and tx_hash is not None:
             self.store.add_payout(tx_hash, self.signer.address, action.amount, now_ms)
         LOGGER.info(
             "court_call",

@@ -219,6 +219,14 @@ class Chain(ABC):
         """Wei held by ``address`` at the latest block."""
 
     @abstractmethod
+    def nonce(self, address: bytes) -> int:
+        """The account's transaction count at the latest block."""
+
+    @abstractmethod
+    def code(self, address: bytes) -> bytes:
+        """The runtime code at ``address`` (empty for an account without code)."""
+
+    @abstractmethod
     def transaction_input(self, transaction_hash: bytes) -> bytes | None:
         """The calldata of a mined transaction (``None`` if the chain has no such one).
 

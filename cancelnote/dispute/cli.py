@@ -67,6 +67,7 @@ def _court_deploy(args: argparse.Namespace) -> int:
         **parameters,
     )
     receipt = court.deploy_receipt
+    assert receipt is not None  # (a court just deployed has its receipt)
     if args.json:
         print(json.dumps({"court": to_checksum(court.address), "gas_used": receipt.gas_used}))
     else:

@@ -27,6 +27,7 @@ import attrs
 from eth._utils.address import generate_contract_address
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
+from eth_typing import Address
 
 from ..contracts import load_artifact
 from ..crypto import Signer, keccak
@@ -346,7 +347,7 @@ class Court(_Contract):
         """
         artifact = court_artifact(chain, ARTIFACT_NAME)
         nonce = chain.nonce(deployer.address)
-        heads_address = generate_contract_address(deployer.address, nonce + 1)
+        heads_address = generate_contract_address(Address(deployer.address), nonce + 1)
         constructor = next(entry for entry in artifact.abi if entry["type"] == "constructor")
         arguments = abi_encode(
             [_canonical_type(item) for item in constructor["inputs"]],

@@ -21,7 +21,7 @@ import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
-from typing import Any
+from typing import Any, cast
 
 from eth import exceptions as evm_errors
 from eth.abc import (
@@ -36,6 +36,7 @@ from eth.chains.base import MiningChain
 from eth.db.atomic import AtomicDB
 from eth.vm.forks import CancunVM, PragueVM, ShanghaiVM
 from eth.vm.spoof import SpoofTransaction
+from eth_typing import Address, BlockNumber
 from eth_utils import ValidationError
 
 from .chain import ChainError
@@ -132,13 +133,21 @@ def _info(header: BlockHeaderAPI, timestamp_ms: int, transactions: tuple[bytes, 
         timestamp_ms=timestamp_ms,
         gas_limit=header.gas_limit,
         gas_used=header.gas_used,
-        base_fee_per_gas=header.base_fee_per_gas,
+        base_fee_per_gas=_base_fee(header),
         miner=header.coinbase,
         state_root=header.state_root,
         transactions_root=header.transaction_root,
         receipts_root=header.receipt_root,
         transactions=transactions,
     )
+
+
+def _base_fee(header: BlockHeaderAPI) -> int:
+    """The header's base fee (every fork a chain here runs has EIP-1559's)."""
+    fee = header.base_fee_per_gas
+    if fee is None:
+        raise ChainError("a header without a base fee: a fork before London")
+    return fee
 
 
 class InProcessChain(LocalChain):
@@ -160,27 +169,29 @@ class InProcessChain(LocalChain):
 
     def balance(self, address: bytes, *, block_number: int | None = None) -> int:
         with self._lock:
-            return self._state(block_number).get_balance(address)
+            return self._state(block_number).get_balance(Address(address))
 
     def nonce(self, address: bytes, *, block_number: int | None = None) -> int:
         with self._lock:
-            return self._state(block_number).get_nonce(address)
+            return self._state(block_number).get_nonce(Address(address))
 
     def code(self, address: bytes, *, block_number: int | None = None) -> bytes:
         with self._lock:
-            return self._state(block_number).get_code(address)
+            return self._state(block_number).get_code(Address(address))
 
     # --- the backend ------------------------------------------------------------------------
 
     def _genesis(self, balances: dict[bytes, int], timestamp: int) -> BlockInfo:
-        self._chain = _chain_class(self.chain_id, self.hardfork).from_genesis(
+        chain = _chain_class(self.chain_id, self.hardfork).from_genesis(
             AtomicDB(),
             {"difficulty": 0, "gas_limit": self.gas_limit, "timestamp": timestamp},
             {
-                address: {"balance": balance, "nonce": 0, "code": b"", "storage": {}}
+                Address(address): {"balance": balance, "nonce": 0, "code": b"", "storage": {}}
                 for address, balance in balances.items()
             },
         )
+        assert isinstance(chain, MiningChain)  # (py-evm types it as its base class)
+        self._chain: MiningChain = chain
         self._natives: list[SignedTransactionAPI] = []  # the pending block's, as py-evm has them
         self._receipts: list[ReceiptAPI] = []
         return _info(self._chain.get_canonical_head(), timestamp * 1_000, ())
@@ -259,7 +270,7 @@ class InProcessChain(LocalChain):
     # --- internals ------------------------------------------------------------------------
 
     def _header(self, number: int) -> BlockHeaderAPI:
-        return self._chain.get_canonical_block_header_by_number(number)
+        return self._chain.get_canonical_block_header_by_number(BlockNumber(number))
 
     def _state(self, block_number: int | None) -> StateAPI:
         at = self._read_at(block_number)
@@ -276,16 +287,18 @@ class InProcessChain(LocalChain):
         price: int,
     ) -> ComputationAPI:
         unsigned = self._chain.get_vm().create_unsigned_transaction(
-            nonce=state.get_nonce(sender),
+            nonce=state.get_nonce(Address(sender)),
             gas_price=price,
             gas=gas,
-            to=to or b"",
+            to=Address(to or b""),
             value=value,
             data=data,
         )
         snapshot = state.snapshot()
         try:
-            return state.apply_transaction(SpoofTransaction(unsigned, from_=sender))
+            # a spoofed sender: py-evm's SpoofTransaction stands in for a signed one
+            spoofed = cast(SignedTransactionAPI, SpoofTransaction(unsigned, from_=sender))
+            return state.apply_transaction(spoofed)
         except ValidationError as exc:  # the sender cannot pay the value
             raise ChainError(f"the transaction is invalid: {exc}") from None
         finally:

@@ -40,7 +40,7 @@ import bisect
 import heapq
 import threading
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -117,7 +117,7 @@ def calldata_floor_gas(data: bytes) -> int:
     return PragueTransactionExecutor.calc_data_floor_gas(_Calldata(data), 0, 0)  # type: ignore[arg-type]
 
 
-def logs_bloom(logs: Iterator[Log] | list[Log]) -> int:
+def logs_bloom(logs: Iterable[Log]) -> int:
     """The 2048-bit bloom of ``logs`` (addresses and topics), as receipts and headers carry it."""
     bloom = BloomFilter()
     for log in logs:
@@ -613,7 +613,7 @@ class LocalChain(Chain):
             self._validate(transaction, self._pending)
             if self._make_room(transaction.gas):
                 self._validate(transaction, self._pending)  # the base fee moved
-            self._record(transaction, self._execute(transaction, self._pending), self._pending)
+            self._record(transaction, self._execute_kept(transaction, self._pending), self._pending)
         return transaction.hash
 
     def transaction(self, transaction_hash: bytes) -> MinedTransaction | None:
@@ -667,12 +667,18 @@ class LocalChain(Chain):
     @abstractmethod
     def _execute(
         self, transaction: Transaction, block: PendingBlock, expect: Outcome | None = None
-    ) -> Execution:
+    ) -> Execution | None:
         """Execute a validated transaction at the end of ``block`` and keep its effects.
 
         With ``expect``, keep them only if the run ends so; else change nothing and return
         ``None`` (the caller's gas guess was wrong).
         """
+
+    def _execute_kept(self, transaction: Transaction, block: PendingBlock) -> Execution:
+        """:meth:`_execute` with no outcome expected: its effects are always kept."""
+        execution = self._execute(transaction, block)
+        assert execution is not None
+        return execution
 
     @abstractmethod
     def _seal_block(self, block: PendingBlock) -> BlockInfo:
@@ -797,7 +803,7 @@ class LocalChain(Chain):
             if self._make_room(gas):
                 return None
             transaction = self._sign(sender, to, data, value, gas)
-            execution = self._execute(transaction, block)
+            execution = self._execute_kept(transaction, block)
         return self._record(transaction, execution, block), execution.run
 
     def _sign(

@@ -115,6 +115,13 @@ def _failure(error: RuntimeError) -> tuple[str, bytes]:
     raise ChainError(f"the transaction is invalid: {text}")
 
 
+def _code_hash(info: pyrevm.AccountInfo) -> bytes:
+    """An account's code hash (revm gives every account one; the stub says it may not)."""
+    if info.code_hash is None:
+        raise ChainError("revm returned an account without a code hash")
+    return info.code_hash
+
+
 def _original_code(padded: bytes, code_hash: bytes) -> bytes:
     """Code as deployed: revm hands out its analysed copy, with up to 33 zero bytes added."""
     for cut in range(len(padded), max(len(padded) - 34, -1), -1):
@@ -306,7 +313,7 @@ class RevmChain(LocalChain):
         self._accounts[address] = account
         self._evm.insert_account_info(
             _hex(address),
-            pyrevm.AccountInfo(
+            pyrevm.AccountInfo(  # type: ignore[call-arg]  # (0.3.7's stub omits balance)
                 balance=account.balance,
                 nonce=account.nonce,
                 code_hash=account.code_hash,
@@ -348,13 +355,14 @@ class RevmChain(LocalChain):
                 if to is None:
                     created = bytes.fromhex(evm.deploy(_hex(sender), data, value, gas)[2:])
                     info = evm.basic(_hex(created))
-                    output = _original_code(info.code or b"", info.code_hash)
+                    output = _original_code(info.code or b"", _code_hash(info))
                 else:
                     output = evm.message_call(_hex(sender), _hex(to), data, value, gas)
                 failure = None
             except RuntimeError as exc:
                 failure, output = _failure(exc)
             result = evm.result
+            assert result is not None  # (the run just made)
             refund = result.gas_refunded if failure is None else 0
             run = Run(failure, output, result.gas_used + refund, refund)
             if keep:
@@ -379,7 +387,7 @@ class RevmChain(LocalChain):
             now = (
                 _EMPTY
                 if address in destroyed
-                else _Account(info.balance, info.nonce, info.code_hash)
+                else _Account(info.balance, info.nonce, _code_hash(info))
             )
             if now != self._accounts.get(address, _EMPTY):
                 new_code = now.code_hash not in self._codes
