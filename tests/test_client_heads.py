@@ -336,3 +336,42 @@ def test_a_fork_seen_by_a_store_without_orders_is_recorded_and_nothing_is_sent(t
     assert fork.kind == Kind.INCONSISTENT_HEADS and fork.offence is None
     assert Watchtower(verifier, world.court, world.bob).step(1_100) == []
     assert not world.court.halted()
+
+
+def test_an_idle_operators_heads_of_one_size_are_no_stall(tmp_path):
+    world = make_world()
+    _, _, heads = _core(tmp_path, world)
+    wait_ms = POLICY.cancel_heads * POLICY.heads_ms
+    root = keccak(b"idle")
+    for at_ms in range(1_000, 1_000 + 3 * wait_ms, POLICY.heads_ms):  # H apart, one size
+        assert heads.receive_head(_signed(world, JournalHead(7, root, at_ms)), at_ms) == []
+        assert heads.check_alarms(at_ms) == []
+    (stalled,) = heads.check_alarms(1_000 + 5 * wait_ms)  # and then none for a while
+    assert stalled.kind == Kind.HEADS_STALLED
+
+
+def test_a_message_not_logged_yet_is_asked_again_not_a_finding(tmp_path):
+    world = make_world()
+    store, _, heads = _core(tmp_path, world)
+    head = _signed(world, JournalHead(1, keccak(b"r"), 1_000))
+    heads.receive_head(head, 1_000)
+    (locate,) = heads.queries(head)  # the order sent just after the head was signed
+    missing = {"status": "failure", "error_code": "NOT_FOUND", "error": "not in the log"}
+    assert heads.take(head, locate, missing, 1_010) == [] and store.findings() == []
+    assert heads.queries(head) == [locate]  # asked again at the next head
+
+
+def test_many_forks_seen_are_proven_once_and_the_rest_closed(tmp_path):
+    world = make_world()
+    store, verifier, heads = _core(tmp_path, world)
+    honest, forked = _split_view(world, 12, fork_at=3)
+    for size in (9, 10, 11):
+        heads.receive_head(_signed(world, JournalHead(size, honest.root(size), 1_000)), 1_000)
+        heads.import_heads([_signed(world, JournalHead(size, forked.root(size), 1_000))], 1_000)
+    forks = [f for f in store.findings() if f.kind == Kind.INCONSISTENT_HEADS]
+    assert len(forks) == 3
+    tower = Watchtower(verifier, world.court, world.bob)
+    assert [o.outcome for o in tower.step(2_000)] == ["claimed"]  # one proof a round
+    assert world.court.heads.fork_proven() and world.court.halted()
+    assert [o.outcome for o in tower.step(2_100)] == ["resolved", "resolved"]  # not reverted
+    assert tower.step(2_200) == []

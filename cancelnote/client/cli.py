@@ -9,6 +9,11 @@ $CANCELNOTE_COURT and $CANCELNOTE_CLIENT_DB, or to a --profile's values.
 
 A wallet that signs elsewhere: place --typed-data prints an order as eth_signTypedData_v4
 takes it (with --address instead of --key); submit places it once signed.
+
+Journal heads: with --url, a command also follows the operator's signed heads (unless
+--no-heads), proves every fill and note of the store in its log and alarms on a cancel
+not logged within --cancel-heads heads. heads show|export|import keep, gossip and check
+them: a peer's or a watchtower's heads that fork from ours are a finding dispute proves.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ from cancelnote.cliargs import (
 from cancelnote.exits import DISPUTE, OK, REFUSED, UNREACHABLE, USAGE, CommandError
 
 X18 = 10**18
+#: The operator's default head interval and the client's default bound on a cancel's leaf
+#: (``cancelnote.client.verifier``'s, not imported: the CLI loads it only when it runs).
+HEADS_MS = 100
+CANCEL_HEADS = 10
 #: Seconds to wait for the operator's answers (the subscription, a place, a catch-up).
 TIMEOUT_S = 10.0
 
@@ -42,6 +51,16 @@ EPILOG = (
 OUTCOME_COLUMNS = [
     "action", "order", "outcome", "owed_wei", "paid_wei", "bond_wei", "withdrawn_wei", "detail"
 ]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def _x18(text: str) -> int:
@@ -56,15 +75,25 @@ def _x18(text: str) -> int:
 
 
 class _Context:
-    def __init__(self, args: argparse.Namespace, *, chain: bool = False) -> None:
+    """The store (for ``identity``'s court and operator when it is new and no --court is
+    given), its verifier and heads checks, and the court when a command names it."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        *,
+        chain: bool = False,
+        identity: tuple[Any, bytes] | None = None,
+    ) -> None:
         import attrs
 
         from cancelnote.client.evidence import EvidenceStore
+        from cancelnote.client.heads import HeadsVerifier
         from cancelnote.client.verifier import Verifier, VerifierPolicy
 
         self.args = args
         self.court: Any = None
-        domain = operator = None
+        domain, operator = (None, None) if identity is None else identity
         if getattr(args, "rpc", None) or chain:
             from cancelnote.dispute.court import Court
             from cancelnote.dispute.jsonrpc import JsonRpcChain
@@ -77,7 +106,10 @@ class _Context:
         policy = VerifierPolicy() if deadline_s is None else VerifierPolicy(int(deadline_s * 1000))
         if self.court is not None:  # notes are judged by this court's pending bound
             policy = attrs.evolve(policy, court_max_pending_ms=self.court.max_pending_ms())
+        if getattr(args, "heads_ms", None) is not None:  # the operator's head interval
+            policy = attrs.evolve(policy, heads_ms=args.heads_ms, cancel_heads=args.cancel_heads)
         self.verifier = Verifier(self.store, policy)
+        self.heads = HeadsVerifier(self.verifier)
 
     def signer(self) -> Any:
         return _load_signer(self.args)
@@ -87,9 +119,20 @@ class _Context:
 
         url = need(self.args, "url", " (this command needs the operator)")
         address = getattr(self.args, "address", None)
+        heads = None if self.args.no_heads else self.heads
+        subaccount = self.args.subaccount
         if self.args.key is None and address is not None:
-            return Session(url, None, self.verifier, subaccount=self.args.subaccount, owner=address)
-        return Session(url, self.signer(), self.verifier, subaccount=self.args.subaccount)
+            return Session(
+                url, None, self.verifier, subaccount=subaccount, owner=address, heads=heads
+            )
+        return Session(url, self.signer(), self.verifier, subaccount=subaccount, heads=heads)
+
+    def follower(self) -> Any:
+        """A follower of the operator's heads alone (no key, no subscription of orders)."""
+        from cancelnote.client.heads import HeadsFollower
+
+        url = need(self.args, "url", " (this command needs the operator)")
+        return HeadsFollower(url, self.heads, _now_ms)
 
 
 def _load_signer(args: argparse.Namespace) -> Any:
@@ -381,36 +424,123 @@ def _evidence_findings(args: argparse.Namespace) -> int:
 def _evidence_export(args: argparse.Namespace) -> int:
     ctx = _Context(args)
     _catch_up(ctx)
-    bundle = ctx.store.export_bundle(args.order, args.since_ms, args.until_ms)
+    _write_bundle(args, ctx.store.export_bundle(args.order, args.since_ms, args.until_ms))
+    return OK
+
+
+def _write_bundle(args: argparse.Namespace, bundle: dict[str, Any]) -> None:
     text = json.dumps(bundle, indent=2)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as file:
             file.write(text + "\n")
     else:
         print(text)
-    return OK
 
 
-def _evidence_import(args: argparse.Namespace) -> int:
-    from cancelnote.client.evidence import EvidenceError, EvidenceStore, parse_bundle
-    from cancelnote.client.verifier import Verifier
+def _read_bundle(args: argparse.Namespace) -> Any:
+    """The bundle in ``args.file``, every signature checked (refused whole if one fails)."""
+    from cancelnote.client.evidence import EvidenceError, parse_bundle
     from cancelnote.dispute.jsonrpc import parse_json
 
     with open(args.file, "rb") as file:
         try:
-            bundle = parse_bundle(parse_json(file.read()))
+            return parse_bundle(parse_json(file.read()))
         except (EvidenceError, ValueError) as exc:
             raise CommandError(REFUSED, f"bundle refused: {exc}") from None
-    store = EvidenceStore.open(args.db, bundle.domain, bundle.operator)
-    found = Verifier(store).import_bundle(bundle, _now_ms())
+
+
+def _evidence_import(args: argparse.Namespace) -> int:
+    bundle = _read_bundle(args)
+    ctx = _Context(args, identity=(bundle.domain, bundle.operator))
+    now_ms = _now_ms()
+    found = ctx.verifier.import_bundle(bundle, now_ms)
+    found += ctx.heads.import_heads(bundle.heads, now_ms)
     print(
         f"imported {len(bundle.orders)} orders, {len(bundle.fills)} fills,"
-        f" {len(bundle.notes)} notes; {len(found)} new findings",
+        f" {len(bundle.notes)} notes, {len(bundle.heads)} heads; {len(found)} new findings",
         file=sys.stderr,
     )
+    _emit_new_findings(args, found)
+    return DISPUTE if found else OK
+
+
+def _emit_new_findings(args: argparse.Namespace, found: list[Any]) -> None:
     rows = [{"kind": f.kind, "order": "0x" + f.digest.hex(), "detail": f.detail} for f in found]
     _emit(args, rows, ["kind", "order", "detail"])
-    return DISPUTE if found else OK
+
+
+def _follow_heads(ctx: _Context, count: int) -> list[Any]:
+    """With ``--url``, follow the operator's heads until ``count`` were handled (each kept,
+    its consistency with the heads held asked, the store's messages proven in it); the
+    findings they showed."""
+    import trio
+
+    if not ctx.args.url:
+        return []
+    follower = ctx.follower()
+    timeout_s = ctx.args.timeout_s
+
+    async def follow() -> bool:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follower.run)
+            with trio.move_on_after(timeout_s) as waiting:
+                await follower.wait_seen(count)
+            nursery.cancel_scope.cancel()
+        return not waiting.cancelled_caught
+
+    if not trio.run(follow):
+        raise CommandError(
+            UNREACHABLE, f"no head from the operator at {follower.url} within {timeout_s:g} s"
+        )
+    return follower.findings
+
+
+def _heads_show(args: argparse.Namespace) -> int:
+    ctx = _Context(args)
+    _follow_heads(ctx, 1)
+    store = ctx.store
+    kept = store.heads()
+    messages = [f.fill.seq for f in store.fills()] + [n.note.seq for n in store.notes()]
+    proven = sum(store.leaf(seq) is not None for seq in messages)
+    print(
+        f"{len(kept)} heads kept; {proven} of {len(messages)} fills and notes proven in the log",
+        file=sys.stderr,
+    )
+    rows = [
+        {
+            "size": h.head.size,
+            "timestamp_ms": h.head.timestamp_ms,
+            "root": "0x" + h.head.root.hex(),
+            "source": h.source,
+            "received_at_ms": h.received_at_ms,
+        }
+        for h in reversed(kept[-args.last :] if args.last > 0 else [])
+    ]
+    _emit(args, rows, ["size", "timestamp_ms", "root", "source", "received_at_ms"])
+    return _findings_exit(ctx)
+
+
+def _heads_export(args: argparse.Namespace) -> int:
+    ctx = _Context(args)
+    _follow_heads(ctx, 1)
+    _write_bundle(args, ctx.store.export_heads(args.last))
+    return OK
+
+
+def _heads_import(args: argparse.Namespace) -> int:
+    """A peer's heads: kept, checked against ours (one size, two roots: a fork), and with
+    ``--url`` against the operator's own consistency proofs (which show any other fork)."""
+    from cancelnote.client.verifier import DISPUTABLE
+
+    bundle = _read_bundle(args)
+    ctx = _Context(args, identity=(bundle.domain, bundle.operator))
+    if (bundle.domain, bundle.operator) != (ctx.store.domain, ctx.store.operator):
+        raise CommandError(USAGE, f"{args.file} is for another court or operator than {args.db}")
+    found = ctx.heads.import_heads(bundle.heads, _now_ms())
+    found += _follow_heads(ctx, 1)
+    print(f"imported {len(bundle.heads)} heads; {len(found)} new findings", file=sys.stderr)
+    _emit_new_findings(args, found)
+    return DISPUTE if any(f.kind in DISPUTABLE for f in found) else OK
 
 
 def _now_ms() -> int:
@@ -557,6 +687,21 @@ def _operator_flags(parser: argparse.ArgumentParser) -> None:
         default=TIMEOUT_S,
         help="how long to wait for the operator's answers (default %(default)s)",
     )
+    heads = parser.add_argument_group("the operator's journal heads")
+    heads.add_argument(
+        "--heads-ms",
+        type=_positive_int,
+        default=HEADS_MS,
+        help="the operator's head interval H, its --heads-ms (default %(default)s)",
+    )
+    heads.add_argument(
+        "--cancel-heads",
+        type=_positive_int,
+        default=CANCEL_HEADS,
+        help="a cancel not in the log this many head intervals after it was sent is forced"
+        " on-chain (default %(default)s)",
+    )
+    heads.add_argument("--no-heads", action="store_true", help="do not follow the operator's heads")
 
 
 def _key_flags(parser: argparse.ArgumentParser, *, address: bool = False) -> None:
@@ -711,6 +856,41 @@ def add_client_commands(
         [STORE],
     )
     bundle.add_argument("file", help="the bundle (evidence export)")
+
+    heads = sub.add_parser(
+        "heads",
+        help="the operator's signed journal heads: show, export, import (gossip)",
+        description="the operator's signed journal heads: show, export, import (gossip)",
+        epilog=EPILOG,
+    )
+    heads_sub = heads.add_subparsers(dest="heads_command", required=True, metavar="COMMAND")
+    show = command(
+        heads_sub,
+        "show",
+        "the latest heads kept, and how many fills and notes the log proves (with --url:"
+        " the operator's next head first)",
+        _heads_show,
+        [STORE, OPERATOR],
+    )
+    export_heads = command(
+        heads_sub,
+        "export",
+        "write the heads kept to a file, for a peer or a watchtower to import",
+        _heads_export,
+        [STORE, OPERATOR],
+    )
+    show.add_argument("--last", type=int, default=10, help="the last N heads by size")
+    export_heads.add_argument("--last", type=int, help="only the last N heads by size (all)")
+    export_heads.add_argument("--out", help="write the heads here (default stdout)")
+    import_heads = command(
+        heads_sub,
+        "import",
+        "check a peer's or a watchtower's heads against ours (with --url: and against the"
+        " operator's consistency proofs); a split view is a finding dispute proves",
+        _heads_import,
+        [STORE, OPERATOR],
+    )
+    import_heads.add_argument("file", help="the heads (heads export) or any evidence bundle")
 
     for name, helptext, handler in (
         ("dispute", "one watchtower round: prove findings, force unanswered cancels", _dispute),

@@ -516,11 +516,14 @@ class EvidenceStore:
 
     def add_head(self, signed: SignedHead, received_at_ms: int, source: str) -> bool:
         """Keep a signed head (its signature checked by the caller); false if this size and
-        root were kept before with a time no earlier (the later one is kept)."""
+        root were kept before with a time no earlier. The later one is kept, with when and
+        from whom it came: an idle operator's heads (one size, later times) are heads
+        received, not a stall."""
         head = signed.head
         return self._insert(
             "INSERT INTO heads VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (size, root) DO UPDATE"
-            " SET timestamp_ms = excluded.timestamp_ms, signature = excluded.signature"
+            " SET timestamp_ms = excluded.timestamp_ms, signature = excluded.signature,"
+            " received_at_ms = excluded.received_at_ms, source = excluded.source"
             " WHERE excluded.timestamp_ms > heads.timestamp_ms",
             (
                 head.size,
@@ -816,10 +819,7 @@ class EvidenceStore:
 
         cancels = [c for c in self.cancels() if cancel_wanted(c)]
         return {
-            "format": BUNDLE_FORMAT,
-            "domain": self.domain.to_wire(),
-            "operator": to_checksum(self.operator),
-            "court": to_checksum(self.domain.verifying_contract),
+            **self.export_heads(),
             "orders": [
                 {
                     "order": o.order.to_wire(),
@@ -839,7 +839,24 @@ class EvidenceStore:
             ],
             "fills": [{**f.to_wire(), "received_at_ms": f.received_at_ms} for f in fills],
             "notes": [{**n.to_wire(), "received_at_ms": n.received_at_ms} for n in notes],
-            "heads": [h.signed.to_wire() for h in self.heads()],
+        }
+
+    def export_heads(self, last: int | None = None) -> dict[str, Any]:
+        """A bundle of the heads kept (the ``last`` ones by size, or all) and nothing else:
+        what a client gossips to peers and watchtowers, who find a split view in it."""
+        heads = self.heads()
+        if last is not None:
+            heads = heads[-last:] if last > 0 else []
+        return {
+            "format": BUNDLE_FORMAT,
+            "domain": self.domain.to_wire(),
+            "operator": to_checksum(self.operator),
+            "court": to_checksum(self.domain.verifying_contract),
+            "orders": [],
+            "cancels": [],
+            "fills": [],
+            "notes": [],
+            "heads": [h.signed.to_wire() for h in heads],
         }
 
 

@@ -231,7 +231,10 @@ class HeadsVerifier:
         """The operator's answer to one of :meth:`queries` (its whole reply envelope)."""
         found: list[Finding | None] = []
         with self.store.transaction():
-            if answer.get("status") != "success":
+            if isinstance(query, Locate) and answer.get("error_code") == "NOT_FOUND":
+                pass  # not logged yet (sent after the head was signed): asked again next head;
+                # a cancel never logged is UNLOGGED_CANCEL once its heads have passed
+            elif answer.get("status") != "success":
                 found.append(self._unproven_finding(query, answer, now_ms))
             elif isinstance(query, Locate):
                 self._take_locate(query, answer["data"], now_ms, found)
@@ -597,6 +600,12 @@ class HeadsFollower:
         self.seen = 0  # heads handled
         self.findings: list[Finding] = []
         self._previous: SignedHead | None = None
+        self._progress = trio.Event()  # set (and replaced) at each head handled
+
+    async def wait_seen(self, count: int) -> None:
+        """Wait until ``count`` heads have been handled since this follower started."""
+        while self.seen < count:
+            await self._progress.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Stay connected and subscribed until cancelled; reconnect after any drop."""
@@ -661,3 +670,5 @@ class HeadsFollower:
                 self.findings += self.heads.take(signed, query, await ask(query), self.clock())
         self.findings += self.heads.check_alarms(self.clock())
         self.seen += 1
+        self._progress.set()
+        self._progress = trio.Event()

@@ -12,6 +12,12 @@ Rules of the session (docs/protocol.md §11, §15):
   ``after_seq`` = the highest seq of its own stream it stored; the operator replays
   everything later, and the store's idempotent inserts absorb anything seen twice.
 
+* **The operator's log.** Given a :class:`~.heads.HeadsVerifier`, the session follows the
+  operator's journal heads too (a :class:`~.heads.HeadsFollower` on its own connection):
+  every fill and note it keeps is proven in the log, every cancel it sends must appear
+  there within ``cancel_heads`` head intervals (else ``UNLOGGED_CANCEL``, the first alarm),
+  and the heads are kept as evidence (protocol §21.6).
+
 * **The operator's domain first.** The subscription's answer names the operator's EIP-712
   domain (chain id, court) and key; the session checks them against its store's before it
   lets anything be signed, and stops with :class:`OperatorMismatch` if they differ (a
@@ -63,6 +69,7 @@ from cancelnote.messages import (
     make_sender,
 )
 
+from .heads import HeadsFollower, HeadsVerifier
 from .verifier import Received, Verifier
 
 LOGGER = logging.getLogger("cancelnote.client.session")
@@ -114,6 +121,8 @@ class Session:
         subaccount: the sender's subaccount name.
         clock: unix ms (nonces, expirations, receive times).
         owner: the owner's address when there is no ``signer``.
+        heads: the journal-heads checks of the verifier's store, to follow the operator's
+            heads as well (:attr:`follower`); ``None`` to follow none.
     """
 
     def __init__(
@@ -125,6 +134,7 @@ class Session:
         subaccount: str = "default",
         clock: Callable[[], int] = wall_clock_ms,
         owner: bytes | None = None,
+        heads: HeadsVerifier | None = None,
     ) -> None:
         self.url = url
         self.signer = signer
@@ -146,11 +156,21 @@ class Session:
         self._replay_expected: int | None = None  # stream items the subscription replays
         self._stream_seen = 0  # stream items handled since the subscription was sent
         self.reconnects = 0
+        self.follower = None if heads is None else HeadsFollower(url, heads, clock)
 
     # --- running --------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Stay connected and subscribed until cancelled, reconnecting after any drop."""
+        """Stay connected and subscribed until cancelled, reconnecting after any drop; with
+        a :attr:`follower`, follow the operator's heads too (it connects on its own)."""
+        if self.follower is None:
+            await self._run(task_status)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.follower.run)
+            await self._run(task_status)
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         started = False
         while True:
             try:

@@ -153,6 +153,7 @@ class CourtView:
         account: the watchtower's address (it may force only its own orders).
         claims: the claim of each ``claimed`` finding, by (digest, offence).
         penalty: the court's penalty (what one claim is owed in full).
+        fork_proven: whether the HeadsCourt holds a fork proven (it takes one per court).
     """
 
     chain_time_s: int
@@ -161,6 +162,7 @@ class CourtView:
     account: bytes
     claims: Mapping[tuple[bytes, Offence], ClaimView] = attrs.Factory(dict)
     penalty: int = 0
+    fork_proven: bool = False
 
 
 def _signed_fill(wire: Mapping[str, Any]) -> tuple[Fill, bytes]:
@@ -298,6 +300,10 @@ def plan(findings: Iterable[Finding], view: CourtView, noted: frozenset[bytes]) 
         noted: orders that have a note in the store by now.
     """
     actions: list[Action] = []
+    # The court pays an offence once per order (a fork once per court): a finding whose
+    # offence is claimed already is closed, one proven this round waits for the next.
+    proving: set[tuple[bytes, Offence]] = set()
+    fork_proving = False
     for finding in findings:
         if finding.kind not in DISPUTABLE or finding.id is None:
             continue
@@ -313,9 +319,17 @@ def plan(findings: Iterable[Finding], view: CourtView, noted: frozenset[bytes]) 
                 actions.append(Claim(finding.id, finding.digest, _order_of(finding), key[1]))
             continue
         if finding.kind not in FORCING:
-            if finding.status == "open" and finding.offence is not None:
-                actions.append(proof_of(finding))  # (a fork with no order of ours to name:
-            continue  # recorded only, there is no one to file the claim for)
+            if finding.status != "open" or finding.offence is None:
+                continue  # (a fork with no order of ours to name: recorded only)
+            key = (finding.digest, finding.offence)
+            fork = finding.kind == Kind.INCONSISTENT_HEADS
+            if key in view.claims or (fork and view.fork_proven):
+                actions.append(Resolve(finding.id, "resolved"))  # by another finding, or party
+            elif key not in proving and not (fork and fork_proving):
+                proving.add(key)
+                fork_proving |= fork
+                actions.append(proof_of(finding))
+            continue
         status = view.cancels.get(finding.digest)
         state = CancelState.NONE if status is None else status.state
         if state is CancelState.ANSWERED:
@@ -399,6 +413,10 @@ class Watchtower:
             account=self.signer.address,
             claims={key: self._claim_view(*key) for key in claims},
             penalty=self._penalty() if claims else 0,
+            fork_proven=any(
+                f.kind == Kind.INCONSISTENT_HEADS and f.status == "open" for f in findings
+            )
+            and self.court.heads.fork_proven(),
         )
         noted = frozenset(d for d in digests if self.store.notes(d))
         outcomes = [self._execute(action, now_ms) for action in plan(findings, view, noted)]
