@@ -48,10 +48,11 @@ def _operator(tmp_path: Path, name: str, key: Path, rpc: str, court: Court, *ext
 
 
 @pytest.fixture
-def split(tmp_path: Path) -> Iterator[dict[str, object]]:
+def split(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, object]]:
     """A served chain and court, and two operator processes signing with the court's one
-    operator key over two journals: ``honest`` (bonded, watching the court) and ``other``.
-    Whoever talks to each sees a well-formed log; the two logs are not one."""
+    operator key over two journals: ``honest`` (bonded, watching the court; its policy
+    ``request.param``, honest by default) and ``other``. Whoever talks to each sees a
+    well-formed log; the two logs are not one."""
     chain_process, line = _start(["chain", "serve", "--port", "0"], "Listening on")
     processes = [chain_process]
     try:
@@ -64,7 +65,11 @@ def split(tmp_path: Path) -> Iterator[dict[str, object]]:
             keys[name] = tmp_path / f"{name}.json"
             keystore.import_key(keys[name], dev_account(index).secret, PASSWORD, iterations=2)
         urls = {}
-        roles = {"honest": ("--post-bond", str(5 * 10**18)), "other": ("--no-watch",)}
+        policy = getattr(request, "param", "honest")
+        roles = {
+            "honest": ("--post-bond", str(5 * 10**18), "--policy", policy),
+            "other": ("--no-watch",),
+        }
         for name, extra in roles.items():
             process, line = _operator(tmp_path, name, keys["operator"], rpc, court, *extra)
             processes.append(process)
@@ -155,3 +160,21 @@ def test_a_split_view_is_found_by_importing_a_peers_heads_and_halts_the_operator
     assert court.heads.fork_proven() and court.halted()
     (claimed,) = [f for f in _findings(split["dir"] / "alice.sqlite") if f.status == "claimed"]
     assert claimed.kind == "INCONSISTENT_HEADS" and claimed.offence is Offence.INCONSISTENT_HEADS
+
+
+@pytest.mark.parametrize("split", ["ignore:1"], indirect=True)
+def test_a_cancel_not_in_the_log_within_its_heads_is_the_first_alarm_and_forced(split):
+    url, alice = split["urls"]["honest"], ("--key", str(split["keys"]["alice"]))
+    done = heads_run(split, "alice", url, "place", "sell", *ORDER, "1", *alice)
+    (placed,) = json.loads(done.stdout)
+    # The operator drops the cancel: no leaf, no note. 10 heads of 50 ms go by first.
+    done = heads_run(split, "alice", url, "cancel", placed["order"], "--deadline-s", "2", *alice)
+    assert done.returncode == exits.DISPUTE, done.stderr
+    store = EvidenceStore.open(split["dir"] / "alice.sqlite")
+    (cancel,) = store.cancels()
+    (alarm,) = [f for f in store.findings() if f.kind == "UNLOGGED_CANCEL"]
+    assert CANCEL_HEADS * int(H_MS) <= alarm.found_at_ms - cancel.sent_at_ms < 2_000
+    assert [f.kind for f in store.findings()] == ["UNLOGGED_CANCEL"]  # before any deadline
+    done = heads_run(split, "alice", url, "watch", "--duration-s", "1", "--poll-s", "0.3", *alice)
+    outcomes = json.loads(done.stdout)
+    assert [o["outcome"] for o in outcomes if o["action"] == "ForceCancel"] == ["forced"]
