@@ -352,3 +352,30 @@ def test_bundle_from_one_store_wins_the_dispute_from_another_store(tmp_path):
     # the court pays the order's owner, never the submitter
     assert market.court.credits(alice.trader.signer.address) == OWNER_SHARE
     assert market.court.credits(market.chain.dev_accounts[5].address) == 0
+
+
+def test_two_alarms_on_one_cancel_force_it_finalize_it_and_claim_its_default_once():
+    from conftest import make_world
+
+    from cancelnote.client.evidence import Finding
+    from cancelnote.client.watchtower import CourtView, Finalize, ForceCancel, Resolve, plan
+    from cancelnote.dispute.court import CancelStatus
+
+    world = make_world()
+    order, signature = world.order(world.alice)
+    digest = order.digest(world.court.domain)
+    evidence = {"order": {"order": order.to_wire(), "signature": "0x" + signature.hex()}}
+    alarms = [  # the note's deadline missed, and the cancel's leaf missing from the log
+        Finding(kind, kind, digest, None, "", evidence, 0, id=n)
+        for n, kind in enumerate((Kind.UNLOGGED_CANCEL, Kind.UNANSWERED_CANCEL), 1)
+    ]
+
+    def actions(state: CancelState) -> list:
+        status = CancelStatus(state, 100, 200, 0)
+        view = CourtView(300, {digest: status}, 0, world.alice.address)
+        return plan(alarms, view, frozenset())
+
+    assert [type(a) for a in actions(CancelState.NONE)] == [ForceCancel]
+    assert [type(a) for a in actions(CancelState.REQUESTED)] == [Finalize]
+    resolved = actions(CancelState.DEFAULTED)
+    assert [(type(a), a.status) for a in resolved] == [(Resolve, "claimed"), (Resolve, "resolved")]

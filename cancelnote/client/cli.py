@@ -181,7 +181,8 @@ def _finding_rows(ctx: _Context) -> list[dict[str, Any]]:
 
 
 async def _with_session(ctx: _Context, work: Any, linger_s: float) -> Any:
-    """Connect, catch up, run ``work(session)``, keep receiving for ``linger_s``, disconnect.
+    """Connect, catch up, run ``work(session)``, keep receiving for ``linger_s``, let the
+    operator's next heads prove what arrived (:func:`_proven`), disconnect.
 
     Every wait is bounded: connecting and catching up by ``--timeout-s``; ``work`` bounds
     its own requests. Failures are raised after the nursery has closed, so that they reach
@@ -207,6 +208,7 @@ async def _with_session(ctx: _Context, work: Any, linger_s: float) -> Any:
             try:
                 result = await work(session)
                 await trio.sleep(linger_s)
+                await _proven(session, ctx.verifier.policy.heads_ms)
             except OperatorRejected as exc:
                 failure = CommandError(REFUSED, f"the operator refused: {exc}")
             except ConnectionLost as exc:
@@ -217,6 +219,24 @@ async def _with_session(ctx: _Context, work: Any, linger_s: float) -> Any:
     if failure is not None:
         raise failure
     return result
+
+
+#: Heads a command waits for at its end, so that the log proves what it received: the
+#: first may have been signed before the last message was; the second was not.
+HEADS_TO_PROVE = 2
+
+
+async def _proven(session: Any, heads_ms: int) -> None:
+    """Wait for :data:`HEADS_TO_PROVE` more heads of the session's follower (each proves
+    the store's new fills and notes, locates its cancels, checks the alarms), a few head
+    intervals at most: a late head is the follower's own finding (``HEADS_STALLED``)."""
+    import trio
+
+    follower = session.follower
+    if follower is None:
+        return
+    with trio.move_on_after(max(1.0, 10 * heads_ms / 1000)):
+        await follower.wait_seen(follower.seen + HEADS_TO_PROVE)
 
 
 def _catch_up(ctx: _Context) -> None:
@@ -497,7 +517,7 @@ def _follow_heads(ctx: _Context, count: int) -> list[Any]:
 
 def _heads_show(args: argparse.Namespace) -> int:
     ctx = _Context(args)
-    _follow_heads(ctx, 1)
+    _follow_heads(ctx, HEADS_TO_PROVE)
     store = ctx.store
     kept = store.heads()
     messages = [f.fill.seq for f in store.fills()] + [n.note.seq for n in store.notes()]
@@ -522,7 +542,7 @@ def _heads_show(args: argparse.Namespace) -> int:
 
 def _heads_export(args: argparse.Namespace) -> int:
     ctx = _Context(args)
-    _follow_heads(ctx, 1)
+    _follow_heads(ctx, HEADS_TO_PROVE)
     _write_bundle(args, ctx.store.export_heads(args.last))
     return OK
 
@@ -537,7 +557,7 @@ def _heads_import(args: argparse.Namespace) -> int:
     if (bundle.domain, bundle.operator) != (ctx.store.domain, ctx.store.operator):
         raise CommandError(USAGE, f"{args.file} is for another court or operator than {args.db}")
     found = ctx.heads.import_heads(bundle.heads, _now_ms())
-    found += _follow_heads(ctx, 1)
+    found += _follow_heads(ctx, HEADS_TO_PROVE)
     print(f"imported {len(bundle.heads)} heads; {len(found)} new findings", file=sys.stderr)
     _emit_new_findings(args, found)
     return DISPUTE if any(f.kind in DISPUTABLE for f in found) else OK

@@ -113,10 +113,11 @@ class Claim:
 
 @attrs.frozen
 class Resolve:
-    """Close a finding without a court call (``status``: why)."""
+    """Close a finding (about order ``digest``) without a court call (``status``: why)."""
 
     finding_id: int
     status: str
+    digest: bytes
 
 
 @attrs.frozen
@@ -302,8 +303,12 @@ def plan(findings: Iterable[Finding], view: CourtView, noted: frozenset[bytes]) 
     actions: list[Action] = []
     # The court pays an offence once per order (a fork once per court): a finding whose
     # offence is claimed already is closed, one proven this round waits for the next.
+    # Likewise a cancel is forced, finalized and its default claimed once per order,
+    # whichever findings (a missed deadline, a missing leaf) ask for it.
     proving: set[tuple[bytes, Offence]] = set()
     fork_proving = False
+    forcing: set[bytes] = set()
+    defaulted: set[bytes] = set()
     for finding in findings:
         if finding.kind not in DISPUTABLE or finding.id is None:
             continue
@@ -323,8 +328,8 @@ def plan(findings: Iterable[Finding], view: CourtView, noted: frozenset[bytes]) 
                 continue  # (a fork with no order of ours to name: recorded only)
             key = (finding.digest, finding.offence)
             fork = finding.kind == Kind.INCONSISTENT_HEADS
-            if key in view.claims or (fork and view.fork_proven):
-                actions.append(Resolve(finding.id, "resolved"))  # by another finding, or party
+            if key in view.claims or (fork and view.fork_proven):  # by another finding, or party
+                actions.append(Resolve(finding.id, "resolved", finding.digest))
             elif key not in proving and not (fork and fork_proving):
                 proving.add(key)
                 fork_proving |= fork
@@ -333,20 +338,29 @@ def plan(findings: Iterable[Finding], view: CourtView, noted: frozenset[bytes]) 
         status = view.cancels.get(finding.digest)
         state = CancelState.NONE if status is None else status.state
         if state is CancelState.ANSWERED:
-            actions.append(Resolve(finding.id, "answered"))
+            actions.append(Resolve(finding.id, "answered", finding.digest))
         elif state is CancelState.DEFAULTED:
-            actions.append(Resolve(finding.id, "claimed"))
+            claimed = (finding.digest, Offence.DEFAULT) in view.claims
+            if claimed or finding.digest in defaulted:  # claimed for another finding
+                actions.append(Resolve(finding.id, "resolved", finding.digest))
+            else:
+                defaulted.add(finding.digest)
+                actions.append(Resolve(finding.id, "claimed", finding.digest))
+        elif finding.digest in forcing:
+            continue
         elif state is CancelState.REQUESTED:
             assert status is not None
             if view.chain_time_s >= status.deadline:
+                forcing.add(finding.digest)
                 actions.append(Finalize(finding.id, finding.digest, _order_of(finding)))
         elif finding.status == "open":
             if finding.digest in noted:
-                actions.append(Resolve(finding.id, "resolved"))
+                actions.append(Resolve(finding.id, "resolved", finding.digest))
                 continue
             order = _order_of(finding)
             if order.sender[:20] != view.account:
                 continue  # only the owner (or its signed cancel, relayed) may force
+            forcing.add(finding.digest)
             actions.append(ForceCancel(finding.id, finding.digest, order))
     if view.credits:
         actions.append(Withdraw(view.credits))
