@@ -96,15 +96,14 @@ async def _traders(nursery, exchange: Exchange, tmp_path: Path) -> Traders:
     world = exchange.world
     verifier, heads, tower = exchange.client(tmp_path, "alice", world.alice)
     bob_verifier, _, _ = exchange.client(tmp_path, "bob", world.bob)
+    alice = Session(exchange.url, world.alice, verifier, heads=heads)  # follows the heads too
+    assert alice.follower is not None
     traders = Traders(
-        Session(exchange.url, world.alice, verifier),
-        Session(exchange.url, world.bob, bob_verifier),
-        HeadsFollower(exchange.url, heads, wall_clock_ms),
-        verifier,
-        tower,
+        alice, Session(exchange.url, world.bob, bob_verifier), alice.follower, verifier, tower
     )
-    for task in (traders.alice.run, traders.bob.run, traders.follower.run):
+    for task in (traders.alice.run, traders.bob.run):
         await nursery.start(task)
+    await _heads(alice.follower, 1)
     return traders
 
 

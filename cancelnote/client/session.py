@@ -16,7 +16,7 @@ Rules of the session (docs/protocol.md §11, §15):
   operator's journal heads too (a :class:`~.heads.HeadsFollower` on its own connection):
   every fill and note it keeps is proven in the log, every cancel it sends must appear
   there within ``cancel_heads`` head intervals (else ``UNLOGGED_CANCEL``, the first alarm),
-  and the heads are kept as evidence (protocol §21.6).
+  and the heads are kept as evidence (protocol §21.5).
 
 * **The operator's domain first.** The subscription's answer names the operator's EIP-712
   domain (chain id, court) and key; the session checks them against its store's before it
