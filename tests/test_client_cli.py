@@ -8,6 +8,7 @@ import pytest
 
 from cancelnote import keystore
 from cancelnote.cli import main
+from cancelnote.client.evidence import EvidenceStore
 from cancelnote.client.testing import Market
 from cancelnote.exits import DISPUTE as EXIT_FINDINGS
 from cancelnote.exits import OK as EXIT_OK
@@ -84,3 +85,61 @@ def test_an_unreachable_operator_exits_4(cheated, tmp_path, monkeypatch, capsys)
     argv = [*args, "--db", str(db), "--key", str(key), "--url", url, "--timeout-s", "0.3"]
     assert main(argv) == EXIT_UNREACHABLE
     assert "did not answer within 0.3 s" in capsys.readouterr().err
+
+
+def _heads_file(tmp_path, store, signer, root: bytes) -> str:
+    """A heads file (as ``heads export`` writes) with one head of 5 leaves, signed by
+    ``signer`` in the store's domain."""
+    from cancelnote.messages import JournalHead
+    from cancelnote.transparency import SignedHead
+
+    head = JournalHead(5, root, 1_000)
+    bundle = store.export_heads()
+    bundle["heads"] = [SignedHead(head, head.sign(signer, store.domain)).to_wire()]
+    path = tmp_path / f"heads-{root.hex()[:8]}-{signer.address.hex()[:8]}.json"
+    path.write_text(json.dumps(bundle))
+    return str(path)
+
+
+def test_a_peers_head_of_our_size_with_another_root_is_a_split_view_and_forged_ones_refused(
+    tmp_path, capsys
+):
+    from cancelnote.client.heads import HeadsVerifier
+    from cancelnote.crypto import keccak
+    from cancelnote.messages import JournalHead
+    from cancelnote.transparency import SignedHead
+
+    market = Market.open(tmp_path)
+    alice, bob = market.desk(2), market.desk(3)
+    market.place(alice, 1, PRICE, -SIZE)
+    ours = JournalHead(5, keccak(b"our view"), 1_000)
+    signed = SignedHead(ours, ours.sign(market.operator, market.court.domain))
+    assert HeadsVerifier(alice.verifier).receive_head(signed, 1_000) == []
+    db = str(tmp_path / "evidence-2-default.sqlite")
+    forged = _heads_file(tmp_path, alice.store, bob.trader.signer, keccak(b"their view"))
+    alice.store.close()
+    assert main(["client", "heads", "import", forged, "--db", db]) == EXIT_REJECTED
+    assert capsys.readouterr().err.startswith("cancelnote client heads import: bundle refused:")
+    assert main(["client", "evidence", "findings", "--db", db]) == EXIT_OK  # nothing kept
+    capsys.readouterr()
+    reopened = EvidenceStore.open(db)
+    split = _heads_file(tmp_path, reopened, market.operator, keccak(b"their view"))
+    reopened.close()
+    assert main(["client", "heads", "import", split, "--db", db, "--json"]) == EXIT_FINDINGS
+    (found,) = json.loads(capsys.readouterr().out)
+    assert found["kind"] == "INCONSISTENT_HEADS"
+    assert main(["client", "heads", "show", "--db", db, "--json"]) == EXIT_FINDINGS
+    assert {row["source"] for row in json.loads(capsys.readouterr().out)} == {
+        "operator",
+        "bundle",
+    }
+
+
+def test_heads_from_an_unreachable_operator_exit_4_in_one_line(cheated, capsys):
+    db, _ = cheated
+    argv = ["client", "heads", "show", "--db", str(db), "--url", "ws://127.0.0.1:1/"]
+    assert main([*argv, "--timeout-s", "0.3"]) == EXIT_UNREACHABLE
+    assert capsys.readouterr().err == (
+        "cancelnote client heads show: no head from the operator at ws://127.0.0.1:1/"
+        " within 0.3 s\n"
+    )
