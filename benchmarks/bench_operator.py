@@ -37,11 +37,14 @@ Two measurements, in one run so that machine noise hits baseline and subject ali
   and ``server_cpu_ratio`` their quotient; ``e2e_*_cores`` say how the machine's cores
   were shared. ``--server-path`` runs it again with every cancel answered by a canned
   reply (no entry, no note), to measure the server around the engine.
-* **heads** (:func:`heads_cost`): the same end-to-end run with journal heads every
+* **heads** (:func:`paired_cost`): the same end-to-end run with journal heads every
   ``--heads-ms`` (100) and every client subscribed to them, against the same run without
   heads, alternated ``--heads-runs`` times in this run: ``heads_cost_ratio`` is
   ``server_cpu_us_per_cancel`` with heads over without (the leaves and tree nodes of every
   entry, committed with it, and a head signed, committed and pushed every H ms).
+* **metrics** (``--metrics-runs N``, none by default): the same alternation with the
+  server's Prometheus metrics on (:class:`~cancelnote.operator.metrics.Metrics`, its
+  endpoint served and scraped every second) and off: ``metrics_cost_ratio``.
 
     python benchmarks/bench_operator.py --out results/operator.json [--server-path]
 """
@@ -61,6 +64,7 @@ import resource
 import statistics
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -83,6 +87,7 @@ from cancelnote.operator.frames import FrameParser
 from cancelnote.operator.heads import HEADS_MS, HeadLog
 from cancelnote.operator.journal import Journal
 from cancelnote.operator.limits import ServerConfig
+from cancelnote.operator.metrics import Metrics
 from cancelnote.operator.server import OperatorServer
 from cancelnote.operator.testing import Trader
 
@@ -126,6 +131,9 @@ DEFINITIONS = {
     " subscribed to them) over without, the e2e workload, runs alternated in one run",
     "heads_server_cpu_us_per_cancel": "(and no_heads_) the two sides of heads_cost_ratio,"
     " each the mean of its --heads-runs runs",
+    "metrics_cost_ratio": "(--metrics-runs) server_cpu_us_per_cancel with Prometheus metrics"
+    " on (endpoint served, scraped every second) over off, the e2e workload, alternated",
+    "metrics_server_cpu_us_per_cancel": "(and no_metrics_) the two sides of metrics_cost_ratio",
 }
 
 
@@ -227,10 +235,12 @@ def _serve(
     profile: bool,
     canned: bool,
     heads_ms: int,
+    metrics: bool,
 ) -> None:
     """The server process: an engine, a journal and the WebSocket server (with ``workers``
     verifier processes of its own, and journal heads every ``heads_ms`` unless 0), until
-    ``stop``; ``canned``: cancels answered by :class:`_CannedCancels`."""
+    ``stop``; ``canned``: cancels answered by :class:`_CannedCancels`; ``metrics``:
+    Prometheus metrics on, their endpoint scraped every second."""
 
     async def main() -> None:
         journal = Journal.open(db, DOMAIN, OPERATOR.address, durability)
@@ -240,14 +250,21 @@ def _serve(
             heads = HeadLog.open(journal, OPERATOR, DOMAIN, heads_ms)
             heads.finish()
         config = ServerConfig(execute_rate_per_address=UNLIMITED, verify_workers=workers)
-        server = OperatorServer(engine, journal, config=config, heads=heads)
+        server = OperatorServer(
+            engine, journal, config=config, heads=heads, metrics=Metrics() if metrics else None
+        )
         if canned:
             server.engine = _CannedCancels(engine)  # type: ignore[assignment]
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve, "127.0.0.1", 0)
+            if server.metrics is not None:
+                nursery.start_soon(_scrape, server.metrics.serve("127.0.0.1", 0))
             ports.put(port)
             await trio.to_thread.run_sync(stop.wait)
             await server.shutdown()
+            nursery.cancel_scope.cancel()
+        if server.metrics is not None:
+            server.metrics.close()
         if heads is not None:
             heads.close()
         journal.close()
@@ -256,6 +273,14 @@ def _serve(
         print("server profile:\n" + profiled(trio.run, main))
     else:
         trio.run(main)
+
+
+async def _scrape(port: int) -> None:
+    """What Prometheus does, every second (it usually waits 15 s or more)."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    while True:
+        await trio.sleep(1)
+        await trio.to_thread.run_sync(lambda: urllib.request.urlopen(url, timeout=5).read())
 
 
 class _Answer(msgspec.Struct):
@@ -514,6 +539,7 @@ def e2e(
     profile: bool = False,
     canned: bool = False,
     heads_ms: int = 0,
+    metrics: bool = False,
 ) -> dict[str, float]:
     """One end-to-end run against a fresh journal (``heads_ms``: journal heads every so
     many ms, every client subscribed to them; 0: no heads)."""
@@ -531,6 +557,7 @@ def e2e(
             profile,
             canned,
             heads_ms,
+            metrics,
         ),
     )
     server.start()
@@ -606,24 +633,24 @@ def e2e(
     return figures
 
 
-def heads_cost(
-    run_e2e: Callable[..., dict[str, float]], heads_ms: int, runs: int
+def paired_cost(
+    run_e2e: Callable[..., dict[str, float]], name: str, runs: int, **switched_on: Any
 ) -> dict[str, float]:
-    """``heads_cost_ratio``: ``server_cpu_us_per_cancel`` (the operator process and its
-    verifier workers, from ``/proc``) with heads every ``heads_ms`` over without, ``runs``
-    pairs alternated (without, with, without, ...) so that both see the same machine."""
+    """``{name}_cost_ratio``: ``server_cpu_us_per_cancel`` (the operator process and its
+    verifier workers, from ``/proc``) of the e2e run with ``switched_on`` over without,
+    ``runs`` pairs alternated (without, with, without, ...) so both see the same machine."""
     cpu: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(runs):
-        for with_heads in (False, True):
-            figures = run_e2e(heads_ms=heads_ms if with_heads else 0)
+        for on in (False, True):
+            figures = run_e2e(**(switched_on if on else {}))
             if "server_cpu_us_per_cancel" not in figures:
                 raise RuntimeError("the server's CPU could not be read from /proc")
-            cpu[with_heads].append(figures["server_cpu_us_per_cancel"])
+            cpu[on].append(figures["server_cpu_us_per_cancel"])
     without, with_ = statistics.fmean(cpu[False]), statistics.fmean(cpu[True])
     return {
-        "heads_cost_ratio": with_ / without,
-        "heads_server_cpu_us_per_cancel": with_,
-        "no_heads_server_cpu_us_per_cancel": without,
+        f"{name}_cost_ratio": with_ / without,
+        f"{name}_server_cpu_us_per_cancel": with_,
+        f"no_{name}_server_cpu_us_per_cancel": without,
     }
 
 
@@ -657,6 +684,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--heads-runs", type=int, default=2, help="alternated pairs of the heads workload"
+    )
+    parser.add_argument(
+        "--metrics-runs",
+        type=int,
+        default=0,
+        help="alternated pairs with Prometheus metrics on and off (metrics_cost_ratio)",
     )
     parser.add_argument(
         "--server-path",
@@ -719,7 +752,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures["crypto_floor_us_per_cancel"] = floor
         if "server_cpu_us_per_cancel" in figures:
             figures["server_cpu_ratio"] = figures["server_cpu_us_per_cancel"] / floor
-        figures.update(heads_cost(run_e2e, args.heads_ms, args.heads_runs))
+        figures.update(paired_cost(run_e2e, "heads", args.heads_runs, heads_ms=args.heads_ms))
+        if args.metrics_runs:
+            figures.update(paired_cost(run_e2e, "metrics", args.metrics_runs, metrics=True))
     met = {
         "engine_ratio": figures["engine_ratio"] >= TARGETS["engine_ratio"],
         "e2e_cancels_per_s": figures["e2e_cancels_per_s"] >= TARGETS["e2e_cancels_per_s"],
@@ -745,6 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "verify_workers": args.verify_workers,
             "heads_ms": args.heads_ms,
             "heads_runs": args.heads_runs,
+            "metrics_runs": args.metrics_runs,
         },
     }
     write_report(args.out, report)
