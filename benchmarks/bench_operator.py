@@ -32,7 +32,8 @@ Two measurements, in one run so that machine noise hits baseline and subject ali
   clock starts, answers are parsed with the operator's own frame parser (client side)
   and read for their ``id`` and ``status`` only, and every note's signature is checked
   after the clock stops. ``server_cpu_us_per_cancel`` is the operator's own CPU (its
-  process, all threads, and its workers, from ``/proc/PID/stat``) per cancel;
+  process, all threads, and its children, the verifier workers and the journal process,
+  from ``/proc/PID/stat``) per cancel;
   ``crypto_floor_us_per_cancel`` is one recovery and one signature on coincurve alone
   and ``server_cpu_ratio`` their quotient; ``e2e_*_cores`` say how the machine's cores
   were shared. ``--server-path`` runs it again with every cancel answered by a canned
@@ -61,7 +62,9 @@ import multiprocessing
 import os
 import pstats
 import resource
+import signal
 import statistics
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -115,9 +118,10 @@ DEFINITIONS = {
     "engine_cpu_us_per_note_1": "(and _10) process CPU time per note, engine and commit thread",
     "e2e_cancels_per_s": "single-digest cancel_orders answered per second over WebSocket",
     "server_cpu_us_per_cancel": "the operator's CPU per cancel, go to end: its process (all"
-    " threads) and its verifier worker processes (/proc/PID/stat)",
+    " threads) and its child processes: the verifier workers and the journal process"
+    " (/proc/PID/stat)",
     "e2e_server_cpu_us_per_cancel": "= server_cpu_us_per_cancel",
-    "e2e_server_main_cpu_us_per_cancel": "(and _workers_) the two parts of it",
+    "e2e_server_main_cpu_us_per_cancel": "(and _workers_: the child processes) the two parts",
     "crypto_floor_us_per_cancel": "one signature recovery + one signature, coincurve alone, CPU"
     " time, measured just before and just after the e2e run (their mean)",
     "server_cpu_ratio": "server_cpu_us_per_cancel / crypto_floor_us_per_cancel",
@@ -134,6 +138,11 @@ DEFINITIONS = {
     "metrics_cost_ratio": "(--metrics-runs) server_cpu_us_per_cancel with Prometheus metrics"
     " on (endpoint served, scraped every second) over off, the e2e workload, alternated",
     "metrics_server_cpu_us_per_cancel": "(and no_metrics_) the two sides of metrics_cost_ratio",
+    "thread_commit_cost_ratio": "(--thread-commit-runs) server_cpu_us_per_cancel with the"
+    " journal's commits in a thread of the operator (the design before the journal process)"
+    " over in the journal process, the e2e workload, alternated",
+    "thread_commit_e2e_cancels_per_s": "(and no_thread_commit_, and the same for heads and"
+    " metrics) the mean e2e_cancels_per_s of each side of a paired comparison",
 }
 
 
@@ -236,6 +245,7 @@ def _serve(
     canned: bool,
     heads_ms: int,
     metrics: bool,
+    journal_process: int,
 ) -> None:
     """The server process: an engine, a journal and the WebSocket server (with ``workers``
     verifier processes of its own, and journal heads every ``heads_ms`` unless 0), until
@@ -249,7 +259,11 @@ def _serve(
         if heads_ms:
             heads = HeadLog.open(journal, OPERATOR, DOMAIN, heads_ms)
             heads.finish()
-        config = ServerConfig(execute_rate_per_address=UNLIMITED, verify_workers=workers)
+        config = ServerConfig(
+            execute_rate_per_address=UNLIMITED,
+            verify_workers=workers,
+            journal_process=journal_process,
+        )
         server = OperatorServer(
             engine, journal, config=config, heads=heads, metrics=Metrics() if metrics else None
         )
@@ -540,6 +554,8 @@ def e2e(
     canned: bool = False,
     heads_ms: int = 0,
     metrics: bool = False,
+    spy: Path | None = None,
+    journal_process: int = 1,
 ) -> dict[str, float]:
     """One end-to-end run against a fresh journal (``heads_ms``: journal heads every so
     many ms, every client subscribed to them; 0: no heads)."""
@@ -558,6 +574,7 @@ def e2e(
             canned,
             heads_ms,
             metrics,
+            journal_process,
         ),
     )
     server.start()
@@ -580,6 +597,7 @@ def e2e(
         main_cpu = _process_cpu_seconds(server.pid)
         worker_cpu = [_process_cpu_seconds(pid) for pid in verifiers]
         machine_busy, wall = _machine_busy_seconds(), time.perf_counter()
+        sampler = _spy(server.pid, spy) if spy is not None else None
         go.set()
         reports, done = [], 0
         while done < len(client_processes):  # ("done", cpu): a process's last answer is in
@@ -589,6 +607,9 @@ def e2e(
             else:
                 reports.append(message)  # (a quick process's results, after its "done")
         machine_busy, wall = _machine_busy_seconds() - machine_busy, time.perf_counter() - wall
+        if sampler is not None:
+            sampler.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+            sampler.wait(timeout=60)
         if main_cpu is not None:
             main_cpu = _process_cpu_seconds(server.pid) - main_cpu
         spent_by_workers = [
@@ -615,7 +636,8 @@ def e2e(
         "e2e_mean_ms": 1000 * statistics.fmean(latencies),
         "e2e_cancels": cancels,
         "e2e_client_cpu_us_per_cancel": 1e6 * client_cpu / cancels,
-        "e2e_verify_workers": len(verifiers),
+        "e2e_verify_workers": workers,
+        "e2e_server_child_processes": len(verifiers),  # the verify workers, the journal's
         "e2e_client_cores": client_cpu / wall,
         "e2e_machine_busy_cores": machine_busy / wall,
     }
@@ -633,6 +655,12 @@ def e2e(
     return figures
 
 
+def _spy(pid: int, path: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the server's GIL holders (``--spy``): where its one core goes."""
+    command = ["py-spy", "record", "-p", str(pid), "--gil", "-r", "250", "-f", "raw", "-o"]
+    return subprocess.Popen([*command, str(path)], stdout=subprocess.DEVNULL)
+
+
 def paired_cost(
     run_e2e: Callable[..., dict[str, float]], name: str, runs: int, **switched_on: Any
 ) -> dict[str, float]:
@@ -640,17 +668,21 @@ def paired_cost(
     verifier workers, from ``/proc``) of the e2e run with ``switched_on`` over without,
     ``runs`` pairs alternated (without, with, without, ...) so both see the same machine."""
     cpu: dict[bool, list[float]] = {False: [], True: []}
+    rate: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(runs):
         for on in (False, True):
             figures = run_e2e(**(switched_on if on else {}))
             if "server_cpu_us_per_cancel" not in figures:
                 raise RuntimeError("the server's CPU could not be read from /proc")
             cpu[on].append(figures["server_cpu_us_per_cancel"])
+            rate[on].append(figures["e2e_cancels_per_s"])
     without, with_ = statistics.fmean(cpu[False]), statistics.fmean(cpu[True])
     return {
         f"{name}_cost_ratio": with_ / without,
         f"{name}_server_cpu_us_per_cancel": with_,
         f"no_{name}_server_cpu_us_per_cancel": without,
+        f"{name}_e2e_cancels_per_s": statistics.fmean(rate[True]),
+        f"no_{name}_e2e_cancels_per_s": statistics.fmean(rate[False]),
     }
 
 
@@ -686,6 +718,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--heads-runs", type=int, default=2, help="alternated pairs of the heads workload"
     )
     parser.add_argument(
+        "--thread-commit-runs",
+        type=int,
+        default=0,
+        help="alternated pairs with the journal's commits in a thread instead of the journal"
+        " process (thread_commit_cost_ratio)",
+    )
+    parser.add_argument(
         "--metrics-runs",
         type=int,
         default=0,
@@ -698,6 +737,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--profile", action="store_true", help="print profiles of the engine and the server"
+    )
+    parser.add_argument(
+        "--spy",
+        type=Path,
+        help="py-spy (on PATH) samples the server's GIL holders during the first e2e run,"
+        " collapsed stacks to this file",
     )
     args = parser.parse_args(argv)
 
@@ -741,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.verify_workers,
             directory,
         )
-        figures.update(run_e2e(args.profile))
+        figures.update(run_e2e(args.profile, spy=args.spy))
         floor = statistics.fmean([floor_before, _crypto_floor_us(args.notes)])
         if args.server_path:
             canned = run_e2e(canned=True)
@@ -753,6 +798,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "server_cpu_us_per_cancel" in figures:
             figures["server_cpu_ratio"] = figures["server_cpu_us_per_cancel"] / floor
         figures.update(paired_cost(run_e2e, "heads", args.heads_runs, heads_ms=args.heads_ms))
+        if args.thread_commit_runs:
+            figures.update(
+                paired_cost(run_e2e, "thread_commit", args.thread_commit_runs, journal_process=0)
+            )
         if args.metrics_runs:
             figures.update(paired_cost(run_e2e, "metrics", args.metrics_runs, metrics=True))
     met = {
@@ -781,6 +830,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "heads_ms": args.heads_ms,
             "heads_runs": args.heads_runs,
             "metrics_runs": args.metrics_runs,
+            "thread_commit_runs": args.thread_commit_runs,
         },
     }
     write_report(args.out, report)

@@ -31,10 +31,11 @@ goes through five stages, and only one touches the engine:
   ``advance``, so that in-flight matches settle, orders expire and held cancels are
   released on time;
 * the **dispatcher** commits the entries of every batch waiting for it in one
-  transaction (group commit: one fsync for all the requests of those steps) and only
-  then releases their replies and pushes: **durable before visible**. While it waits
-  for the disk, the engine task works on the next batch and the workers verify the one
-  after. A reply is encoded once, with each note or fill in it spliced in as the bytes
+  transaction (group commit: one fsync for all the requests of those steps), in the
+  journal process (:mod:`.journal_process`, fed over a pipe; or a thread of this
+  process with ``journal_process=0``), and only then releases their replies and pushes:
+  **durable before visible**. While it waits for the disk, the engine task works on the
+  next batch and the workers verify the one after. A reply is encoded once, with each note or fill in it spliced in as the bytes
   its journal row holds (:meth:`~cancelnote.api.Reply.json`); a push is those bytes.
 
 Journal heads (protocol §21), when the server has a :class:`~.heads.HeadLog`: the engine
@@ -152,6 +153,7 @@ from .errors import (
 )
 from .heads import HeadLog
 from .journal import FillIssued, Journal, JournalEntry, LogWrite, NoteIssued
+from .journal_process import JournalProcess
 from .lifecycle import CancellationType
 from .limits import ServerConfig
 from .verifier import Verifier
@@ -703,6 +705,7 @@ class OperatorServer:
         self.heads = heads
         self._head_subscribers: set[_Connection] = set()
         self.verifier = Verifier(config.verify_workers, config.verify_timeout_s)
+        self.journal_process = JournalProcess(journal) if config.journal_process else None
         self._streams = _Streams()
         self._numbers = itertools.count(1)
         self._connections: set[_Connection] = set()
@@ -752,6 +755,8 @@ class OperatorServer:
         gc.freeze()  # what start-up made (the replayed journal) is never traversed again
         gc.set_threshold(collection[0], collection[1], FULL_COLLECTION_EVERY)
         try:
+            if self.journal_process is not None:
+                await self.journal_process.start()
             await self.verifier.start()
             async with trio.open_nursery() as core:
                 core.start_soon(self._run_engine, batches_in)
@@ -773,6 +778,8 @@ class OperatorServer:
             for listener in listeners:  # closed without waiting: a fault in flight stays
                 listener.socket.close()
             await self.verifier.aclose()
+            if self.journal_process is not None:
+                await self.journal_process.aclose()
             sys.setswitchinterval(switch_interval)
             gc.set_threshold(*collection)
             gc.unfreeze()
@@ -1470,7 +1477,10 @@ class OperatorServer:
         logged here with its cause."""
         started = trio.current_time() if self.metrics is not None else 0.0
         try:
-            await trio.to_thread.run_sync(self.journal.append_many, entries, logs)
+            if self.journal_process is not None:
+                await self.journal_process.append_many(entries, logs)
+            else:
+                await trio.to_thread.run_sync(self.journal.append_many, entries, logs)
             if self.metrics is not None:
                 self.metrics.committed(trio.current_time() - started, len(entries))
         except Exception as exc:
