@@ -35,8 +35,9 @@ goes through five stages, and only one touches the engine:
   journal process (:mod:`.journal_process`, fed over a pipe; or a thread of this
   process with ``journal_process=0``), and only then releases their replies and pushes:
   **durable before visible**. While it waits for the disk, the engine task works on the
-  next batch and the workers verify the one after. A reply is encoded once, with each note or fill in it spliced in as the bytes
-  its journal row holds (:meth:`~cancelnote.api.Reply.json`); a push is those bytes.
+  next batch and the workers verify the one after. A reply is encoded once, with each
+  note or fill in it spliced in as the bytes its journal row holds
+  (:meth:`~cancelnote.api.Reply.json`); a push is those bytes.
 
 Journal heads (protocol §21), when the server has a :class:`~.heads.HeadLog`: the engine
 task makes each batch's entries leaves of the log and, every ``H`` ms or when a client
