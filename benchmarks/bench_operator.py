@@ -143,6 +143,8 @@ DEFINITIONS = {
     " over in the journal process, the e2e workload, alternated",
     "thread_commit_e2e_cancels_per_s": "(and no_thread_commit_, and the same for heads and"
     " metrics) the mean e2e_cancels_per_s of each side of a paired comparison",
+    "thread_commit_server_main_cpu_us_per_cancel": "(and no_thread_commit_, heads_, metrics_)"
+    " the operator process's own CPU per cancel (the core that bounds e2e), each side",
 }
 
 
@@ -669,6 +671,7 @@ def paired_cost(
     ``runs`` pairs alternated (without, with, without, ...) so both see the same machine."""
     cpu: dict[bool, list[float]] = {False: [], True: []}
     rate: dict[bool, list[float]] = {False: [], True: []}
+    main: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(runs):
         for on in (False, True):
             figures = run_e2e(**(switched_on if on else {}))
@@ -676,6 +679,7 @@ def paired_cost(
                 raise RuntimeError("the server's CPU could not be read from /proc")
             cpu[on].append(figures["server_cpu_us_per_cancel"])
             rate[on].append(figures["e2e_cancels_per_s"])
+            main[on].append(figures["e2e_server_main_cpu_us_per_cancel"])
     without, with_ = statistics.fmean(cpu[False]), statistics.fmean(cpu[True])
     return {
         f"{name}_cost_ratio": with_ / without,
@@ -683,6 +687,8 @@ def paired_cost(
         f"no_{name}_server_cpu_us_per_cancel": without,
         f"{name}_e2e_cancels_per_s": statistics.fmean(rate[True]),
         f"no_{name}_e2e_cancels_per_s": statistics.fmean(rate[False]),
+        f"{name}_server_main_cpu_us_per_cancel": statistics.fmean(main[True]),
+        f"no_{name}_server_main_cpu_us_per_cancel": statistics.fmean(main[False]),
     }
 
 
