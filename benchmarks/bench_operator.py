@@ -32,16 +32,20 @@ Two measurements, in one run so that machine noise hits baseline and subject ali
   clock starts, answers are parsed with the operator's own frame parser (client side)
   and read for their ``id`` and ``status`` only, and every note's signature is checked
   after the clock stops. ``server_cpu_us_per_cancel`` is the operator's own CPU (its
-  process, all threads, and its workers, from ``/proc/PID/stat``) per cancel;
+  process, all threads, and its children, the verifier workers and the journal process,
+  from ``/proc/PID/stat``) per cancel;
   ``crypto_floor_us_per_cancel`` is one recovery and one signature on coincurve alone
   and ``server_cpu_ratio`` their quotient; ``e2e_*_cores`` say how the machine's cores
   were shared. ``--server-path`` runs it again with every cancel answered by a canned
   reply (no entry, no note), to measure the server around the engine.
-* **heads** (:func:`heads_cost`): the same end-to-end run with journal heads every
+* **heads** (:func:`paired_cost`): the same end-to-end run with journal heads every
   ``--heads-ms`` (100) and every client subscribed to them, against the same run without
   heads, alternated ``--heads-runs`` times in this run: ``heads_cost_ratio`` is
   ``server_cpu_us_per_cancel`` with heads over without (the leaves and tree nodes of every
   entry, committed with it, and a head signed, committed and pushed every H ms).
+* **metrics** (``--metrics-runs N``, none by default): the same alternation with the
+  server's Prometheus metrics on (:class:`~cancelnote.operator.metrics.Metrics`, its
+  endpoint served and scraped every second) and off: ``metrics_cost_ratio``.
 
     python benchmarks/bench_operator.py --out results/operator.json [--server-path]
 """
@@ -58,9 +62,12 @@ import multiprocessing
 import os
 import pstats
 import resource
+import signal
 import statistics
+import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -83,6 +90,7 @@ from cancelnote.operator.frames import FrameParser
 from cancelnote.operator.heads import HEADS_MS, HeadLog
 from cancelnote.operator.journal import Journal
 from cancelnote.operator.limits import ServerConfig
+from cancelnote.operator.metrics import Metrics
 from cancelnote.operator.server import OperatorServer
 from cancelnote.operator.testing import Trader
 
@@ -110,9 +118,10 @@ DEFINITIONS = {
     "engine_cpu_us_per_note_1": "(and _10) process CPU time per note, engine and commit thread",
     "e2e_cancels_per_s": "single-digest cancel_orders answered per second over WebSocket",
     "server_cpu_us_per_cancel": "the operator's CPU per cancel, go to end: its process (all"
-    " threads) and its verifier worker processes (/proc/PID/stat)",
+    " threads) and its child processes: the verifier workers and the journal process"
+    " (/proc/PID/stat)",
     "e2e_server_cpu_us_per_cancel": "= server_cpu_us_per_cancel",
-    "e2e_server_main_cpu_us_per_cancel": "(and _workers_) the two parts of it",
+    "e2e_server_main_cpu_us_per_cancel": "(and _workers_: the child processes) the two parts",
     "crypto_floor_us_per_cancel": "one signature recovery + one signature, coincurve alone, CPU"
     " time, measured just before and just after the e2e run (their mean)",
     "server_cpu_ratio": "server_cpu_us_per_cancel / crypto_floor_us_per_cancel",
@@ -126,6 +135,16 @@ DEFINITIONS = {
     " subscribed to them) over without, the e2e workload, runs alternated in one run",
     "heads_server_cpu_us_per_cancel": "(and no_heads_) the two sides of heads_cost_ratio,"
     " each the mean of its --heads-runs runs",
+    "metrics_cost_ratio": "(--metrics-runs) server_cpu_us_per_cancel with Prometheus metrics"
+    " on (endpoint served, scraped every second) over off, the e2e workload, alternated",
+    "metrics_server_cpu_us_per_cancel": "(and no_metrics_) the two sides of metrics_cost_ratio",
+    "thread_commit_cost_ratio": "(--thread-commit-runs) server_cpu_us_per_cancel with the"
+    " journal's commits in a thread of the operator (the design before the journal process)"
+    " over in the journal process, the e2e workload, alternated",
+    "thread_commit_e2e_cancels_per_s": "(and no_thread_commit_, and the same for heads and"
+    " metrics) the mean e2e_cancels_per_s of each side of a paired comparison",
+    "thread_commit_server_main_cpu_us_per_cancel": "(and no_thread_commit_, heads_, metrics_)"
+    " the operator process's own CPU per cancel (the core that bounds e2e), each side",
 }
 
 
@@ -227,10 +246,13 @@ def _serve(
     profile: bool,
     canned: bool,
     heads_ms: int,
+    metrics: bool,
+    journal_process: int,
 ) -> None:
     """The server process: an engine, a journal and the WebSocket server (with ``workers``
     verifier processes of its own, and journal heads every ``heads_ms`` unless 0), until
-    ``stop``; ``canned``: cancels answered by :class:`_CannedCancels`."""
+    ``stop``; ``canned``: cancels answered by :class:`_CannedCancels`; ``metrics``:
+    Prometheus metrics on, their endpoint scraped every second."""
 
     async def main() -> None:
         journal = Journal.open(db, DOMAIN, OPERATOR.address, durability)
@@ -239,15 +261,26 @@ def _serve(
         if heads_ms:
             heads = HeadLog.open(journal, OPERATOR, DOMAIN, heads_ms)
             heads.finish()
-        config = ServerConfig(execute_rate_per_address=UNLIMITED, verify_workers=workers)
-        server = OperatorServer(engine, journal, config=config, heads=heads)
+        config = ServerConfig(
+            execute_rate_per_address=UNLIMITED,
+            verify_workers=workers,
+            journal_process=journal_process,
+        )
+        server = OperatorServer(
+            engine, journal, config=config, heads=heads, metrics=Metrics() if metrics else None
+        )
         if canned:
             server.engine = _CannedCancels(engine)  # type: ignore[assignment]
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve, "127.0.0.1", 0)
+            if server.metrics is not None:
+                nursery.start_soon(_scrape, server.metrics.serve("127.0.0.1", 0))
             ports.put(port)
             await trio.to_thread.run_sync(stop.wait)
             await server.shutdown()
+            nursery.cancel_scope.cancel()
+        if server.metrics is not None:
+            server.metrics.close()
         if heads is not None:
             heads.close()
         journal.close()
@@ -256,6 +289,14 @@ def _serve(
         print("server profile:\n" + profiled(trio.run, main))
     else:
         trio.run(main)
+
+
+async def _scrape(port: int) -> None:
+    """What Prometheus does, every second (it usually waits 15 s or more)."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    while True:
+        await trio.sleep(1)
+        await trio.to_thread.run_sync(lambda: urllib.request.urlopen(url, timeout=5).read())
 
 
 class _Answer(msgspec.Struct):
@@ -514,6 +555,9 @@ def e2e(
     profile: bool = False,
     canned: bool = False,
     heads_ms: int = 0,
+    metrics: bool = False,
+    spy: Path | None = None,
+    journal_process: int = 1,
 ) -> dict[str, float]:
     """One end-to-end run against a fresh journal (``heads_ms``: journal heads every so
     many ms, every client subscribed to them; 0: no heads)."""
@@ -531,6 +575,8 @@ def e2e(
             profile,
             canned,
             heads_ms,
+            metrics,
+            journal_process,
         ),
     )
     server.start()
@@ -553,6 +599,7 @@ def e2e(
         main_cpu = _process_cpu_seconds(server.pid)
         worker_cpu = [_process_cpu_seconds(pid) for pid in verifiers]
         machine_busy, wall = _machine_busy_seconds(), time.perf_counter()
+        sampler = _spy(server.pid, spy) if spy is not None else None
         go.set()
         reports, done = [], 0
         while done < len(client_processes):  # ("done", cpu): a process's last answer is in
@@ -562,6 +609,9 @@ def e2e(
             else:
                 reports.append(message)  # (a quick process's results, after its "done")
         machine_busy, wall = _machine_busy_seconds() - machine_busy, time.perf_counter() - wall
+        if sampler is not None:
+            sampler.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+            sampler.wait(timeout=60)
         if main_cpu is not None:
             main_cpu = _process_cpu_seconds(server.pid) - main_cpu
         spent_by_workers = [
@@ -588,7 +638,8 @@ def e2e(
         "e2e_mean_ms": 1000 * statistics.fmean(latencies),
         "e2e_cancels": cancels,
         "e2e_client_cpu_us_per_cancel": 1e6 * client_cpu / cancels,
-        "e2e_verify_workers": len(verifiers),
+        "e2e_verify_workers": workers,
+        "e2e_server_child_processes": len(verifiers),  # the verify workers, the journal's
         "e2e_client_cores": client_cpu / wall,
         "e2e_machine_busy_cores": machine_busy / wall,
     }
@@ -606,24 +657,38 @@ def e2e(
     return figures
 
 
-def heads_cost(
-    run_e2e: Callable[..., dict[str, float]], heads_ms: int, runs: int
+def _spy(pid: int, path: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the server's GIL holders (``--spy``): where its one core goes."""
+    command = ["py-spy", "record", "-p", str(pid), "--gil", "-r", "250", "-f", "raw", "-o"]
+    return subprocess.Popen([*command, str(path)], stdout=subprocess.DEVNULL)
+
+
+def paired_cost(
+    run_e2e: Callable[..., dict[str, float]], name: str, runs: int, **switched_on: Any
 ) -> dict[str, float]:
-    """``heads_cost_ratio``: ``server_cpu_us_per_cancel`` (the operator process and its
-    verifier workers, from ``/proc``) with heads every ``heads_ms`` over without, ``runs``
-    pairs alternated (without, with, without, ...) so that both see the same machine."""
+    """``{name}_cost_ratio``: ``server_cpu_us_per_cancel`` (the operator process and its
+    verifier workers, from ``/proc``) of the e2e run with ``switched_on`` over without,
+    ``runs`` pairs alternated (without, with, without, ...) so both see the same machine."""
     cpu: dict[bool, list[float]] = {False: [], True: []}
+    rate: dict[bool, list[float]] = {False: [], True: []}
+    main: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(runs):
-        for with_heads in (False, True):
-            figures = run_e2e(heads_ms=heads_ms if with_heads else 0)
+        for on in (False, True):
+            figures = run_e2e(**(switched_on if on else {}))
             if "server_cpu_us_per_cancel" not in figures:
                 raise RuntimeError("the server's CPU could not be read from /proc")
-            cpu[with_heads].append(figures["server_cpu_us_per_cancel"])
+            cpu[on].append(figures["server_cpu_us_per_cancel"])
+            rate[on].append(figures["e2e_cancels_per_s"])
+            main[on].append(figures["e2e_server_main_cpu_us_per_cancel"])
     without, with_ = statistics.fmean(cpu[False]), statistics.fmean(cpu[True])
     return {
-        "heads_cost_ratio": with_ / without,
-        "heads_server_cpu_us_per_cancel": with_,
-        "no_heads_server_cpu_us_per_cancel": without,
+        f"{name}_cost_ratio": with_ / without,
+        f"{name}_server_cpu_us_per_cancel": with_,
+        f"no_{name}_server_cpu_us_per_cancel": without,
+        f"{name}_e2e_cancels_per_s": statistics.fmean(rate[True]),
+        f"no_{name}_e2e_cancels_per_s": statistics.fmean(rate[False]),
+        f"{name}_server_main_cpu_us_per_cancel": statistics.fmean(main[True]),
+        f"no_{name}_server_main_cpu_us_per_cancel": statistics.fmean(main[False]),
     }
 
 
@@ -659,12 +724,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--heads-runs", type=int, default=2, help="alternated pairs of the heads workload"
     )
     parser.add_argument(
+        "--thread-commit-runs",
+        type=int,
+        default=0,
+        help="alternated pairs with the journal's commits in a thread instead of the journal"
+        " process (thread_commit_cost_ratio)",
+    )
+    parser.add_argument(
+        "--metrics-runs",
+        type=int,
+        default=0,
+        help="alternated pairs with Prometheus metrics on and off (metrics_cost_ratio)",
+    )
+    parser.add_argument(
         "--server-path",
         action="store_true",
         help="also measure the server around the engine (cancels answered by a canned reply)",
     )
     parser.add_argument(
         "--profile", action="store_true", help="print profiles of the engine and the server"
+    )
+    parser.add_argument(
+        "--spy",
+        type=Path,
+        help="py-spy (on PATH) samples the server's GIL holders during the first e2e run,"
+        " collapsed stacks to this file",
     )
     args = parser.parse_args(argv)
 
@@ -708,7 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.verify_workers,
             directory,
         )
-        figures.update(run_e2e(args.profile))
+        figures.update(run_e2e(args.profile, spy=args.spy))
         floor = statistics.fmean([floor_before, _crypto_floor_us(args.notes)])
         if args.server_path:
             canned = run_e2e(canned=True)
@@ -719,7 +803,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures["crypto_floor_us_per_cancel"] = floor
         if "server_cpu_us_per_cancel" in figures:
             figures["server_cpu_ratio"] = figures["server_cpu_us_per_cancel"] / floor
-        figures.update(heads_cost(run_e2e, args.heads_ms, args.heads_runs))
+        figures.update(paired_cost(run_e2e, "heads", args.heads_runs, heads_ms=args.heads_ms))
+        if args.thread_commit_runs:
+            figures.update(
+                paired_cost(run_e2e, "thread_commit", args.thread_commit_runs, journal_process=0)
+            )
+        if args.metrics_runs:
+            figures.update(paired_cost(run_e2e, "metrics", args.metrics_runs, metrics=True))
     met = {
         "engine_ratio": figures["engine_ratio"] >= TARGETS["engine_ratio"],
         "e2e_cancels_per_s": figures["e2e_cancels_per_s"] >= TARGETS["e2e_cancels_per_s"],
@@ -745,6 +835,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "verify_workers": args.verify_workers,
             "heads_ms": args.heads_ms,
             "heads_runs": args.heads_runs,
+            "metrics_runs": args.metrics_runs,
+            "thread_commit_runs": args.thread_commit_runs,
         },
     }
     write_report(args.out, report)

@@ -548,6 +548,10 @@ def decode_request(text: str) -> WireRequest:
     try:
         envelope: Any = _decode_envelope(text)
     except msgspec.ValidationError as exc:
+        if str(exc).endswith("`$.cancel_and_place.place_order`") or (
+            "`$.cancel_and_place.place_order." in str(exc)
+        ):
+            _check_cancel_part(text)
         raise MessageError(f"malformed request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise MessageError(f"malformed JSON: {exc}") from None
@@ -557,6 +561,34 @@ def decode_request(text: str) -> WireRequest:
     if text.count(":") != _KEYS[key] + (envelope.id is not UNSET):
         raise MessageError("request: a key is given twice (or a value holds ':')")
     return request
+
+
+class _CancelPart(msgspec.Struct):
+    cancel_tx: _CANCELLATION.struct  # type: ignore[valid-type]
+    cancel_signature: str
+    place_order: msgspec.Raw
+
+
+_decode_cancel_part = msgspec.json.Decoder(
+    msgspec.defstruct("CancelPartEnvelope", [("cancel_and_place", _CancelPart)])
+).decode
+
+
+def _check_cancel_part(text: str) -> None:
+    """A ``cancel_and_place`` whose ``place_order`` is malformed: its cancel is checked
+    first, as :meth:`CancelAndPlace.from_decoded` and the hand validation before it did (a
+    bad cancel signature is ``INVALID_SIGNATURE`` whatever follows it).
+
+    Raises:
+        MessageError, SignatureError: what the cancel part earns; nothing if it is sound
+            (the caller then raises the ``place_order`` error).
+    """
+    try:
+        part = _decode_cancel_part(text).cancel_and_place
+    except msgspec.ValidationError:
+        return  # the cancel part is malformed too: the caller's error says so
+    _CANCELLATION.build(part.cancel_tx)
+    signature_from_wire(part.cancel_signature)
 
 
 def describe_failed(text: str) -> tuple[str | None, int | None]:

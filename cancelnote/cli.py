@@ -250,6 +250,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _operator_run(args: argparse.Namespace) -> int:
+    import logging
+
     from . import keystore
     from .operator import service
     from .operator.limits import SERVER_FLAGS, ServerConfig
@@ -261,7 +263,9 @@ def _operator_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(USAGE, f"--policy: {exc}") from None
     check_port_free(args.host, args.port)
-    service.configure_logging()
+    service.configure_logging(getattr(logging, args.log_level.upper()))
+    if args.metrics_port is not None:
+        check_port_free(args.metrics_host, args.metrics_port, "--metrics-port")
     signer = keystore.load(args.key, keystore.read_password(args.password_file))
     config = service.OperatorConfig(
         db=args.db,
@@ -282,11 +286,13 @@ def _operator_run(args: argparse.Namespace) -> int:
         max_open_orders_per_product=args.max_open_orders_per_product,
         server=ServerConfig(**{field: getattr(args, field) for _, field, _, _ in SERVER_FLAGS}),
         heads_ms=args.heads_ms,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     return service.run(config)
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, flag: str = "--port") -> None:
     """Refuse a port another process listens on, in one line, before anything starts.
 
     The server binds it again (with the same ``SO_REUSEADDR``) a moment later; a port
@@ -305,7 +311,7 @@ def check_port_free(host: str, port: int) -> None:
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise CommandError(
-            USAGE, f"cannot listen on {host}:{port}: {reason} (choose another --port)"
+            USAGE, f"cannot listen on {host}:{port}: {reason} (choose another {flag})"
         ) from None
 
 
@@ -460,6 +466,22 @@ def _add_operator_commands(commands: argparse._SubParsersAction) -> None:
         type=_int_at_least(0),
         default=100,  # cancelnote.operator.heads.HEADS_MS (imported lazily)
         help="sign a journal head every this many ms, 0 for none (default %(default)s)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=_int_at_least(0),
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (default: no metrics)",
+    )
+    run.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics endpoint binds (default %(default)s)",
+    )
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error", "critical"],
+        default="info",
+        help="least severe log lines written (default %(default)s)",
     )
     run.add_argument("--no-watch", action="store_true", help="do not follow the court's events")
     run.add_argument(

@@ -20,6 +20,7 @@ from test_server import DOMAIN, OPERATOR, PRICE, SIZE, connect, operator_factory
 from cancelnote.operator.clock import JUMP_MS, SLEW, Clock
 from cancelnote.operator.engine import Engine
 from cancelnote.operator.journal import Journal
+from cancelnote.operator.limits import ServerConfig
 from cancelnote.operator.server import OperatorServer, root_cause
 
 HOUR_NS = 3_600 * 10**9
@@ -132,7 +133,8 @@ async def test_a_clock_60_s_behind_still_signs_a_fill_on_time(start_operator):
 async def test_a_failed_commit_ends_the_server_and_logs_the_sqlite_error(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="cancelnote.operator")
     journal = Journal.open(tmp_path / "j.sqlite", DOMAIN, OPERATOR.address)
-    server = OperatorServer(Engine(OPERATOR, DOMAIN, {1, 2}), journal)
+    config = ServerConfig(journal_process=0)  # (the journal process's: test_journal_process)
+    server = OperatorServer(Engine(OPERATOR, DOMAIN, {1, 2}), journal, config=config)
     alice = trader(1)
     with pytest.raises(BaseExceptionGroup) as caught:
         async with trio.open_nursery() as nursery:

@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cancelnote.api import REQUEST_CLASSES, decode_request, request_to_wire
@@ -347,8 +347,25 @@ _EDGES = [
 _SCALAR_PAIR = re.compile(r'("[^"]*":)("[^"]*"|-?[0-9]+|true|false|null)')
 
 
+#: Found by the test below: a bad cancel signature and a malformed ``place_order`` (an
+#: array) in one ``cancel_and_place``. The cancel is checked first (INVALID_SIGNATURE),
+#: as before decode-once; the schema decoder had reported the ``place_order`` first.
+_CANCEL_THEN_PLACE = (
+    '{"cancel_and_place":{"cancel_tx":{"sender":"0x'
+    + "91" * 20
+    + "64656661756c74"
+    + "00" * 5
+    + '","productIds":[1],"digests":["0x'
+    + "70" * 32
+    + '"],"nonce":"1782579252428812816"},'
+    '"cancel_signature":"","place_order":[{"product_id":2}]}}'
+)
+
+
 @settings(max_examples=1500, deadline=None)
 @given(request_texts())
+@example(_CANCEL_THEN_PLACE)
+@example(_CANCEL_THEN_PLACE.replace('"place_order":[{"product_id":2}]', '"place_order":{"x":1}'))
 def test_decoding_agrees_with_the_wire_rules_on_any_breakage(text):
     assert _decoded(text) == _oracle(text)
 

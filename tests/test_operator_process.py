@@ -212,6 +212,29 @@ def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def journal_process_pid(operator_pid: int) -> int:
+    """The real operator's journal process: its child running journal_process."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if (
+                entry.name.isdigit()
+                and parent_of(int(entry.name)) == operator_pid
+                and b"cancelnote.operator.journal_process" in (entry / "cmdline").read_bytes()
+            ):
+                return int(entry.name)
+        except FileNotFoundError:  # a process that ended meanwhile
+            continue
+    raise AssertionError("no journal process")
+
+
+async def crash(operator: Operator) -> None:
+    """What a machine crash does: SIGKILL to the operator and its journal process at once
+    (alone, the journal process would finish its commit and close the file cleanly)."""
+    os.kill(journal_process_pid(operator.process.pid), signal.SIGKILL)
+    operator.process.send_signal(signal.SIGKILL)
+    await operator.process.wait()
+
+
 async def test_the_verifier_workers_start_and_stop_with_the_operator(tmp_path, keyfile):
     operator = await start(tmp_path, tmp_path / "j.sqlite")
     pids = worker_pids(operator)
@@ -328,8 +351,7 @@ async def test_kill_9_with_the_wal_lost_is_refused_not_re_signed(tmp_path, keyfi
     db = tmp_path / "j.sqlite"
     operator = await start(tmp_path, db)
     await _trade(operator, 60)
-    operator.process.send_signal(signal.SIGKILL)
-    await operator.process.wait()
+    await crash(operator)
     os.unlink(db.with_name(db.name + "-wal"))
     status, stderr = await refused(tmp_path, db)
     assert status == 2, stderr

@@ -20,22 +20,21 @@ from cancelnote.operator.clock import wall_clock_ms
 from cancelnote.operator.hostile import RawClient, open_tcp
 from cancelnote.operator.limits import ServerConfig
 
-
-@pytest.fixture
-async def start_operator(nursery, tmp_path):
-    async with operator_factory(nursery, tmp_path) as start:
-        yield start
-
-
+#: The attackers' sockets a test opened (:func:`raw`, :func:`tcp`), closed at its end.
 OPENED: list[trio.SocketStream] = []
 
 
-@pytest.fixture(autouse=True)
-async def close_attackers():
-    """Every attacker socket a test opened is closed at its end."""
-    yield
-    while OPENED:
-        await trio.aclose_forcefully(OPENED.pop())
+@pytest.fixture
+async def start_operator(nursery, tmp_path):
+    """Servers on fresh journals; at the end, every attacker socket the test opened is
+    closed, then the servers are shut down (an autouse async fixture's teardown did not
+    run under pytest-trio: the sockets leaked, a ResourceWarning each at exit)."""
+    async with operator_factory(nursery, tmp_path) as start:
+        try:
+            yield start
+        finally:
+            while OPENED:
+                await trio.aclose_forcefully(OPENED.pop())
 
 
 async def raw(port: int, source: str, **options) -> RawClient:

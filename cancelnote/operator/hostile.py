@@ -403,7 +403,10 @@ async def upgrade_then_close(port: int, source: str, count: int, reset: bool) ->
     for _ in range(count):
         with contextlib.suppress(*DROPPED):
             stream = await open_tcp(port, source)
-            if reset:  # SO_LINGER 0: close() sends RST
-                stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-            await stream.send_all(request)
-            stream.socket.close()
+            try:
+                if reset:  # SO_LINGER 0: close() sends RST
+                    linger = b"\x01\0\0\0\0\0\0\0"
+                    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                await stream.send_all(request)
+            finally:  # also when the operator dropped it first (a refusal, a reset)
+                stream.socket.close()

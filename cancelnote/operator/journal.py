@@ -545,13 +545,53 @@ def _refuse(path: Path, problem: str) -> JournalCorrupt:
     return JournalCorrupt(f"journal {path}: {problem}; not starting (docs/operations.md §7)")
 
 
+#: What one commit writes, as plain rows: entries ``(seq, kind, body)``, tree nodes
+#: ``(key, hash)``, located contents ``(content, seq)`` and the log's meta ``(key, value)``.
+CommitRows = tuple[
+    list[tuple[int, str, str]],
+    list[tuple[int, bytes]],
+    list[tuple[bytes, int]],
+    list[tuple[str, str]],
+]
+
+
+def commit_rows(entries: Iterable[JournalEntry], logs: Iterable[LogWrite] = ()) -> CommitRows:
+    """The rows of one commit of ``entries`` and what they add to the log (in order)."""
+    logs = list(logs)
+    tree = [(node_key(level, index), value) for log in logs for level, index, value in log.nodes]
+    located = [row for log in logs for row in log.located]
+    return [entry_to_row(entry) for entry in entries], tree, located, _log_meta(logs)
+
+
+def _log_meta(logs: list[LogWrite]) -> list[tuple[str, str]]:
+    """The log's state after ``logs``: its size and root, and the last head signed."""
+    if not logs:
+        return []
+    last = logs[-1]
+    meta = [("log_size", str(last.size)), ("log_root", last.root.hex())]
+    signed = next((log for log in reversed(logs) if log.head is not None), None)
+    if signed is not None:
+        meta.append(("log_head", signed.head_json.decode()))
+    return meta
+
+
 class Journal:
     """An open journal file. One caller at a time (the operator's server), any thread.
 
     Use :meth:`open`; :meth:`entries` verifies the whole chain as it streams the rows.
     """
 
-    __slots__ = ("_conn", "_count", "_genesis", "_head", "_last_seq", "_seal", "path", "timings")
+    __slots__ = (
+        "_conn",
+        "_count",
+        "_genesis",
+        "_head",
+        "_last_seq",
+        "_seal",
+        "opened_as",
+        "path",
+        "timings",
+    )
 
     def __init__(self, conn: sqlite3.Connection, path: Path, seal: Seal, genesis: bytes) -> None:
         self._conn = conn
@@ -566,6 +606,9 @@ class Journal:
         self._head = bytes.fromhex(meta["head"]) if "head" in meta else genesis
         #: Nanoseconds spent committing rows and writing the seal (the seal's cost).
         self.timings = {"commits": 0, "commit_ns": 0, "seal_ns": 0}
+        #: ``(domain, operator, synchronous)`` it was opened for writing with (``None``:
+        #: read-only): what the journal process opens it with (:mod:`.journal_process`).
+        self.opened_as: tuple[Domain, bytes, Synchronous] | None = None
 
     @classmethod
     def open(
@@ -621,6 +664,7 @@ class Journal:
             raise JournalMismatch(f"journal {path} was written for {found}, not {expected}")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         journal = cls(conn, path, seal, genesis)
+        journal.opened_as = (domain, operator, synchronous)
         if sealed is None:
             if journal._count:
                 conn.close()
@@ -699,43 +743,41 @@ class Journal:
             JournalCorrupt: a seq is already taken, or does not follow the last one.
             sqlite3.Error, OSError: the disk failed (nothing of the batch is visible).
         """
+        self.append_rows(commit_rows(entries, logs))
+
+    def append_rows(self, rows: CommitRows) -> None:
+        """:meth:`append_many` of what :func:`commit_rows` made of its arguments (what the
+        journal process is sent: :mod:`.journal_process`)."""
+        entries, tree, located, log_meta = rows
         head, seq = self._head, self._last_seq
-        rows = []
-        for entry in entries:
-            if entry.seq != seq + 1:
-                raise JournalCorrupt(f"journal append of seq {entry.seq} after {seq}")
-            seq, kind, body = entry_to_row(entry)
+        chained = []
+        for row_seq, kind, body in entries:
+            if row_seq != seq + 1:
+                raise JournalCorrupt(f"journal append of seq {row_seq} after {seq}")
+            seq = row_seq
             head = chain_hash(head, leaf_hash(seq, kind, body))
-            rows.append((seq, kind, body, head))
-        logs = list(logs)
-        if not rows and not logs:
+            chained.append((seq, kind, body, head))
+        if not chained and not log_meta:
             return
-        count = self._count + len(rows)
+        count = self._count + len(chained)
         started = time.perf_counter_ns()
         try:
             with self._conn:
                 self._conn.execute("BEGIN")
                 meta: list[tuple[str, str]] = []
-                if rows:
-                    self._insert("INTO journal", rows)
+                if chained:
+                    self._insert("INTO journal", chained)
                     meta += [("count", str(count)), ("last_seq", str(seq)), ("head", head.hex())]
-                if logs:
-                    self._insert(
-                        "INTO tree",
-                        [
-                            (node_key(level, index), value)
-                            for log in logs
-                            for level, index, value in log.nodes
-                        ],
-                    )
-                    self._insert("OR IGNORE INTO located", [r for log in logs for r in log.located])
-                    meta += self._log_meta(logs)
+                if log_meta:
+                    self._insert("INTO tree", tree)
+                    self._insert("OR IGNORE INTO located", located)
+                    meta += log_meta
                 self._insert("OR REPLACE INTO meta", meta)
         except sqlite3.IntegrityError as exc:
-            first = rows[0][0] if rows else "log"
+            first = chained[0][0] if chained else "log"
             raise JournalCorrupt(f"journal append of seq {first}..: {exc}") from None
         committed = time.perf_counter_ns()
-        if rows:
+        if chained:
             self._head, self._last_seq, self._count = head, seq, count
             self._seal.write(SealState(count, seq, head, self._genesis))
         timings = self.timings
@@ -743,20 +785,19 @@ class Journal:
         timings["commit_ns"] += committed - started
         timings["seal_ns"] += time.perf_counter_ns() - committed
 
+    @property
+    def state(self) -> tuple[int, int, bytes]:
+        """``(count, last_seq, head)``: what is committed, as this object knows it."""
+        return self._count, self._last_seq, self._head
+
+    def committed_elsewhere(self, state: tuple[int, int, bytes]) -> None:
+        """Another writer of this file (the journal process) committed up to ``state``."""
+        self._count, self._last_seq, self._head = state
+
     def _insert(self, into: str, rows: list[tuple[Any, ...]]) -> None:
         """``INSERT {into} VALUES`` of ``rows``, a few multi-row statements (:func:`_chunks`)."""
         for chunk in _chunks(rows):
             self._conn.execute(_insert_rows(into, len(chunk[0]), len(chunk)), _flat(chunk))
-
-    @staticmethod
-    def _log_meta(logs: list[LogWrite]) -> list[tuple[str, str]]:
-        """The log's state after ``logs``: its size and root, and the last head signed."""
-        last = logs[-1]
-        meta = [("log_size", str(last.size)), ("log_root", last.root.hex())]
-        signed = next((log for log in reversed(logs) if log.head is not None), None)
-        if signed is not None:
-            meta.append(("log_head", signed.head_json.decode()))
-        return meta
 
     def log_state(self) -> LogState:
         """The log's size, root and latest head as committed.

@@ -60,6 +60,9 @@ class ServerConfig:
     verify_workers: int = 1
     verify_batch: int = 32
     verify_timeout_s: float = 5.0
+    #: 1: the journal's commits run in a process of their own (:mod:`.journal_process`);
+    #: 0: in a thread of the operator's.
+    journal_process: int = attrs.field(default=1, validator=attrs.validators.in_((0, 1)))
     tick_s: float = 0.02
     shutdown_timeout_s: float = 1.0
 
@@ -85,4 +88,5 @@ SERVER_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--execute-rate-per-address", "execute_rate_per_address", float, "weight/s per address"),
     ("--shutdown-timeout-s", "shutdown_timeout_s", float, "to flush clients after SIGTERM"),
     ("--verify-workers", "verify_workers", int, "signature recovery processes (0: none)"),
+    ("--journal-process", "journal_process", int, "commits in a process (1) or a thread (0)"),
 )

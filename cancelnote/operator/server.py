@@ -31,11 +31,13 @@ goes through five stages, and only one touches the engine:
   ``advance``, so that in-flight matches settle, orders expire and held cancels are
   released on time;
 * the **dispatcher** commits the entries of every batch waiting for it in one
-  transaction (group commit: one fsync for all the requests of those steps) and only
-  then releases their replies and pushes: **durable before visible**. While it waits
-  for the disk, the engine task works on the next batch and the workers verify the one
-  after. A reply is encoded once, with each note or fill in it spliced in as the bytes
-  its journal row holds (:meth:`~cancelnote.api.Reply.json`); a push is those bytes.
+  transaction (group commit: one fsync for all the requests of those steps), in the
+  journal process (:mod:`.journal_process`, fed over a pipe; or a thread of this
+  process with ``journal_process=0``), and only then releases their replies and pushes:
+  **durable before visible**. While it waits for the disk, the engine task works on the
+  next batch and the workers verify the one after. A reply is encoded once, with each
+  note or fill in it spliced in as the bytes its journal row holds
+  (:meth:`~cancelnote.api.Reply.json`); a push is those bytes.
 
 Journal heads (protocol §21), when the server has a :class:`~.heads.HeadLog`: the engine
 task makes each batch's entries leaves of the log and, every ``H`` ms or when a client
@@ -96,7 +98,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import msgspec
@@ -152,9 +154,13 @@ from .errors import (
 )
 from .heads import HeadLog
 from .journal import FillIssued, Journal, JournalEntry, LogWrite, NoteIssued
+from .journal_process import JournalProcess
 from .lifecycle import CancellationType
 from .limits import ServerConfig
 from .verifier import Verifier
+
+if TYPE_CHECKING:  # prometheus_client is imported only when metrics are on
+    from .metrics import Metrics
 
 LOGGER = logging.getLogger("cancelnote.operator.server")
 
@@ -368,6 +374,7 @@ class _Execute:
 
     conn: _Connection
     request: Any
+    received: float | None = None  # when its last frame was read (trio's clock)
     verified: Verified | None = None
 
 
@@ -378,6 +385,12 @@ class _Answer:
 
     conn: _Connection
     message: Reply | dict[str, Any]
+    received: float | None = None  # the request's (:attr:`_Execute.received`)
+
+    @property
+    def wire(self) -> dict[str, Any]:
+        message = self.message
+        return message.wire if isinstance(message, Reply) else message
 
     def payload(self) -> bytes:
         message = self.message
@@ -671,6 +684,7 @@ class OperatorServer:
         config: limits, and how many verifier workers to run.
         heads: the journal's log, opened and checked against it, to sign heads and
             answer proofs (``None``: no heads, and heads requests get ``HEADS_DISABLED``).
+        metrics: what to count for Prometheus (``None``: nothing is).
     """
 
     def __init__(
@@ -681,8 +695,10 @@ class OperatorServer:
         clock: Clock | None = None,
         config: ServerConfig | None = None,
         heads: HeadLog | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         config = config if config is not None else ServerConfig()
+        self.metrics = metrics
         self.engine = engine
         self.journal = journal
         self.config = config
@@ -690,6 +706,7 @@ class OperatorServer:
         self.heads = heads
         self._head_subscribers: set[_Connection] = set()
         self.verifier = Verifier(config.verify_workers, config.verify_timeout_s)
+        self.journal_process = JournalProcess(journal) if config.journal_process else None
         self._streams = _Streams()
         self._numbers = itertools.count(1)
         self._connections: set[_Connection] = set()
@@ -732,11 +749,15 @@ class OperatorServer:
         listeners = await trio.open_tcp_listeners(port, host=host)
         self.port = listeners[0].socket.getsockname()[1]
         batches_in, batches_out = trio.open_memory_channel[_Batch](16)
+        if self.metrics is not None:
+            self._watch_queues(batches_in)
         switch_interval, collection = sys.getswitchinterval(), gc.get_threshold()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         gc.freeze()  # what start-up made (the replayed journal) is never traversed again
         gc.set_threshold(collection[0], collection[1], FULL_COLLECTION_EVERY)
         try:
+            if self.journal_process is not None:
+                await self.journal_process.start()
             await self.verifier.start()
             async with trio.open_nursery() as core:
                 core.start_soon(self._run_engine, batches_in)
@@ -758,10 +779,35 @@ class OperatorServer:
             for listener in listeners:  # closed without waiting: a fault in flight stays
                 listener.socket.close()
             await self.verifier.aclose()
+            if self.journal_process is not None:
+                await self.journal_process.aclose()
             sys.setswitchinterval(switch_interval)
             gc.set_threshold(*collection)
             gc.unfreeze()
             self._stopped.set()
+
+    def _watch_queues(self, batches: trio.MemorySendChannel[_Batch]) -> None:
+        """The gauges Prometheus reads at each scrape (nothing is counted between)."""
+        assert self.metrics is not None
+        self.metrics.watch(
+            connections=("Open connections", lambda: len(self._connections)),
+            pipeline_requests=(
+                "Requests read and not yet handled by the engine (intake, lanes, engine)",
+                lambda: self._intake.count,
+            ),
+            engine_queue_batches=(
+                "Verified batches waiting for the engine task",
+                lambda: self._engine_in.statistics().current_buffer_used,
+            ),
+            commit_queue_batches=(
+                "Engine steps waiting for the dispatcher's journal commit",
+                lambda: batches.statistics().current_buffer_used,
+            ),
+            buffered_bytes=(
+                "Bytes buffered in and out over all connections",
+                lambda: self._budget.used,
+            ),
+        )
 
     async def shutdown(self) -> None:
         """Stop accepting and reading, answer and commit what was read, close every socket.
@@ -820,6 +866,8 @@ class OperatorServer:
             with contextlib.suppress(OSError):
                 os.write(sock.fileno(), _http_response(503, refusal + "\n"))
             sock.close()
+            if self.metrics is not None:
+                self.metrics.connection_refused(refusal.split(":", 1)[0])
             return
         if shared is None:
             shared = self._addresses[host] = _Address(
@@ -842,6 +890,8 @@ class OperatorServer:
             config.max_send_bytes,
         )
         self._connections.add(conn)
+        if self.metrics is not None:
+            self.metrics.connection_opened()
         handlers.start_soon(self._connection, conn)
 
     # --- one connection -------------------------------------------------------------------
@@ -943,7 +993,7 @@ class OperatorServer:
                             message = self._message(opcode, parts, size)
                             budget.give(held)
                             parts, held, size, begun = [], 0, 0, math.inf
-                            if not await self._submit(conn, message):
+                            if not await self._submit(conn, message, last):
                                 return
                     elif opcode == _PING:
                         conn.send_frame(frames.control_frame(_PONG, payload))
@@ -999,7 +1049,9 @@ class OperatorServer:
             )
         return parts[0] if len(parts) == 1 else "".join(parts)
 
-    async def _submit(self, conn: _Connection, message: str | MessageError) -> bool:
+    async def _submit(
+        self, conn: _Connection, message: str | MessageError, received: float
+    ) -> bool:
         """Decode one message and put it in the intake; false once the intake is closed.
 
         A connection over its own rates waits here before its next message is decoded
@@ -1008,7 +1060,7 @@ class OperatorServer:
         """
         if not conn.rejects.has():
             await trio.sleep(conn.rejects.wait_s())
-        item = self._item(conn, message)
+        item = self._item(conn, message, received)
         if isinstance(item, _Answer):
             conn.rejects.take()  # a malformed message: as a rejection, never the address's
         elif not isinstance(item.request, EXECUTES):
@@ -1030,7 +1082,9 @@ class OperatorServer:
         self._intake.put(conn, item)
         return True
 
-    def _item(self, conn: _Connection, message: str | MessageError) -> _Execute | _Answer | _Stream:
+    def _item(
+        self, conn: _Connection, message: str | MessageError, received: float
+    ) -> _Execute | _Answer | _Stream:
         """One message as an intake item; never raises on any input."""
         if isinstance(message, MessageError):
             return _Answer(conn, failure_wire(message, None))
@@ -1053,10 +1107,10 @@ class OperatorServer:
             if error is not None:
                 return _Answer(conn, failure_wire(error, request.REQUEST_TYPE, request.id))
             shared.executes.spend(weight)
-            return _Execute(conn, request)
+            return _Execute(conn, request, received)
         if isinstance(request, STREAM_REQUESTS):
             return _Stream(conn, request)
-        return _Execute(conn, request)
+        return _Execute(conn, request, received)
 
     async def _write(self, conn: _Connection) -> None:
         """Send what is queued for ``conn`` (several frames per write), then its replays."""
@@ -1282,7 +1336,7 @@ class OperatorServer:
                 intake.done(item.conn)
             elif type(item) is _Execute:
                 outputs = self.engine.handle(item.request, now_ms, item.verified)
-                if not self._route(outputs, item.conn, batch) and isinstance(
+                if not self._route(outputs, item.conn, batch, item.received) and isinstance(
                     item.request, CANCEL_REQUESTS
                 ):
                     self._hold(item.conn, item.request)
@@ -1333,7 +1387,13 @@ class OperatorServer:
             return _Answer(item.conn, failure_wire(exc, request.REQUEST_TYPE, request.id))
         return _Answer(item.conn, success_wire(request.REQUEST_TYPE, data, request.id))
 
-    def _route(self, outputs: list[Any], conn: _Connection | None, batch: _Batch) -> bool:
+    def _route(
+        self,
+        outputs: list[Any],
+        conn: _Connection | None,
+        batch: _Batch,
+        received: float | None = None,
+    ) -> bool:
         """Sort one engine call's outputs into ``batch``; true if it answered ``conn``.
 
         Replies of :meth:`Engine.advance` (``conn`` is ``None``) answer cancels a policy
@@ -1353,7 +1413,7 @@ class OperatorServer:
                             target.rejects.take()
                         else:
                             target.shared.rejects.refund()
-                    batch.deliveries.append(_Answer(target, out))
+                    batch.deliveries.append(_Answer(target, out, received))
                     answered = True
             elif isinstance(out, Push):
                 batch.deliveries.append(_push_item(out))
@@ -1398,12 +1458,13 @@ class OperatorServer:
                 logs = [batch.log for batch in waiting if batch.log is not None]
                 if entries or logs:
                     await self._commit(entries, logs)
+                durable_at = trio.current_time() if self.metrics is not None else 0.0
                 flush: set[_Connection] = set()
                 for batch in waiting:
                     if batch.log is not None and self.heads is not None:
                         self.heads.committed(batch.log)
                     for item in batch.deliveries:
-                        self._deliver(item, flush)
+                        self._deliver(item, flush, durable_at)
                     if batch.log is not None and batch.log.head is not None:
                         self._push_head(batch.log.head_json, flush)
                 self._shed()
@@ -1415,8 +1476,14 @@ class OperatorServer:
     async def _commit(self, entries: list[JournalEntry], logs: list[LogWrite]) -> None:
         """Make ``entries`` (and what they add to the log) durable; a failure is a fault,
         logged here with its cause."""
+        started = trio.current_time() if self.metrics is not None else 0.0
         try:
-            await trio.to_thread.run_sync(self.journal.append_many, entries, logs)
+            if self.journal_process is not None:
+                await self.journal_process.append_many(entries, logs)
+            else:
+                await trio.to_thread.run_sync(self.journal.append_many, entries, logs)
+            if self.metrics is not None:
+                self.metrics.committed(trio.current_time() - started, len(entries))
         except Exception as exc:
             LOGGER.critical(
                 "journal_fault",
@@ -1431,18 +1498,27 @@ class OperatorServer:
             raise
 
     def _deliver(
-        self, item: _Answer | _Stream | _Publish | ForcedNote, flush: set[_Connection]
+        self,
+        item: _Answer | _Stream | _Publish | ForcedNote,
+        flush: set[_Connection],
+        durable_at: float,
     ) -> None:
         """Queue ``item``'s messages; the connections with answers and pushes queued are
-        added to ``flush``."""
+        added to ``flush``. ``durable_at``: when the commit before it returned."""
         if isinstance(item, _Publish):
             self._streams.publish(item, flush)
         elif isinstance(item, _Answer):
             if item.conn.is_open:
                 item.conn.send(item.payload(), wake=False)
                 flush.add(item.conn)
+            if self.metrics is not None:
+                self.metrics.answered(item.wire, item.received, durable_at)
         elif isinstance(item, _Stream):
-            self._serve_stream(item, flush)
+            wire = self._serve_stream(item)
+            item.conn.send(encode_json(wire), wake=False)
+            flush.add(item.conn)
+            if self.metrics is not None:
+                self.metrics.answered(wire, None, durable_at)
         else:
             item.done.set()
 
@@ -1497,11 +1573,8 @@ class OperatorServer:
             flush.add(conn)
 
     def _serve_heads_stream(
-        self,
-        conn: _Connection,
-        request: SubscribeHeads | UnsubscribeHeads,
-        flush: set[_Connection],
-    ) -> None:
+        self, conn: _Connection, request: SubscribeHeads | UnsubscribeHeads
+    ) -> dict[str, Any]:
         if isinstance(request, UnsubscribeHeads):
             self._head_subscribers.discard(conn)
             wire = success_wire(request.REQUEST_TYPE, {}, request.id)
@@ -1513,22 +1586,20 @@ class OperatorServer:
             data = {"head": None if last is None else last.to_wire()}
             wire = success_wire(request.REQUEST_TYPE, data, request.id)
             self._head_subscribers.add(conn)
-        conn.send(encode_json(wire), wake=False)
-        flush.add(conn)
+        return wire
 
-    def _serve_stream(self, item: _Stream, flush: set[_Connection]) -> None:
+    def _serve_stream(self, item: _Stream) -> dict[str, Any]:
+        """Subscribe or unsubscribe; the answer, for the caller to send."""
         conn, request = item.conn, item.request
         if isinstance(request, SubscribeHeads | UnsubscribeHeads):
-            self._serve_heads_stream(conn, request, flush)
-            return
+            return self._serve_heads_stream(conn, request)
         sender_hex = "0x" + request.sender.hex()
         live = request.sender in conn.subscriptions
         if isinstance(request, Unsubscribe):
             self._streams.unsubscribe(conn, request.sender)
             conn.subscriptions.discard(request.sender)
             conn.replays = collections.deque(r for r in conn.replays if r.sender != request.sender)
-            conn.send(encode_json(success_wire("unsubscribe", {"sender": sender_hex}, request.id)))
-            return
+            return success_wire("unsubscribe", {"sender": sender_hex}, request.id)
         error: Rejected | None = None
         if not live and len(conn.subscriptions) >= self.config.max_subscriptions:
             error = SubscriptionLimit(
@@ -1542,8 +1613,7 @@ class OperatorServer:
                 " one to finish"
             )
         if error is not None:
-            conn.send(encode_json(failure_wire(error, Subscribe.REQUEST_TYPE, request.id)))
-            return
+            return failure_wire(error, Subscribe.REQUEST_TYPE, request.id)
         data = {
             "sender": sender_hex,
             "after_seq": str(request.after_seq),
@@ -1551,9 +1621,8 @@ class OperatorServer:
             "domain": domain_to_json(self.engine.domain),  # the client checks it before signing
             "operator": self.engine.signer.checksum_address,
         }
-        conn.send(encode_json(success_wire("subscribe", data, request.id)))
         self._streams.unsubscribe(conn, request.sender)  # a re-subscribe replays again
         conn.subscriptions.add(request.sender)
         conn.replays = collections.deque(replaying)
         conn.replays.append(_Replay(request.sender, request.after_seq))
-        conn.wake.set()
+        return success_wire("subscribe", data, request.id)

@@ -89,6 +89,9 @@ class OperatorConfig:
     server: ServerConfig = attrs.Factory(ServerConfig)
     #: ``H``: a journal head every this many ms (0: no heads, nor proofs).
     heads_ms: int = HEADS_MS
+    #: Serve Prometheus metrics on this port (0: any; ``None``: no metrics at all).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     #: The clock's sources (tests inject them; see :class:`~.clock.Clock`).
     wall_ns: Callable[[], int] = time.time_ns
     monotonic_ns: Callable[[], int] = time.monotonic_ns
@@ -278,7 +281,14 @@ def prepare(config: OperatorConfig) -> Prepared:
             heads.close()
         journal.close()
         raise
-    server = OperatorServer(engine, journal, clock=clock, config=config.server, heads=heads)
+    metrics = None
+    if config.metrics_port is not None:
+        from .metrics import Metrics  # prometheus_client only when asked for
+
+        metrics = Metrics()
+    server = OperatorServer(
+        engine, journal, clock=clock, config=config.server, heads=heads, metrics=metrics
+    )
     server.restore_streams(published)
     LOGGER.info(
         "journal_replayed",
@@ -336,6 +346,12 @@ async def _serve(
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 await nursery.start(server.serve, config.host, config.port)
+                if server.metrics is not None and config.metrics_port is not None:
+                    port = server.metrics.serve(config.metrics_host, config.metrics_port)
+                    LOGGER.info(
+                        "metrics_listening",
+                        extra={"fields": {"host": config.metrics_host, "port": port}},
+                    )
                 watcher = ChainWatcher(
                     court,
                     config.signer,
@@ -373,6 +389,8 @@ async def _serve(
                     "stopped", extra={"fields": {"drain_s": round(time.monotonic() - started, 3)}}
                 )
     finally:
+        if server.metrics is not None:
+            server.metrics.close()
         cursor.close()
 
 

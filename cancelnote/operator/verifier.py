@@ -18,50 +18,36 @@ never a request.
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 
 import msgspec
 import trio
 
-from .verify_worker import MAX_FRAME, frame
+from .child import Child, ChildFailed
 
 LOGGER = logging.getLogger("cancelnote.operator.verifier")
 
 #: Sends of one batch before its signatures are left to the engine.
 ATTEMPTS = 2
-#: How long a stopping worker may take to exit before it is killed.
-STOP_GRACE_S = 0.3
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple[int, list[tuple[bytes, str]]]).decode
 
 
-class WorkerFailed(Exception):
+class WorkerFailed(ChildFailed):
     """A worker exited, or answered something other than the batch it was sent."""
 
 
-class _Worker:
-    """One worker process and the bytes read from it that do not make a frame yet."""
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self._buffer = bytearray()
+class _Worker(Child):
+    """One worker process."""
 
     @classmethod
     async def start(cls) -> _Worker:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "cancelnote.operator.verify_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        return cls(process)
+        return cls(await cls.spawn("cancelnote.operator.verify_worker"))
 
     async def call(self, batch: int, pairs: list[tuple[bytes, bytes]]) -> list[bytes | str]:
-        assert self.process.stdin is not None
-        await self.process.stdin.send_all(frame(_encode((batch, pairs))))
+        await self.send(_encode((batch, pairs)))
         try:
-            answered, results = _decode(await self._read_frame())
+            answered, results = _decode(await self.receive())
         except msgspec.DecodeError as exc:
             raise WorkerFailed(f"unreadable answer: {exc}") from None
         if answered != batch or len(results) != len(pairs):
@@ -72,36 +58,6 @@ class _Worker:
                 raise WorkerFailed(f"an answer that is neither a signer nor an error: {signer!r}")
             signers.append(signer if signer else error)
         return signers
-
-    async def _read_frame(self) -> bytes:
-        assert self.process.stdout is not None
-        buffer = self._buffer
-        while True:
-            if len(buffer) >= 4:
-                size = int.from_bytes(buffer[:4], "big")
-                if size > MAX_FRAME:
-                    raise WorkerFailed(f"a frame of {size} bytes")
-                if len(buffer) >= 4 + size:
-                    payload = bytes(buffer[4 : 4 + size])
-                    del buffer[: 4 + size]
-                    return payload
-            data = await self.process.stdout.receive_some(1 << 16)
-            if not data:
-                raise WorkerFailed("the worker exited")
-            buffer += data
-
-    async def stop(self) -> None:
-        """Close its input (it exits), or kill it if it does not within the grace."""
-        with trio.CancelScope(shield=True):
-            if self.process.stdin is not None:
-                await trio.aclose_forcefully(self.process.stdin)
-            with trio.move_on_after(STOP_GRACE_S):
-                await self.process.wait()
-            if self.process.returncode is None:
-                self.process.kill()
-                await self.process.wait()
-            if self.process.stdout is not None:
-                await trio.aclose_forcefully(self.process.stdout)
 
 
 class Verifier:
@@ -146,7 +102,7 @@ class Verifier:
                 with trio.fail_after(self._timeout_s):
                     return await worker.call(batch, pairs)
             except (
-                WorkerFailed,
+                ChildFailed,
                 trio.TooSlowError,
                 trio.BrokenResourceError,
                 trio.ClosedResourceError,

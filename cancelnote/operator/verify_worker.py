@@ -2,7 +2,7 @@
 
 Run by :class:`~cancelnote.operator.verifier.Verifier` as ``python -m
 cancelnote.operator.verify_worker``; it speaks on its standard input and output, one
-frame at a time: a 4-byte big-endian length, then msgpack. A request is ``[batch,
+frame at a time (:mod:`.child`): a 4-byte big-endian length, then msgpack. A request is ``[batch,
 [[digest, signature], ...]]`` (32-byte EIP-712 digests, 65-byte signatures); the answer
 is ``[batch, [[signer, error], ...]]``, for each pair the 20-byte address its signature
 recovers to and ``""``, or ``b""`` and the text of the
@@ -21,35 +21,15 @@ stops its workers itself.
 
 from __future__ import annotations
 
-import signal
 import sys
-from typing import BinaryIO
 
 import msgspec
 
 from cancelnote.crypto import recover_address
 from cancelnote.errors import SignatureError
-
-#: Largest frame either side sends (a batch of the server's at most, with room to spare).
-MAX_FRAME = 64 * 1024 * 1024
+from cancelnote.operator.child import frame, ignore_interrupts, read_frame
 
 Request = tuple[int, list[tuple[bytes, bytes]]]
-
-
-def read_frame(stream: BinaryIO) -> bytes | None:
-    """One frame's payload, or ``None`` at the end of the stream."""
-    header = stream.read(4)
-    if len(header) < 4:
-        return None
-    size = int.from_bytes(header, "big")
-    if size > MAX_FRAME:
-        raise SystemExit(f"verify worker: a frame of {size} bytes")
-    payload = stream.read(size)
-    return payload if len(payload) == size else None
-
-
-def frame(payload: bytes) -> bytes:
-    return len(payload).to_bytes(4, "big") + payload
 
 
 def recover_all(pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, str]]:
@@ -64,7 +44,7 @@ def recover_all(pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, str]]:
 
 
 def main() -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_interrupts()
     decode = msgspec.msgpack.Decoder(Request).decode
     encode = msgspec.msgpack.Encoder().encode
     source, sink = sys.stdin.buffer, sys.stdout.buffer
