@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -81,6 +82,28 @@ def test_a_message_not_signed_by_the_operator_is_a_finding_not_evidence(store):
     wire = {"fill": {"digest": "0x12"}, "signature": forged.to_wire()["signature"]}
     malformed = verifier.receive_wire(wire, 10)
     assert [f.kind for f in malformed.findings] == [Kind.MALFORMED_MESSAGE]
+
+
+def test_a_write_from_another_thread_waits_for_an_open_transaction_not_joins_it(store):
+    # client watch runs its watchtower in a worker thread on the session's store: a write
+    # landing inside the other thread's transaction would be rolled back with it.
+    opened, written = threading.Event(), threading.Event()
+
+    def other_thread() -> None:
+        opened.wait(5)
+        store.set_cursor("events", 7)
+        written.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_fill(fill(1, 1))
+        opened.set()
+        assert not written.wait(0.3)  # it waits for this transaction ...
+        raise RuntimeError("rolled back")
+    worker.join(5)
+    assert store.cursor("events") == 7  # ... and then commits on its own
+    assert store.fills() == []
 
 
 def test_a_store_refuses_to_open_for_another_court_or_operator(store, tmp_path):

@@ -264,6 +264,9 @@ class EvidenceStore:
 
     def __init__(self, conn: sqlite3.Connection, domain: Domain, operator: bytes) -> None:
         self._conn = conn
+        #: One writer at a time: ``client watch`` runs its watchtower in a worker thread on
+        #: this connection while the session writes from trio's; a transaction is the lock.
+        self._writing = threading.RLock()
         self.domain = domain
         self.operator = operator
 
@@ -326,12 +329,17 @@ class EvidenceStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Group writes into one durable commit (a message and its findings together)."""
-        if self._conn.in_transaction:
-            yield
-            return
-        with _transaction(self._conn):
-            yield
+        """Group writes into one durable commit (a message and its findings together).
+
+        Nested calls in one thread join the open transaction; another thread waits for
+        it to commit rather than adding its writes to it.
+        """
+        with self._writing:
+            if self._conn.in_transaction:
+                yield
+                return
+            with _transaction(self._conn):
+                yield
 
     def integrity_check(self) -> str:
         return self._conn.execute("PRAGMA integrity_check").fetchone()[0]

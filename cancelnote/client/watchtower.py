@@ -457,8 +457,9 @@ class Watchtower:
         while start <= head:
             end = min(head, start + MAX_BLOCK_RANGE - 1)
             capped: set[bytes] = set()
-            with self.store.transaction():
-                for log in self.court.chain.get_logs(self.court.address, start, end):
+            logs = self.court.chain.get_logs(self.court.address, start, end)
+            with self.store.transaction():  # the store's lock held for SQLite work only
+                for log in logs:
                     event = self.court.decode_log(log)
                     digest = event.args.get("digest")
                     mine = self.signer.address in (
