@@ -564,12 +564,12 @@ def decode_request(text: str) -> WireRequest:
 
 
 class _CancelPart(msgspec.Struct):
-    cancel_tx: _CANCELLATION.struct  # type: ignore[valid-type]
+    cancel_tx: _CANCELLATION.struct  # type: ignore[name-defined]  # built at run time
     cancel_signature: str
     place_order: msgspec.Raw
 
 
-_decode_cancel_part = msgspec.json.Decoder(
+_decode_cancel_part: Callable[[str], Any] = msgspec.json.Decoder(
     msgspec.defstruct("CancelPartEnvelope", [("cancel_and_place", _CancelPart)])
 ).decode
 
@@ -694,8 +694,10 @@ def failure_wire(
 class SignedStatement(Protocol):
     """An operator-signed fill or note as the journal holds it (its entry)."""
 
-    seq: int
     MESSAGE: ClassVar[str]  # "fill" or "note"
+
+    @property
+    def seq(self) -> int: ...
 
     @property
     def signed_wire(self) -> dict[str, Any]: ...

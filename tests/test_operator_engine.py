@@ -624,6 +624,8 @@ def test_malformed_wire_request_gets_a_failure_reply_naming_the_request_type():
     assert out.wire["error_code"] == "INVALID_MESSAGE"
     (out,) = engine.handle_wire({"launch_rockets": {}}, T0)
     assert out.wire["error_code"] == "INVALID_MESSAGE"
+    (out,) = engine.handle_wire({"subscribe_heads": {}}, T0)  # the server's, not the engine's
+    assert out.wire["error_code"] == "INVALID_MESSAGE"
 
 
 def test_requests_round_trip_through_their_wire_form(alice):

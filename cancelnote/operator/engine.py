@@ -159,7 +159,10 @@ def split_outputs(outputs: Iterable[Output]) -> tuple[list[JournalEntry], list[R
     entries: list[JournalEntry] = []
     messages: list[Reply | Push] = []
     for out in outputs:
-        (messages if isinstance(out, Reply | Push) else entries).append(out)
+        if isinstance(out, Reply | Push):
+            messages.append(out)
+        else:
+            entries.append(out)
     return entries, messages
 
 
@@ -218,6 +221,10 @@ class _OrderRecord:
 #: ``on_setattr=NO_OP``: the configuration is validated once, at construction, and never
 #: reassigned; without it attrs routes every state assignment (``_last_seq``, once per
 #: entry) through a Python-level ``__setattr__`` hook.
+def _product_set(products: Iterable[int]) -> frozenset[int]:
+    return frozenset(products)
+
+
 @attrs.define(on_setattr=attrs.setters.NO_OP)
 class Engine:
     """The order books, the cancel answers and the signing of one operator.
@@ -236,7 +243,7 @@ class Engine:
 
     signer: Signer
     domain: Domain
-    products: frozenset[int] = attrs.field(converter=frozenset)
+    products: frozenset[int] = attrs.field(converter=_product_set)
     settlement_delay_ms: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     policy: Policy = attrs.Factory(Honest)
     rate_limit: int = RATE_LIMIT_WEIGHT
@@ -322,6 +329,9 @@ class Engine:
             request = request_from_wire(obj)
         except MessageError as exc:
             return [Reply.failure(None, exc, request_type_of(obj))]
+        if not isinstance(request, Request):  # streams and heads are the server's
+            refused = MessageError(f"{request.KEY} is not answered by the engine")
+            return [Reply.failure(None, refused, request_type_of(obj))]
         return self.handle(request, now_ms)
 
     def advance(self, now_ms: int) -> list[Output]:
@@ -779,6 +789,7 @@ class Engine:
             "pending_cancellations": [],
             "failed_cancellations": [],
         }
+        named: list[tuple[bytes, int | None]]
         if isinstance(request, CancelProductOrders):
             named = [(digest, None) for digest in self._cancel_targets(request)]
         else:
@@ -794,10 +805,15 @@ class Engine:
                 data["failed_cancellations"].append(
                     {"digest": digest_hex, "reason_code": reason.value}
                 )
-                if reason is ReasonCode.ALREADY_CANCELLED and record.notes[0].published:
+                if (
+                    reason is ReasonCode.ALREADY_CANCELLED
+                    and record is not None
+                    and record.notes[0].published
+                ):
                     notes.append(record.notes[0].signed_wire)
                     signed.append(record.notes[0])
                 continue
+            assert record is not None  # an unknown order is refused above
             cancelled.append(record.order_data(digest_hex))
             issued = self._sign_note(
                 record, request_hash, received_at, now_ms, CancellationType.OFF_CHAIN, out

@@ -24,7 +24,7 @@ leaves from its rows, committed before anything is served.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from cancelnote.crypto import Signer
@@ -118,7 +118,7 @@ class HeadLog:
 
     # --- start-up -------------------------------------------------------------------------
 
-    def _stored_leaves(self) -> Iterator[bytes]:
+    def _stored_leaves(self) -> Generator[bytes, None, None]:
         for key, value in self.journal.tree_rows():
             if key & 63 == 0:
                 yield value

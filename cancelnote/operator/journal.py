@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache, cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
 import attrs
 
@@ -103,16 +103,29 @@ _CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
 _encode_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
-@cache
-def _encoders(cls: type) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
-    """``(field, to-JSON codec)`` of an entry class, all fields but ``seq``."""
-    return tuple((f.name, _CODECS[f.type][0]) for f in attrs.fields(cls) if f.name != "seq")
+_Encoders: TypeAlias = tuple[tuple[str, Callable[[Any], Any]], ...]
+_ENCODERS: dict[type[_Entry], _Encoders] = {}
+_UNSIGNED_ENCODERS: dict[type[_SignedEntry], _Encoders] = {}
 
 
-@cache
-def _unsigned_encoders(cls: type) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+def _encoders(cls: type[_Entry]) -> _Encoders:
+    """``(field, to-JSON codec)`` of an entry class, all fields but ``seq`` (made once)."""
+    found = _ENCODERS.get(cls)
+    if found is None:
+        fields = [f for f in attrs.fields(cls) if f.name != "seq"]
+        found = _ENCODERS[cls] = tuple((f.name, _CODECS[f.type][0]) for f in fields)
+    return found
+
+
+def _unsigned_encoders(cls: type[_SignedEntry]) -> _Encoders:
     """:func:`_encoders` of a signed entry class but its message and signature."""
-    return tuple((n, e) for n, e in _encoders(cls) if n not in ("signature", cls.MESSAGE))
+    found = _UNSIGNED_ENCODERS.get(cls)
+    if found is None:
+        unsigned = ("signature", cls.MESSAGE)
+        found = _UNSIGNED_ENCODERS[cls] = tuple(
+            (n, e) for n, e in _encoders(cls) if n not in unsigned
+        )
+    return found
 
 
 class _Entry:
@@ -122,6 +135,10 @@ class _Entry:
     KIND: ClassVar[str]
     seq: int
     at_ms: int
+    if TYPE_CHECKING:  # what the attrs classes below add
+        __attrs_attrs__: ClassVar[Any]
+
+        def __init__(self, seq: int, **fields: Any) -> None: ...
 
     def body(self) -> dict[str, Any]:
         return {name: encode(getattr(self, name)) for name, encode in _encoders(type(self))}
@@ -214,6 +231,7 @@ class _SignedEntry(_Entry):
     """An entry carrying an operator-signed message, numbered with the entry's seq."""
 
     MESSAGE: ClassVar[str]
+    signature: bytes
 
     def body_json(self) -> str:
         """The body's JSON, splicing in :attr:`signed_json` rather than encoding it again.
