@@ -84,6 +84,16 @@ def dev_account(index: int) -> Signer:
     return Signer(keccak(DEV_KEY_PREFIX + index.to_bytes(4, "big")))
 
 
+def fastest_backend() -> str:
+    """``revm`` when its package is installed (``cancelnote[fast]``), else ``py-evm``: the
+    lab's default (a run's outputs are the same on both)."""
+    try:
+        import pyrevm  # noqa: F401
+    except ImportError:
+        return "py-evm"
+    return "revm"
+
+
 def make_chain(backend: str = "py-evm", **options: Any) -> LocalChain:
     """A fresh dev chain on ``backend`` (one of :data:`BACKENDS`), for the lab and the CLI.
 

@@ -202,6 +202,11 @@ class Adversary:
     def answer_delay_ns(self, digest: bytes) -> int | None:
         return 0 if self.spec.answer_on_chain else None
 
+    def claimant_name(self, owner: bytes) -> str | None:
+        """The name of one of the operator's own claimants (a sock puppet) with address
+        ``owner``, or ``None``: whose claims the operator is paid itself."""
+        return None
+
     def patience_ms(self) -> int:
         """How late a note may be before a watchtower forces the cancel."""
         return self.view.scenario.client.force_after_ms
@@ -249,7 +254,7 @@ class HoldUnderPatience(Adversary):
     @classmethod
     def search_space(cls, scenario: Scenario) -> dict[str, Axis]:
         patience = scenario.client.force_after_ms
-        block_ms = scenario.chain.block_time_s * 1000
+        block_ms = scenario.chain.block_time_ms
         return {"margin_ms": Axis(-block_ms, patience, points=6, integer=True)}
 
     def engine_policy(self) -> Policy:

@@ -25,10 +25,10 @@ import tempfile
 
 from ..api import CancelOrders, PlaceOrder
 from ..client.evidence import EvidenceStore, SignedFill, SignedNote
-from ..client.verifier import DISPUTABLE, Received, Verifier, VerifierPolicy
-from ..client.watchtower import Outcome, Watchtower
+from ..client.verifier import DISPUTABLE, Kind, Received, Verifier, VerifierPolicy
+from ..client.watchtower import Claim, Outcome, Watchtower
 from ..crypto import Signer
-from ..dispute.court import Court
+from ..dispute.court import Court, Offence
 from ..messages import Domain
 from ..operator.journal import FillIssued, NoteIssued
 
@@ -51,17 +51,34 @@ class SimClient:
         domain: the court's EIP-712 domain.
         operator: the operator's address (the only valid signer of fills and notes).
         deadline_ms: the verifier's cancel deadline (force on-chain after it).
+        court_max_pending_ms: the court's ``maxPendingMs`` (the verifier judges fills
+            after a forced cancel by it).
+        claim_retry_ms: how long a claim paid short (an empty bond) waits to be claimed
+            again.
     """
 
-    def __init__(self, signer: Signer, domain: Domain, operator: bytes, deadline_ms: int) -> None:
+    def __init__(
+        self,
+        signer: Signer,
+        domain: Domain,
+        operator: bytes,
+        deadline_ms: int,
+        court_max_pending_ms: int,
+        claim_retry_ms: int,
+    ) -> None:
         self.signer = signer
         descriptor, self._path = tempfile.mkstemp(prefix="cancelnote-client-", suffix=".db")
         os.close(descriptor)
         self.store = EvidenceStore.open(
             self._path, domain, operator, durable=False, cache_kib=CACHE_KIB
         )
-        self.verifier = Verifier(self.store, VerifierPolicy(cancel_deadline_ms=deadline_ms))
+        policy = VerifierPolicy(
+            cancel_deadline_ms=deadline_ms, court_max_pending_ms=court_max_pending_ms
+        )
+        self.verifier = Verifier(self.store, policy)
         self.watchtower: Watchtower | None = None
+        self._claim_retry_ms = claim_retry_ms
+        self._claim_due: dict[int, int] = {}  # claimed finding id -> when to claim, ms
 
     def requote(self, cancel: CancelOrders | None, orders: list[PlaceOrder], now_ms: int) -> None:
         """Keep a requote's signed cancel (its deadline runs from now) and new orders (the
@@ -80,15 +97,41 @@ class SimClient:
         note = SignedNote(entry.note, entry.signature, now_ms)
         return self.verifier.receive_note(note, now_ms)
 
-    def has_open_cases(self) -> bool:
-        """Whether a disputable finding is still open or a forced cancel is unsettled."""
-        return any(f.status in _OPEN and f.kind in DISPUTABLE for f in self.store.findings())
+    def court_due_ms(self, now_ms: int) -> int | None:
+        """When this client next has work in court: ``now_ms`` while a disputable finding
+        is open or a forced cancel unsettled; else when its first unpaid claim vests (a
+        claim the court paid short is tried again ``claim_retry_ms`` later); ``None`` if
+        it has none."""
+        if any(f.kind in DISPUTABLE for status in _OPEN for f in self.store.findings(status)):
+            return now_ms
+        claimed = [f for f in self.store.findings("claimed") if f.kind in DISPUTABLE]
+        if not claimed or self.watchtower is None:
+            return None
+        court = self.watchtower.court
+        due = None
+        for finding in claimed:
+            assert finding.id is not None
+            at = self._claim_due.get(finding.id)
+            if at is None:
+                offence = finding.offence
+                if finding.kind == Kind.UNANSWERED_CANCEL:
+                    offence = Offence.DEFAULT
+                assert offence is not None
+                at = court.claim_of(finding.digest, offence).vests_at * 1_000
+                self._claim_due[finding.id] = at
+            due = at if due is None else min(due, at)
+        return due
 
     def court_round(self, court: Court, now_ms: int) -> list[Outcome]:
         """One watchtower round on ``court`` (deadlines, plan, transactions)."""
         if self.watchtower is None:
             self.watchtower = Watchtower(self.verifier, court, self.signer, auto_withdraw=False)
-        return self.watchtower.step(now_ms)
+        outcomes = self.watchtower.step(now_ms)
+        for outcome in outcomes:  # paid short, or nothing to take yet: try again later
+            action = outcome.action
+            if isinstance(action, Claim) and outcome.outcome in ("claimed", "waiting"):
+                self._claim_due[action.finding_id] = now_ms + self._claim_retry_ms
+        return outcomes
 
     def close(self) -> None:
         """Close the store and delete its files."""

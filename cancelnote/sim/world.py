@@ -30,9 +30,9 @@ One :class:`World` is one replicate of a scenario. The parts, and the rules they
   A time series (mid, top of book, every agent's inventory and PnL) is streamed to a
   :class:`~.series.SeriesWriter` when one is given.
 
-Time: the engine's clock is ``EPOCH_MS + t_ns // 1_000_000`` (unix ms), the chain's
-``EPOCH_S + t_ns // 1_000_000`` (a chain second is a simulated millisecond: see
-:mod:`.onchain`). Randomness comes only from named streams of ``Seeds``.
+Time: the engine's clock and the chain's are both ``EPOCH_MS + t_ns // 1_000_000`` (unix
+ms; chain seconds are simulated seconds, see :mod:`.onchain`). Randomness comes only from
+named streams of ``Seeds``.
 """
 
 from __future__ import annotations
@@ -62,15 +62,22 @@ from .eventlog import EventLog
 from .kernel import Kernel
 from .latency import LatencyModel
 from .market import MidPricePath
-from .onchain import CHAIN_TIME_SCALE, EPOCH_S, OPERATOR, OnChain, domain_of
+from .onchain import EPOCH_MS, OPERATOR, OnChain, domain_of
 from .plugins import load_class
-from .records import DROPPED, HELD, CancelRecord, DisputeRecord, Recorder, TxRecord
+from .records import (
+    DROPPED,
+    HELD,
+    CancelRecord,
+    ClaimLedger,
+    DisputeRecord,
+    Recorder,
+    TxRecord,
+)
 from .scenario import AgentSpec, Scenario
 from .seeding import Seeds
 from .series import SeriesWriter
 
 NS_PER_MS = 10**6
-EPOCH_MS = EPOCH_S * 1000
 PRODUCT = 1
 X18 = 10**18
 #: Priorities at one instant: the price tick first, then (with ``cancel_first``) cancels.
@@ -126,12 +133,6 @@ class Maker:
     pending: dict[bytes, PlaceOrder] = attrs.Factory(dict)  # cancelled, no note seen yet
 
 
-def order_lifetime_s(scenario: Scenario) -> int:
-    """Orders outlive the run, in the chain's scaled clock too (the court checks it); the
-    engine's maximum lifetime is exactly this, so every order is within it."""
-    return (math.ceil(scenario.run.horizon_s) + 3_600) * CHAIN_TIME_SCALE
-
-
 @attrs.define
 class World:
     """One replicate of a scenario, built by :meth:`build` and played by :meth:`run`."""
@@ -153,8 +154,9 @@ class World:
     mids: array = attrs.Factory(lambda: array("d"))
     disputes: list[DisputeRecord] = attrs.Factory(list)
     txs: list[TxRecord] = attrs.Factory(list)
+    ledger: ClaimLedger = attrs.Factory(ClaimLedger)
+    operator_claimants: set[str] = attrs.Factory(set)  # names of the operator's own
     fills: int = 0  # operator-signed fills of client orders
-    penalties_wei: int = 0
     answers: int = 0
     spread_sum: float = 0.0  # over book samples with both sides
     spread_samples: int = 0
@@ -166,6 +168,7 @@ class World:
     _owners: dict[bytes, Owner] = attrs.Factory(dict)  # order digest -> who, side, size
     _orders: dict[bytes, PlaceOrder] = attrs.Factory(dict)  # client orders by digest
     _by_sender: dict[bytes, Maker | AgentContext] = attrs.Factory(dict)
+    _by_address: dict[bytes, Maker | AgentContext] = attrs.Factory(dict)
     _match_time: dict[int, tuple[int, bytes, bytes]] = attrs.Factory(dict)
     _filled: dict[bytes, int] = attrs.Factory(dict)  # client order digest -> filled x18
     _exposed: dict[bytes, None] = attrs.Factory(dict)  # orders the sniper watches
@@ -174,6 +177,9 @@ class World:
     _answers_due: list[tuple[bytes, CancellationNote, bytes]] = attrs.Factory(list)
     _next_block: int = 0
     _open_cases: dict[bytes, DisputeRecord] = attrs.Factory(dict)  # forced cancels
+    _requested_at: dict[bytes, int] = attrs.Factory(dict)  # forced: request time, engine ms
+    _makers_by_name: dict[str, Maker] = attrs.Factory(dict)
+    _wake_at: dict[str, int] = attrs.Factory(dict)  # party -> its court wake-up (a claim)
 
     @classmethod
     def build(
@@ -204,7 +210,14 @@ class World:
             name = f"mm/{i}"
             signer = dev_account(FIRST_MAKER_ACCOUNT + i)
             client = (
-                SimClient(signer, domain, operator.address, client_spec.force_after_ms)
+                SimClient(
+                    signer,
+                    domain,
+                    operator.address,
+                    client_spec.force_after_ms,
+                    scenario.court.max_pending_ms,
+                    scenario.court.claim_delay_s * 1_000,
+                )
                 if client_spec.verify
                 else None
             )
@@ -231,7 +244,7 @@ class World:
                 {PRODUCT},
                 settlement_delay_ms=spec.settlement_delay_ms,
                 rate_limit=spec.rate_limit,
-                max_order_lifetime_s=order_lifetime_s(scenario),
+                max_order_lifetime_s=scenario.makers.order_lifetime_s,
             ),
             onchain=onchain,
             adversary=adversary,
@@ -248,6 +261,8 @@ class World:
         world.engine.policy = adversary.engine_policy()
         for maker in makers:
             world._by_sender[maker.trader.sender] = maker
+            world._by_address[maker.trader.signer.address] = maker
+            world._makers_by_name[maker.name] = maker
         for j, agent_spec in enumerate(agent_specs):
             world._add_agent(j, agent_spec, domain)
         return world
@@ -271,6 +286,7 @@ class World:
         )
         self.agents.append(ctx)
         self._by_sender[ctx.trader.sender] = ctx
+        self._by_address[ctx.trader.signer.address] = ctx
 
     # --- what the operator's strategy may read (adversary.OperatorView) -------------------
 
@@ -763,7 +779,8 @@ class World:
         now = self.kernel.now_ns
         margin = (
             round(self.scenario.metrics.asymmetry_horizon_s * 1e9)
-            + (3 * self.scenario.chain.block_time_s + 1) * 10**9
+            + 3 * self.onchain.block_ns
+            + 10**9
         )
         done = [
             record
@@ -793,28 +810,61 @@ class World:
     # --- the chain ------------------------------------------------------------------------
 
     def _wants_court(self, party: str) -> None:
-        if self.onchain.wait(party) and not self._slot_scheduled:
+        if self.onchain.wait(party):
+            self._schedule_slot()
+
+    def _schedule_slot(self) -> None:
+        if not self._slot_scheduled:
             self._slot_scheduled = True
             self.kernel.schedule(self.onchain.next_slot(self.kernel.now_ns), self._slot)
 
     def _slot(self, _: object) -> None:
+        """One block slot: the waiting parties transact in the slot's block, the block is
+        sealed, and its logs are read (the operator's watcher and the ground truth)."""
         self._slot_scheduled = False
+        clients = []
         for party in self.onchain.open_slot(self.kernel.now_ns):
             if party == OPERATOR:
                 self._operator_round()
             else:
-                self._client_round(next(m for m in self.makers if m.name == party))
+                maker = self._makers_by_name[party]
+                self._client_round(maker)
+                clients.append(maker)
+        self.onchain.close_slot()
         self._read_court()
-        for maker in self.makers:
-            if maker.watched and maker.client is not None and maker.client.has_open_cases():
-                self._wants_court(maker.name)
+        now_ms = self.now_ms()
+        for maker in clients:
+            assert maker.client is not None
+            due_ms = maker.client.court_due_ms(now_ms)
+            if due_ms is not None:
+                self._court_at(maker.name, due_ms)
         if self._answers_due:
             self._wants_court(OPERATOR)
+        if self.onchain.spilled:  # a full block's rest waits for the next slot
+            self._schedule_slot()
+
+    def _court_at(self, party: str, due_ms: int) -> None:
+        """``party`` has court work from engine time ``due_ms`` on (now, or when a claim
+        vests): it waits for the first slot from then."""
+        due_ns = self.ns_of_ms(due_ms)
+        if due_ns <= self.kernel.now_ns:
+            self._wants_court(party)
+            return
+        woken = self._wake_at.get(party)
+        if due_ns <= self.horizon_ns and (woken is None or due_ns < woken):
+            self._wake_at[party] = due_ns
+            self.kernel.schedule(due_ns, self._wake_for_court, party)
+
+    def _wake_for_court(self, party: str) -> None:
+        if self._wake_at.get(party) == self.kernel.now_ns:
+            del self._wake_at[party]
+            self._wants_court(party)
 
     def _transaction(
         self, party: str, function: str, tx_hash: bytes, ok: bool, detail: str = ""
     ) -> TxRecord:
-        gas, block = self.onchain.gas_of(tx_hash)
+        receipt = self.onchain.receipt(tx_hash)
+        gas, block = receipt.gas_used, receipt.block_number
         tx = TxRecord(self.kernel.now_ns, block, party, function, gas, ok, detail)
         self.txs.append(tx)
         if self._logging:
@@ -880,6 +930,8 @@ class World:
                 case.gas += tx.gas
 
     def _read_court(self) -> None:
+        """Every court log of the blocks sealed since the last read: the operator's
+        watcher (forced cancels) and the ground truth of cases and claims."""
         court, chain = self.onchain.court, self.onchain.chain
         assert court is not None and chain is not None
         head = chain.block_number()
@@ -887,24 +939,44 @@ class World:
             event = court.decode_log(log)
             args = event.args
             digest = args.get("digest", b"")
+            name = event.name
             if self._logging:
-                self._record("court", event.name, digest)
-            if event.name == "CancelRequested":
+                self._record("court", name, digest)
+            if name == "CancelRequested":
                 self._exposed.pop(digest, None)
+                self._requested_at[digest] = args["requestedAt"] * 1_000
                 self._forced_seen(digest)
-            elif event.name == "CancelAnswered":
+            elif name == "CancelAnswered":
                 self.answers += 1
                 self._settled(digest)
                 case = self._open_cases.pop(digest, None)
                 if case is not None:
                     self._resolve(case, "lost", log.block_number)
-            elif event.name == "CancelDefaulted":
+            elif name == "CancelDefaulted":
                 self._settled(digest)
                 if args["halted"] and self.halted_at is None:
                     self.halted_at = self.kernel.now_ns
-            elif event.name == "Slashed":
-                self.penalties_wei += args["penalty"]  # a claim: owed once filed
+            elif name == "Slashed":
+                self.ledger.filed(
+                    self._agent_of(args["owner"]), digest, args["offence"], args["window"],
+                    args["penalty"], self.kernel.now_ns,
+                )  # fmt: skip
+            elif name == "WindowSettled":
+                self.ledger.settled(args["window"], args["taken"])
+            elif name == "ClaimPaid":
+                self.ledger.paid(digest, args["offence"], args["paid"], self.kernel.now_ns)
         self._next_block = head + 1
+
+    def _agent_of(self, owner: bytes) -> str:
+        """The agent an owner address belongs to (``?`` for none of the world's)."""
+        client = self._by_address.get(owner)
+        if client is not None:
+            return client.name
+        name = self.adversary.claimant_name(owner)
+        if name is None:
+            return "?"
+        self.operator_claimants.add(name)
+        return name
 
     def _settled(self, digest: bytes) -> None:
         record = self.recorder.get(digest)
@@ -926,10 +998,14 @@ class World:
             self._answer(digest)
 
     def _answer(self, digest: bytes) -> None:
-        """The operator's watcher: the engine's note for a forced cancel, to submit."""
+        """The operator's watcher: the engine's note for a forced cancel (effective at the
+        request's block), to submit at the next slot."""
         placed = self._orders.get(digest)
         outputs = self.engine.force_cancel(
-            digest, self.now_ms(), None if placed is None else placed.order
+            digest,
+            self.now_ms(),
+            None if placed is None else placed.order,
+            self._requested_at.get(digest),
         )
         self._route(outputs)
         for out in outputs:
