@@ -33,7 +33,7 @@ from typing import Any, Literal
 import attrs
 from attrs import validators as v
 
-from ..dispute.local import BACKENDS, GAS_LIMIT, MIN_GAS_LIMIT, fastest_backend
+from ..dispute.local import BACKENDS, GAS_LIMIT, MAX_GAS_LIMIT, fastest_backend
 from .adversary import OPERATOR_POLICIES, build_adversary
 from .config import ScenarioError
 from .latency import LatencyModel, latency_from_config
@@ -44,6 +44,8 @@ Backend = Literal["py-evm", "revm"]
 ORDERINGS: tuple[str, ...] = Ordering.__args__  # type: ignore[attr-defined]
 
 _pos_int = [v.instance_of(int), v.gt(0)]
+#: The least block gas limit a scenario may set: the court's deployment must fit a block.
+MIN_BLOCK_GAS = 6_000_000
 _table_of = v.instance_of(dict)
 _nonneg_int = [v.instance_of(int), v.ge(0)]
 _bool = v.instance_of(bool)
@@ -202,7 +204,7 @@ class ChainSpec:
 
     backend: Backend = attrs.field(factory=fastest_backend, validator=v.in_(BACKENDS))
     block_time_s: float = _float(2.0, gt=0.0)
-    gas_limit: int = attrs.field(default=GAS_LIMIT, validator=[*_pos_int, v.ge(MIN_GAS_LIMIT)])
+    gas_limit: int = attrs.field(default=GAS_LIMIT, validator=v.instance_of(int))
     ordering: Ordering = attrs.field(default="fifo", validator=v.in_(ORDERINGS))
     gas_price_gwei: float = _float(1.0, ge=0.0)
     eth_price: float = _float(3_000.0, gt=0.0)
@@ -210,6 +212,14 @@ class ChainSpec:
     @block_time_s.validator
     def _check_block_time(self, attribute: attrs.Attribute, value: float) -> None:
         _whole_ms(self, attribute, value)
+
+    @gas_limit.validator
+    def _check_gas_limit(self, attribute: attrs.Attribute, value: int) -> None:
+        if not MIN_BLOCK_GAS <= value <= MAX_GAS_LIMIT:
+            raise ValueError(
+                f"'gas_limit' must be in [{MIN_BLOCK_GAS:,}, {MAX_GAS_LIMIT:,}] (a block must"
+                f" hold the court's deployment, about 5.2 million gas), got {value:,}"
+            )
 
     @property
     def block_time_ms(self) -> int:
