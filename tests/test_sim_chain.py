@@ -3,6 +3,7 @@ that vest and are paid in simulated time, and a ledger that ends as the court do
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import json
 import tomllib
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cancelnote.api import Notes
+from cancelnote.dispute.chain import TransactionReverted
 from cancelnote.dispute.court import Offence
 from cancelnote.messages import Order
 from cancelnote.sim.metrics import run_metrics
@@ -160,18 +162,14 @@ def _play_out(world: World) -> dict[str, int]:
     anyone = chain.dev_accounts[2]
     chain.begin_block(chain.timestamp_ms() + 10 * world.scenario.court.claim_delay_s * 1_000)
     windows = sorted({c.window for c in world.ledger.claims})
-    for window in windows:
-        try:
+    for window in windows:  # refused: paid in the run, or short of bond
+        with contextlib.suppress(TransactionReverted):
             court.settle(anyone, window)
-        except Exception:  # noqa: BLE001 - nothing to settle (paid in the run, or short)
-            pass
-    orders = {placed.order.digest(court.domain): placed.order for placed in world._orders.values()}
+    orders = {p.order.digest(court.domain): p.order for p in world._orders.values()}
     for claim in world.ledger.claims:
         order: Order = orders[claim.digest]
-        try:
+        with contextlib.suppress(TransactionReverted):  # refused: nothing more to claim
             court.claim(anyone, order, Offence(claim.offence))
-        except Exception:  # noqa: BLE001 - nothing more to claim
-            pass
     chain.seal_block()
     paid: dict[str, int] = {}
     for event in court.get_events():
