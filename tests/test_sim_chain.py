@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from cancelnote.api import Notes
-from cancelnote.dispute.chain import TransactionReverted
-from cancelnote.dispute.court import Offence
+from cancelnote.client.watchtower import EVENTS_CURSOR, OWNER_EVENTS, Watchtower
+from cancelnote.dispute.chain import Log, TransactionReverted
+from cancelnote.dispute.court import CourtEvent, Offence
 from cancelnote.messages import Order
+from cancelnote.sim import clients
 from cancelnote.sim.metrics import run_metrics
 from cancelnote.sim.onchain import EPOCH_MS
 from cancelnote.sim.output import run_replicate
@@ -53,6 +55,11 @@ def _world(overrides: dict) -> World:
     return world
 
 
+def _assert_same_files(one: Path, other: Path) -> None:
+    match, mismatch, errors = filecmp.cmpfiles(one, other, OUTPUTS, shallow=False)
+    assert (mismatch, errors) == ([], []) and len(match) == len(OUTPUTS)
+
+
 def test_a_run_writes_the_same_bytes_on_revm_and_on_py_evm(tmp_path):
     overrides = {**BACKDATING, "client.force_after_ms": 250}
     metrics = {}
@@ -61,10 +68,7 @@ def test_a_run_writes_the_same_bytes_on_revm_and_on_py_evm(tmp_path):
         metrics[backend] = run_replicate(scenario, 0, tmp_path / backend)
         kept = json.loads((tmp_path / backend / "metrics.json").read_text(encoding="utf-8"))
         assert kept["metrics"] == metrics[backend]
-    match, mismatch, errors = filecmp.cmpfiles(
-        tmp_path / "revm", tmp_path / "py-evm", OUTPUTS, shallow=False
-    )
-    assert (mismatch, errors) == ([], []) and len(match) == len(OUTPUTS)
+    _assert_same_files(tmp_path / "revm", tmp_path / "py-evm")
     assert metrics["revm"] == metrics["py-evm"]
     m = metrics["revm"]
     assert m["disputes_filed"] > 0 and m["claims_filed"] > 0 and m["gas_total"] > 0
@@ -202,3 +206,82 @@ def test_burn_share_and_bond_come_from_the_scenario(tmp_path: Path):
     assert court is not None
     assert court.burn_share_bps() == 1_000 and court.claim_delay() == 3
     assert court.max_pending_ms() == 90_000 and court.answer_window() == 120
+
+
+class _FullScan(Watchtower):
+    """The watchtower as it was: every court log decoded, ours kept (the reference)."""
+
+    decoded = 0
+
+    def sync_events(self, now_ms: int) -> None:
+        head = self.court.chain.block_number()
+        ours = {o.digest for o in self.store.orders()}
+        start = self.store.cursor(EVENTS_CURSOR)
+        if start > head:
+            return
+        capped = set()
+        with self.store.transaction():
+            for log in self.court.chain.get_logs(self.court.address, start, head):
+                event = self.court.decode_log(log)
+                _FullScan.decoded += 1
+                digest = event.args.get("digest")
+                mine = self.signer.address in (event.args.get("owner"), event.args.get("account"))
+                if digest in ours or mine:
+                    self.store.add_chain_event(
+                        log.block_number, log.log_index, log.transaction_hash, event.name,
+                        event.args,
+                    )  # fmt: skip
+                    if event.name in ("CancelRequested", "CancelAnswered"):
+                        capped.add(digest)
+            for digest in capped:
+                self.verifier.check_cap(digest, now_ms)
+            self.store.set_cursor(EVENTS_CURSOR, head + 1)
+
+
+class _Filtered(Watchtower):
+    """The watchtower of the package, counting the logs it decodes."""
+
+    decoded = 0
+
+    def sync_events(self, now_ms: int) -> None:
+        decode = self.court.decode_log
+
+        def counting(log: Log) -> CourtEvent:
+            _Filtered.decoded += 1
+            return decode(log)
+
+        self.court.decode_log = counting  # type: ignore[method-assign]
+        try:
+            super().sync_events(now_ms)
+        finally:
+            del self.court.decode_log
+
+
+def test_filtered_logs_give_the_same_decisions_as_a_full_scan(monkeypatch, tmp_path):
+    overrides = {**BACKDATING, "client.force_after_ms": 250, "makers.count": 4}
+    outputs = {}
+    for cls in (_FullScan, _Filtered):
+        monkeypatch.setattr(clients, "Watchtower", cls)
+        outputs[cls] = run_replicate(_scenario(overrides), 0, tmp_path / cls.__name__)
+    assert outputs[_FullScan] == outputs[_Filtered]
+    _assert_same_files(tmp_path / "_FullScan", tmp_path / "_Filtered")
+    assert outputs[_Filtered]["claims_filed"] > 0
+    # Each watchtower decodes its owner's logs only: about a quarter of the full scan's.
+    assert 0 < _Filtered.decoded < _FullScan.decoded / 2
+
+
+def test_a_watchtower_decodes_only_the_logs_about_its_owner():
+    world = _world({**FORCED, "makers.count": 3})
+    court, chain = world.onchain.court, world.onchain.chain
+    assert court is not None and chain is not None
+    owner = world.makers[0].trader.signer.address
+    events = [court.decode_log(log) for log in chain.get_logs(court.address, 0, None)]
+    about = [e for e in events if owner in (e.args.get("owner"), e.args.get("account"))]
+    assert about and len(about) < len(events)
+    watchtower = world.makers[0].client.watchtower  # type: ignore[union-attr]
+    assert watchtower is not None
+    topics = (watchtower._owner_events, [bytes(12) + owner])
+    filtered = chain.get_logs(court.address, 0, None, topics)
+    assert [court.decode_log(log) for log in filtered] == about
+    names = {e.name for e in events if "digest" in e.args or "owner" in e.args}
+    assert names <= set(OWNER_EVENTS)

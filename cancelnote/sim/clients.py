@@ -125,7 +125,9 @@ class SimClient:
     def court_round(self, court: Court, now_ms: int) -> list[Outcome]:
         """One watchtower round on ``court`` (deadlines, plan, transactions)."""
         if self.watchtower is None:
-            self.watchtower = Watchtower(self.verifier, court, self.signer, auto_withdraw=False)
+            self.watchtower = Watchtower(
+                self.verifier, court, self.signer, auto_withdraw=False, owners=[self.signer.address]
+            )
         outcomes = self.watchtower.step(now_ms)
         for outcome in outcomes:  # paid short, or nothing to take yet: try again later
             action = outcome.action
