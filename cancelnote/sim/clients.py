@@ -8,13 +8,16 @@ findings to court with the real :class:`~cancelnote.client.watchtower.Watchtower
 The world only decides *when* a client looks at the chain (a finding arrived, a cancel
 deadline passed, a case is open), never *what* it does.
 
-Two things differ from a client on a socket, both outside what the lab measures: the
+Three things differ from a client on a socket, all outside what the lab measures: the
 store is a temporary file without fsync (a run is disposable; durability is the
-operator's and the real client's concern, tested elsewhere) with a small page cache, so
-memory stays flat however long the run; and a pushed fill or note reaches the verifier
-as the signed message it is (``receive_fill``/``receive_note``), not as JSON to parse
-again. Every signature is still recovered and every rule checked; a simulated client
-never reconnects, so it keeps no stream cursor.
+operator's and the real client's concern, tested elsewhere) with a small page cache; it
+keeps its working set in memory and writes in batches (:class:`~.store.WorkingSetStore`:
+the real store's code and schema, every answer the one the real store would give), and
+lets an order's evidence go from memory once the world says nothing more can happen to
+it, so memory stays flat however long the run; and a pushed fill or note reaches the
+verifier as the signed message it is (``receive_fill``/``receive_note``), not as JSON to
+parse again. Every signature is still recovered and every rule checked; a simulated
+client never reconnects, so it keeps no stream cursor.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ import os
 import tempfile
 
 from ..api import CancelOrders, PlaceOrder
-from ..client.evidence import EvidenceStore, SignedFill, SignedNote
+from ..client.evidence import SignedFill, SignedNote
 from ..client.verifier import DISPUTABLE, Kind, Received, Verifier, VerifierPolicy
 from ..client.watchtower import Claim, Outcome, Watchtower
 from ..crypto import Signer
 from ..dispute.court import Court, Offence
 from ..messages import Domain
 from ..operator.journal import FillIssued, NoteIssued
+from .store import WorkingSetStore
 
 #: Finding states in which the watchtower still has court work to do.
 _OPEN = ("open", "forced")
@@ -69,7 +73,7 @@ class SimClient:
         self.signer = signer
         descriptor, self._path = tempfile.mkstemp(prefix="cancelnote-client-", suffix=".db")
         os.close(descriptor)
-        self.store = EvidenceStore.open(
+        self.store = WorkingSetStore.open(
             self._path, domain, operator, durable=False, cache_kib=CACHE_KIB
         )
         policy = VerifierPolicy(
@@ -134,6 +138,10 @@ class SimClient:
             if isinstance(action, Claim) and outcome.outcome in ("claimed", "waiting"):
                 self._claim_due[action.finding_id] = now_ms + self._claim_retry_ms
         return outcomes
+
+    def forget(self, digest: bytes) -> None:
+        """Nothing more can happen to order ``digest`` (the world closed its record)."""
+        self.store.forget(digest)
 
     def close(self) -> None:
         """Close the store and delete its files."""

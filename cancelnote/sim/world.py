@@ -690,6 +690,10 @@ class World:
             target.agent.on_push(target, entry.signed_wire)
             return
         maker = target
+        if maker.client is not None:
+            received = maker.client.receive(entry, self.now_ms())
+            if maker.watched and is_disputable(received):
+                self._wants_court(maker.name)
         if type(entry) is FillIssued:
             digest = entry.fill.order_digest
             placed = self._orders.get(digest)
@@ -704,10 +708,6 @@ class World:
             record = self.recorder.get(digest)
             if record is not None and record.t_note_seen is None:
                 record.t_note_seen = self.kernel.now_ns
-        if maker.client is not None:
-            received = maker.client.receive(entry, self.now_ms())
-            if maker.watched and is_disputable(received):
-                self._wants_court(maker.name)
 
     def _deadline(self, item: tuple[Maker, tuple[bytes, ...]]) -> None:
         maker, digests = item
@@ -803,9 +803,13 @@ class World:
             self.kernel.schedule_after(COMPACT_NS, self._compact)
 
     def _forget(self, digest: bytes) -> None:
+        """Nothing more can happen to a client's order: the world and its client let it go."""
         self._orders.pop(digest, None)
-        self._owners.pop(digest, None)
+        owner = self._owners.pop(digest, None)
         self._filled.pop(digest, None)
+        maker = None if owner is None else self._makers_by_name.get(owner.agent)
+        if maker is not None and maker.client is not None:
+            maker.client.forget(digest)
 
     # --- the chain ------------------------------------------------------------------------
 
