@@ -40,6 +40,7 @@ from __future__ import annotations
 import gc
 import math
 from array import array
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -50,13 +51,14 @@ from ..api import BookDepth, CancelOrders, OrderStatus, PlaceOrder, Push, Reply
 from ..client import watchtower as wt
 from ..dispute.chain import TransactionReverted
 from ..dispute.inprocess import dev_account
-from ..messages import CancellationNote, Domain, signature_to_wire
+from ..messages import CancellationNote, Domain, nonce_recv_time_ms, signature_to_wire
 from ..operator.engine import Engine, Output
 from ..operator.journal import CancelAccepted, FillIssued, Matched, NoteIssued
 from ..operator.lifecycle import CancellationType
 from ..operator.testing import Trader
 from .adversary import Adversary, OrderView, build_adversary
 from .agents import Agent, AgentContext
+from .archive import DiskArchive
 from .clients import SimClient, is_disputable
 from .eventlog import EventLog
 from .kernel import Kernel
@@ -180,6 +182,8 @@ class World:
     _requested_at: dict[bytes, int] = attrs.Factory(dict)  # forced: request time, engine ms
     _makers_by_name: dict[str, Maker] = attrs.Factory(dict)
     _wake_at: dict[str, int] = attrs.Factory(dict)  # party -> its court wake-up (a claim)
+    _placed: deque[tuple[int, bytes]] = attrs.Factory(deque)  # (recv_time, digest) to retire
+    _unfinished: list[bytes] = attrs.Factory(list)  # past recv_time, not finished yet
 
     @classmethod
     def build(
@@ -245,6 +249,7 @@ class World:
                 settlement_delay_ms=spec.settlement_delay_ms,
                 rate_limit=spec.rate_limit,
                 max_order_lifetime_s=scenario.makers.order_lifetime_s,
+                archive=DiskArchive(),
             ),
             onchain=onchain,
             adversary=adversary,
@@ -429,6 +434,7 @@ class World:
         for price_x18, amount in zip(self._quotes(maker, mid), (size, -size), strict=True):
             placed = trader.order(PRODUCT, price_x18, amount, now_ms, lifetime)
             digest = placed.order.digest(trader.domain)
+            self._placed.append((nonce_recv_time_ms(placed.order.nonce), digest))
             maker.live[digest] = placed
             self._owners[digest] = Owner(maker.name, 1 if amount > 0 else -1, abs(amount))
             self._orders[digest] = placed
@@ -494,7 +500,9 @@ class World:
     def _own(self, placed: PlaceOrder, agent: str) -> None:
         amount = placed.order.amount
         owner = Owner(agent, 1 if amount > 0 else -1, abs(amount))
-        self._owners[placed.order.digest(self.engine.domain)] = owner
+        digest = placed.order.digest(self.engine.domain)
+        self._owners[digest] = owner
+        self._placed.append((nonce_recv_time_ms(placed.order.nonce), digest))
 
     def _arrive(self, request: PlaceOrder | CancelOrders) -> None:
         if isinstance(request, PlaceOrder):
@@ -796,11 +804,25 @@ class World:
         for record in done:
             self.recorder.close(record)
             self._forget(record.digest)
+        self._retire_finished()
         # What is left is long-lived (the engine keeps every order): keep the cyclic
         # garbage collector from walking it again and again (undone when the run ends).
         gc.freeze()
         if now + COMPACT_NS <= self.horizon_ns:
             self.kernel.schedule_after(COMPACT_NS, self._compact)
+
+    def _retire_finished(self) -> None:
+        """Let the engine put the orders that are finished into its archive (an order is
+        tried once its nonce's recv_time passed, and again at each compaction while it
+        is still live): the engine's memory stays flat in the horizon."""
+        now_ms, engine = self.now_ms(), self.engine
+        still = [d for d in self._unfinished if not engine.retire(d, now_ms)]
+        placed = self._placed
+        while placed and placed[0][0] <= now_ms:
+            digest = placed.popleft()[1]
+            if not engine.retire(digest, now_ms):
+                still.append(digest)
+        self._unfinished = still
 
     def _forget(self, digest: bytes) -> None:
         """Nothing more can happen to a client's order: the world and its client let it go."""
