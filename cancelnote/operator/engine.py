@@ -544,7 +544,8 @@ class Engine:
         self._check_window(order.nonce, now_ms)
         digest = order.digest(self.domain)
         self._check_signer(digest, request.signature, order.sender, "order")
-        if self._find(digest) is not None or digest in self._held_orders:
+        # (a retired order is past its recv_time: the window check above refuses it)
+        if digest in self._orders or digest in self._held_orders:
             raise Replayed(f"order 0x{digest.hex()} was already placed")
         if self._stopped is not None:
             raise NotAcceptingOrders(f"no new orders: {self._stopped}; cancels are taken")
