@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .adversary import PUPPET
 from .closed_forms import held_value
 from .config import ScenarioError
 from .market import ArithmeticBrownian
@@ -127,13 +128,14 @@ def run_metrics(world: World) -> Metrics:
 
     # The court's claims, and the operator's gain, gross and net.
     m.update(claim_metrics(world))
-    operator_gas = sum(tx.gas for tx in world.txs if tx.party == OPERATOR)
+    operator_gas = sum(tx.gas for tx in world.txs if tx.party in (OPERATOR, PUPPET))
     penalties = m["operator_penalties"]
     assert penalties is not None
     bonds_won = world.answers * scenario.court.dispute_bond
     gross = math.fsum(table["taken"])
     net = gross - penalties - onchain.gas_cost(operator_gas) + bonds_won
     m["operator_gain_gross"] = gross
+    m["backdated_fills"] = float(world.backdated_fills)
     m["operator_gas_cost"] = onchain.gas_cost(operator_gas)
     m["operator_bonds_won"] = bonds_won
     m["operator_gain_net"] = net
@@ -188,7 +190,7 @@ def run_metrics(world: World) -> Metrics:
     m["dispute_gas_total"] = float(sum(case.gas for case in cases))
     m["bond_locked_currency_s"] = sum(
         onchain.currency(case.bond_wei)
-        * ((case.t_resolved if case.t_resolved is not None else horizon) - case.t_filed)
+        * ((case.t_resolved if case.t_resolved is not None else world.end_ns) - case.t_filed)
         / 1e9
         for case in cases
     )
@@ -201,7 +203,8 @@ def run_metrics(world: World) -> Metrics:
     # Market quality (compare arms in a sweep: the honest arm is the reference).
     m["quoted_spread_mean"] = _ratio(world.spread_sum, world.spread_samples)
     m["depth_at_best_mean"] = _ratio(world.depth_sum, world.book_samples)
-    m["halted_s"] = 0.0 if world.halted_at is None else (horizon - world.halted_at) / 1e9
+    halted = 0.0 if world.halted_at is None else (horizon - world.halted_at) / 1e9
+    m["halted_s"] = max(halted, 0.0)  # (a halt in the cooldown halts no trading)
 
     # The undisputable-loss floor and the deterrence threshold.
     proofs = [case for case in cases if case.kind.startswith("prove")]

@@ -68,9 +68,15 @@ def _to_float(value: object) -> object:
 
 @attrs.frozen(kw_only=True)
 class RunSpec:
-    """How long, from which seed, how many replicates."""
+    """How long, from which seed, how many replicates.
+
+    The market trades for ``horizon_s``; the court's business it set in motion (answers,
+    defaults, proofs, claims vesting) then runs on for ``cooldown_s`` with the market
+    closed, so that what the run's trading caused is counted.
+    """
 
     horizon_s: float = _float(gt=0.0)
+    cooldown_s: float = _float(0.0, ge=0.0)
     seed: int = attrs.field(default=20261123, validator=_nonneg_int)
     replicates: int = attrs.field(default=4, validator=_pos_int)
 

@@ -49,14 +49,24 @@ import numpy as np
 
 from ..api import BookDepth, CancelOrders, OrderStatus, PlaceOrder, Push, Reply
 from ..client import watchtower as wt
+from ..crypto import Signer
 from ..dispute.chain import TransactionReverted
+from ..dispute.court import Court
 from ..dispute.inprocess import dev_account
-from ..messages import CancellationNote, Domain, nonce_recv_time_ms, signature_to_wire
+from ..messages import (
+    CancellationNote,
+    Domain,
+    Fill,
+    Order,
+    make_sender,
+    nonce_recv_time_ms,
+    signature_to_wire,
+)
 from ..operator.engine import Engine, Output
 from ..operator.journal import CancelAccepted, FillIssued, Matched, NoteIssued
 from ..operator.lifecycle import CancellationType
 from ..operator.testing import Trader
-from .adversary import Adversary, OrderView, build_adversary
+from .adversary import PUPPET, Adversary, OrderView, build_adversary
 from .agents import Agent, AgentContext
 from .archive import DiskArchive
 from .clients import SimClient, is_disputable
@@ -90,7 +100,7 @@ BOOK_SAMPLE_NS = 100 * NS_PER_MS
 #: How often finished cancel records are closed and spooled to disk.
 COMPACT_NS = 10 * 10**9
 #: Dev accounts: the operator, its sniper, the noise takers, then one per maker, then
-#: one per plug-in agent.
+#: one per plug-in agent, then the operator's sock puppet.
 OPERATOR_ACCOUNT, SNIPER_ACCOUNT, TAKER_ACCOUNT, FIRST_MAKER_ACCOUNT = 0, 1, 2, 3
 SNIPER, TAKER = "sniper", "taker"
 
@@ -150,6 +160,7 @@ class World:
     sniper: Trader
     taker: Trader
     taker_rng: np.random.Generator
+    puppet: Signer  # the operator's sock puppet: files the claims it makes against itself
     recorder: Recorder
     series: SeriesWriter | None = None
     agents: list[AgentContext] = attrs.Factory(list)
@@ -159,6 +170,7 @@ class World:
     ledger: ClaimLedger = attrs.Factory(ClaimLedger)
     operator_claimants: set[str] = attrs.Factory(set)  # names of the operator's own
     fills: int = 0  # operator-signed fills of client orders
+    backdated_fills: int = 0  # fills stamped earlier than they were matched
     answers: int = 0
     spread_sum: float = 0.0  # over book samples with both sides
     spread_samples: int = 0
@@ -183,6 +195,9 @@ class World:
     _makers_by_name: dict[str, Maker] = attrs.Factory(dict)
     _wake_at: dict[str, int] = attrs.Factory(dict)  # party -> its court wake-up (a claim)
     _placed: deque[tuple[int, bytes]] = attrs.Factory(deque)  # (recv_time, digest) to retire
+    _self_claims_due: int = 0  # the strategy's self-made claims to file at the next slot
+    _self_claims_made: int = 0
+    _client_claimed: bool = False
     _unfinished: list[bytes] = attrs.Factory(list)  # past recv_time, not finished yet
 
     @classmethod
@@ -200,11 +215,12 @@ class World:
         domain = domain_of(operator)
         count = scenario.makers.count
         agent_specs = scenario.agents
+        puppet_account = FIRST_MAKER_ACCOUNT + count + len(agent_specs)
         onchain = OnChain(
             scenario.court,
             scenario.chain,
             operator,
-            FIRST_MAKER_ACCOUNT + count + len(agent_specs),
+            puppet_account + 1,
             seeds.generator("chain/ordering"),
         )
         client_spec = scenario.client
@@ -258,6 +274,7 @@ class World:
             sniper=Trader(dev_account(SNIPER_ACCOUNT), domain, "sniper"),
             taker=Trader(dev_account(TAKER_ACCOUNT), domain, "taker"),
             taker_rng=seeds.generator("taker/0"),
+            puppet=dev_account(puppet_account),
             recorder=Recorder([maker.name for maker in makers]),
             series=series,
             logging=event_log is not None,
@@ -315,6 +332,16 @@ class World:
     def unwatched_senders(self) -> list[bytes]:
         return [maker.trader.sender for maker in self.makers if not maker.watched]
 
+    def watched_senders(self) -> list[bytes]:
+        return [maker.trader.sender for maker in self.makers if maker.watched]
+
+    def requested_at_ms(self, digest: bytes) -> int | None:
+        return self._requested_at.get(digest)
+
+    @property
+    def puppet_address(self) -> bytes:
+        return self.puppet.address
+
     def order_view(self, digest: bytes) -> OrderView | None:
         """A client's order as the operator's own book has it (``None``: not a client
         order the world still follows); its state is read from the engine when asked."""
@@ -340,7 +367,13 @@ class World:
 
     @property
     def horizon_ns(self) -> int:
+        """When the market closes (``run.horizon_s``)."""
         return round(self.scenario.run.horizon_s * 1e9)
+
+    @property
+    def end_ns(self) -> int:
+        """When the run ends: the horizon and the court's ``run.cooldown_s`` after it."""
+        return self.horizon_ns + round(self.scenario.run.cooldown_s * 1e9)
 
     @property
     def _tick_ns(self) -> int:
@@ -349,7 +382,9 @@ class World:
     def run(self, progress: Callable[[int, int], None] | None = None, steps: int = 20) -> int:
         """Play the whole horizon; returns the number of kernel events run.
 
-        ``progress(done_ns, horizon_ns)`` is called ``steps`` times along the way.
+        ``progress(done_ns, end_ns)`` is called ``steps`` times along the way. The market
+        closes at the horizon (no quotes, no takers, no sniping); the court's business
+        (answers, defaults, proofs, claims) runs on through the cooldown.
         """
         kernel = self.kernel
         kernel.schedule(0, self._tick, 0, TICK_PRIORITY)
@@ -358,8 +393,9 @@ class World:
         kernel.schedule(COMPACT_NS, self._compact)
         for ctx in self.agents:
             kernel.schedule(0, lambda c: c.agent.start(c), ctx)
+        self._claim_against_self("start")
         events = 0
-        horizon = self.horizon_ns
+        horizon = self.end_ns
         try:
             for step in range(1, steps + 1):
                 until = horizon * step // steps
@@ -382,10 +418,6 @@ class World:
     def mid(self) -> float:
         """The latest mid-price tick."""
         return self.mids[-1]
-
-    def mid_at(self, t_ns: int) -> float:
-        """The mid-price at ``t_ns`` (the tick in force then), within the run."""
-        return self.mids[min(t_ns // self._tick_ns, len(self.mids) - 1)]
 
     def _record(self, kind: str, agent: str, digest: bytes = b"", payload: str = "") -> None:
         self.kernel.record(kind, agent, "0x" + digest.hex() if digest else "", payload)
@@ -543,6 +575,8 @@ class World:
         return max(1, round(self.taker_rng.exponential(1e9 / self.scenario.takers.rate_per_s)))
 
     def _taker_arrives(self, _: object) -> None:
+        if self.kernel.now_ns > self.horizon_ns:
+            return  # the market closed
         buy = bool(self.taker_rng.random() < 0.5)
         book = self.query(BookDepth(PRODUCT))
         assert book is not None
@@ -619,8 +653,9 @@ class World:
 
     def _on_match(self, entry: Matched) -> None:
         self._match_time[entry.seq] = (self.kernel.now_ns, entry.maker, entry.taker)
-        if entry.settle_at_ms > entry.at_ms:
-            self.kernel.schedule(self.ns_of_ms(entry.settle_at_ms), self._advance)
+        if entry.settle_at_ms > entry.at_ms:  # (a backdated match may settle in the past)
+            at = max(self.ns_of_ms(entry.settle_at_ms), self.kernel.now_ns)
+            self.kernel.schedule(at, self._advance)
 
     def _on_fill(self, entry: FillIssued) -> None:
         fill = entry.fill
@@ -643,9 +678,11 @@ class World:
         self._filled[digest] = fill.filled_total
         record = self.recorder.get(digest)
         other = self._owners.get(taker if digest == maker else maker)
+        if self.ns_of_ms(fill.timestamp_ms) < t_match - NS_PER_MS:  # stamped before it was
+            self.backdated_fills += 1
         if record is not None and record.t_recv is not None and t_match > record.t_recv:
-            claimed_ns = max(self.ns_of_ms(fill.timestamp_ms), 0)
-            loss = fill.amount / X18 * record.side * (price - self.mid_at(claimed_ns))
+            # Marked to the market when the fill is signed, whatever time it claims.
+            loss = fill.amount / X18 * record.side * (price - self.mid())
             record.stale_fills += 1
             record.loss += loss
             if other is not None and other.agent == SNIPER:
@@ -756,6 +793,8 @@ class World:
     def _snipe(self, digest: bytes) -> bool:
         """Look at ``digest``: fill exactly it if the strategy says so; false once it can
         no longer be sniped."""
+        if self.kernel.now_ns > self.horizon_ns:
+            return False  # the market closed
         view = self.order_view(digest)
         if view is None or not view.remaining:
             return False
@@ -770,11 +809,14 @@ class World:
             self._record("snipe", SNIPER, digest, f"edge={view.edge(self.mid())!r}")
         size = round(view.remaining * X18)
         lifetime = self.engine.max_order_lifetime_s
+        # The operator's clock for this fill: now, or earlier for a backdating strategy.
+        stamp = self.adversary.fill_time_ms(view)
+        at_ms = self.now_ms() if stamp is None else min(stamp, self.now_ms())
         placed = self.sniper.order(
-            PRODUCT, round(view.price * X18), -view.side * size, self.now_ms(), lifetime
+            PRODUCT, round(view.price * X18), -view.side * size, at_ms, lifetime
         )
         self._own(placed, SNIPER)
-        outputs = self.engine.match_directed(placed, digest, self.now_ms())
+        outputs = self.engine.match_directed(placed, digest, at_ms)
         self._route(outputs)
         # A cancelled order let through once leaves the book after that one fill.
         return view.active
@@ -808,7 +850,7 @@ class World:
         # What is left is long-lived (the engine keeps every order): keep the cyclic
         # garbage collector from walking it again and again (undone when the run ends).
         gc.freeze()
-        if now + COMPACT_NS <= self.horizon_ns:
+        if now + COMPACT_NS <= self.end_ns:
             self.kernel.schedule_after(COMPACT_NS, self._compact)
 
     def _retire_finished(self) -> None:
@@ -877,7 +919,7 @@ class World:
             self._wants_court(party)
             return
         woken = self._wake_at.get(party)
-        if due_ns <= self.horizon_ns and (woken is None or due_ns < woken):
+        if due_ns <= self.end_ns and (woken is None or due_ns < woken):
             self._wake_at[party] = due_ns
             self.kernel.schedule(due_ns, self._wake_for_court, party)
 
@@ -939,8 +981,33 @@ class World:
         case.t_resolved = self.kernel.now_ns
         case.block_resolved = block
 
+    def _claim_against_self(self, trigger: str) -> None:
+        """The strategy's self-made claims for ``trigger``, filed at the operator's next slot."""
+        count = self.adversary.self_claims(trigger)
+        if count:
+            self._self_claims_due += count
+            self._wants_court(OPERATOR)
+
+    def _file_self_claims(self, court: Court) -> None:
+        """The sock puppet proves malformed fills of made-up orders of its own: each a
+        real claim against the operator's bond (``proveMalformedFill``), paid to it."""
+        count, self._self_claims_due = self._self_claims_due, 0
+        sender = make_sender(self.puppet.address, "puppet")
+        operator = self.onchain.operator
+        for _ in range(count):
+            self._self_claims_made += 1
+            order = Order(sender, PRODUCT, X18, X18, 2**40, self._self_claims_made)
+            digest = order.digest(court.domain)
+            fill = Fill(digest, sender, 0, 0, 0, X18, self.now_ms())  # amount 0: malformed
+            receipt = court.prove_malformed_fill(
+                self.puppet, order, fill, fill.sign(operator, court.domain)
+            )
+            self._transaction(PUPPET, "proveMalformedFill", receipt.transaction_hash, True)
+
     def _operator_round(self) -> None:
         court = self.onchain.start()
+        if self._self_claims_due:
+            self._file_self_claims(court)
         operator = self.onchain.operator
         due, self._answers_due = self._answers_due, []
         for digest, note, signature in due:
@@ -983,9 +1050,13 @@ class World:
                 if args["halted"] and self.halted_at is None:
                     self.halted_at = self.kernel.now_ns
             elif name == "Slashed":
+                agent = self._agent_of(args["owner"])
+                if agent in self._makers_by_name and not self._client_claimed:
+                    self._client_claimed = True  # a client's first claim
+                    self._claim_against_self("claim")
                 self.ledger.filed(
-                    self._agent_of(args["owner"]), digest, args["offence"], args["window"],
-                    args["penalty"], self.kernel.now_ns,
+                    agent, digest, args["offence"], args["window"], args["penalty"],
+                    self.kernel.now_ns,
                 )  # fmt: skip
             elif name == "WindowSettled":
                 self.ledger.settled(args["window"], args["taken"])
