@@ -32,6 +32,11 @@ Two measurements, in one run so that machine noise hits baseline and subject ali
   ``e2e_server_cpu_us_per_cancel`` and ``e2e_client_cpu_us_per_cancel`` say where the
   CPU went (Linux ``/proc`` and ``getrusage``; the server figure includes its journal
   thread).
+* **heads** (:func:`heads_cost`): the same end-to-end run with journal heads every
+  ``--heads-ms`` (100) and every client subscribed to them, against the same run without
+  heads, alternated ``--heads-runs`` times in this run: ``heads_cost_ratio`` is the server
+  CPU per cancel with heads over without (the leaves and tree nodes of every entry, the
+  nodes committed with it, a head signed, committed and pushed every H ms).
 
     python benchmarks/bench_operator.py --out results/operator.json
 """
@@ -65,6 +70,7 @@ from cancelnote.crypto import Signer, keccak
 from cancelnote.messages import Domain
 from cancelnote.operator.clock import wall_clock_ms
 from cancelnote.operator.engine import Engine, split_outputs
+from cancelnote.operator.heads import HeadLog
 from cancelnote.operator.journal import Journal
 from cancelnote.operator.limits import ServerConfig
 from cancelnote.operator.server import OperatorServer
@@ -95,6 +101,8 @@ DEFINITIONS = {
     "e2e_cancels_per_s": "single-digest cancel_orders answered per second over WebSocket",
     "e2e_server_cpu_us_per_cancel": "server process CPU (all threads) per cancel, go to end",
     "e2e_client_cpu_us_per_cancel": "client processes' CPU per cancel, go to end",
+    "heads_cost_ratio": "server CPU per cancel with journal heads at --heads-ms (clients"
+    " subscribed to them) over without, the e2e workload, runs alternated in one run",
 }
 
 
@@ -171,14 +179,21 @@ def profiled(function: Any, *args: Any, path: Path | None = None) -> str:
 # End to end.
 
 
-def _serve(db: str, durability: str, ports: Any, stop: Any, profile: bool) -> None:
-    """The server process: an engine, a journal and the WebSocket server, until ``stop``."""
+def _serve(
+    db: str, durability: str, ports: Any, stop: Any, profile: bool, heads_ms: int = 0
+) -> None:
+    """The server process: an engine, a journal and the WebSocket server, until ``stop``
+    (with journal heads every ``heads_ms`` if not 0)."""
 
     async def main() -> None:
         journal = Journal.open(db, DOMAIN, OPERATOR.address, durability)
         engine = Engine(OPERATOR, DOMAIN, {1}, **UNCAPPED)
+        heads = None
+        if heads_ms:
+            heads = HeadLog.open(journal, OPERATOR, DOMAIN, heads_ms)
+            heads.finish()
         server = OperatorServer(
-            engine, journal, config=ServerConfig(execute_rate_per_address=UNLIMITED)
+            engine, journal, config=ServerConfig(execute_rate_per_address=UNLIMITED), heads=heads
         )
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve, "127.0.0.1", 0)
@@ -245,14 +260,24 @@ class _Socket:
 
 
 async def _client(
-    host: str, port: int, me: Trader, count: int, window: int, go: Any, ready: Any
+    host: str,
+    port: int,
+    me: Trader,
+    count: int,
+    window: int,
+    go: Any,
+    ready: Any,
+    heads: bool = False,
 ) -> tuple[list[float], float, float]:
-    """Place ``count`` orders, wait for ``go``, then cancel them one per request."""
+    """Place ``count`` orders, wait for ``go``, then cancel them one per request (with
+    ``heads``: subscribed to the journal's heads first)."""
     now = wall_clock_ms()
     orders = [me.order(1, PRICE - i, SIZE, now) for i in range(count)]
     cancels = [_numbered(me.cancel([o], now), i) for i, o in enumerate(orders)]
     places = [_numbered(o, i) for i, o in enumerate(orders)]
     ws = await _Socket.connect(host, port)
+    if heads:
+        await _pipeline(ws, [json.dumps({"subscribe_heads": {}, "id": 0})], 1, [])
     await _pipeline(ws, places, window, [])
     ready.put(1)
     await trio.to_thread.run_sync(go.wait)
@@ -284,6 +309,8 @@ async def _pipeline(ws: _Socket, messages: list[str], window: int, latencies: li
         while left:
             for text in await ws.receive():
                 answer = json.loads(text)
+                if "status" not in answer:
+                    continue  # a pushed head
                 if answer.get("status") != "success":
                     raise RuntimeError(f"benchmark request failed: {answer}")
                 latencies.append(time.perf_counter() - sent_at.pop(answer["id"]))
@@ -296,7 +323,15 @@ async def _pipeline(ws: _Socket, messages: list[str], window: int, latencies: li
 
 
 def _clients(
-    port: int, first: int, clients: int, count: int, window: int, go: Any, ready: Any, results: Any
+    port: int,
+    first: int,
+    clients: int,
+    count: int,
+    window: int,
+    go: Any,
+    ready: Any,
+    results: Any,
+    heads: bool = False,
 ) -> None:
     """A client process: ``clients`` concurrent clients in one trio loop.
 
@@ -309,7 +344,7 @@ def _clients(
 
         async def one(k: int) -> None:
             me = trader(first + k)
-            outcomes[k] = await _client("127.0.0.1", port, me, count, window, go, ready)
+            outcomes[k] = await _client("127.0.0.1", port, me, count, window, go, ready, heads)
 
         async def clock() -> None:
             await trio.to_thread.run_sync(go.wait)
@@ -347,12 +382,14 @@ def e2e(
     durability: str,
     directory: Path,
     profile: bool = False,
+    heads_ms: int = 0,
 ) -> dict[str, float]:
     context = multiprocessing.get_context("spawn")
     ports, ready, results = context.Queue(), context.Queue(), context.Queue()
     stop, go = context.Event(), context.Event()
+    db = directory / f"e2e-{time.monotonic_ns()}.sqlite"
     server = context.Process(
-        target=_serve, args=(str(directory / "e2e.sqlite"), durability, ports, stop, profile)
+        target=_serve, args=(str(db), durability, ports, stop, profile, heads_ms)
     )
     server.start()
     try:
@@ -362,7 +399,8 @@ def e2e(
         first = 0
         for n in per_process:
             worker = context.Process(
-                target=_clients, args=(port, first, n, count, window, go, ready, results)
+                target=_clients,
+                args=(port, first, n, count, window, go, ready, results, heads_ms > 0),
             )
             worker.start()
             workers.append(worker)
@@ -397,6 +435,39 @@ def e2e(
     return figures
 
 
+def heads_cost(
+    clients: int,
+    processes: int,
+    count: int,
+    window: int,
+    durability: str,
+    directory: Path,
+    heads_ms: int,
+    runs: int,
+) -> dict[str, float]:
+    """``heads_cost_ratio``: e2e server CPU per cancel with heads over without, ``runs``
+    pairs alternated (without, with, without, ...) so that both see the same machine."""
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(runs):
+        for with_heads in (False, True):
+            figures = e2e(
+                clients,
+                processes,
+                count,
+                window,
+                durability,
+                directory,
+                heads_ms=heads_ms if with_heads else 0,
+            )
+            cpu[with_heads].append(figures["e2e_server_cpu_us_per_cancel"])
+    without, with_ = statistics.fmean(cpu[False]), statistics.fmean(cpu[True])
+    return {
+        "heads_cost_ratio": with_ / without,
+        "heads_server_cpu_us_per_cancel": with_,
+        "no_heads_server_cpu_us_per_cancel": without,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
@@ -407,6 +478,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-client", type=int, default=1_500, help="e2e cancels per client")
     parser.add_argument("--window", type=int, default=4, help="outstanding requests per client")
     parser.add_argument("--durability", choices=["FULL", "NORMAL"], default="FULL")
+    parser.add_argument("--heads-ms", type=int, default=100, help="H of the heads workload")
+    parser.add_argument(
+        "--heads-runs", type=int, default=2, help="alternated pairs of the heads workload"
+    )
     parser.add_argument(
         "--profile", action="store_true", help="print profiles of the engine and the server"
     )
@@ -451,15 +526,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.profile,
             )
         )
+        figures.update(
+            heads_cost(
+                args.clients,
+                args.client_processes,
+                args.per_client,
+                args.window,
+                args.durability,
+                directory,
+                args.heads_ms,
+                args.heads_runs,
+            )
+        )
     report = {
         "benchmark": "operator",
         "figures": {k: round(v, 3) for k, v in figures.items()},
         "definitions": DEFINITIONS,
-        "targets": {"engine_ratio": 0.5, "e2e_cancels_per_s": 5_000, "e2e_p99_ms": 20},
+        "targets": {
+            "engine_ratio": 0.5,
+            "e2e_cancels_per_s": 5_000,
+            "e2e_p99_ms": 20,
+            "heads_cost_ratio": 1.15,
+        },
         "met": {
             "engine_ratio": figures["engine_ratio"] >= 0.5,
             "e2e_cancels_per_s": figures["e2e_cancels_per_s"] >= 5_000,
             "e2e_p99_ms": figures["e2e_p99_ms"] < 20,
+            "heads_cost_ratio": figures["heads_cost_ratio"] <= 1.15,
         },
         "parameters": {
             "journal_durability": args.durability,
@@ -469,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "client_processes": args.client_processes,
             "per_client": args.per_client,
             "window": args.window,
+            "heads_ms": args.heads_ms,
+            "heads_runs": args.heads_runs,
         },
     }
     write_report(args.out, report)

@@ -8,6 +8,14 @@ one: they file a claim, paid once it vests), and ``requestCancelWithFill`` is go
 the court (v2 bounds fills after a forced cancel by the request's time, not a receipt).
 "(first claim of a new window)" is the rarer case that closes an earlier window.
 
+The journal-heads proofs (the HeadsCourt) are measured on logs of about 10**3 and 10**6
+leaves: ``proveInconsistentHeads_1k`` and ``_1m`` prove a fork of a log of 1,000 and
+1,000,000 leaves with a consistency proof from a head at about half of it (11 and 21
+nodes, the longest a proof of that size has); ``proveBackdated`` takes one fill and one
+head; ``proveMatchAfterCancel_1m`` three leaves of a 10**6-leaf log. The logs' leaves are
+all alike, so their trees are built from one hash per level (gas does not depend on the
+hashes' values, only on how many there are).
+
     python benchmarks/gas.py --out results/gas.json [--markdown]
 
 Gas is deterministic: the same source, compiler and chain give the same figures.
@@ -22,7 +30,7 @@ from pathlib import Path
 
 import attrs
 
-from cancelnote.crypto import Signer
+from cancelnote.crypto import Signer, keccak
 from cancelnote.dispute.chain import Receipt
 from cancelnote.dispute.court import DEV_PARAMETERS, Court, Offence
 from cancelnote.dispute.inprocess import InProcessChain
@@ -30,9 +38,20 @@ from cancelnote.messages import (
     Cancellation,
     CancellationNote,
     Fill,
+    JournalHead,
+    Match,
     Order,
     make_nonce,
     make_sender,
+)
+from cancelnote.transparency import (
+    KECCAK,
+    CompactTree,
+    Leaf,
+    LeafKind,
+    LeafProof,
+    consistency_path,
+    inclusion_path,
 )
 
 #: The dev court, bonded with more than its minimum (the published table used 5 ETH).
@@ -50,6 +69,7 @@ TARGETS = {
     "requestCancel": 60_000,
     "finalize": 60_000,
     "answerCancel": 70_000,
+    "proveInconsistentHeads_1m": 150_000,
 }
 
 
@@ -68,7 +88,9 @@ class Bench:
         self.bond_receipt = self.court.deposit_bond(self.operator, MIN_BOND)
         self.nonce = 0
 
-    def sign(self, message: Order | Fill | CancellationNote, signer: Signer | None = None) -> bytes:
+    def sign(
+        self, message: Order | Fill | CancellationNote | JournalHead, signer: Signer | None = None
+    ) -> bytes:
         return message.sign(signer or self.operator, self.court.domain)
 
     def order(self, amount: int = 10**18) -> Order:
@@ -274,8 +296,96 @@ def _fill_after_note_new_window(b: Bench) -> Receipt:
     return b.fill_after_note()
 
 
+class _UniformLog:
+    """A log of ``size`` leaves all equal to ``leaf`` but leaf ``changed`` (if any): each
+    complete subtree's hash depends on its level only, except on that leaf's path."""
+
+    def __init__(self, leaf: Leaf, changed: Leaf | None = None) -> None:
+        self.levels = [leaf.hash()]
+        self.changed = [(changed or leaf).hash()]
+        for _ in range(64):
+            self.levels.append(KECCAK.node(self.levels[-1], self.levels[-1]))
+            self.changed.append(KECCAK.node(self.changed[-1], self.levels[-2]))
+        self.index = 0
+
+    def at(self, index: int) -> _UniformLog:
+        """The same log with ``changed`` at ``index`` (for its complete subtrees)."""
+        self.index = index
+        return self
+
+    def node(self, level: int, index: int) -> bytes:
+        return self.changed[level] if index == self.index >> level else self.levels[level]
+
+    def root(self, size: int) -> bytes:
+        return CompactTree.at(size, self.node).root()
+
+
+_FILLER = Leaf(LeafKind.MATCH, 1_700_000_000_000, 0, bytes(range(32)))
+_FORKED = Leaf(LeafKind.MATCH, 1_700_000_000_000, 0, bytes(range(1, 33)))
+
+
+def _head(
+    b: Bench, size: int, root: bytes, at_ms: int = 1_700_000_000_000
+) -> tuple[JournalHead, bytes]:
+    head = JournalHead(size, root, at_ms)
+    return head, b.sign(head)
+
+
+def _inconsistent_heads(b: Bench, first: int, second: int) -> Receipt:
+    """A head of ``first`` leaves forked at leaf 1 and an honest head of ``second``."""
+    honest, forked = _UniformLog(_FILLER).at(-1), _UniformLog(_FILLER, _FORKED).at(1)
+    proof = consistency_path(first, second, honest.node)
+    small, small_sig = _head(b, first, forked.root(first))
+    large, large_sig = _head(b, second, honest.root(second))
+    return b.court.heads.prove_inconsistent_heads(
+        b.bob, b.order(), small, small_sig, large, large_sig, proof
+    )
+
+
+def _backdated(b: Bench) -> Receipt:
+    order = b.order()
+    fill = b.fill(order, 50, 10**17, 10**17, at_ms=1_700_000_000_000)
+    head, head_sig = _head(b, 50, keccak(b"root"), at_ms=1_700_000_000_001)
+    return b.court.heads.prove_backdated(b.bob, order, fill, b.sign(fill), head, head_sig)
+
+
+def _match_after_cancel(b: Bench, size: int) -> Receipt:
+    """Alice's order at leaf 1, her cancel at 2, a match of it at ``size - 1``."""
+    order = b.order()
+    digest = order.digest(b.court.domain)
+    cancellation = Cancellation(order.sender, (1,), (digest,), make_nonce(1, entropy=1))
+    match = Match(digest, keccak(b"taker"), 10**17, PRICE, 1_700_000_000_000)
+    leaves = {
+        1: Leaf(LeafKind.ORDER, 1_700_000_000_000, 0, order.struct_hash()),
+        2: Leaf(LeafKind.CANCEL, 1_700_000_000_000, 0, cancellation.struct_hash()),
+        size - 1: Leaf(LeafKind.MATCH, 1_700_000_000_000, 0, match.struct_hash()),
+    }
+    nodes: dict[tuple[int, int], bytes] = {}
+    filler = _UniformLog(_FILLER).at(-1)
+
+    def node(level: int, index: int) -> bytes:  # the filler log with three leaves set
+        if (level, index) not in nodes:
+            inside = [i for i in leaves if i >> level == index]
+            if not inside:
+                return filler.node(level, index)
+            if level == 0:
+                nodes[level, index] = leaves[index].hash()
+            else:
+                nodes[level, index] = KECCAK.node(
+                    node(level - 1, 2 * index), node(level - 1, 2 * index + 1)
+                )
+        return nodes[level, index]
+
+    head, head_sig = _head(b, size, CompactTree.at(size, node).root())
+    proofs = [LeafProof(i, leaf, inclusion_path(i, size, node)) for i, leaf in leaves.items()]
+    return b.court.heads.prove_match_after_cancel(
+        b.bob, order, cancellation, match, head, head_sig, *proofs
+    )
+
+
 #: operation -> how to run it in a fresh bench (the receipt measured is the last one).
 OPERATIONS: dict[str, Callable[[Bench], Receipt]] = {
+    "deploy (HeadsCourt)": lambda b: b.court.heads_deploy_receipt,
     "depositBond": lambda b: b.bond_receipt,
     "proveFillAfterNote": Bench.fill_after_note,
     "proveFillAfterNote (payee already credited)": _fill_after_note_again,
@@ -300,6 +410,10 @@ OPERATIONS: dict[str, Callable[[Bench], Receipt]] = {
     "withdraw": _withdraw,
     "announceExit": lambda b: b.court.announce_exit(b.operator),
     "withdrawBond": _withdraw_bond,
+    "proveInconsistentHeads_1k": lambda b: _inconsistent_heads(b, 501, 1_000),
+    "proveInconsistentHeads_1m": lambda b: _inconsistent_heads(b, 500_001, 1_000_000),
+    "proveBackdated": _backdated,
+    "proveMatchAfterCancel_1m": lambda b: _match_after_cancel(b, 1_000_000),
 }
 
 

@@ -12,6 +12,9 @@ key, plus an optional ``"id"`` (any integer) that the reply echoes::
     {"order_status": {"digest": "0x..."}}   {"fills": {"digest": "0x..."}}
     {"notes": {"digest": "0x..."}}          {"book": {"product_id": 1}}
     {"subscribe": {"sender": "0x...", "after_seq": "0"}}   {"unsubscribe": {"sender"}}
+    {"subscribe_heads": {}}   {"unsubscribe_heads": {}}   {"head": {}}
+    {"inclusion": {"size": "1000", "seqs": ["57", "58"]}}
+    {"consistency": {"first": "900", "second": "1000"}}   {"locate": {"content": "0x..."}}
 
 The signed payloads are the classes of :mod:`cancelnote.messages`, never redefined here;
 their wire schemas are derived from them (:func:`cancelnote.messages.wire_schema`).
@@ -96,6 +99,24 @@ class _SubscribeBody(_Body):
 
 class _SenderBody(_Body):
     sender: HEX32_WIRE
+
+
+class _EmptyBody(_Body):
+    pass
+
+
+class _InclusionBody(_Body):
+    size: Uint64Wire
+    seqs: Annotated[list[Uint64Wire], msgspec.Meta(max_length=32)]
+
+
+class _ConsistencyBody(_Body):
+    first: Uint64Wire
+    second: Uint64Wire
+
+
+class _ContentBody(_Body):
+    content: HEX32_WIRE
 
 
 def _uint64(name: str, raw: str | int) -> int:
@@ -315,12 +336,121 @@ class Unsubscribe:
         return cls(bytes.fromhex(body.sender[2:]), id)
 
 
+# ---------------------------------------------------------------------------------------
+# Journal heads (protocol §21): served by the server beside the engine, from the log.
+
+
+@attrs.frozen
+class _Nothing:
+    """A request whose body is ``{}``."""
+
+    KEY: ClassVar[str]
+    REQUEST_TYPE: ClassVar[str]
+    BODY: ClassVar[type[_Body]] = _EmptyBody
+
+    id: int | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
+        return cls(id)
+
+
+@attrs.frozen
+class HeadQuery(_Nothing):
+    """Sign a head of the log now (the answer carries it, once durable)."""
+
+    KEY: ClassVar[str] = "head"
+    REQUEST_TYPE: ClassVar[str] = "query_head"
+
+
+@attrs.frozen
+class SubscribeHeads(_Nothing):
+    """Stream every signed head from now on (the answer carries the latest)."""
+
+    KEY: ClassVar[str] = "subscribe_heads"
+    REQUEST_TYPE: ClassVar[str] = "subscribe_heads"
+
+
+@attrs.frozen
+class UnsubscribeHeads(_Nothing):
+    """Stop streaming heads on this connection."""
+
+    KEY: ClassVar[str] = "unsubscribe_heads"
+    REQUEST_TYPE: ClassVar[str] = "unsubscribe_heads"
+
+
+@attrs.frozen
+class Inclusion:
+    """The leaves ``seqs`` of the log with their inclusion paths in its first ``size``."""
+
+    KEY: ClassVar[str] = "inclusion"
+    REQUEST_TYPE: ClassVar[str] = "query_inclusion"
+    BODY: ClassVar[type[_Body]] = _InclusionBody
+
+    size: int
+    seqs: tuple[int, ...]
+    id: int | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {"size": str(self.size), "seqs": [str(seq) for seq in self.seqs]}
+
+    @classmethod
+    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
+        seqs = tuple(_uint64(f"inclusion.seqs[{i}]", raw) for i, raw in enumerate(body.seqs))
+        return cls(_uint64("inclusion.size", body.size), seqs, id)
+
+
+@attrs.frozen
+class Consistency:
+    """The consistency proof from the log's first ``first`` leaves to its first ``second``."""
+
+    KEY: ClassVar[str] = "consistency"
+    REQUEST_TYPE: ClassVar[str] = "query_consistency"
+    BODY: ClassVar[type[_Body]] = _ConsistencyBody
+
+    first: int
+    second: int
+    id: int | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {"first": str(self.first), "second": str(self.second)}
+
+    @classmethod
+    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
+        first = _uint64("consistency.first", body.first)
+        return cls(first, _uint64("consistency.second", body.second), id)
+
+
+@attrs.frozen
+class Locate:
+    """The seq of the order or cancel leaf whose content (struct hash) is ``content``."""
+
+    KEY: ClassVar[str] = "locate"
+    REQUEST_TYPE: ClassVar[str] = "query_locate"
+    BODY: ClassVar[type[_Body]] = _ContentBody
+
+    content: bytes
+    id: int | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {"content": "0x" + self.content.hex()}
+
+    @classmethod
+    def from_decoded(cls, body: Any, id: int | None = None) -> Self:
+        return cls(bytes.fromhex(body.content[2:]), id)
+
+
 Execute = PlaceOrder | CancelOrders | CancelProductOrders | CancelAndPlace
 Query = OrderStatus | Fills | Notes | BookDepth
 Request = Execute | Query
 CancelRequest = CancelOrders | CancelProductOrders | CancelAndPlace
+HeadsRequest = HeadQuery | Inclusion | Consistency | Locate
+HeadsStreamRequest = SubscribeHeads | UnsubscribeHeads
 StreamRequest = Subscribe | Unsubscribe
-WireRequest = Request | StreamRequest
+WireRequest = Request | StreamRequest | HeadsRequest | HeadsStreamRequest
 
 REQUEST_CLASSES: dict[str, type[WireRequest]] = {
     cls.KEY: cls
@@ -335,6 +465,12 @@ REQUEST_CLASSES: dict[str, type[WireRequest]] = {
         BookDepth,
         Subscribe,
         Unsubscribe,
+        HeadQuery,
+        Inclusion,
+        Consistency,
+        Locate,
+        SubscribeHeads,
+        UnsubscribeHeads,
     )
 }
 

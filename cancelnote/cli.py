@@ -286,6 +286,7 @@ def _operator_run(args: argparse.Namespace) -> int:
         max_open_orders=args.max_open_orders,
         max_open_orders_per_product=args.max_open_orders_per_product,
         server=ServerConfig(**{field: getattr(args, field) for _, field, _, _ in SERVER_FLAGS}),
+        heads_ms=args.heads_ms,
     )
     return service.run(config)
 
@@ -459,6 +460,12 @@ def _add_operator_commands(commands: argparse._SubParsersAction) -> None:
         choices=["full", "normal"],
         default="full",
         help="full: fsync every commit (default); normal: survive a process crash only",
+    )
+    run.add_argument(
+        "--heads-ms",
+        type=_int_at_least(0),
+        default=100,  # cancelnote.operator.heads.HEADS_MS (imported lazily)
+        help="sign a journal head every this many ms, 0 for none (default %(default)s)",
     )
     run.add_argument("--no-watch", action="store_true", help="do not follow the court's events")
     run.add_argument(

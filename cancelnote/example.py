@@ -224,12 +224,18 @@ def render_example() -> str:
 
 def update_doc(path: Path) -> bool:
     """Replace the text between the example markers in ``path``; True if it changed."""
+    return replace_block(path, EXAMPLE_BEGIN, EXAMPLE_END, render_example())
+
+
+def replace_block(path: Path, begin: str, end: str, block: str) -> bool:
+    """Replace the text between the markers ``begin`` and ``end`` in ``path`` with
+    ``block``; True if it changed."""
     text = path.read_text(encoding="utf-8")
-    head, sep, rest = text.partition(EXAMPLE_BEGIN)
-    _, sep_end, tail = rest.partition(EXAMPLE_END)
+    head, sep, rest = text.partition(begin)
+    _, sep_end, tail = rest.partition(end)
     if not sep or not sep_end:
-        raise SystemExit(f"{path}: no {EXAMPLE_BEGIN.strip()} ... {EXAMPLE_END} markers")
-    new = head + EXAMPLE_BEGIN + render_example() + EXAMPLE_END + tail
+        raise SystemExit(f"{path}: no {begin.strip()} ... {end} markers")
+    new = head + begin + block + end + tail
     if new == text:
         return False
     path.write_text(new, encoding="utf-8")

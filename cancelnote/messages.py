@@ -478,12 +478,46 @@ class CancellationNote(SignedMessage):
     seq: int = _field("uint64", "seq")
 
 
+@_eip712
+@attrs.frozen
+class JournalHead(SignedMessage):
+    """The operator's signed tree head: its journal's log had ``size`` leaves (seqs ``0 ..
+    size - 1``) with Merkle root ``root`` at ``timestamp_ms`` (:mod:`cancelnote.transparency`).
+
+    Signed every ``H`` ms and on request, pushed to every head subscriber, kept by clients
+    and watchtowers as evidence: two heads that are not consistent, or a fill numbered at
+    or after a head's size but stamped before its time, are offences (protocol §21).
+    """
+
+    size: int = _field("uint64", "size")
+    root: bytes = _field("bytes32", "root")
+    timestamp_ms: int = _field("uint64", "timestampMs")
+
+
+@_eip712
+@attrs.frozen
+class Match(SignedMessage):
+    """Two orders crossed: what a match leaf of the log commits to (its struct hash).
+
+    Never signed on its own: the operator's heads commit to it. ``maker`` and ``taker``
+    are order digests; the match settles (its two fills are signed) at ``settle_at_ms``.
+    """
+
+    maker: bytes = _field("bytes32", "maker")
+    taker: bytes = _field("bytes32", "taker")
+    amount: int = _field("uint128", "amount")
+    price_x18: int = _field("int128", "priceX18")
+    settle_at_ms: int = _field("uint64", "settleAtMs")
+
+
 MESSAGE_TYPES: tuple[type[SignedMessage], ...] = (
     Order,
     Cancellation,
     CancellationProducts,
     Fill,
     CancellationNote,
+    JournalHead,
+    Match,
 )
 
 
@@ -498,6 +532,15 @@ def bytes32_from_wire(name: str, raw: object) -> bytes:
         MessageError: naming ``name``.
     """
     return _value_from_wire("bytes32", name, raw)
+
+
+def uint64_from_wire(name: str, raw: object) -> int:
+    """A uint64 as §6.2 writes one: a decimal string (or a JSON integer).
+
+    Raises:
+        MessageError: naming ``name``.
+    """
+    return _value_from_wire("uint64", name, raw)
 
 
 def signature_from_wire(raw: object) -> bytes:

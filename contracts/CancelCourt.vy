@@ -29,6 +29,14 @@
        6  bad fill          (worse than the order's limit, or overfilled)
        7  default           (forced cancel left unanswered for W seconds)
        8  note out of bounds (a note breaking a bound of the order it answers)
+       9-11 the journal-heads offences, proven in the HeadsCourt (HeadsCourt.vy)
+            and filed here by `fileHeadsClaim`; it proves offence 1 too
+
+     The journal-heads rules do not fit beside these in one contract's 24,576
+     bytes (EIP-170), so they live in a HeadsCourt, deployed by this court's
+     deployer in its next transaction (its address is fixed by the deployer's
+     nonce, and given here); the two share the bond and the claims through one
+     function, `fileHeadsClaim`, which only that HeadsCourt may call.
 
      Claims are paid in windows. A window opens with its first claim, takes
      claims for `claimDelay` seconds and vests `claimDelay` after it closes;
@@ -49,41 +57,19 @@
 """
 
 
-# @dev The EIP-712 domain type and the name and version of this court's domain.
-_DOMAIN_TYPEHASH: constant(bytes32) = keccak256(
-    "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
-)
-_NAME_HASH: constant(bytes32) = keccak256("cancelnote")
-_VERSION_HASH: constant(bytes32) = keccak256("2")
+import eip712
 
 
-# @dev The type hashes of the signed messages: must equal `messages.py`'s TYPE_STRING.
-ORDER_TYPEHASH: public(constant(bytes32)) = keccak256(
-    "Order(bytes32 sender,uint32 productId,int128 priceX18,int128 amount,uint64 expiration,uint64 nonce)"
-)
-CANCELLATION_TYPEHASH: public(constant(bytes32)) = keccak256(
-    "Cancellation(bytes32 sender,uint32[] productIds,bytes32[] digests,uint64 nonce)"
-)
-FILL_TYPEHASH: public(constant(bytes32)) = keccak256(
-    "Fill(bytes32 digest,bytes32 sender,uint64 seq,uint128 amount,uint128 filledTotal,int128 priceX18,uint64 timestampMs)"
-)
-CANCELLATION_NOTE_TYPEHASH: public(constant(bytes32)) = keccak256(
-    "CancellationNote(bytes32 digest,bytes32 sender,bytes32 requestHash,uint128 filledAmount,uint64 lastFillSeq,bytes32 lastFillHash,uint128 pendingAmount,uint64 pendingUntilMs,uint64 receivedAtMs,uint64 seq)"
-)
+# @dev The type hashes of the signed messages (eip712.vy: they equal `messages.py`'s).
+ORDER_TYPEHASH: public(constant(bytes32)) = eip712.ORDER_TYPEHASH
+CANCELLATION_TYPEHASH: public(constant(bytes32)) = eip712.CANCELLATION_TYPEHASH
+FILL_TYPEHASH: public(constant(bytes32)) = eip712.FILL_TYPEHASH
+CANCELLATION_NOTE_TYPEHASH: public(constant(bytes32)) = eip712.CANCELLATION_NOTE_TYPEHASH
 
 
-# @dev The most digests (and product ids) a relayed `Cancellation` may list. The
-# EIP-712 array hash needs the whole array in memory, and Vyper sizes memory by the
-# bound, so the bound is kept well below `messages.MAX_ARRAY_LENGTH` (1024); an owner
-# whose cancel lists more calls `requestCancel` directly.
-MAX_CANCEL_DIGESTS: public(constant(uint256)) = 64
-
-
-# @dev secp256k1n / 2: a signature with a larger `s` is the malleated twin of a
-# low-s one (EIP-2); `ecrecover` accepts both, so the court rejects the high one.
-_SECP256K1N_HALF: constant(uint256) = (
-    57896044618658097711785492504343953926418782139537452191302581570759080747168
-)
+# @dev The most digests (and product ids) a relayed `Cancellation` may list
+# (eip712.vy); an owner whose cancel lists more calls `requestCancel` directly.
+MAX_CANCEL_DIGESTS: public(constant(uint256)) = eip712.MAX_CANCEL_DIGESTS
 
 
 # @dev Offence kinds, as logged in `Slashed` and queried by `claimOf`.
@@ -168,6 +154,8 @@ claimDelay: public(immutable(uint256))
 burnShareBps: public(immutable(uint256))
 # @dev Where the burn share goes (an escrow, or an address nobody controls).
 burnAddress: public(immutable(address))
+# @dev The HeadsCourt bound to this court: the only caller of `fileHeadsClaim`.
+headsCourt: public(immutable(address))
 
 # @dev The domain separator is cached for the deployment chain and address and
 # rebuilt if either differs (a chain fork with a new id, or a delegatecall).
@@ -233,45 +221,6 @@ struct WindowStatus:
     taken: uint256
     openedAt: uint256
     vestsAt: uint256
-
-
-struct Order:
-    sender: bytes32
-    productId: uint32
-    priceX18: int128
-    amount: int128
-    expiration: uint64
-    nonce: uint64
-
-
-struct Cancellation:
-    sender: bytes32
-    productIds: DynArray[uint32, MAX_CANCEL_DIGESTS]
-    digests: DynArray[bytes32, MAX_CANCEL_DIGESTS]
-    nonce: uint64
-
-
-struct Fill:
-    digest: bytes32
-    sender: bytes32
-    seq: uint64
-    amount: uint128
-    filledTotal: uint128
-    priceX18: int128
-    timestampMs: uint64
-
-
-struct CancellationNote:
-    digest: bytes32
-    sender: bytes32
-    requestHash: bytes32
-    filledAmount: uint128
-    lastFillSeq: uint64
-    lastFillHash: bytes32
-    pendingAmount: uint128
-    pendingUntilMs: uint64
-    receivedAtMs: uint64
-    seq: uint64
 
 
 # @dev Wei each account may withdraw (pull payments), except the operator's
@@ -385,6 +334,7 @@ def __init__(
     claim_delay_: uint256,
     burn_share_bps_: uint256,
     burn_address_: address,
+    heads_court_: address,
 ):
     """
     @dev Fixes every parameter for the court's lifetime.
@@ -399,6 +349,8 @@ def __init__(
     @param claim_delay_ Seconds a claims window stays open, then until it vests.
     @param burn_share_bps_ Basis points of every payment sent to `burn_address_`.
     @param burn_address_ Where the burn share goes.
+    @param heads_court_ Where the deployer's next transaction deploys this
+           court's HeadsCourt (the address its nonce gives).
     """
     assert operator_ != empty(address), "court: operator is the zero address"
     assert answer_window_ != 0, "court: answer window is zero"
@@ -426,7 +378,9 @@ def __init__(
     burnAddress = burn_address_
     _CACHED_CHAIN_ID = chain.id
     _CACHED_SELF = self
-    _CACHED_DOMAIN_SEPARATOR = self._build_domain_separator()
+    assert heads_court_ != empty(address), "court: heads court is the zero address"
+    headsCourt = heads_court_
+    _CACHED_DOMAIN_SEPARATOR = eip712.domain_separator(self)
     # Window 1 is the first to open and request ids start at 1; the ledger is thus
     # never zero, and a first claim or request rewrites a slot rather than creating it.
     self._store_ledger(Ledger(window=1, openedAt=0, count=0, claimsEver=0, nextRequestId=1))
@@ -537,6 +491,26 @@ def sendBurn():
 
 
 @external
+def fileHeadsClaim(digest: bytes32, offence: uint8, sender: bytes32, halt: bool):
+    """
+    @notice Files the claim for an offence the HeadsCourt proved, for the owner
+            of `sender`, once per (digest, offence); `halt` halts the operator.
+    @dev The one entry of the interface between the two courts: the HeadsCourt
+         checks the proof, this court owns the bond, the claims and the halt.
+    @param digest The order digest the claim is keyed by.
+    @param offence One of the OFFENCE_* kinds (the HeadsCourt's included).
+    @param sender The order's sender, whose owner the claim is for.
+    @param halt Whether the offence halts the operator (a fork of its log).
+    """
+    assert msg.sender == headsCourt, "court: caller is not the heads court"
+    self._file(digest, offence, sender)
+    if halt:
+        state: OperatorState = self._load_operator()
+        state.halted = True
+        self._store_operator(state)
+
+
+@external
 def settle(window: uint256):
     """
     @notice Pays a vested claims window from the bond, as far as the bond goes;
@@ -548,7 +522,7 @@ def settle(window: uint256):
 
 
 @external
-def claim(order: Order, offence: uint8):
+def claim(order: eip712.Order, offence: uint8):
     """
     @notice Credits the owner of `order` its share of the claim for `offence`
             (and, for a default it requested itself, its dispute bond); anyone
@@ -559,7 +533,7 @@ def claim(order: Order, offence: uint8):
     @param offence One of the OFFENCE_* kinds.
     """
     digest: bytes32 = self._hash_order(order)
-    owner: address = self._owner_of(order.sender)
+    owner: address = eip712.owner_of(order.sender)
     refund: uint256 = 0
     window: uint256 = 0
     paid: uint256 = 0
@@ -596,7 +570,7 @@ def claim(order: Order, offence: uint8):
 
 @external
 def proveFillAfterNote(
-    order: Order, note: CancellationNote, noteSig: Bytes[65], fill: Fill, fillSig: Bytes[65]
+    order: eip712.Order, note: eip712.CancellationNote, noteSig: Bytes[65], fill: eip712.Fill, fillSig: Bytes[65]
 ):
     """
     @notice Files a claim for a fill the operator's own note rules out (rule 1).
@@ -618,7 +592,7 @@ def proveFillAfterNote(
     digest: bytes32 = self._hash_order(order)
     assert note.digest == digest, "court: note is for another order"
     assert fill.digest == digest, "court: fill is for another order"
-    fill_struct: bytes32 = self._struct_hash_fill(fill)
+    fill_struct: bytes32 = eip712.fill_hash(fill)
     assert self._violates_note(note, fill, fill_struct), "court: no fill after note"
     self._check_operator_signature(self._hash_note(note), noteSig)
     self._check_operator_signature(self._typed_digest(fill_struct), fillSig)
@@ -627,10 +601,10 @@ def proveFillAfterNote(
 
 @external
 def proveEquivocationNotes(
-    order: Order,
-    note1: CancellationNote,
+    order: eip712.Order,
+    note1: eip712.CancellationNote,
     sig1: Bytes[65],
-    note2: CancellationNote,
+    note2: eip712.CancellationNote,
     sig2: Bytes[65],
 ):
     """
@@ -655,7 +629,7 @@ def proveEquivocationNotes(
 
 @external
 def proveEquivocationFills(
-    order: Order, fill1: Fill, sig1: Bytes[65], fill2: Fill, sig2: Bytes[65]
+    order: eip712.Order, fill1: eip712.Fill, sig1: Bytes[65], fill2: eip712.Fill, sig2: Bytes[65]
 ):
     """
     @notice Files a claim for two fills that cannot both be true, `fill1` being
@@ -696,7 +670,7 @@ def proveEquivocationFills(
 
 
 @external
-def proveMalformedFill(order: Order, fill: Fill, fillSig: Bytes[65]):
+def proveMalformedFill(order: eip712.Order, fill: eip712.Fill, fillSig: Bytes[65]):
     """
     @notice Files a claim for a fill that contradicts itself or its order: a
             zero amount, a cumulative total below its own amount, or a sender
@@ -715,7 +689,7 @@ def proveMalformedFill(order: Order, fill: Fill, fillSig: Bytes[65]):
 
 
 @external
-def proveBadFill(order: Order, fill: Fill, fillSig: Bytes[65]):
+def proveBadFill(order: eip712.Order, fill: eip712.Fill, fillSig: Bytes[65]):
     """
     @notice Files a claim for filling an order beyond its terms (rule 4).
     @dev A buy (amount > 0) filled above its limit price, a sell (amount < 0)
@@ -734,7 +708,7 @@ def proveBadFill(order: Order, fill: Fill, fillSig: Bytes[65]):
 
 
 @external
-def proveBadNote(order: Order, note: CancellationNote, noteSig: Bytes[65]):
+def proveBadNote(order: eip712.Order, note: eip712.CancellationNote, noteSig: Bytes[65]):
     """
     @notice Files a claim for a note that breaks a bound of its order: another
             sender, more than the order's size, a pending window longer than
@@ -757,7 +731,7 @@ def proveBadNote(order: Order, note: CancellationNote, noteSig: Bytes[65]):
 
 @external
 @payable
-def requestCancel(order: Order):
+def requestCancel(order: eip712.Order):
     """
     @notice Forces a cancel of the caller's own order: the operator must answer
             with a note within W seconds or default. The cancel takes effect now.
@@ -773,7 +747,7 @@ def requestCancel(order: Order):
 @external
 @payable
 def requestCancelSigned(
-    order: Order, cancellation: Cancellation, cancellationSig: Bytes[65]
+    order: eip712.Order, cancellation: eip712.Cancellation, cancellationSig: Bytes[65]
 ):
     """
     @notice Forces a cancel for the order's owner on the strength of its signed
@@ -795,9 +769,9 @@ def requestCancelSigned(
     digest: bytes32 = self._hash_order(order)
     assert cancellation.sender == order.sender, "court: cancellation is for another sender"
     assert digest in cancellation.digests, "court: cancellation does not list the order"
-    owner: address = self._owner_of(order.sender)
+    owner: address = eip712.owner_of(order.sender)
     assert (
-        self._recover(self._hash_cancellation(cancellation), cancellationSig) == owner
+        eip712.recover(self._typed_digest(eip712.cancellation_hash(cancellation)), cancellationSig) == owner
     ), "court: cancellation not signed by the owner"
     self._open_request(order, digest, owner)
     if msg.sender != owner:
@@ -805,7 +779,7 @@ def requestCancelSigned(
 
 
 @external
-def answerCancel(order: Order, note: CancellationNote, noteSig: Bytes[65]):
+def answerCancel(order: eip712.Order, note: eip712.CancellationNote, noteSig: Bytes[65]):
     """
     @notice Answers a forced cancel with an operator-signed note of the order;
             anyone may submit it, within W seconds of the request.
@@ -833,11 +807,11 @@ def answerCancel(order: Order, note: CancellationNote, noteSig: Bytes[65]):
     assert state.answers < _MAX_ANSWERS, "court: operator must withdraw first"
     state.answers += 1
     self._store_operator(state)
-    log CancelAnswered(owner=self._owner_of(order.sender), digest=digest, cap=cap, noteSeq=note.seq)
+    log CancelAnswered(owner=eip712.owner_of(order.sender), digest=digest, cap=cap, noteSeq=note.seq)
 
 
 @external
-def finalize(order: Order):
+def finalize(order: eip712.Order):
     """
     @notice Settles a forced cancel left unanswered for W seconds: the operator
             is in default and owes the owner one penalty (a claim, like any
@@ -852,7 +826,7 @@ def finalize(order: Order):
     request: Request = self._load_request(digest)
     self._check_status(request, STATUS_REQUESTED)
     assert block.timestamp > request.requestedAt + answerWindow, "court: answer window still open"
-    owner: address = self._owner_of(order.sender)
+    owner: address = eip712.owner_of(order.sender)
     request.status = STATUS_DEFAULTED
     request.amount = 0
     request.window = self._open_claim(owner, digest, OFFENCE_DEFAULT)
@@ -867,7 +841,7 @@ def finalize(order: Order):
 
 
 @external
-def proveFillAboveCap(order: Order, fill: Fill, fillSig: Bytes[65]):
+def proveFillAboveCap(order: eip712.Order, fill: eip712.Fill, fillSig: Bytes[65]):
     """
     @notice Files a claim for a fill above the cap an answered forced cancel
             recorded (rule 1 (a) without the note; one claim per order, shared
@@ -886,7 +860,7 @@ def proveFillAboveCap(order: Order, fill: Fill, fillSig: Bytes[65]):
 
 
 @external
-def proveFillAfterRequest(order: Order, fill: Fill, fillSig: Bytes[65]):
+def proveFillAfterRequest(order: eip712.Order, fill: eip712.Fill, fillSig: Bytes[65]):
     """
     @notice Files a claim for a fill of a force-cancelled order stamped after
             the cancel took effect: later than the request's block time plus
@@ -1093,7 +1067,7 @@ def DOMAIN_SEPARATOR() -> bytes32:
 
 @external
 @view
-def orderDigest(order: Order) -> bytes32:
+def orderDigest(order: eip712.Order) -> bytes32:
     """
     @notice The EIP-712 digest of an order: its identifier everywhere.
     @param order The order.
@@ -1104,13 +1078,13 @@ def orderDigest(order: Order) -> bytes32:
 
 @external
 @view
-def fillStructHash(fill: Fill) -> bytes32:
+def fillStructHash(fill: eip712.Fill) -> bytes32:
     """
     @notice A fill's EIP-712 struct hash: what a note's `lastFillHash` names.
     @param fill The fill.
     @return bytes32 hashStruct(fill).
     """
-    return self._struct_hash_fill(fill)
+    return eip712.fill_hash(fill)
 
 
 # ---------------------------------------------------------------------------------
@@ -1128,20 +1102,20 @@ def _check_operator():
 
 @internal
 @view
-def _check_caller_owns(order: Order) -> address:
+def _check_caller_owns(order: eip712.Order) -> address:
     """
     @dev Reverts unless the caller owns `order` (the first 20 bytes of its sender).
     @param order The order to be force-cancelled.
     @return address The owner.
     """
-    owner: address = self._owner_of(order.sender)
+    owner: address = eip712.owner_of(order.sender)
     assert msg.sender == owner, "court: caller is not the order owner"
     return owner
 
 
 @internal
 @view
-def _check_live(order: Order):
+def _check_live(order: eip712.Order):
     """
     @dev Reverts once the order has expired: there is nothing left to cancel.
     @param order The order to be force-cancelled.
@@ -1181,30 +1155,8 @@ def _check_operator_signature(digest: bytes32, signature: Bytes[65]):
     @param digest The EIP-712 digest.
     @param signature The 65-byte signature r || s || v.
     """
-    assert self._recover(digest, signature) == operator, "court: not signed by the operator"
+    assert eip712.recover(digest, signature) == operator, "court: not signed by the operator"
 
-
-@internal
-@pure
-def _recover(digest: bytes32, signature: Bytes[65]) -> address:
-    """
-    @dev The signer of `digest`; reverts on any non-canonical signature.
-    @custom:security `ecrecover` accepts the high-s twin of every signature and
-                     returns zero on failure; both are rejected here, and no
-                     signature is ever used as an identifier.
-    @param digest The EIP-712 digest.
-    @param signature The 65-byte signature r || s || v.
-    @return address The non-zero signer.
-    """
-    assert len(signature) == 65, "court: signature is not 65 bytes"
-    r: uint256 = extract32(signature, 0, output_type=uint256)
-    s: uint256 = extract32(signature, 32, output_type=uint256)
-    v: uint256 = convert(slice(signature, 64, 1), uint256)
-    assert s <= _SECP256K1N_HALF, "court: signature s is high"
-    assert v == 27 or v == 28, "court: signature v is not 27 or 28"
-    signer: address = ecrecover(digest, v, r, s)
-    assert signer != empty(address), "court: invalid signature"
-    return signer
 
 
 # ---------------------------------------------------------------------------------
@@ -1213,7 +1165,7 @@ def _recover(digest: bytes32, signature: Bytes[65]) -> address:
 
 @internal
 @pure
-def _violates_note(note: CancellationNote, fill: Fill, fill_struct: bytes32) -> bool:
+def _violates_note(note: eip712.CancellationNote, fill: eip712.Fill, fill_struct: bytes32) -> bool:
     """
     @dev Whether `fill` breaks the promise `note` makes (rule 1, a-f).
     @param note The cancellation note.
@@ -1237,7 +1189,7 @@ def _violates_note(note: CancellationNote, fill: Fill, fill_struct: bytes32) -> 
 
 @internal
 @view
-def _note_fault(order: Order, note: CancellationNote) -> String[64]:
+def _note_fault(order: eip712.Order, note: eip712.CancellationNote) -> String[64]:
     """
     @dev The first bound `note` breaks for `order`, as a revert reason, or "".
          An honest note is of its order's sender; promises at most the order's
@@ -1265,7 +1217,7 @@ def _note_fault(order: Order, note: CancellationNote) -> String[64]:
 
 @internal
 @pure
-def _breaks_order(order: Order, fill: Fill) -> bool:
+def _breaks_order(order: eip712.Order, fill: eip712.Fill) -> bool:
     """
     @dev Whether `fill` is worse than the order's limit or overfills it (rule 4).
     @param order The order.
@@ -1286,7 +1238,7 @@ def _breaks_order(order: Order, fill: Fill) -> bool:
 
 
 @internal
-def _open_request(order: Order, digest: bytes32, owner: address):
+def _open_request(order: eip712.Order, digest: bytes32, owner: address):
     """
     @dev Records a forced cancel of `digest`, effective now, taking the bond.
     @param order The order (logged whole: the operator answers from the event).
@@ -1328,7 +1280,7 @@ def _file(digest: bytes32, offence: uint8, sender: bytes32):
     @param sender The order's sender, whose owner the claim is for.
     """
     assert self._claims[digest][offence] == 0, "court: offence already proven"
-    self._claims[digest][offence] = self._open_claim(self._owner_of(sender), digest, offence)
+    self._claims[digest][offence] = self._open_claim(eip712.owner_of(sender), digest, offence)
 
 
 @internal
@@ -1595,19 +1547,9 @@ def _store_request(digest: bytes32, request: Request):
     )
 
 
-@internal
-@pure
-def _owner_of(sender: bytes32) -> address:
-    """
-    @dev The owner of a `sender`: its first 20 bytes (the rest is a subaccount).
-    @param sender The 32-byte sender.
-    @return address The owner.
-    """
-    return convert(convert(sender, uint256) >> 96, address)
-
 
 # ---------------------------------------------------------------------------------
-# EIP-712 hashing.
+# EIP-712 hashing (eip712.vy), in this court's domain.
 
 
 @internal
@@ -1619,17 +1561,7 @@ def _domain_separator() -> bytes32:
     """
     if chain.id == _CACHED_CHAIN_ID and self == _CACHED_SELF:
         return _CACHED_DOMAIN_SEPARATOR
-    return self._build_domain_separator()
-
-
-@internal
-@view
-def _build_domain_separator() -> bytes32:
-    """
-    @dev Computes the separator for the current chain and address.
-    @return bytes32 The domain separator.
-    """
-    return keccak256(abi_encode(_DOMAIN_TYPEHASH, _NAME_HASH, _VERSION_HASH, chain.id, self))
+    return eip712.domain_separator(self)
 
 
 @internal
@@ -1640,112 +1572,37 @@ def _typed_digest(struct_hash: bytes32) -> bytes32:
     @param struct_hash The struct's hashStruct.
     @return bytes32 keccak256(0x1901 || separator || struct_hash).
     """
-    return keccak256(concat(b"\x19\x01", self._domain_separator(), struct_hash))
+    return eip712.typed_digest(self._domain_separator(), struct_hash)
 
 
 @internal
 @view
-def _hash_order(order: Order) -> bytes32:
+def _hash_order(order: eip712.Order) -> bytes32:
     """
     @dev The EIP-712 digest of an order (the order's identifier).
     @param order The order.
     @return bytes32 The digest.
     """
-    return self._typed_digest(
-        keccak256(
-            abi_encode(
-                ORDER_TYPEHASH,
-                order.sender,
-                order.productId,
-                order.priceX18,
-                order.amount,
-                order.expiration,
-                order.nonce,
-            )
-        )
-    )
-
-
-@internal
-@pure
-def _struct_hash_fill(fill: Fill) -> bytes32:
-    """
-    @dev The EIP-712 struct hash of a fill (what a note's lastFillHash commits to).
-    @param fill The fill.
-    @return bytes32 hashStruct(fill).
-    """
-    return keccak256(
-        abi_encode(
-            FILL_TYPEHASH,
-            fill.digest,
-            fill.sender,
-            fill.seq,
-            fill.amount,
-            fill.filledTotal,
-            fill.priceX18,
-            fill.timestampMs,
-        )
-    )
+    return self._typed_digest(eip712.order_hash(order))
 
 
 @internal
 @view
-def _hash_fill(fill: Fill) -> bytes32:
+def _hash_fill(fill: eip712.Fill) -> bytes32:
     """
     @dev The EIP-712 digest of a fill.
     @param fill The fill.
     @return bytes32 The digest.
     """
-    return self._typed_digest(self._struct_hash_fill(fill))
+    return self._typed_digest(eip712.fill_hash(fill))
 
 
 @internal
 @view
-def _hash_note(note: CancellationNote) -> bytes32:
+def _hash_note(note: eip712.CancellationNote) -> bytes32:
     """
     @dev The EIP-712 digest of a cancellation note.
     @param note The note.
     @return bytes32 The digest.
     """
-    return self._typed_digest(
-        keccak256(
-            abi_encode(
-                CANCELLATION_NOTE_TYPEHASH,
-                note.digest,
-                note.sender,
-                note.requestHash,
-                note.filledAmount,
-                note.lastFillSeq,
-                note.lastFillHash,
-                note.pendingAmount,
-                note.pendingUntilMs,
-                note.receivedAtMs,
-                note.seq,
-            )
-        )
-    )
-
-
-@internal
-@view
-def _hash_cancellation(cancellation: Cancellation) -> bytes32:
-    """
-    @dev The EIP-712 digest of a cancel request. An array's encodeData is the
-         keccak of its elements, each padded to 32 bytes: the ABI encoding of the
-         array without its offset and length words.
-    @param cancellation The request; it lists at least one digest.
-    @return bytes32 The digest.
-    """
-    product_ids: Bytes[32 * MAX_CANCEL_DIGESTS + 64] = abi_encode(cancellation.productIds)
-    digests: Bytes[32 * MAX_CANCEL_DIGESTS + 64] = abi_encode(cancellation.digests)
-    return self._typed_digest(
-        keccak256(
-            abi_encode(
-                CANCELLATION_TYPEHASH,
-                cancellation.sender,
-                keccak256(slice(product_ids, 64, len(product_ids) - 64)),
-                keccak256(slice(digests, 64, len(digests) - 64)),
-                cancellation.nonce,
-            )
-        )
-    )
+    return self._typed_digest(eip712.note_hash(note))

@@ -20,7 +20,7 @@ gas (Vyper's default) when that fits and for code size when only that does (the
 artifact's ``optimize`` says which). A reference build that fits neither way is a build
 error; an older build that does not fit is not shipped (the build says so, and removes a
 stale file), and nodes that need it are refused in one line (``dispute/nodes.py``). The
-v2 court is such a case: without Cancun's MCOPY its code is 24,960 bytes at the least.
+v2 court is such a case: without Cancun's MCOPY its code is 25,476 bytes at the least.
 """
 
 from __future__ import annotations
@@ -34,14 +34,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import vyper
+from vyper.compiler.input_bundle import FilesystemInputBundle
 from vyper.compiler.settings import OptimizationLevel, Settings
 from vyper.warnings import ContractSizeLimit
 
 #: Where the sources live and where the artifacts go (package data).
 CONTRACTS_DIR = Path(__file__).resolve().parent
 ARTIFACTS_DIR = CONTRACTS_DIR.parent / "cancelnote" / "contracts"
-#: The shipped contracts, by name (``<name>.vy`` → ``<name>.json``).
-CONTRACTS = ("CancelCourt",)
+#: The shipped contracts, by name (``<name>.vy`` → ``<name>.json``); the modules they
+#: import (``eip712.vy``) are compiled into them.
+CONTRACTS = ("CancelCourt", "HeadsCourt")
+MODULES = ("eip712",)
 #: py-evm's newest fork; pinned so that a compiler upgrade cannot move it silently.
 EVM_VERSION = "prague"
 #: The builds shipped, the reference first: Prague's (Vyper emits nothing newer than
@@ -62,8 +65,8 @@ def deployed_size(out: dict) -> int:
 
 
 def compile_source(source: str, *, evm_version: str = EVM_VERSION) -> dict[str, object]:
-    """Compile Vyper ``source``, for gas if its code then fits EIP-170, else for size;
-    the artifact fields that depend on the source alone.
+    """Compile Vyper ``source`` (its imports from this folder), for gas if its code then
+    fits EIP-170, else for size; the artifact fields that depend on the sources alone.
 
     Raises:
         BuildError: the deployed code exceeds EIP-170's limit however it is optimised.
@@ -73,6 +76,7 @@ def compile_source(source: str, *, evm_version: str = EVM_VERSION) -> dict[str, 
             warnings.simplefilter("ignore", ContractSizeLimit)
             out = vyper.compile_code(
                 source,
+                input_bundle=FilesystemInputBundle([CONTRACTS_DIR]),
                 output_formats=["abi", "bytecode", "bytecode_runtime", "layout"],
                 settings=Settings(evm_version=evm_version, optimize=level),
             )
@@ -84,6 +88,13 @@ def compile_source(source: str, *, evm_version: str = EVM_VERSION) -> dict[str, 
             f"the {evm_version} build's code is {size:,} bytes even optimised for size, over"
             f" EIP-170's {MAX_RUNTIME_BYTES:,}"
         )
+    modules = {
+        f"contracts/{name}.vy": hashlib.sha256(
+            (CONTRACTS_DIR / f"{name}.vy").read_bytes()
+        ).hexdigest()
+        for name in MODULES
+        if f"import {name}" in source
+    }
     return {
         "abi": out["abi"],
         "bytecode": out["bytecode"],
@@ -91,39 +102,49 @@ def compile_source(source: str, *, evm_version: str = EVM_VERSION) -> dict[str, 
         "compiler": f"vyper {vyper.__version__}",
         "evm_version": evm_version,
         "optimize": level.name.lower(),
+        "modules_sha256": modules,
         "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
     }
 
 
-def build_artifacts(name: str, evm_versions: Sequence[str]) -> dict[str, str | BuildError]:
-    """The JSON text, exactly as committed, of contract ``name``'s build for each of
+def build_artifacts(evm_versions: Sequence[str]) -> dict[tuple[str, str], str | BuildError]:
+    """The JSON text, exactly as committed, of every contract's build for each of
     ``evm_versions`` (the first is the reference, which lists the older builds shipped),
-    or why an older one cannot be built.
+    keyed by (contract, EVM version), or why an older version is not built. An older
+    version ships for every contract or for none: the contracts deploy together.
 
     Raises:
-        BuildError: the reference build does not fit EIP-170.
+        BuildError: a reference build does not fit EIP-170.
     """
-    source_path = CONTRACTS_DIR / f"{name}.vy"
-    source = source_path.read_text(encoding="utf-8")
-    builds: dict[str, dict[str, object] | BuildError] = {}
-    for index, version in enumerate(evm_versions):
-        try:
-            builds[version] = compile_source(source, evm_version=version)
-        except BuildError as exc:
-            if index == 0:
-                raise
-            builds[version] = exc
-    reference = builds[evm_versions[0]]
-    assert isinstance(reference, dict)
-    reference["older_builds"] = [v for v in evm_versions[1:] if isinstance(builds[v], dict)]
-    texts: dict[str, str | BuildError] = {}
-    for version, artifact in builds.items():
-        if isinstance(artifact, dict):
-            artifact["contract"] = name
-            artifact["source"] = f"contracts/{source_path.name}"
-            texts[version] = json.dumps(artifact, indent=2, sort_keys=True) + "\n"
-        else:
-            texts[version] = artifact
+    builds: dict[tuple[str, str], dict[str, object] | BuildError] = {}
+    for name in CONTRACTS:
+        source = (CONTRACTS_DIR / f"{name}.vy").read_text(encoding="utf-8")
+        for index, version in enumerate(evm_versions):
+            try:
+                builds[name, version] = compile_source(source, evm_version=version)
+            except BuildError as exc:
+                if index == 0:
+                    raise
+                builds[name, version] = BuildError(f"{name}: {exc}")
+    for version in evm_versions[1:]:
+        failure = next(
+            (builds[n, version] for n in CONTRACTS if isinstance(builds[n, version], BuildError)),
+            None,
+        )
+        if failure is not None:
+            for name in CONTRACTS:
+                builds[name, version] = failure
+    shipped = [v for v in evm_versions[1:] if isinstance(builds[CONTRACTS[0], v], dict)]
+    texts: dict[tuple[str, str], str | BuildError] = {}
+    for (name, version), artifact in builds.items():
+        if isinstance(artifact, BuildError):
+            texts[name, version] = artifact
+            continue
+        if version == evm_versions[0]:
+            artifact["older_builds"] = shipped
+        artifact["contract"] = name
+        artifact["source"] = f"contracts/{name}.vy"
+        texts[name, version] = json.dumps(artifact, indent=2, sort_keys=True) + "\n"
     return texts
 
 
@@ -148,24 +169,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stale = []
     versions = tuple(dict.fromkeys(args.evm_version)) or EVM_VERSIONS
-    for name in CONTRACTS:
-        for version, text in build_artifacts(name, versions).items():
-            path = artifact_path(name, version, versions[0])
-            shown = path.relative_to(CONTRACTS_DIR.parent)
-            if isinstance(text, BuildError):  # an older build that cannot ship
-                print(f"not built: {shown}: {text}", file=sys.stderr)
-                if path.exists():
-                    if args.check:
-                        stale.append(path)
-                    else:
-                        path.unlink()
-                        print(f"removed {shown}")
-            elif args.check:
-                if not path.exists() or path.read_text(encoding="utf-8") != text:
+    for (name, version), text in build_artifacts(versions).items():
+        path = artifact_path(name, version, versions[0])
+        shown = path.relative_to(CONTRACTS_DIR.parent)
+        if isinstance(text, BuildError):  # an older build that cannot ship
+            print(f"not built: {shown}: {text}", file=sys.stderr)
+            if path.exists():
+                if args.check:
                     stale.append(path)
-            else:
-                path.write_text(text, encoding="utf-8")
-                print(f"wrote {shown}")
+                else:
+                    path.unlink()
+                    print(f"removed {shown}")
+        elif args.check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(path)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {shown}")
     for path in stale:
         print(f"stale: {path} (run python contracts/build.py)", file=sys.stderr)
     return 1 if stale else 0

@@ -15,6 +15,12 @@ a message the session reports received survives ``kill -9`` and a power cut. Rul
 * A **bundle** (:meth:`EvidenceStore.export_bundle`) is a self-contained JSON document
   (domain, operator, court, messages with signatures) that anyone can verify offline and
   import into another store (:func:`parse_bundle` checks every signature first).
+* **Journal heads** (protocol §21) are kept too: every signed head received (one per size
+  and root; of two with one size and root, the later), from the operator or from a peer
+  (a bundle), and the leaves of the operator's log that concern this store's messages
+  with their inclusion proofs, each against a head kept. Bundles carry heads, so heads are
+  exchanged by exchanging bundles (gossip by file): a split view shows up as two heads
+  that are not one log.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import json
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,11 +45,14 @@ from cancelnote.messages import (
     CancellationProducts,
     Domain,
     Fill,
+    JournalHead,
+    Match,
     Order,
     SignedMessage,
     signature_from_wire,
     signature_to_wire,
 )
+from cancelnote.transparency import LeafProof, SignedHead
 
 M = TypeVar("M", bound=SignedMessage)
 
@@ -85,6 +94,15 @@ CREATE TABLE IF NOT EXISTS payouts (
     tx_hash TEXT PRIMARY KEY, account TEXT NOT NULL, amount TEXT NOT NULL,
     at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS heads (
+    size INTEGER NOT NULL, root TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
+    signature TEXT NOT NULL, received_at_ms INTEGER NOT NULL, source TEXT NOT NULL,
+    PRIMARY KEY (size, root));
+CREATE INDEX IF NOT EXISTS heads_received ON heads (received_at_ms);
+CREATE TABLE IF NOT EXISTS leaves (
+    seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, ref INTEGER NOT NULL, leaf TEXT NOT NULL,
+    path TEXT NOT NULL, size INTEGER NOT NULL, match TEXT);
+CREATE TABLE IF NOT EXISTS located (key TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
 
 
@@ -161,6 +179,30 @@ class SignedNote:
 
     def to_wire(self) -> dict[str, Any]:
         return {"note": self.note.to_wire(), "signature": signature_to_wire(self.signature)}
+
+
+@attrs.frozen
+class StoredHead:
+    """A signed journal head kept, when it was received and from whom (``operator`` or
+    ``bundle``)."""
+
+    signed: SignedHead
+    received_at_ms: int
+    source: str
+
+    @property
+    def head(self) -> Any:
+        return self.signed.head
+
+
+@attrs.frozen
+class StoredLeaf:
+    """A leaf of the operator's log, proven in the kept head of ``size`` leaves (and, for
+    a match leaf, its match)."""
+
+    proof: LeafProof
+    size: int
+    match: Match | None = None
 
 
 @attrs.frozen
@@ -471,7 +513,145 @@ class EvidenceStore:
             (name, value),
         )
 
+    def add_head(self, signed: SignedHead, received_at_ms: int, source: str) -> bool:
+        """Keep a signed head (its signature checked by the caller); false if this size and
+        root were kept before with a time no earlier (the later one is kept)."""
+        head = signed.head
+        return self._insert(
+            "INSERT INTO heads VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (size, root) DO UPDATE"
+            " SET timestamp_ms = excluded.timestamp_ms, signature = excluded.signature"
+            " WHERE excluded.timestamp_ms > heads.timestamp_ms",
+            (
+                head.size,
+                _hex(head.root),
+                head.timestamp_ms,
+                _hex(signed.signature),
+                received_at_ms,
+                source,
+            ),
+        )
+
+    def add_leaf(self, leaf: StoredLeaf) -> None:
+        """Keep a proven leaf of the log (a later proof of the same seq replaces it)."""
+        wire = leaf.proof.leaf.to_wire()
+        self._insert(
+            "INSERT OR REPLACE INTO leaves VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                leaf.proof.index,
+                wire["kind"],
+                leaf.proof.leaf.ref,
+                _dumps(wire),
+                _dumps([_hex(node) for node in leaf.proof.path]),
+                leaf.size,
+                None if leaf.match is None else _dumps(leaf.match.to_wire()),
+            ),
+        )
+
+    def set_located(self, key: bytes, seq: int) -> None:
+        """The operator's log holds the order (its id) or the cancel (its request hash)
+        ``key`` at ``seq``."""
+        self._insert("INSERT OR REPLACE INTO located VALUES (?, ?)", (_hex(key), seq))
+
     # --- reads ----------------------------------------------------------------------------
+
+    def _heads(self, where: str, values: tuple[Any, ...], order: str) -> list[StoredHead]:
+        rows = self._conn.execute(
+            "SELECT size, root, timestamp_ms, signature, received_at_ms, source FROM heads"
+            f" {where} ORDER BY {order}",
+            values,
+        )
+        return [_head_from_row(row) for row in rows]
+
+    def heads(self, *, min_size: int = 0) -> list[StoredHead]:
+        """Kept heads of at least ``min_size`` leaves, by size then time."""
+        return self._heads("WHERE size >= ?", (min_size,), "size, timestamp_ms")
+
+    def latest_head(self) -> StoredHead | None:
+        """The kept head of the largest size (the latest of that size)."""
+        return next(iter(self._heads("", (), "size DESC, timestamp_ms DESC LIMIT 1")), None)
+
+    def head_of_size(self, size: int) -> StoredHead | None:
+        """The latest kept head of ``size`` leaves."""
+        return next(iter(self._heads("WHERE size = ?", (size,), "timestamp_ms DESC LIMIT 1")), None)
+
+    def latest_head_not_after(self, seq: int) -> StoredHead | None:
+        """Of the heads whose size is at most ``seq`` (signed before leaf ``seq`` was made),
+        the one with the latest time: what a fill numbered ``seq`` may not predate."""
+        found = self._heads("WHERE size <= ?", (seq,), "timestamp_ms DESC LIMIT 1")
+        return next(iter(found), None)
+
+    def heads_received_since(self, since_ms: int, source: str = "operator") -> int:
+        (count,) = self._conn.execute(
+            "SELECT count(*) FROM heads WHERE received_at_ms >= ? AND source = ?",
+            (since_ms, source),
+        ).fetchone()
+        return count
+
+    def leaf(self, seq: int) -> StoredLeaf | None:
+        row = self._conn.execute(
+            "SELECT seq, leaf, path, size, match FROM leaves WHERE seq = ?", (seq,)
+        ).fetchone()
+        return None if row is None else _leaf_from_row(row)
+
+    def located(self, key: bytes) -> int | None:
+        """Where the log holds the order or cancel ``key`` (``None``: not found yet)."""
+        row = self._conn.execute("SELECT seq FROM located WHERE key = ?", (_hex(key),)).fetchone()
+        return None if row is None else row[0]
+
+    def unlocated(self) -> tuple[list[StoredOrder], list[StoredCancel]]:
+        """The orders and cancels sent (not refused) whose place in the log is not known."""
+        orders = self._conn.execute(
+            f"SELECT {_ORDER_COLUMNS} FROM orders WHERE rejected = 0"
+            " AND digest NOT IN (SELECT key FROM located) ORDER BY local_seq"
+        )
+        cancels = self._conn.execute(
+            f"SELECT {_CANCEL_COLUMNS} FROM cancels WHERE rejected = 0"
+            " AND request_hash NOT IN (SELECT key FROM located) ORDER BY local_seq"
+        )
+        return [_order_from_row(r) for r in orders], [_cancel_from_row(r) for r in cancels]
+
+    def unproven(self, size: int) -> list[int]:
+        """The seqs below ``size`` this store's evidence is about and holds no proof of:
+        its fills, notes, located orders and cancels, and the matches its fills name."""
+        rows = self._conn.execute(
+            "SELECT seq FROM fills UNION SELECT seq FROM notes UNION SELECT seq FROM located"
+            " UNION SELECT ref FROM leaves WHERE kind = 'fill'",
+        )
+        proven = {seq for (seq,) in self._conn.execute("SELECT seq FROM leaves")}
+        return sorted({seq for (seq,) in rows if seq < size} - proven)
+
+    def located_at(self, seqs: Iterable[int]) -> list[bytes]:
+        """The orders and cancels (ids and request hashes) located at one of ``seqs``."""
+        seqs = list(seqs)
+        marks = ",".join("?" * len(seqs))
+        rows = self._conn.execute(f"SELECT key FROM located WHERE seq IN ({marks})", seqs)
+        return [_unhex(key) for (key,) in rows]
+
+    def fill_leaves_naming(self, seqs: Iterable[int]) -> list[int]:
+        """The seqs of proven fill leaves whose ref (their match) is one of ``seqs``."""
+        seqs = list(seqs)
+        marks = ",".join("?" * len(seqs))
+        rows = self._conn.execute(
+            f"SELECT seq FROM leaves WHERE kind = 'fill' AND ref IN ({marks})", seqs
+        )
+        return [seq for (seq,) in rows]
+
+    def heads_of_size(self, size: int) -> list[StoredHead]:
+        return self._heads("WHERE size = ?", (size,), "timestamp_ms")
+
+    def peer_heads(self) -> list[StoredHead]:
+        """Heads that came from elsewhere than the operator's stream (bundles)."""
+        return self._heads("WHERE source != 'operator'", (), "size, timestamp_ms")
+
+    def neighbour_heads(self, size: int) -> list[StoredHead]:
+        """The largest head below ``size`` and the smallest above it (those that exist)."""
+        below = self._heads("WHERE size < ?", (size,), "size DESC, timestamp_ms DESC LIMIT 1")
+        above = self._heads("WHERE size > ?", (size,), "size, timestamp_ms LIMIT 1")
+        return below + above
+
+    def fills_from_seq(self, seq: int) -> list[SignedFill]:
+        """Fills numbered ``seq`` or later, in seq order."""
+        return self._fills("WHERE seq >= ?", (seq,))
 
     def cursor(self, name: str) -> int:
         row = self._conn.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
@@ -658,6 +838,7 @@ class EvidenceStore:
             ],
             "fills": [{**f.to_wire(), "received_at_ms": f.received_at_ms} for f in fills],
             "notes": [{**n.to_wire(), "received_at_ms": n.received_at_ms} for n in notes],
+            "heads": [h.signed.to_wire() for h in self.heads()],
         }
 
 
@@ -671,13 +852,14 @@ class Bundle:
     cancels: tuple[StoredCancel, ...]
     fills: tuple[SignedFill, ...]
     notes: tuple[SignedNote, ...]
+    heads: tuple[SignedHead, ...] = ()
 
 
 def parse_bundle(obj: object) -> Bundle:
     """Parse a bundle strictly and verify every signature in its own domain.
 
-    Orders and cancels must be signed by their sender's owner, fills and notes by the
-    bundle's operator. One bad item rejects the whole bundle: a file is not a peer whose
+    Orders and cancels must be signed by their sender's owner, fills, notes and heads by
+    the bundle's operator. One bad item rejects the whole bundle: a file is not a peer whose
     mistakes are evidence, and half an import would be worse than none.
 
     Raises:
@@ -725,7 +907,14 @@ def _parse_bundle(obj: Any) -> Bundle:
         signature = signature_from_wire(item["signature"])
         note.verify(signature, domain, operator)
         notes.append(SignedNote(note, signature, _ms(item, "received_at_ms")))
-    return Bundle(domain, operator, tuple(orders), tuple(cancels), tuple(fills), tuple(notes))
+    heads = []
+    for item in obj.get("heads", ()):  # (bundles before journal heads have none)
+        signed = SignedHead.from_wire(item)
+        signed.verify(domain, operator)
+        heads.append(signed)
+    return Bundle(
+        domain, operator, tuple(orders), tuple(cancels), tuple(fills), tuple(notes), tuple(heads)
+    )
 
 
 def _ms(item: Mapping[str, Any], key: str) -> int:
@@ -806,6 +995,20 @@ def _cancel_from_row(row: tuple[str, str, str, str, int, int, int]) -> StoredCan
     return StoredCancel(
         request, _unhex(signature), _unhex(request_hash), sent_at_ms, local_seq, bool(rejected)
     )
+
+
+def _head_from_row(row: tuple[int, str, int, str, int, str]) -> StoredHead:
+    size, root, timestamp_ms, signature, received_at_ms, source = row
+    signed = SignedHead(JournalHead(size, _unhex(root), timestamp_ms), _unhex(signature))
+    return StoredHead(signed, received_at_ms, source)
+
+
+def _leaf_from_row(row: tuple[int, str, str, int, str | None]) -> StoredLeaf:
+    seq, leaf, path, size, match = row
+    proof = LeafProof.from_wire(
+        {"seq": str(seq), "leaf": json.loads(leaf), "path": json.loads(path)}
+    )
+    return StoredLeaf(proof, size, None if match is None else Match.from_wire(json.loads(match)))
 
 
 @contextmanager

@@ -37,6 +37,7 @@ from cancelnote.messages import (
     signature_from_wire,
     signature_to_wire,
 )
+from cancelnote.transparency import SignedHead
 
 from .evidence import (
     Bundle,
@@ -73,6 +74,12 @@ class Kind(enum.StrEnum):
     FILL_AFTER_REQUEST = "FILL_AFTER_REQUEST"
     NOTE_OUT_OF_BOUNDS = "NOTE_OUT_OF_BOUNDS"
     UNANSWERED_CANCEL = "UNANSWERED_CANCEL"
+    INCONSISTENT_HEADS = "INCONSISTENT_HEADS"
+    BACKDATED = "BACKDATED"
+    FILL_AFTER_CANCEL = "FILL_AFTER_CANCEL"
+    FALSE_MATCH = "FALSE_MATCH"
+    MATCH_REUSED = "MATCH_REUSED"
+    UNLOGGED_CANCEL = "UNLOGGED_CANCEL"
 
     BAD_SIGNATURE = "BAD_SIGNATURE"
     MALFORMED_MESSAGE = "MALFORMED_MESSAGE"
@@ -82,6 +89,10 @@ class Kind(enum.StrEnum):
     NOTE_UNKNOWN_REQUEST = "NOTE_UNKNOWN_REQUEST"
     NOTE_AFTER_RECV_TIME = "NOTE_AFTER_RECV_TIME"
     PENDING_WINDOW = "PENDING_WINDOW"
+    HEAD_CLOCK = "HEAD_CLOCK"
+    HEAD_TIME_BACKWARDS = "HEAD_TIME_BACKWARDS"
+    UNPROVEN_LEAF = "UNPROVEN_LEAF"
+    HEADS_STALLED = "HEADS_STALLED"
 
 
 #: The kinds the watchtower takes to court (each a court offence, or a forced cancel).
@@ -97,18 +108,42 @@ DISPUTABLE = frozenset(
         Kind.FILL_AFTER_REQUEST,
         Kind.NOTE_OUT_OF_BOUNDS,
         Kind.UNANSWERED_CANCEL,
+        Kind.INCONSISTENT_HEADS,
+        Kind.BACKDATED,
+        Kind.FILL_AFTER_CANCEL,
+        Kind.FALSE_MATCH,
+        Kind.MATCH_REUSED,
+        Kind.UNLOGGED_CANCEL,
     }
 )
+#: The kinds the watchtower answers by forcing the cancel on-chain (not by a proof).
+FORCING = frozenset({Kind.UNANSWERED_CANCEL, Kind.UNLOGGED_CANCEL})
+
+
+#: The operator's head interval ``H`` when the caller does not say (``--heads-ms``).
+HEADS_MS = 100
+#: How many head intervals a cancel may go unlogged before it is forced on-chain.
+CANCEL_HEADS = 10
+#: How far a head's time may be from the client's clock on arrival.
+HEAD_CLOCK_TOLERANCE_MS = 2_000
 
 
 @attrs.frozen
 class VerifierPolicy:
     """The client's own limits (the protocol leaves them to the client), and the court's
-    one parameter a check needs: its ``maxPendingMs`` (read it from the court)."""
+    one parameter a check needs: its ``maxPendingMs`` (read it from the court).
+
+    With journal heads (protocol §21) the first alarm on a cancel is its leaf: a cancel not
+    in the operator's log ``cancel_heads × heads_ms`` after it was sent is forced
+    (``UNLOGGED_CANCEL``); the note deadline stays as the second alarm.
+    """
 
     cancel_deadline_ms: int = CANCEL_DEADLINE_MS
     max_pending_window_ms: int = MAX_PENDING_WINDOW_MS
     court_max_pending_ms: int = COURT_MAX_PENDING_MS
+    heads_ms: int = HEADS_MS
+    cancel_heads: int = CANCEL_HEADS
+    head_clock_tolerance_ms: int = HEAD_CLOCK_TOLERANCE_MS
 
 
 DEFAULT_POLICY = VerifierPolicy()
@@ -175,7 +210,7 @@ class Verifier:
                     SignedNote(CancellationNote.from_wire(obj["note"]), signature, now_ms), now_ms
                 )
         except MessageError as exc:
-            finding = self._record(
+            finding = self.record(
                 Kind.BAD_SIGNATURE if exc.code == "INVALID_SIGNATURE" else Kind.MALFORMED_MESSAGE,
                 json.dumps(obj, sort_keys=True, default=str)[:512],
                 bytes(32),
@@ -274,7 +309,7 @@ class Verifier:
                 "cancel": _cancel_wire(cancel),
                 "fills": [f.to_wire() for f in fills[-1:]],  # the latest receipt
             }
-            finding = self._record(
+            finding = self.record(
                 Kind.UNANSWERED_CANCEL,
                 "0x" + stored.digest.hex(),
                 stored.digest,
@@ -327,7 +362,7 @@ class Verifier:
         try:
             message.verify(signature, self.store.domain, self.store.operator)
         except MessageError as exc:
-            finding = self._record(
+            finding = self.record(
                 Kind.BAD_SIGNATURE,
                 _key(message) + "/" + signature.hex(),
                 message.order_digest,
@@ -413,7 +448,31 @@ class Verifier:
         for note in self.store.notes(digest):
             self._judge_pair(note, signed, stored, record)
         self._judge_forced(signed, stored, record)
+        head = self.store.latest_head_not_after(fill.seq)
+        if head is not None:
+            self.judge_backdated(signed, stored, head.signed, record)
         return [f for f in candidates if f is not None]
+
+    @staticmethod
+    def judge_backdated(
+        signed: SignedFill, stored: StoredOrder, head: SignedHead, record: Any
+    ) -> None:
+        """A fill numbered at or after a head's size but stamped before its time."""
+        fill = signed.fill
+        if rules.backdated(stored.digest, fill, head.head):
+            record(
+                Kind.BACKDATED,
+                Offence.BACKDATED,
+                f"fill seq {fill.seq} stamped {fill.timestamp_ms}, before the head of"
+                f" {head.head.size} leaves signed at {head.head.timestamp_ms}",
+                [signed],
+                order=stored,
+                extra={"heads": [head.to_wire()]},
+            )
+
+    def recorder(self, now_ms: int, into: list[Finding | None]) -> Any:
+        """:meth:`_recorder` for the journal-heads checks (:mod:`.heads`)."""
+        return self._recorder(now_ms, into)
 
     def _judge_note(self, signed: SignedNote, now_ms: int) -> list[Finding]:
         note = signed.note
@@ -533,11 +592,13 @@ class Verifier:
             *,
             order: StoredOrder | None = None,
             cancel: StoredCancel | None = None,
+            extra: Mapping[str, Any] | None = None,
         ) -> None:
             messages = list(messages)
             evidence: dict[str, Any] = {
                 "fills": [m.to_wire() for m in messages if isinstance(m, SignedFill)],
                 "notes": [m.to_wire() for m in messages if isinstance(m, SignedNote)],
+                **(extra or {}),
             }
             if order is not None:
                 evidence["order"] = _order_wire(order)
@@ -545,13 +606,14 @@ class Verifier:
                 evidence["cancel"] = _cancel_wire(cancel)
             plain = [m.fill if isinstance(m, SignedFill) else m.note for m in messages]
             key = ",".join("0x" + m.struct_hash().hex() for m in plain)  # order matters
-            into.append(
-                self._record(kind, key, plain[0].order_digest, offence, detail, evidence, now_ms)
-            )
+            digest = plain[0].order_digest if plain else order.digest if order else bytes(32)
+            if extra:  # (the same messages may show another offence against another head)
+                key += "/" + json.dumps(extra, sort_keys=True)[:200]
+            into.append(self.record(kind, key, digest, offence, detail, evidence, now_ms))
 
         return record
 
-    def _record(
+    def record(
         self,
         kind: Kind,
         key: str,
@@ -561,6 +623,8 @@ class Verifier:
         evidence: Mapping[str, Any],
         now_ms: int,
     ) -> Finding | None:
+        """Keep one finding (``None`` if it was kept before); for the checks no pair of
+        fills and notes shows too (:mod:`.heads`: a head, a leaf)."""
         return self.store.add_finding(
             Finding(str(kind), key, digest, offence, detail, evidence, now_ms)
         )

@@ -45,10 +45,19 @@ from cancelnote.dispute.court import (
     Offence,
     WindowStatus,
 )
-from cancelnote.messages import CancellationNote, Fill, Order, signature_from_wire
+from cancelnote.messages import (
+    Cancellation,
+    CancellationNote,
+    CancellationProducts,
+    Fill,
+    Match,
+    Order,
+    signature_from_wire,
+)
+from cancelnote.transparency import LeafProof, SignedHead, path_from_wire
 
 from .evidence import EvidenceStore, Finding
-from .verifier import DISPUTABLE, Kind, Verifier
+from .verifier import DISPUTABLE, FORCING, Kind, Verifier
 
 LOGGER = logging.getLogger("cancelnote.client.watchtower")
 
@@ -194,11 +203,96 @@ def _order_of(finding: Finding) -> Order:
     return Order.from_wire(finding.evidence["order"]["order"])
 
 
+def _head(wire: Mapping[str, Any]) -> tuple[Any, bytes]:
+    signed = SignedHead.from_wire(wire)
+    return signed.head, signed.signature
+
+
+def _leaf(wire: Mapping[str, Any]) -> LeafProof:
+    return LeafProof.from_wire(wire)
+
+
+def _heads_proof(kind: Kind, ev: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """The HeadsCourt call (``heads.`` + its binding's method) and its arguments after the
+    sender, from a journal-heads finding's evidence (:mod:`.heads`)."""
+    order = Order.from_wire(ev["order"]["order"])
+    if kind is Kind.INCONSISTENT_HEADS:
+        (first, first_sig), (second, second_sig) = (_head(h) for h in ev["heads"])
+        proof = path_from_wire("proof", ev["proof"])
+        return "heads.prove_inconsistent_heads", (
+            order,
+            first,
+            first_sig,
+            second,
+            second_sig,
+            proof,
+        )
+    if kind is Kind.BACKDATED:
+        fill, fill_sig = _signed_fill(ev["fills"][0])
+        head, head_sig = _head(ev["heads"][0])
+        return "heads.prove_backdated", (order, fill, fill_sig, head, head_sig)
+    head, head_sig = _head(ev["head"])
+    if kind is Kind.FALSE_MATCH:
+        fill, _ = _signed_fill(ev["fills"][0])
+        named = _leaf(ev["named"]) if "named" in ev else _leaf(ev["fill"])  # ignored then
+        match = (
+            Match.from_wire(ev["match"]) if "match" in ev else Match(bytes(32), bytes(32), 0, 0, 0)
+        )
+        return "heads.prove_false_match", (
+            order,
+            fill,
+            head,
+            head_sig,
+            _leaf(ev["fill"]),
+            named,
+            match,
+        )
+    if kind is Kind.MATCH_REUSED:
+        (fill1, _), (fill2, _) = (_signed_fill(f) for f in ev["fills"])
+        return "heads.prove_match_reused", (
+            order,
+            fill1,
+            fill2,
+            head,
+            head_sig,
+            _leaf(ev["leaf1"]),
+            _leaf(ev["leaf2"]),
+        )
+    assert kind is Kind.FILL_AFTER_CANCEL
+    kinds = {"Cancellation": Cancellation, "CancellationProducts": CancellationProducts}
+    cancellation = kinds[ev["cancel"]["kind"]].from_wire(ev["cancel"]["tx"])
+    return "heads.prove_match_after_cancel", (
+        order,
+        cancellation,
+        Match.from_wire(ev["match"]),
+        head,
+        head_sig,
+        _leaf(ev["order_leaf"]),
+        _leaf(ev["cancel_leaf"]),
+        _leaf(ev["match_leaf"]),
+    )
+
+
+#: The journal-heads kinds, proven in the HeadsCourt.
+_HEADS_KINDS = frozenset(
+    {
+        Kind.INCONSISTENT_HEADS,
+        Kind.BACKDATED,
+        Kind.FALSE_MATCH,
+        Kind.MATCH_REUSED,
+        Kind.FILL_AFTER_CANCEL,
+    }
+)
+
+
 def proof_of(finding: Finding) -> Prove:
     """The court call that proves ``finding``: the order, then the signed messages in the
     order the call takes them (its evidence holds every one)."""
     assert finding.id is not None and finding.offence is not None
     kind = Kind(finding.kind)
+    if kind in _HEADS_KINDS:
+        function, arguments = _heads_proof(kind, finding.evidence)
+        return Prove(finding.id, finding.digest, finding.offence, function, arguments)
     if kind not in _PROOFS:
         raise ValueError(f"{kind} is not proven by a fraud proof")
     function, shape = _PROOFS[kind]
@@ -223,17 +317,17 @@ def plan(findings: Iterable[Finding], view: CourtView, noted: frozenset[bytes]) 
         if finding.kind not in DISPUTABLE or finding.id is None:
             continue
         if finding.status == "claimed":
-            offence = finding.offence if finding.kind != Kind.UNANSWERED_CANCEL else None
+            offence = finding.offence if finding.kind not in FORCING else None
             key = (finding.digest, offence or Offence.DEFAULT)
             claim = view.claims.get(key)
             vested = claim is not None and view.chain_time_s >= claim.claim.vests_at
             if vested and not claim.settled(view.penalty):
                 actions.append(Claim(finding.id, finding.digest, _order_of(finding), key[1]))
             continue
-        if finding.kind != Kind.UNANSWERED_CANCEL:
-            if finding.status == "open":
-                actions.append(proof_of(finding))
-            continue
+        if finding.kind not in FORCING:
+            if finding.status == "open" and finding.offence is not None:
+                actions.append(proof_of(finding))  # (a fork with no order of ours to name:
+            continue  # recorded only, there is no one to file the claim for)
         status = view.cancels.get(finding.digest)
         state = CancelState.NONE if status is None else status.state
         if state is CancelState.ANSWERED:
@@ -315,7 +409,7 @@ class Watchtower:
             (f for status in _ACTIVE for f in self.store.findings(status) if f.kind in DISPUTABLE),
             key=lambda f: f.id or 0,
         )
-        digests = {f.digest for f in findings if f.kind == Kind.UNANSWERED_CANCEL}
+        digests = {f.digest for f in findings if f.kind in FORCING}
         claims = {
             (f.digest, f.offence or Offence.DEFAULT) for f in findings if f.status == "claimed"
         }
@@ -424,7 +518,9 @@ class Watchtower:
     def _transact(self, action: Action) -> Receipt:
         court, signer = self.court, self.signer
         if isinstance(action, Prove):
-            return getattr(court, action.function)(signer, *action.args)
+            target, _, name = action.function.rpartition(".")
+            binding = court.heads if target == "heads" else court
+            return getattr(binding, name)(signer, *action.args)
         if isinstance(action, ForceCancel):
             return court.request_cancel(signer, action.order)
         if isinstance(action, Finalize):
@@ -459,7 +555,7 @@ class Watchtower:
         digest = getattr(action, "digest", bytes(32))
         name = type(action).__name__
         if isinstance(action, Prove):
-            name = action.function
+            name = action.function.removeprefix("heads.")
         self.store.add_dispute(finding_id, name, digest, tx_hash, outcome, detail, now_ms)
         # A finalize refused (the window is still open on this block) is retried next round,
         # and so is a claim refused (it stays filed).

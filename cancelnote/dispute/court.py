@@ -19,10 +19,12 @@ Rules:
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Sequence
 from typing import Any, Self
 
 import attrs
+from eth._utils.address import generate_contract_address
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 
@@ -31,15 +33,20 @@ from ..crypto import Signer, keccak
 from ..messages import (
     Cancellation,
     CancellationNote,
+    CancellationProducts,
     Domain,
     Fill,
+    JournalHead,
+    Match,
     Order,
     SignedMessage,
 )
+from ..transparency import LeafProof
 from .chain import Chain, ChainError, Log, Receipt
 from .nodes import check_court, court_artifact
 
 ARTIFACT_NAME = "CancelCourt"
+HEADS_ARTIFACT_NAME = "HeadsCourt"
 
 #: The conventional address nobody holds a key for: the dev court's burn address.
 DEAD_ADDRESS = bytes.fromhex("000000000000000000000000000000000000dEaD")
@@ -81,6 +88,9 @@ class Offence(enum.IntEnum):
     BAD_FILL = 6
     DEFAULT = 7
     NOTE_OUT_OF_BOUNDS = 8
+    INCONSISTENT_HEADS = 9  # proven in the HeadsCourt, as the next two
+    BACKDATED = 10
+    FALSE_MATCH = 11
 
 
 @attrs.frozen
@@ -184,9 +194,13 @@ def _canonical_type(entry: dict[str, Any]) -> str:
 
 
 def _to_abi(value: object) -> object:
-    """A Python argument as eth_abi takes it: a message becomes the tuple of its fields."""
+    """A Python argument as eth_abi takes it: a message becomes the tuple of its fields, a
+    leaf proof ``(index, kind, timestampMs, ref, content, path)``."""
     if isinstance(value, SignedMessage):
         return tuple(getattr(value, field.name) for field in attrs.fields(type(value)))
+    if isinstance(value, LeafProof):
+        leaf = value.leaf
+        return (value.index, int(leaf.kind), leaf.timestamp_ms, leaf.ref, leaf.content, value.path)
     return value
 
 
@@ -259,20 +273,47 @@ def _parse_abi(
     return functions, events
 
 
-class Court:
-    """A deployed ``CancelCourt`` on ``chain`` at ``address``.
+class _Contract:
+    """A deployed contract of this package's artifacts: calls and logs through its ABI."""
+
+    ARTIFACT: str
+
+    def __init__(self, chain: Chain, address: bytes) -> None:
+        artifact = load_artifact(self.ARTIFACT)
+        self.chain = chain
+        self.address = address
+        #: The receipt of the deployment, when this object deployed the contract (and, for a
+        #: court, of its HeadsCourt's).
+        self.deploy_receipt: Receipt | None = None
+        self.heads_deploy_receipt: Receipt | None = None
+        self._functions, self._events = _parse_abi(artifact.abi)
+
+    def encode_call(self, name: str, *args: object) -> bytes:
+        """The calldata of contract function ``name`` (for ``Chain.call`` dry runs, raw txs)."""
+        function = self._functions[name]
+        return function.selector + abi_encode(list(function.inputs), [_to_abi(a) for a in args])
+
+    def _transact(self, sender: Signer, name: str, *args: object, value: int = 0) -> Receipt:
+        return self.chain.transact(sender, self.address, self.encode_call(name, *args), value=value)
+
+    def _view(self, name: str, *args: object) -> Any:
+        function = self._functions[name]
+        output = self.chain.call(self.address, self.encode_call(name, *args))
+        values = abi_decode(list(function.outputs), output)
+        decoded = [
+            _from_abi(kind, value) for kind, value in zip(function.outputs, values, strict=True)
+        ]
+        return decoded[0] if len(decoded) == 1 else tuple(decoded)
+
+
+class Court(_Contract):
+    """A deployed ``CancelCourt`` on ``chain`` at ``address``, and its :class:`HeadsCourt`.
 
     Construct it with :meth:`deploy` or :meth:`at`; ``at`` checks that the address holds
     this version's court and that the node runs it.
     """
 
-    def __init__(self, chain: Chain, address: bytes) -> None:
-        artifact = load_artifact(ARTIFACT_NAME)
-        self.chain = chain
-        self.address = address
-        #: The receipt of the deployment, when this object deployed the court.
-        self.deploy_receipt: Receipt | None = None
-        self._functions, self._events = _parse_abi(artifact.abi)
+    ARTIFACT = ARTIFACT_NAME
 
     @classmethod
     def deploy(
@@ -293,8 +334,19 @@ class Court:
         burn_address: bytes,
     ) -> Self:
         """Deploy a new court with these parameters (see the contract's constructor), from
-        the newest build the node runs (:func:`~.nodes.court_artifact`)."""
+        the newest build the node runs (:func:`~.nodes.court_artifact`).
+
+        Two transactions in a row from ``deployer``: the court, then its HeadsCourt at
+        the address the deployer's next nonce gives (the court is told it first);
+        ``deploy_receipt`` is the court's.
+
+        Raises:
+            NodeMismatch: the node runs no build of the court.
+            ChainError: either deployment created no contract, or not where expected.
+        """
         artifact = court_artifact(chain, ARTIFACT_NAME)
+        nonce = chain.nonce(deployer.address)
+        heads_address = generate_contract_address(deployer.address, nonce + 1)
         constructor = next(entry for entry in artifact.abi if entry["type"] == "constructor")
         arguments = abi_encode(
             [_canonical_type(item) for item in constructor["inputs"]],
@@ -310,13 +362,23 @@ class Court:
                 claim_delay_s,
                 burn_share_bps,
                 burn_address,
+                heads_address,
             ],
         )
         receipt = chain.deploy(deployer, artifact.bytecode + arguments)
         if receipt.contract_address is None:
             raise ChainError("the court's deployment created no contract")
+        heads = court_artifact(chain, HEADS_ARTIFACT_NAME)
+        heads_arguments = abi_encode(["address", "address"], [receipt.contract_address, operator])
+        heads_receipt = chain.deploy(deployer, heads.bytecode + heads_arguments)
+        if heads_receipt.contract_address != heads_address:
+            raise ChainError(
+                f"the HeadsCourt was deployed at {heads_receipt.contract_address!r}, not at"
+                f" 0x{heads_address.hex()} where the court expects it"
+            )
         court = cls(chain, receipt.contract_address)
         court.deploy_receipt = receipt
+        court.heads_deploy_receipt = heads_receipt
         return court
 
     @classmethod
@@ -335,24 +397,10 @@ class Court:
         """The EIP-712 domain every signature shown to this court must be made in."""
         return Domain(self.chain.chain_id, self.address)
 
-    # --- encoding -----------------------------------------------------------------------
-
-    def encode_call(self, name: str, *args: object) -> bytes:
-        """The calldata of contract function ``name`` (for ``Chain.call`` dry runs, raw txs)."""
-        function = self._functions[name]
-        return function.selector + abi_encode(list(function.inputs), [_to_abi(a) for a in args])
-
-    def _transact(self, sender: Signer, name: str, *args: object, value: int = 0) -> Receipt:
-        return self.chain.transact(sender, self.address, self.encode_call(name, *args), value=value)
-
-    def _view(self, name: str, *args: object) -> Any:
-        function = self._functions[name]
-        output = self.chain.call(self.address, self.encode_call(name, *args))
-        values = abi_decode(list(function.outputs), output)
-        decoded = [
-            _from_abi(kind, value) for kind, value in zip(function.outputs, values, strict=True)
-        ]
-        return decoded[0] if len(decoded) == 1 else tuple(decoded)
+    @functools.cached_property
+    def heads(self) -> HeadsCourt:
+        """The court's HeadsCourt (the journal-heads rules), which it created."""
+        return HeadsCourt(self.chain, self.heads_court())
 
     # --- the operator's bond ------------------------------------------------------------
 
@@ -490,6 +538,10 @@ class Court:
     def operator(self) -> bytes:
         return self._view("operator")
 
+    def heads_court(self) -> bytes:
+        """The address of the HeadsCourt this court created."""
+        return self._view("headsCourt")
+
     def answer_window(self) -> int:
         return self._view("answerWindow")
 
@@ -618,3 +670,142 @@ class Court:
         return [
             self.decode_log(log) for log in self.chain.get_logs(self.address, from_block, to_block)
         ]
+
+
+class HeadsCourt(_Contract):
+    """The ``HeadsCourt`` of a court (``Court.heads``): the journal-heads rules.
+
+    Each proof files its claim in the court (the receipt holds the court's ``Slashed``;
+    decode it with :meth:`Court.events`); revert reasons are ``"court: ..."`` as there.
+    """
+
+    ARTIFACT = HEADS_ARTIFACT_NAME
+
+    def prove_inconsistent_heads(
+        self,
+        sender: Signer,
+        payee: Order,
+        first: JournalHead,
+        first_sig: bytes,
+        second: JournalHead,
+        second_sig: bytes,
+        proof: Sequence[bytes],
+    ) -> Receipt:
+        """Two heads that are not one log (``first`` the smaller); the claim is for
+        ``payee``'s owner, once per court, and the operator is halted."""
+        return self._transact(
+            sender,
+            "proveInconsistentHeads",
+            payee,
+            first,
+            first_sig,
+            second,
+            second_sig,
+            list(proof),
+        )
+
+    def prove_backdated(
+        self,
+        sender: Signer,
+        order: Order,
+        fill: Fill,
+        fill_sig: bytes,
+        head: JournalHead,
+        head_sig: bytes,
+    ) -> Receipt:
+        """A fill of ``order`` numbered at or after ``head``'s size, stamped before its time."""
+        return self._transact(sender, "proveBackdated", order, fill, fill_sig, head, head_sig)
+
+    def prove_match_after_cancel(
+        self,
+        sender: Signer,
+        order: Order,
+        cancellation: Cancellation | CancellationProducts,
+        match: Match,
+        head: JournalHead,
+        head_sig: bytes,
+        order_leaf: LeafProof,
+        cancel_leaf: LeafProof,
+        match_leaf: LeafProof,
+    ) -> Receipt:
+        """A match of ``order`` logged after a cancel naming it (offence 1)."""
+        function = (
+            "proveMatchAfterCancel"
+            if isinstance(cancellation, Cancellation)
+            else "proveMatchAfterCancelProducts"
+        )
+        return self._transact(
+            sender,
+            function,
+            order,
+            cancellation,
+            match,
+            head,
+            head_sig,
+            order_leaf,
+            cancel_leaf,
+            match_leaf,
+        )
+
+    def prove_false_match(
+        self,
+        sender: Signer,
+        order: Order,
+        fill: Fill,
+        head: JournalHead,
+        head_sig: bytes,
+        fill_leaf: LeafProof,
+        named_leaf: LeafProof,
+        match: Match,
+    ) -> Receipt:
+        """A fill of ``order`` whose leaf names a leaf that is not its match."""
+        return self._transact(
+            sender, "proveFalseMatch", order, fill, head, head_sig, fill_leaf, named_leaf, match
+        )
+
+    def prove_match_reused(
+        self,
+        sender: Signer,
+        order: Order,
+        fill1: Fill,
+        fill2: Fill,
+        head: JournalHead,
+        head_sig: bytes,
+        leaf1: LeafProof,
+        leaf2: LeafProof,
+    ) -> Receipt:
+        """Two different fills of ``order`` whose leaves name one match."""
+        return self._transact(
+            sender, "proveMatchReused", order, fill1, fill2, head, head_sig, leaf1, leaf2
+        )
+
+    # --- views --------------------------------------------------------------------------
+
+    def court(self) -> bytes:
+        return self._view("court")
+
+    def operator(self) -> bytes:
+        return self._view("operator")
+
+    def fork_proven(self) -> bool:
+        return self._view("forkProven")
+
+    def leaf_hash(self, proof: LeafProof) -> bytes:
+        """The contract's leaf hash of ``proof.leaf`` (equals ``proof.leaf.hash()``)."""
+        return self._view("leafHash", proof)
+
+    def included(self, proof: LeafProof, head: JournalHead) -> bool:
+        """The contract's verdict on an inclusion proof (no signature checked)."""
+        return self._view("included", proof, head)
+
+    def inconsistent(self, first: JournalHead, second: JournalHead, proof: Sequence[bytes]) -> bool:
+        """The contract's verdict on a proof of inconsistency (no signature checked)."""
+        return self._view("inconsistent", first, second, list(proof))
+
+    def type_hashes(self) -> dict[str, bytes]:
+        """The contract's EIP-712 type hash of each type only it reads, by type name."""
+        return {
+            "JournalHead": self._view("JOURNAL_HEAD_TYPEHASH"),
+            "Match": self._view("MATCH_TYPEHASH"),
+            "CancellationProducts": self._view("CANCELLATION_PRODUCTS_TYPEHASH"),
+        }

@@ -14,11 +14,27 @@ the court pays (a wrong one is itself an offence: :func:`malformed_fill`,
 What the predicates do **not** check: signatures (the court requires the operator's, in
 its own domain; callers verify them before relying on a finding) and whether a claim was
 already filed (court state).
+
+The journal-heads rules (the HeadsCourt, protocol §21) come last: they read the
+operator's signed tree heads and the leaves of its log, with their Merkle proofs
+(:mod:`cancelnote.transparency`); ``tests/test_heads_court.py`` checks them against the
+bytecode for random trees.
 """
 
 from __future__ import annotations
 
-from cancelnote.messages import CancellationNote, Fill, Order
+from collections.abc import Sequence
+
+from cancelnote.messages import (
+    Cancellation,
+    CancellationNote,
+    CancellationProducts,
+    Fill,
+    JournalHead,
+    Match,
+    Order,
+)
+from cancelnote.transparency import LeafKind, LeafProof, ProofError, proves_inconsistency
 
 from .court import Offence
 
@@ -176,3 +192,148 @@ def fill_after_request(
         return None
     late = fill.timestamp_ms > requested_at_s * 1000 + max_pending_ms
     return Offence.FILL_AFTER_NOTE if late else None
+
+
+# ---------------------------------------------------------------------------------------
+# Journal heads (HeadsCourt).
+
+
+def inconsistent_heads(
+    first: JournalHead, second: JournalHead, proof: Sequence[bytes]
+) -> Offence | None:
+    """``proveInconsistentHeads``: ``first`` (no larger than ``second``) is not a prefix of
+    ``second``: one size and two roots, or a consistency proof of the second tree that
+    yields another first root (:func:`~cancelnote.transparency.proves_inconsistency`)."""
+    if first.size > second.size:
+        return None
+    found = proves_inconsistency(first.size, first.root, second.size, second.root, proof)
+    return Offence.INCONSISTENT_HEADS if found else None
+
+
+def backdated(digest: bytes, fill: Fill, head: JournalHead) -> Offence | None:
+    """``proveBackdated``: a fill of the order ``digest`` numbered at or after the head's
+    size (it was logged after the head was signed) but stamped before the head's time."""
+    if fill.order_digest != digest:
+        return None
+    late = fill.seq >= head.size and fill.timestamp_ms < head.timestamp_ms
+    return Offence.BACKDATED if late else None
+
+
+def included(proof: LeafProof, head: JournalHead) -> bool:
+    """Whether ``proof`` shows its leaf at its index in ``head`` (the signature unchecked)."""
+    try:
+        proof.verify(head.size, head.root)
+    except ProofError:
+        return False
+    return True
+
+
+def cancel_names(
+    cancellation: Cancellation | CancellationProducts, order: Order, digest: bytes
+) -> bool:
+    """Whether the cancel request is one of ``order`` (digest ``digest``): of its sender, and
+    naming its digest with its product id, or (by product) its product or all products."""
+    if cancellation.sender != order.sender:
+        return False
+    if isinstance(cancellation, CancellationProducts):
+        return not cancellation.product_ids or order.product_id in cancellation.product_ids
+    return any(
+        d == digest
+        and i < len(cancellation.product_ids)
+        and cancellation.product_ids[i] == order.product_id
+        for i, d in enumerate(cancellation.digests)
+    )
+
+
+def _is_leaf(proof: LeafProof, head: JournalHead, kind: LeafKind, content: bytes) -> bool:
+    leaf = proof.leaf
+    return leaf.kind == kind and leaf.content == content and included(proof, head)
+
+
+def match_after_cancel(
+    order: Order,
+    digest: bytes,
+    cancellation: Cancellation | CancellationProducts,
+    match: Match,
+    head: JournalHead,
+    order_leaf: LeafProof,
+    cancel_leaf: LeafProof,
+    match_leaf: LeafProof,
+) -> Offence | None:
+    """``proveMatchAfterCancel``: the order accepted (``order_leaf``), then a cancel of it
+    received (``cancel_leaf``), then a match of it (``match_leaf``), all in ``head``. The
+    cancel took effect when logged, so this match is one no honest engine makes (a match
+    in flight at the cancel was logged before it)."""
+    if not cancel_names(cancellation, order, digest):
+        return None
+    if not order_leaf.index < cancel_leaf.index < match_leaf.index:
+        return None
+    if digest not in (match.maker, match.taker):
+        return None
+    leaves = (
+        (order_leaf, LeafKind.ORDER, order.struct_hash()),
+        (cancel_leaf, LeafKind.CANCEL, cancellation.struct_hash()),
+        (match_leaf, LeafKind.MATCH, match.struct_hash()),
+    )
+    if not all(_is_leaf(proof, head, kind, content) for proof, kind, content in leaves):
+        return None
+    return Offence.FILL_AFTER_NOTE
+
+
+def is_fill_leaf(proof: LeafProof, fill: Fill, head: JournalHead) -> bool:
+    """Whether ``proof`` is ``fill``'s own leaf in ``head``: at its seq, with its time."""
+    if proof.index != fill.seq or proof.leaf.timestamp_ms != fill.timestamp_ms:
+        return False
+    return _is_leaf(proof, head, LeafKind.FILL, fill.struct_hash())
+
+
+def settles(match: Match, fill: Fill) -> bool:
+    """Whether ``fill`` may be the settlement of ``match``: one side's, same size and price."""
+    return (
+        fill.order_digest in (match.maker, match.taker)
+        and match.amount == fill.amount
+        and match.price_x18 == fill.price_x18
+    )
+
+
+def false_match(
+    digest: bytes,
+    fill: Fill,
+    head: JournalHead,
+    fill_leaf: LeafProof,
+    named_leaf: LeafProof | None,
+    match: Match | None,
+) -> Offence | None:
+    """``proveFalseMatch``: ``fill`` (of the order ``digest``) names by its leaf's ref a
+    leaf that is not its match: at or after the fill, not a match, or a match it cannot
+    settle. ``named_leaf`` (the leaf at the ref) and ``match`` (its content, when a match)
+    may be ``None`` where the court ignores them."""
+    if fill.order_digest != digest or not is_fill_leaf(fill_leaf, fill, head):
+        return None
+    ref = fill_leaf.leaf.ref
+    if ref >= fill.seq:
+        return Offence.FALSE_MATCH
+    if named_leaf is None or named_leaf.index != ref or not included(named_leaf, head):
+        return None
+    if named_leaf.leaf.kind != LeafKind.MATCH:
+        return Offence.FALSE_MATCH
+    if match is None or named_leaf.leaf.content != match.struct_hash():
+        return None
+    return None if settles(match, fill) else Offence.FALSE_MATCH
+
+
+def match_reused(
+    digest: bytes,
+    fill1: Fill,
+    fill2: Fill,
+    head: JournalHead,
+    leaf1: LeafProof,
+    leaf2: LeafProof,
+) -> Offence | None:
+    """``proveMatchReused``: two different fills of the order ``digest`` whose leaves name
+    one match (each side of a match settles once)."""
+    if fill1.order_digest != digest or fill2.order_digest != digest or fill1 == fill2:
+        return None
+    if not (is_fill_leaf(leaf1, fill1, head) and is_fill_leaf(leaf2, fill2, head)):
+        return None
+    return Offence.FALSE_MATCH if leaf1.leaf.ref == leaf2.leaf.ref else None

@@ -53,6 +53,25 @@ class UnknownProduct(Rejected):
     code = "UNKNOWN_PRODUCT"
 
 
+class LogRange(Rejected):
+    """Raised when a proof query names a size beyond the log's durable size, a seq not
+    below the size asked about, two sizes out of order, or too many seqs."""
+
+    code = "OUT_OF_RANGE"
+
+
+class NotLogged(Rejected):
+    """Raised when ``locate`` names an order or cancel that is not (yet) in the log."""
+
+    code = "NOT_FOUND"
+
+
+class HeadsDisabled(Rejected):
+    """Raised when a journal-heads request reaches an operator that keeps no heads."""
+
+    code = "HEADS_DISABLED"
+
+
 class OrderNotFound(Rejected):
     """Raised when a query or a forced cancel names an order the engine never accepted."""
 

@@ -11,6 +11,15 @@ JSON of the entry's fields (messages in their wire form, signatures and digests 
 Fills and notes carry their row's ``seq`` inside the signed message. A ``meta`` table
 binds the file to one operator address and one EIP-712 domain.
 
+The transparency log (protocol §21): entry ``seq`` is also leaf ``seq`` of an RFC 9162
+Merkle log (:mod:`cancelnote.transparency`; leaf 0 is the genesis leaf), whose complete
+subtrees live in a ``tree`` table beside the rows, with the signed head of the log's
+latest state in ``meta``: written by :meth:`Journal.append_many` in the transaction of the
+entries they cover (:class:`LogWrite`), so a head is durable with what it commits to, and
+a restart rebuilds nothing (:class:`~cancelnote.operator.heads.HeadLog` reads the tree's
+border and checks every leaf against its row as the journal is replayed). A journal
+written without a log gets one when a log is first kept (built once from the rows).
+
 fsync policy: WAL mode with ``synchronous=FULL`` (the default) fsyncs the WAL at every
 commit, so a committed batch survives power loss. ``synchronous=NORMAL`` is allowed
 explicitly: commits then survive a crash of the process but the last ones may be lost on
@@ -36,16 +45,18 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from cancelnote.api import CancelRequest, request_from_wire, request_to_wire
-from cancelnote.crypto import to_checksum
+from cancelnote.crypto import keccak, to_checksum
 from cancelnote.errors import CancelnoteError
 from cancelnote.messages import (
     CancellationNote,
     Domain,
     Fill,
+    Match,
     Order,
     check_containers,
     signature_to_wire,
 )
+from cancelnote.transparency import Leaf, LeafKind, SignedHead
 
 from .errors import JournalCorrupt, JournalMismatch
 from .lifecycle import CancellationType
@@ -187,6 +198,11 @@ class Matched(_Entry):
     price_x18: int
     settle_at_ms: int
 
+    @property
+    def match(self) -> Match:
+        """What the match's leaf commits to."""
+        return Match(self.maker, self.taker, self.amount, self.price_x18, self.settle_at_ms)
+
 
 @attrs.frozen
 class _SignedEntry(_Entry):
@@ -302,6 +318,31 @@ ENTRY_CLASSES: dict[str, type[JournalEntry]] = {
 }
 
 
+#: Each entry kind's leaf of the log: its kind, time, ref and content (a struct hash).
+_LEAVES: dict[type, Callable[[Any], Leaf]] = {
+    OrderAccepted: lambda e: Leaf(LeafKind.ORDER, e.at_ms, 0, e.order.struct_hash()),
+    OrderForced: lambda e: Leaf(LeafKind.FORCED, e.at_ms, 0, e.order.struct_hash()),
+    CancelAccepted: lambda e: Leaf(LeafKind.CANCEL, e.at_ms, 0, e.request.tx.struct_hash()),
+    CancelReleased: lambda e: Leaf(LeafKind.RELEASE, e.at_ms, e.request_seq, bytes(32)),
+    Matched: lambda e: Leaf(LeafKind.MATCH, e.at_ms, 0, e.match.struct_hash()),
+    # A fill's leaf is stamped with the fill's own time (the court reads it from the fill).
+    FillIssued: lambda e: Leaf(
+        LeafKind.FILL, e.fill.timestamp_ms, e.match_seq, e.fill.struct_hash()
+    ),
+    NoteIssued: lambda e: Leaf(LeafKind.NOTE, e.at_ms, 0, e.note.struct_hash()),
+    Expired: lambda e: Leaf(LeafKind.EXPIRE, e.at_ms, 0, e.digest),
+    OrdersStopped: lambda e: Leaf(LeafKind.STOP, e.at_ms, 0, keccak(e.reason.encode())),
+}
+#: Leaf kinds the ``locate`` query finds by content: what a client signed (its orders and
+#: its cancels), whose seq no message it receives carries.
+LOCATED_KINDS = frozenset({LeafKind.ORDER, LeafKind.FORCED, LeafKind.CANCEL})
+
+
+def log_leaf(entry: JournalEntry) -> Leaf:
+    """The leaf of the log at ``entry.seq``."""
+    return _LEAVES[type(entry)](entry)
+
+
 def entry_to_row(entry: JournalEntry) -> tuple[int, str, str]:
     return entry.seq, entry.KIND, entry.body_json()
 
@@ -354,6 +395,34 @@ class SealState:
     last_seq: int
     head: bytes
     genesis: bytes
+
+
+def node_key(level: int, index: int) -> int:
+    """The ``tree`` row of complete subtree ``(level, index)``: keyed by the leaf that
+    completes it and then its level, so the rows' order is the order they were made."""
+    return ((((index + 1) << level) - 1) << 6) | level
+
+
+@attrs.frozen
+class LogWrite:
+    """What one commit adds to the log: the complete subtrees its leaves finished
+    ``(level, index, hash)``, the leaves ``locate`` finds ``(content, seq)``, the log's size
+    and root after them, and the head signed over that state (``None``: no head yet)."""
+
+    nodes: list[tuple[int, int, bytes]]
+    located: list[tuple[bytes, int]]
+    size: int
+    root: bytes
+    head: SignedHead | None = None
+
+
+@attrs.frozen
+class LogState:
+    """The log as the journal last committed it (size 0: no log kept yet)."""
+
+    size: int
+    root: bytes
+    head: SignedHead | None
 
 
 class Seal:
@@ -568,6 +637,13 @@ class Journal:
             " body TEXT NOT NULL, chain BLOB NOT NULL)"
         )
         conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS tree (node INTEGER PRIMARY KEY, hash BLOB NOT NULL)"
+        )
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS located (content BLOB PRIMARY KEY, seq INTEGER NOT NULL)"
+            " WITHOUT ROWID"
+        )
         found = dict(conn.execute("SELECT key, value FROM meta"))
         if not found:
             with conn:
@@ -576,8 +652,9 @@ class Journal:
             return expected
         return {key: found.get(key, "") for key in expected}
 
-    def append_many(self, entries: Iterable[JournalEntry]) -> None:
-        """Write ``entries`` in one transaction (one fsync), then seal it: group commit.
+    def append_many(self, entries: Iterable[JournalEntry], logs: Iterable[LogWrite] = ()) -> None:
+        """Write ``entries`` and what they add to the log (``logs``, in order) in one
+        transaction (one fsync), then seal it: group commit.
 
         Raises:
             JournalCorrupt: a seq is already taken, or does not follow the last one.
@@ -591,27 +668,94 @@ class Journal:
             seq, kind, body = entry_to_row(entry)
             head = chain_hash(head, leaf_hash(seq, kind, body))
             rows.append((seq, kind, body, head))
-        if not rows:
+        logs = list(logs)
+        if not rows and not logs:
             return
         count = self._count + len(rows)
         started = time.perf_counter_ns()
         try:
             with self._conn:
                 self._conn.execute("BEGIN")
-                self._conn.executemany("INSERT INTO journal VALUES (?, ?, ?, ?)", rows)
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                    (("count", str(count)), ("last_seq", str(seq)), ("head", head.hex())),
-                )
+                meta: list[tuple[str, str]] = []
+                if rows:
+                    self._conn.executemany("INSERT INTO journal VALUES (?, ?, ?, ?)", rows)
+                    meta += [("count", str(count)), ("last_seq", str(seq)), ("head", head.hex())]
+                for log in logs:
+                    self._write_log(log)
+                if logs:
+                    meta += self._log_meta(
+                        logs[-1], next((g.head for g in reversed(logs) if g.head), None)
+                    )
+                self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
         except sqlite3.IntegrityError as exc:
-            raise JournalCorrupt(f"journal append of seq {rows[0][0]}..: {exc}") from None
+            first = rows[0][0] if rows else "log"
+            raise JournalCorrupt(f"journal append of seq {first}..: {exc}") from None
         committed = time.perf_counter_ns()
-        self._head, self._last_seq, self._count = head, seq, count
-        self._seal.write(SealState(count, seq, head, self._genesis))
+        if rows:
+            self._head, self._last_seq, self._count = head, seq, count
+            self._seal.write(SealState(count, seq, head, self._genesis))
         timings = self.timings
         timings["commits"] += 1
         timings["commit_ns"] += committed - started
         timings["seal_ns"] += time.perf_counter_ns() - committed
+
+    def _write_log(self, log: LogWrite) -> None:
+        self._conn.executemany(
+            "INSERT INTO tree VALUES (?, ?)",
+            [(node_key(level, index), value) for level, index, value in log.nodes],
+        )
+        self._conn.executemany("INSERT OR IGNORE INTO located VALUES (?, ?)", log.located)
+
+    @staticmethod
+    def _log_meta(last: LogWrite, head: SignedHead | None) -> list[tuple[str, str]]:
+        meta = [("log_size", str(last.size)), ("log_root", last.root.hex())]
+        if head is not None:
+            meta.append(("log_head", _encode_json(head.to_wire())))
+        return meta
+
+    def log_state(self) -> LogState:
+        """The log's size, root and latest head as committed.
+
+        Raises:
+            JournalCorrupt: the log's meta is unreadable.
+        """
+        meta = dict(
+            self._conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('log_size', 'log_root', 'log_head')"
+            )
+        )
+        try:
+            head = meta.get("log_head")
+            return LogState(
+                int(meta.get("log_size", 0)),
+                bytes.fromhex(meta.get("log_root", "")),
+                None if head is None else SignedHead.from_wire(json.loads(head)),
+            )
+        except (CancelnoteError, ValueError) as exc:
+            raise _refuse(self.path, f"its log's state is unreadable ({exc})") from None
+
+    def tree_node(self, level: int, index: int) -> bytes:
+        """A complete subtree's hash, as committed (the writer's connection: start-up only).
+
+        Raises:
+            JournalCorrupt: there is no such node (the tree lost rows).
+        """
+        row = self._conn.execute(
+            "SELECT hash FROM tree WHERE node = ?", (node_key(level, index),)
+        ).fetchone()
+        if row is None:
+            raise _refuse(self.path, f"its log lost the subtree ({level}, {index})")
+        return row[0]
+
+    def tree_rows(self) -> Iterator[tuple[int, bytes]]:
+        """Every ``(node key, hash)`` of the tree, in the order they were made."""
+        yield from self._conn.execute("SELECT node, hash FROM tree ORDER BY node")
+
+    def reader(self) -> LogReader:
+        """A read-only view of what is committed, on its own connection (for queries
+        answered while the writer commits)."""
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        return LogReader(conn)
 
     def rows(self) -> Iterator[tuple[int, str, str, bytes]]:
         """Every row ``(seq, kind, body, chain)``, checked against the chain, the meta and
@@ -673,3 +817,42 @@ class Journal:
     def close(self) -> None:
         self._conn.close()
         self._seal.close()
+
+
+class LogReader:
+    """Committed tree nodes, rows and located leaves, on a read-only connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def node(self, level: int, index: int) -> bytes:
+        """A complete subtree's hash.
+
+        Raises:
+            KeyError: it is not committed.
+        """
+        row = self._conn.execute(
+            "SELECT hash FROM tree WHERE node = ?", (node_key(level, index),)
+        ).fetchone()
+        if row is None:
+            raise KeyError((level, index))
+        return row[0]
+
+    def entry(self, seq: int) -> JournalEntry:
+        """The committed entry at ``seq``.
+
+        Raises:
+            KeyError: no such row. JournalCorrupt: it does not parse.
+        """
+        row = self._conn.execute("SELECT kind, body FROM journal WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise KeyError(seq)
+        return entry_from_row(seq, *row)
+
+    def locate(self, content: bytes) -> int | None:
+        """The seq of the order or cancel leaf with this content, if committed."""
+        row = self._conn.execute("SELECT seq FROM located WHERE content = ?", (content,)).fetchone()
+        return None if row is None else row[0]
+
+    def close(self) -> None:
+        self._conn.close()

@@ -21,6 +21,13 @@ arrives or waits to leave is counted against a budget and every wait has a timeo
   only then releases their replies and pushes: **durable before visible**. While it
   waits for the disk, the engine task works on the next batch.
 
+Journal heads (protocol §21), when the server has a :class:`~.heads.HeadLog`: the engine
+task makes each batch's entries leaves of the log and, every ``H`` ms or when a client
+asks (``{"head": {}}``), signs a head over them stamped with the batch's time; the head is
+committed with the batch and then pushed to every ``subscribe_heads`` connection (idle,
+the engine task wakes for the next head). Proof queries (``inclusion``, ``consistency``,
+``locate``) are rate-limited like every query and answered from what is committed.
+
 Subscriptions (``{"subscribe": {"sender", "after_seq"}}``, §15.3) are served by the
 dispatcher, which publishes fills and notes in journal order. A subscription first
 replays the sender's published fills and notes with ``seq > after_seq`` from the index,
@@ -88,11 +95,17 @@ from cancelnote.api import (
     CancelProductOrders,
     CancelRequest,
     CloseCode,
+    Consistency,
+    HeadQuery,
+    Inclusion,
+    Locate,
     PlaceOrder,
     Push,
     Reply,
     Subscribe,
+    SubscribeHeads,
     Unsubscribe,
+    UnsubscribeHeads,
     WireRequest,
     decode_request,
     describe_failed,
@@ -112,12 +125,14 @@ from .clock import Clock
 from .engine import Engine
 from .errors import (
     AddressRateLimited,
+    HeadsDisabled,
     QueryRateLimited,
     RejectRateLimited,
     ReplayLimit,
     SubscriptionLimit,
 )
-from .journal import FillIssued, Journal, JournalEntry, NoteIssued
+from .heads import HeadLog
+from .journal import FillIssued, Journal, JournalEntry, LogWrite, NoteIssued
 from .lifecycle import CancellationType
 from .limits import ServerConfig
 
@@ -137,6 +152,8 @@ CLOSE_TIMEOUT_S = 0.5
 
 CANCEL_REQUESTS = (CancelOrders, CancelProductOrders, CancelAndPlace)
 EXECUTES = (PlaceOrder, *CANCEL_REQUESTS)
+HEADS_QUERIES = (HeadQuery, Inclusion, Consistency, Locate)
+STREAM_REQUESTS = (Subscribe, Unsubscribe, SubscribeHeads, UnsubscribeHeads)
 _HTTP_REASONS = {400: "Bad Request", 503: "Service Unavailable"}
 
 
@@ -313,10 +330,10 @@ class _Answer:
 
 @attrs.frozen
 class _Stream:
-    """A subscribe or unsubscribe of ``conn``."""
+    """A subscribe or unsubscribe (of a sender's stream or of heads) of ``conn``."""
 
     conn: _Connection
-    request: Subscribe | Unsubscribe
+    request: Subscribe | Unsubscribe | SubscribeHeads | UnsubscribeHeads
 
 
 @attrs.define(eq=False)
@@ -350,10 +367,12 @@ class _Publish:
 
 @attrs.define
 class _Batch:
-    """What one engine step made: entries to commit, then deliveries in order."""
+    """What one engine step made: entries (and what they add to the log) to commit, then
+    deliveries in order, then the head signed over them, if any."""
 
     entries: list[JournalEntry] = attrs.Factory(list)
     deliveries: list[_Answer | _Stream | _Publish | ForcedNote] = attrs.Factory(list)
+    log: LogWrite | None = None
 
 
 class _Streams:
@@ -487,6 +506,8 @@ class OperatorServer:
         journal: the engine's journal; the server is its only writer.
         clock: the operator's clock (read by the engine task only).
         config: limits.
+        heads: the journal's log, opened and checked against it, to sign heads and
+            answer proofs (``None``: no heads, and heads requests get ``HEADS_DISABLED``).
     """
 
     def __init__(
@@ -496,12 +517,15 @@ class OperatorServer:
         *,
         clock: Clock | None = None,
         config: ServerConfig | None = None,
+        heads: HeadLog | None = None,
     ) -> None:
         config = config if config is not None else ServerConfig()
         self.engine = engine
         self.journal = journal
         self.config = config
         self.clock = clock if clock is not None else Clock()
+        self.heads = heads
+        self._head_subscribers: set[_Connection] = set()
         self._streams = _Streams()
         self._numbers = itertools.count(1)
         self._connections: set[_Connection] = set()
@@ -832,7 +856,7 @@ class OperatorServer:
                 return _Answer(conn, failure_wire(error, request.REQUEST_TYPE, request.id))
             shared.executes.take(weight)
             return _Execute(conn, request)
-        if isinstance(request, Subscribe | Unsubscribe):
+        if isinstance(request, STREAM_REQUESTS):
             return _Stream(conn, request)
         return _Execute(conn, request)
 
@@ -901,6 +925,7 @@ class OperatorServer:
         """Forget ``conn``, send its close frame (briefly), close its socket, log it."""
         self._connections.discard(conn)
         self._streams.drop(conn)
+        self._head_subscribers.discard(conn)
         for signature in conn.held:
             self._held.pop(signature, None)
         conn.shared.connections -= 1
@@ -959,7 +984,10 @@ class OperatorServer:
             closing = False
             while not closing:
                 items: list[Any] = []
-                with trio.move_on_after(self.config.tick_s):
+                wait_s = self.config.tick_s
+                if self.heads is not None:  # idle, the next head still comes on time
+                    wait_s = min(wait_s, self.heads.until_due_s(self.clock.now_ms()))
+                with trio.move_on_after(wait_s):
                     try:
                         items.append(await self._inbox_out.receive())
                     except trio.EndOfChannel:
@@ -971,15 +999,22 @@ class OperatorServer:
                         break
                 for part in _cancels_first(items):
                     batch = self._step(part)
-                    if batch.entries or batch.deliveries:
+                    if batch.entries or batch.deliveries or batch.log is not None:
                         await batches.send(batch)
 
     def _step(self, items: list[Any]) -> _Batch:
         now_ms = self.clock.now_ms()
         batch = _Batch()
+        head_answers: list[_Answer] = []
         self._route(self.engine.advance(now_ms), None, batch)
         for item in items:
-            if isinstance(item, _Execute):
+            if isinstance(item, _Execute) and isinstance(item.request, HEADS_QUERIES):
+                answer = self._heads_query(item)
+                if answer is None:  # a head: answered once signed, below
+                    answer = _Answer(item.conn, {"id": item.request.id})
+                    head_answers.append(answer)
+                batch.deliveries.append(answer)
+            elif isinstance(item, _Execute):
                 outputs = self.engine.handle(item.request, now_ms)
                 if not self._route(outputs, item.conn, batch) and isinstance(
                     item.request, CANCEL_REQUESTS
@@ -991,7 +1026,41 @@ class OperatorServer:
                 self._route(self.engine.stop_accepting_orders(item.reason, now_ms), None, batch)
             else:
                 batch.deliveries.append(item)
+        if self.heads is not None:
+            self._log(batch, now_ms, head_answers)
         return batch
+
+    def _log(self, batch: _Batch, now_ms: int, head_answers: list[_Answer]) -> None:
+        """Make the batch's entries leaves and, when due or asked for, sign the head."""
+        heads = self.heads
+        assert heads is not None
+        heads.extend(batch.entries)
+        head = heads.sign(now_ms) if head_answers or heads.due(now_ms) else None
+        write = heads.take(head)
+        if write.nodes or head is not None:
+            batch.log = write
+        for answer in head_answers:
+            request_id = answer.wire.pop("id", None)
+            assert head is not None
+            answer.wire.update(success_wire(HeadQuery.REQUEST_TYPE, head.to_wire(), request_id))
+
+    def _heads_query(self, item: _Execute) -> _Answer | None:
+        """The answer to a proof query, or ``None`` for a head (signed with the batch)."""
+        request = item.request
+        try:
+            if self.heads is None:
+                raise HeadsDisabled("this operator keeps no journal heads")
+            if isinstance(request, HeadQuery):
+                return None
+            if isinstance(request, Inclusion):
+                data = self.heads.inclusion(request.size, request.seqs)
+            elif isinstance(request, Consistency):
+                data = self.heads.consistency(request.first, request.second)
+            else:
+                data = self.heads.locate(request.content)
+        except Rejected as exc:
+            return _Answer(item.conn, failure_wire(exc, request.REQUEST_TYPE, request.id))
+        return _Answer(item.conn, success_wire(request.REQUEST_TYPE, data, request.id))
 
     def _route(self, outputs: list[Any], conn: _Connection | None, batch: _Batch) -> bool:
         """Sort one engine call's outputs into ``batch``; true if it answered ``conn``.
@@ -1052,26 +1121,32 @@ class OperatorServer:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 entries = [entry for batch in waiting for entry in batch.entries]
-                if entries:
-                    await self._commit(entries)
+                logs = [batch.log for batch in waiting if batch.log is not None]
+                if entries or logs:
+                    await self._commit(entries, logs)
                 for batch in waiting:
+                    if batch.log is not None and self.heads is not None:
+                        self.heads.committed(batch.log)
                     for item in batch.deliveries:
                         self._deliver(item)
+                    if batch.log is not None and batch.log.head is not None:
+                        self._push_head(_encode_json(batch.log.head.to_wire()))
                 self._shed()
         for conn in list(self._connections):
             conn.finish()
 
-    async def _commit(self, entries: list[JournalEntry]) -> None:
-        """Make ``entries`` durable; a failure is a fault, logged here with its cause."""
+    async def _commit(self, entries: list[JournalEntry], logs: list[LogWrite]) -> None:
+        """Make ``entries`` (and what they add to the log) durable; a failure is a fault,
+        logged here with its cause."""
         try:
-            await trio.to_thread.run_sync(self.journal.append_many, entries)
+            await trio.to_thread.run_sync(self.journal.append_many, entries, logs)
         except Exception as exc:
             LOGGER.critical(
                 "journal_fault",
                 extra={
                     "fields": {
                         "error": f"{type(exc).__name__}: {exc}",
-                        "first_seq": entries[0].seq,
+                        "first_seq": entries[0].seq if entries else None,
                         "entries": len(entries),
                     }
                 },
@@ -1101,8 +1176,31 @@ class OperatorServer:
                 abort_write=True,
             )
 
+    def _push_head(self, text: str) -> None:
+        for conn in self._head_subscribers:
+            conn.send(text)
+
+    def _serve_heads_stream(
+        self, conn: _Connection, request: SubscribeHeads | UnsubscribeHeads
+    ) -> None:
+        if isinstance(request, UnsubscribeHeads):
+            self._head_subscribers.discard(conn)
+            conn.send(_encode_json(success_wire(request.REQUEST_TYPE, {}, request.id)))
+            return
+        if self.heads is None:
+            error = HeadsDisabled("this operator keeps no journal heads")
+            conn.send(_encode_json(failure_wire(error, request.REQUEST_TYPE, request.id)))
+            return
+        last = self.heads.last_head
+        data = {"head": None if last is None else last.to_wire()}
+        conn.send(_encode_json(success_wire(request.REQUEST_TYPE, data, request.id)))
+        self._head_subscribers.add(conn)
+
     def _serve_stream(self, item: _Stream) -> None:
         conn, request = item.conn, item.request
+        if isinstance(request, SubscribeHeads | UnsubscribeHeads):
+            self._serve_heads_stream(conn, request)
+            return
         sender_hex = "0x" + request.sender.hex()
         live = request.sender in conn.subscriptions
         if isinstance(request, Unsubscribe):

@@ -3,7 +3,8 @@
 :func:`run_operator` is what ``cancelnote operator run`` runs. Start-up order matters:
 
 1. open the journal (it refuses a file of another operator key or court) and replay it
-   into a fresh engine, and index its published fills and notes for subscriptions;
+   into a fresh engine, checking every leaf of its log (journal heads) against its row,
+   and index its published fills and notes for subscriptions;
 2. connect to the chain and the court, check that the court names this operator and
    that its exit delay exceeds the maximum order lifetime plus the answer window (§13),
    and stop new orders at once (a journaled entry) if the court is halted or the exit
@@ -42,6 +43,7 @@ from cancelnote.errors import Fault
 
 from .clock import Clock
 from .engine import MAX_ORDER_LIFETIME_S, Engine, split_outputs
+from .heads import HEADS_MS, HeadLog
 from .journal import Journal, JournalEntry, Synchronous
 from .limits import MAX_OPEN_ORDERS, MAX_OPEN_ORDERS_PER_PRODUCT, ServerConfig
 from .policies import Honest, Policy, build_policy
@@ -85,6 +87,8 @@ class OperatorConfig:
     max_open_orders: int = MAX_OPEN_ORDERS
     max_open_orders_per_product: int = MAX_OPEN_ORDERS_PER_PRODUCT
     server: ServerConfig = attrs.Factory(ServerConfig)
+    #: ``H``: a journal head every this many ms (0: no heads, nor proofs).
+    heads_ms: int = HEADS_MS
     #: The clock's sources (tests inject them; see :class:`~.clock.Clock`).
     wall_ns: Callable[[], int] = time.time_ns
     monotonic_ns: Callable[[], int] = time.monotonic_ns
@@ -203,6 +207,11 @@ class Prepared:
     journal: Journal
     server: OperatorServer
 
+    def close(self) -> None:
+        if self.server.heads is not None:
+            self.server.heads.close()
+        self.journal.close()
+
 
 def prepare(config: OperatorConfig) -> Prepared:
     """Connect to the court, open the journal and replay it (blocking; before serving).
@@ -219,6 +228,7 @@ def prepare(config: OperatorConfig) -> Prepared:
     court = connect_court(config)
     domain = court.domain
     journal = Journal.open(config.db, domain, config.signer.address, config.durability)
+    heads: HeadLog | None = None
     try:
         try:
             engine = Engine(
@@ -236,27 +246,39 @@ def prepare(config: OperatorConfig) -> Prepared:
             raise ServiceError(f"{exc}: lower --settlement-delay-ms") from None
         published: list[JournalEntry] = []  # for the streams
         last_at_ms = count = 0
+        if config.heads_ms:
+            heads = HeadLog.open(journal, config.signer, domain, config.heads_ms)
 
         def verified() -> Iterator[JournalEntry]:
             nonlocal last_at_ms, count
             for entry in journal.entries():
                 last_at_ms, count = entry.at_ms, count + 1
+                if heads is not None:
+                    heads.check(entry)
                 if publication(entry) is not None:
                     published.append(entry)
                 yield entry
 
         engine.restore(verified())
+        if heads is not None:
+            heads.finish()
+            last_at_ms = max(last_at_ms, heads.floor_ms)  # no leaf before a head's time
         clock = Clock(wall_ns=config.wall_ns, monotonic_ns=config.monotonic_ns, floor_ms=last_at_ms)
         reason = court_stop_reason(court) if engine.accepting_orders else None
         if reason is not None:
             made, _ = split_outputs(engine.stop_accepting_orders(reason, clock.now_ms()))
-            journal.append_many(made)
+            if heads is None:
+                journal.append_many(made)
+            else:
+                heads.commit(made)
             count += len(made)
             LOGGER.warning("orders_stopped", extra={"fields": {"reason": reason}})
     except BaseException:
+        if heads is not None:
+            heads.close()
         journal.close()
         raise
-    server = OperatorServer(engine, journal, clock=clock, config=config.server)
+    server = OperatorServer(engine, journal, clock=clock, config=config.server, heads=heads)
     server.restore_streams(published)
     LOGGER.info(
         "journal_replayed",
@@ -300,7 +322,7 @@ async def run_operator(
     try:
         await _serve(config, prepared.court, prepared.server, task_status)
     finally:
-        prepared.journal.close()
+        prepared.close()
 
 
 async def _serve(
@@ -336,6 +358,7 @@ async def _serve(
                             "operator": config.signer.checksum_address,
                             "durability": config.durability,
                             "policy": type(config.policy).__name__,
+                            "heads_ms": config.heads_ms,
                         }
                     },
                 )
