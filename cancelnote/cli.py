@@ -223,6 +223,24 @@ def _missing_plot_extra(command: str) -> bool:
     return True
 
 
+def _sim_scenarios(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .sim.bundled import copy_to, listing
+
+    if args.copy is None:
+        for name, summary in listing():
+            print(f"{name:<20} {summary}")
+        return 0
+    try:
+        written = copy_to(Path(args.copy))
+    except OSError as exc:
+        print(f"cancelnote sim scenarios: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(written)} files written to {args.copy}")
+    return 0
+
+
 def _sim_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -571,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(run=_sim_validate)
 
     run = sim_commands.add_parser("run", help="run a scenario's replicates into a folder")
-    run.add_argument("file", help="scenario file (TOML; see simulations/)")
+    run.add_argument("file", help="scenario file (TOML; see sim scenarios)")
     run.add_argument("--seed", type=_int_at_least(0), help="root seed (default: the file's)")
     _add_set(run)
     run.add_argument("--out", help="output folder, new or empty (default runs/NAME-seedN)")
@@ -625,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--policy",
         action="append",
         metavar="NAME",
-        help="a strategy to search (repeat; default: honest patience floor unwatched split;"
+        help="a strategy to search (repeat; default: honest and every built-in strategy;"
         " module:Class for a plug-in)",
     )
     attack.add_argument("--seeds", type=_int_at_least(2), default=4, help="replicates per point")
@@ -641,6 +659,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(attack)
     attack.add_argument("--out", help="output folder, new or empty (default attacks/NAME)")
     attack.set_defaults(run=_sim_attack)
+
+    scenarios = sim_commands.add_parser(
+        "scenarios", help="list the example scenarios shipped in the package"
+    )
+    scenarios.add_argument(
+        "--copy", metavar="DIR", help="write them (and their plug-in module) into DIR"
+    )
+    scenarios.set_defaults(run=_sim_scenarios)
 
     plot = sim_commands.add_parser("plot", help="plot a sweep folder (PNG and SVG)")
     plot.add_argument("dir", help="a folder written by sim sweep")

@@ -11,6 +11,7 @@ import pytest
 from cancelnote.client.verifier import Kind, Received
 from cancelnote.operator.journal import FillIssued
 from cancelnote.sim.adversary import PUPPET, AnswerWindowFill, BondDrain
+from cancelnote.sim.attack import DEFAULT_POLICIES
 from cancelnote.sim.clients import SimClient
 from cancelnote.sim.metrics import run_metrics
 from cancelnote.sim.scenario import load_scenario
@@ -115,6 +116,7 @@ def test_window_searches_the_answer_window_the_court_gives():
     assert space["until_ms"].high == 30_000 - 2 * 1_000 and space["backdate"].values() == [0, 1]
     drain = BondDrain.search_space(scenario)
     assert set(drain) == {"until_ms", "claims", "at_start"}
+    assert {"window", "drain"} <= set(DEFAULT_POLICIES)  # sim attack searches them unasked
 
 
 DRAIN = {

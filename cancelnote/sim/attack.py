@@ -37,14 +37,15 @@ from typing import Any
 import attrs
 
 from ..operator.policies import POLICY_NAMES
-from .adversary import Axis, strategy_class
+from .adversary import STRATEGIES, Axis, strategy_class
 from .config import ScenarioError
 from .metrics import aggregate
 from .scenario import Scenario, apply_overrides, canonical, parse_scenario
 from .sweep import Row, Runner, Task
 
-#: The strategies ``sim attack`` tries unless told otherwise (``honest`` is the zero).
-DEFAULT_POLICIES = ("honest", "patience", "floor", "unwatched", "split")
+#: The strategies ``sim attack`` tries unless told otherwise (``honest`` is the zero):
+#: every built-in one, protocol v2's (``window``, ``drain``) included.
+DEFAULT_POLICIES = ("honest", *STRATEGIES)
 OBJECTIVE = "operator_gain_net"
 
 Point = tuple[tuple[str, Any], ...]
