@@ -10,6 +10,9 @@ hook                            decides
                                 when to process each off-chain cancel (now, later, never)
                                 and how to sign each note
 ``order_delay_ns(order)``       how long an arriving order waits before the engine sees it
+``cancel_delay_ns(request)``    how long an arriving cancel waits before the engine sees it
+                                (and logs it: with journal heads, a hold that leaves no
+                                leaf until it ends)
 ``looks_at_held(order)``        when the operator's own taker looks at a held order
 ``looks_at_placed(order)``      when it looks at an order just accepted
 ``take(order)``                 whether it fills the order now: a *directed* match
@@ -66,7 +69,7 @@ from .config import ScenarioError
 from .plugins import is_plugin, load_class
 
 if TYPE_CHECKING:
-    from ..api import PlaceOrder
+    from ..api import CancelOrders, PlaceOrder
     from .scenario import OperatorSpec, Scenario
     from .seeding import Seeds
 
@@ -222,6 +225,9 @@ class Adversary:
     def fill_time_ms(self, order: OrderView) -> int | None:
         return None
 
+    def cancel_delay_ns(self, request: CancelOrders) -> int:
+        return 0
+
     def self_claims(self, trigger: str) -> int:
         return 0
 
@@ -282,6 +288,34 @@ class HoldUnderPatience(Adversary):
 
     def engine_policy(self) -> Policy:
         return Delay(max(0, self.patience_ms() - self.margin_ms))
+
+
+@attrs.frozen
+class UnloggedHold(Adversary):
+    """``unlogged``: hold every cancel ``delay_ms`` *before* the engine sees it, fill the
+    held orders that end in the money.
+
+    Exploits what journal heads leave (protocol §21, DESIGN §9): a cancel takes effect
+    when it is logged, and a fill after its leaf is an offence (``FILL_AFTER_CANCEL``),
+    so a hold the engine logs (``patience``) becomes provable; a cancel the operator has
+    not logged yet is only late, until the client's alarm (its cancel not in the log
+    ``heads.cancel_heads`` heads after sending, or its note ``force_after_ms`` late)
+    forces it on-chain. The hold's notes are honest (stamped when the engine saw the
+    cancel). Without heads it is ``patience`` by another name.
+    """
+
+    delay_ms: int = attrs.field(default=200, validator=attrs.validators.ge(0))
+
+    @classmethod
+    def search_space(cls, scenario: Scenario) -> dict[str, Axis]:
+        patience = scenario.client.force_after_ms
+        bound = patience
+        if scenario.heads.interval_ms:
+            bound = min(bound, scenario.heads.cancel_heads * scenario.heads.interval_ms)
+        return {"delay_ms": Axis(0, bound + scenario.chain.block_time_ms, points=6, integer=True)}
+
+    def cancel_delay_ns(self, request: CancelOrders) -> int:
+        return self.delay_ms * NS_PER_MS
 
 
 @attrs.frozen
@@ -513,6 +547,7 @@ PUPPET = "puppet"
 #: The strategies a scenario names in ``[operator] policy`` (beside the engine policies).
 STRATEGIES: dict[str, type[Adversary]] = {
     "patience": HoldUnderPatience,
+    "unlogged": UnloggedHold,
     "floor": FloorHold,
     "unwatched": UnwatchedHold,
     "split": SplitHold,
@@ -566,6 +601,7 @@ __all__ = [
     "OperatorView",
     "OrderView",
     "SplitHold",
+    "UnloggedHold",
     "UnwatchedHold",
     "build_adversary",
 ]

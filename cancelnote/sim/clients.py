@@ -25,15 +25,20 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 from ..api import CancelOrders, PlaceOrder
-from ..client.evidence import SignedFill, SignedNote
-from ..client.verifier import DISPUTABLE, Kind, Received, Verifier, VerifierPolicy
+from ..client.evidence import Finding, SignedFill, SignedNote
+from ..client.heads import HeadsVerifier, Query
+from ..client.verifier import DISPUTABLE, FORCING, Received, Verifier, VerifierPolicy
 from ..client.watchtower import Claim, Outcome, Watchtower
 from ..crypto import Signer
 from ..dispute.court import Court, Offence
 from ..messages import Domain
 from ..operator.journal import FillIssued, NoteIssued
+from ..transparency import SignedHead
+from .heads import follow_head
 from .store import WorkingSetStore
 
 #: Finding states in which the watchtower still has court work to do.
@@ -59,6 +64,9 @@ class SimClient:
             after a forced cancel by it).
         claim_retry_ms: how long a claim paid short (an empty bond) waits to be claimed
             again.
+        heads_ms: the operator's head interval ``H`` (0: no heads; the client then has
+            no :attr:`heads`).
+        cancel_heads: how many heads a cancel may go unlogged before it is forced.
     """
 
     def __init__(
@@ -69,6 +77,8 @@ class SimClient:
         deadline_ms: int,
         court_max_pending_ms: int,
         claim_retry_ms: int,
+        heads_ms: int = 0,
+        cancel_heads: int = 10,
     ) -> None:
         self.signer = signer
         descriptor, self._path = tempfile.mkstemp(prefix="cancelnote-client-", suffix=".db")
@@ -77,9 +87,14 @@ class SimClient:
             self._path, domain, operator, durable=False, cache_kib=CACHE_KIB
         )
         policy = VerifierPolicy(
-            cancel_deadline_ms=deadline_ms, court_max_pending_ms=court_max_pending_ms
+            cancel_deadline_ms=deadline_ms,
+            court_max_pending_ms=court_max_pending_ms,
+            heads_ms=heads_ms or VerifierPolicy().heads_ms,
+            cancel_heads=cancel_heads,
         )
         self.verifier = Verifier(self.store, policy)
+        self.heads = HeadsVerifier(self.verifier) if heads_ms else None
+        self._previous_head: SignedHead | None = None
         self.watchtower: Watchtower | None = None
         self._claim_retry_ms = claim_retry_ms
         self._claim_due: dict[int, int] = {}  # claimed finding id -> when to claim, ms
@@ -101,6 +116,14 @@ class SimClient:
         note = SignedNote(entry.note, entry.signature, now_ms)
         return self.verifier.receive_note(note, now_ms)
 
+    def receive_head(
+        self, signed: SignedHead, now_ms: int, ask: Callable[[Query], dict[str, Any]]
+    ) -> list[Finding]:
+        """Follow one pushed head (``ask``: the operator's answers to proof queries)."""
+        assert self.heads is not None
+        previous, self._previous_head = self._previous_head, signed
+        return follow_head(self.heads, signed, previous, ask, now_ms)
+
     def court_due_ms(self, now_ms: int) -> int | None:
         """When this client next has work in court: ``now_ms`` while a disputable finding
         is open or a forced cancel unsettled; else when its first unpaid claim vests (a
@@ -118,7 +141,7 @@ class SimClient:
             at = self._claim_due.get(finding.id)
             if at is None:
                 offence = finding.offence
-                if finding.kind == Kind.UNANSWERED_CANCEL:
+                if finding.kind in FORCING:
                     offence = Offence.DEFAULT
                 assert offence is not None
                 at = court.claim_of(finding.digest, offence).vests_at * 1_000

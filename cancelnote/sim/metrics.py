@@ -136,6 +136,12 @@ def run_metrics(world: World) -> Metrics:
     net = gross - penalties - onchain.gas_cost(operator_gas) + bonds_won
     m["operator_gain_gross"] = gross
     m["backdated_fills"] = float(world.backdated_fills)
+    # Journal heads: how many were signed, and what the clients found at them (an
+    # unlogged cancel is forced; an unproven leaf is recorded only: a locate asked while
+    # the order or cancel was still on its way is one).
+    m["heads_signed"] = float(world.log.signed if world.log is not None else 0)
+    m["heads_unlogged_cancels"] = float(world.heads_findings.get("UNLOGGED_CANCEL", 0))
+    m["heads_unproven_leaves"] = float(world.heads_findings.get("UNPROVEN_LEAF", 0))
     m["operator_gas_cost"] = onchain.gas_cost(operator_gas)
     m["operator_bonds_won"] = bonds_won
     m["operator_gain_net"] = net

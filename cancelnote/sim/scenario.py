@@ -233,6 +233,17 @@ class ChainSpec:
 
 
 @attrs.frozen(kw_only=True)
+class HeadsSpec:
+    """Journal heads (protocol §21, docs/simulation.md §17): the operator signs a head of
+    its journal's log every ``interval_ms`` (0: no heads, no log); each client verifies
+    every head and alarms when its cancel is not in the log ``cancel_heads`` heads after
+    it was sent (the watchtower then forces it on-chain)."""
+
+    interval_ms: int = attrs.field(default=0, validator=_nonneg_int)
+    cancel_heads: int = attrs.field(default=10, validator=_pos_int)
+
+
+@attrs.frozen(kw_only=True)
 class MetricSpec:
     """Parameters of the metrics of docs/simulation.md §7."""
 
@@ -261,6 +272,7 @@ _TABLES: dict[str, type] = {
     "client": ClientSpec,
     "court": CourtSpec,
     "chain": ChainSpec,
+    "heads": HeadsSpec,
     "metrics": MetricSpec,
 }
 _REQUIRED = ("run", "market", "latency")
@@ -282,6 +294,7 @@ class Scenario:
     client: ClientSpec
     court: CourtSpec
     chain: ChainSpec
+    heads: HeadsSpec
     metrics: MetricSpec
     document: Mapping[str, Any] = attrs.field(eq=False, repr=False)
     agents: tuple[AgentSpec, ...] = ()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import bisect
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,9 +42,11 @@ from ..client.evidence import (
     SignedFill,
     SignedNote,
     StoredCancel,
+    StoredLeaf,
     StoredOrder,
 )
 from ..messages import Cancellation, CancellationProducts, Order
+from ..transparency import LeafKind
 
 #: Buffered writes flushed in one transaction.
 FLUSH_EVERY = 512
@@ -82,6 +84,12 @@ class WorkingSetStore(EvidenceStore):
         self._active: dict[int, Finding] = {}  # findings in the ACTIVE states, by id
         self._caps: dict[bytes, int] = {}  # CancelAnswered's cap, by digest
         self._requested: dict[bytes, int] = {}  # CancelRequested's time, by digest
+        # Journal heads (every one since the store opened: a few ints and proofs each).
+        self._located: dict[bytes, int] = {}  # order id or request hash -> its seq
+        self._located_by_seq: dict[int, list[bytes]] = {}
+        self._leaves: dict[int, StoredLeaf] = {}  # proven leaves by seq
+        self._naming: dict[int, set[int]] = {}  # match seq -> proven fill leaves naming it
+        self._unproven: set[int] = set()  # seqs of interest without a proven leaf
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -138,7 +146,13 @@ class WorkingSetStore(EvidenceStore):
                 self._cancel_of.setdefault(digest, []).append(request_hash)
         return True
 
+    def _interesting(self, seq: int) -> None:
+        """Leaf ``seq`` is about this store's evidence: it wants its proof."""
+        if seq not in self._leaves:
+            self._unproven.add(seq)
+
     def add_fill(self, signed: SignedFill) -> bool:
+        self._interesting(signed.fill.seq)
         held = self._held_fills.get(signed.fill.order_digest)
         if held is None:  # not in the working set: the file holds it (and says if it is new)
             self.flush()
@@ -155,6 +169,7 @@ class WorkingSetStore(EvidenceStore):
         return True
 
     def add_note(self, signed: SignedNote) -> bool:
+        self._interesting(signed.note.seq)
         held = self._held_notes.get(signed.note.order_digest)
         if held is None:
             self.flush()
@@ -208,6 +223,27 @@ class WorkingSetStore(EvidenceStore):
         elif added and name == "CancelRequested":
             self._requested.setdefault(digest, int(args["requestedAt"]))
         return added
+
+    def set_located(self, key: bytes, seq: int) -> None:
+        super().set_located(key, seq)
+        old = self._located.get(key)
+        if old is not None:
+            self._located_by_seq[old].remove(key)
+        self._located[key] = seq
+        self._located_by_seq.setdefault(seq, []).append(key)
+        self._interesting(seq)
+
+    def add_leaf(self, leaf: StoredLeaf) -> None:
+        super().add_leaf(leaf)
+        seq = leaf.proof.index
+        old = self._leaves.get(seq)
+        if old is not None and old.proof.leaf.kind == LeafKind.FILL:
+            self._naming[old.proof.leaf.ref].discard(seq)
+        self._leaves[seq] = leaf
+        self._unproven.discard(seq)
+        if leaf.proof.leaf.kind == LeafKind.FILL:
+            self._naming.setdefault(leaf.proof.leaf.ref, set()).add(seq)
+            self._interesting(leaf.proof.leaf.ref)
 
     def forget(self, digest: bytes) -> None:
         """Nothing more can happen to order ``digest``: let its evidence go from memory (it
@@ -317,6 +353,38 @@ class WorkingSetStore(EvidenceStore):
     def orders(self) -> list[StoredOrder]:
         self.flush()
         return super().orders()
+
+    # Journal heads: the log's answers kept are read from memory (the real store's SQL
+    # answers each of them with a scan of its tables, at every head).
+
+    def located(self, key: bytes) -> int | None:
+        return self._located.get(key)
+
+    def located_at(self, seqs: Iterable[int]) -> list[bytes]:
+        return [key for seq in seqs for key in self._located_by_seq.get(seq, ())]
+
+    def leaf(self, seq: int) -> StoredLeaf | None:
+        return self._leaves.get(seq)
+
+    def fill_leaves_naming(self, seqs: Iterable[int]) -> list[int]:
+        return sorted({leaf for seq in seqs for leaf in self._naming.get(seq, ())})
+
+    def unproven(self, size: int) -> list[int]:
+        return sorted(seq for seq in self._unproven if seq < size)
+
+    def unlocated(self) -> tuple[list[StoredOrder], list[StoredCancel]]:
+        """The working set's orders and cancels not located yet (a forgotten one is not
+        asked about again: nothing more can happen to it)."""
+        located = self._located
+        orders = [o for o in self._orders.values() if not o.rejected and o.digest not in located]
+        cancels = [
+            c for c in self._cancels.values() if not c.rejected and c.request_hash not in located
+        ]
+        return orders, cancels
+
+    def fills_from_seq(self, seq: int) -> list[SignedFill]:
+        self.flush()
+        return super().fills_from_seq(seq)
 
     def cursor(self, name: str) -> int:
         self.flush()

@@ -49,6 +49,7 @@ import numpy as np
 
 from ..api import BookDepth, CancelOrders, OrderStatus, PlaceOrder, Push, Reply
 from ..client import watchtower as wt
+from ..client.verifier import DISPUTABLE
 from ..crypto import Signer
 from ..dispute.chain import TransactionReverted
 from ..dispute.court import Court
@@ -66,11 +67,13 @@ from ..operator.engine import Engine, Output
 from ..operator.journal import CancelAccepted, FillIssued, Matched, NoteIssued
 from ..operator.lifecycle import CancellationType
 from ..operator.testing import Trader
+from ..transparency import SignedHead
 from .adversary import PUPPET, Adversary, OrderView, build_adversary
 from .agents import Agent, AgentContext
 from .archive import DiskArchive
 from .clients import SimClient, is_disputable
 from .eventlog import EventLog
+from .heads import OperatorLog
 from .kernel import Kernel
 from .latency import LatencyModel
 from .market import MidPricePath
@@ -163,6 +166,8 @@ class World:
     puppet: Signer  # the operator's sock puppet: files the claims it makes against itself
     recorder: Recorder
     series: SeriesWriter | None = None
+    log: OperatorLog | None = None  # the operator's journal, log and heads ([heads])
+    heads_findings: dict[str, int] = attrs.Factory(dict)  # kind -> findings at heads
     agents: list[AgentContext] = attrs.Factory(list)
     mids: array = attrs.Factory(lambda: array("d"))
     disputes: list[DisputeRecord] = attrs.Factory(list)
@@ -237,6 +242,8 @@ class World:
                     client_spec.force_after_ms,
                     scenario.court.max_pending_ms,
                     scenario.court.claim_delay_s * 1_000,
+                    scenario.heads.interval_ms,
+                    scenario.heads.cancel_heads,
                 )
                 if client_spec.verify
                 else None
@@ -277,6 +284,11 @@ class World:
             puppet=dev_account(puppet_account),
             recorder=Recorder([maker.name for maker in makers]),
             series=series,
+            log=(
+                OperatorLog(operator, domain, scenario.heads.interval_ms)
+                if scenario.heads.interval_ms
+                else None
+            ),
             logging=event_log is not None,
         )
         adversary.bind(world)
@@ -394,6 +406,8 @@ class World:
         for ctx in self.agents:
             kernel.schedule(0, lambda c: c.agent.start(c), ctx)
         self._claim_against_self("start")
+        if self.log is not None:
+            kernel.schedule(0, self._sign_head)
         events = 0
         horizon = self.end_ns
         try:
@@ -404,6 +418,8 @@ class World:
                     progress(until, horizon)
         finally:
             gc.unfreeze()
+            if self.log is not None:
+                self.log.close()
         for maker in self.makers:
             if maker.client is not None:
                 maker.client.close()
@@ -553,6 +569,16 @@ class World:
             record = recorder.get(digest)
             if record is not None:
                 record.t_recv = now
+        delay = self.adversary.cancel_delay_ns(request)
+        if delay > 0:  # held before the engine (and its log) sees it
+            for digest in request.tx.digests:
+                self._held(digest, now + delay)
+            self.kernel.schedule_after(delay, self._accept_cancel, request)
+            return
+        self._accept_cancel(request)
+
+    def _accept_cancel(self, request: CancelOrders) -> None:
+        recorder = self.recorder
         outputs = self._call(request)
         if not any(_answers(out, request) for out in outputs):  # the policy dropped it
             for digest in request.tx.digests:
@@ -622,6 +648,8 @@ class World:
         return (at_ms - EPOCH_MS) * NS_PER_MS
 
     def _route(self, outputs: list[Output]) -> None:
+        if self.log is not None:  # the journal, and the log's leaves, before anything else
+            self.log.append([out for out in outputs if not isinstance(out, (Push, Reply))])
         for out in outputs:
             kind = type(out)
             if kind is Push:
@@ -641,15 +669,19 @@ class World:
         release = self.ns_of_ms(entry.process_at_ms)
         self.kernel.schedule(release, self._advance)
         for digest in entry.request.tx.digests:
-            record = self.recorder.get(digest)
-            if record is not None:
-                record.intent = HELD
-            if self._logging:
-                self._record("cancel_hold", OPERATOR, digest, f"until={release}")
-            view = self.order_view(digest)
-            if view is not None:
-                for at in self.adversary.looks_at_held(view, release):
-                    self.kernel.schedule(at, self._snipe, digest)
+            self._held(digest, release)
+
+    def _held(self, digest: bytes, release_ns: int) -> None:
+        """A cancel of ``digest`` is held until ``release_ns``: the strategy's looks."""
+        record = self.recorder.get(digest)
+        if record is not None:
+            record.intent = HELD
+        if self._logging:
+            self._record("cancel_hold", OPERATOR, digest, f"until={release_ns}")
+        view = self.order_view(digest)
+        if view is not None:
+            for at in self.adversary.looks_at_held(view, release_ns):
+                self.kernel.schedule(at, self._snipe, digest)
 
     def _on_match(self, entry: Matched) -> None:
         self._match_time[entry.seq] = (self.kernel.now_ns, entry.maker, entry.taker)
@@ -726,6 +758,34 @@ class World:
         if target is not None:
             arrival = target.response.arrival(self.kernel.now_ns)
             self.kernel.schedule(arrival, self._deliver, (target, push.entry))
+
+    # --- journal heads --------------------------------------------------------------------
+
+    def _sign_head(self, _: object = None) -> None:
+        """Every ``heads.interval_ms``: the operator signs the head of its log and pushes it
+        to every client that follows heads; until ``cancel_heads`` heads after the market
+        closed (every cancel sent gets its heads; the court's business after that needs
+        none)."""
+        assert self.log is not None
+        signed = self.log.sign(self.now_ms())
+        for maker in self.makers:
+            if maker.client is not None and maker.client.heads is not None:
+                arrival = maker.response.arrival(self.kernel.now_ns)
+                self.kernel.schedule(arrival, self._deliver_head, (maker, signed))
+        heads = self.scenario.heads
+        interval_ns = heads.interval_ms * NS_PER_MS
+        last_ns = min(self.end_ns, self.horizon_ns + (heads.cancel_heads + 1) * interval_ns)
+        if self.kernel.now_ns + interval_ns <= last_ns:
+            self.kernel.schedule_after(interval_ns, self._sign_head)
+
+    def _deliver_head(self, item: tuple[Maker, SignedHead]) -> None:
+        maker, signed = item
+        assert maker.client is not None and self.log is not None
+        findings = maker.client.receive_head(signed, self.now_ms(), self.log.answer)
+        for finding in findings:
+            self.heads_findings[finding.kind] = self.heads_findings.get(finding.kind, 0) + 1
+        if maker.watched and any(finding.kind in DISPUTABLE for finding in findings):
+            self._wants_court(maker.name)
 
     # --- the clients ----------------------------------------------------------------------
 
@@ -946,7 +1006,11 @@ class World:
             action = outcome.action
             if outcome.tx_hash is None:
                 continue
-            function = action.function if isinstance(action, wt.Prove) else type(action).__name__
+            function = (
+                action.function.removeprefix("heads.")  # (a journal-heads rule)
+                if isinstance(action, wt.Prove)
+                else type(action).__name__
+            )
             ok = outcome.outcome != "rejected"
             tx = self._transaction(maker.name, function, outcome.tx_hash, ok, outcome.detail)
             if isinstance(action, wt.ForceCancel):
