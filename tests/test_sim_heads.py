@@ -4,6 +4,9 @@ their watchtowers prove what heads make provable in the real HeadsCourt."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -125,3 +128,44 @@ def test_a_cancel_held_before_the_log_is_forced_after_cancel_heads_heads():
     assert m["operator_gain_gross"] == 0  # forced before the hold ends
     quiet, _ = _run(**unlogged)
     assert _calls(quiet)[("ForceCancel", True)] == 0  # without heads, nothing alarms in time
+
+
+def test_sim_attack_compares_the_best_response_with_heads_per_h_and_sim_report_shows_it(
+    tmp_path,
+):
+    out = tmp_path / "attack"
+    command = [
+        sys.executable, "-m", "cancelnote", "sim", "attack", str(SIMULATIONS / "heads.toml"),
+        "--policy", "honest", "--policy", "unlogged", "--heads-ms", "100", "--seeds", "2",
+        "--rounds", "0", "--backend", "serial", "--set", "run.horizon_s=2",
+        "--set", "run.cooldown_s=1", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    start = lines.index("journal heads: the best response per head interval (net gain per run)")
+    assert lines[start + 3].split()[0] == "none" and lines[start + 4].split()[:2] == ["100", "ms"]
+    saved = json.loads((out / "attack.json").read_text(encoding="utf-8"))
+    rows = saved["heads"]["rows"]
+    assert [row["interval_ms"] for row in rows] == [0, 100]
+    assert set(saved["heads"]["strategies"]["100"]) == {"honest", "unlogged"}
+    assert rows[0]["policy"] == saved["best_response"]["policy"]  # H = 0 is the plain search
+    report = subprocess.run(
+        [sys.executable, "-m", "cancelnote", "sim", "report", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Journal heads</h2>" in page and page.count("data:image/png;base64,") == 2
+    assert (out / "heads.png").exists()
+
+
+def test_heads_ms_must_be_positive_integers(tmp_path):
+    command = [
+        sys.executable, "-m", "cancelnote", "sim", "attack", str(SIMULATIONS / "heads.toml"),
+        "--heads-ms", "100,0", "--out", str(tmp_path / "x"),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "argument --heads-ms: each must be positive, got '100,0'" in done.stderr
+    assert not (tmp_path / "x").exists()

@@ -12,7 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from cancelnote.client.evidence import EvidenceStore, Finding, SignedFill, SignedNote
+from cancelnote.client.evidence import EvidenceStore, Finding, SignedFill, SignedNote, StoredLeaf
 from cancelnote.client.verifier import Verifier
 from cancelnote.crypto import Signer
 from cancelnote.dispute.court import Offence
@@ -22,6 +22,7 @@ from cancelnote.sim.output import run_replicate
 from cancelnote.sim.scenario import apply_overrides, parse_scenario
 from cancelnote.sim.store import FLUSH_EVERY, WorkingSetStore
 from cancelnote.sim.validate_world import SCENARIO
+from cancelnote.transparency import Leaf, LeafKind, LeafProof
 
 DOMAIN = Domain(1337, "0x" + "c0" * 20)
 OPERATOR = Signer(b"\x02" * 32)
@@ -121,6 +122,20 @@ class SameAnswers(RuleBasedStateMachine):
         args = {"digest": DIGESTS[order], "cap": 3, "requestedAt": self.seq}
         self.both("add_chain_event", self.seq, 0, bytes(32), name, args)
 
+    @rule(data=st.data(), seq=st.integers(1, 12))
+    def locate(self, data: st.DataObject, seq: int) -> None:
+        key = data.draw(st.sampled_from(DIGESTS + sorted(self.cancelled)))
+        self.both("set_located", key, seq)
+
+    @rule(
+        seq=st.integers(0, 12),
+        kind=st.sampled_from([LeafKind.FILL, LeafKind.MATCH, LeafKind.NOTE]),
+        ref=st.integers(0, 12),
+        size=st.integers(1, 20),
+    )
+    def prove(self, seq: int, kind: LeafKind, ref: int, size: int) -> None:
+        self.both("add_leaf", StoredLeaf(LeafProof(seq, Leaf(kind, 7, ref, bytes(32)), ()), size))
+
     @precondition(lambda self: self.following())
     @rule(data=st.data())
     def forget(self, data: st.DataObject) -> None:
@@ -149,6 +164,27 @@ class SameAnswers(RuleBasedStateMachine):
         ]
         for status in ("open", "claimed", "paid"):
             self.both("findings", status)
+        # Journal heads: what the log's answers proved, read from memory.
+        for seq in range(14):
+            self.both("leaf", seq)
+        for key in DIGESTS + list(self.cancelled):
+            self.both("located", key)
+        for size in (0, 5, 13, 40):
+            self.both("unproven", size)
+        seqs = list(range(14))
+        for method in ("fill_leaves_naming", "located_at"):
+            one, other = getattr(self.real, method)(seqs), getattr(self.sim, method)(seqs)
+            assert sorted(one) == sorted(other), method
+        # What is still unlocated: the same, but for what the simulated client forgot.
+        followed = {DIGESTS[i] for i in self.following()}
+        orders, cancels = self.real.unlocated()
+        sim_orders, sim_cancels = self.sim.unlocated()
+        assert [o for o in orders if o.digest in followed] == sim_orders
+        kept = {c.request_hash for c in sim_cancels}
+        assert {c.request_hash for c in cancels} >= kept
+        for cancel in cancels:
+            named = self.cancelled[cancel.request_hash]
+            assert (cancel.request_hash in kept) == any(i not in self.forgotten for i in named)
 
     def teardown(self) -> None:
         self.real.close()

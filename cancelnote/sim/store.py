@@ -14,6 +14,11 @@ client's :class:`WorkingSetStore` is the real :class:`~cancelnote.client.evidenc
   client to :meth:`forget`, a fill of an unknown order, a seq below one forgotten, every
   read the verifier does not make) is answered by the real store's SQL, after the writes
   waiting are flushed, so every answer is the one the real store would give.
+* **Journal heads from memory.** Where the operator's log holds the client's orders and
+  cancels, the leaves proven, and which seqs still want a proof are kept in dictionaries
+  too (the real store scans its tables for them at every head); one answer differs:
+  :meth:`unlocated` names only the working set's orders and cancels (a forgotten one is
+  not asked about again: nothing more can happen to it).
 * **Writes in batches.** Orders, cancels, fills and notes are written by the real store's
   own methods, :data:`FLUSH_EVERY` at a time in one transaction (and before any read
   that goes to SQL, and on close); findings, court calls and chain events are written at
@@ -89,7 +94,7 @@ class WorkingSetStore(EvidenceStore):
         self._located_by_seq: dict[int, list[bytes]] = {}
         self._leaves: dict[int, StoredLeaf] = {}  # proven leaves by seq
         self._naming: dict[int, set[int]] = {}  # match seq -> proven fill leaves naming it
-        self._unproven: set[int] = set()  # seqs of interest without a proven leaf
+        self._message_seqs: set[int] = set()  # the seqs of every fill and note added
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -146,13 +151,8 @@ class WorkingSetStore(EvidenceStore):
                 self._cancel_of.setdefault(digest, []).append(request_hash)
         return True
 
-    def _interesting(self, seq: int) -> None:
-        """Leaf ``seq`` is about this store's evidence: it wants its proof."""
-        if seq not in self._leaves:
-            self._unproven.add(seq)
-
     def add_fill(self, signed: SignedFill) -> bool:
-        self._interesting(signed.fill.seq)
+        self._message_seqs.add(signed.fill.seq)
         held = self._held_fills.get(signed.fill.order_digest)
         if held is None:  # not in the working set: the file holds it (and says if it is new)
             self.flush()
@@ -169,7 +169,7 @@ class WorkingSetStore(EvidenceStore):
         return True
 
     def add_note(self, signed: SignedNote) -> bool:
-        self._interesting(signed.note.seq)
+        self._message_seqs.add(signed.note.seq)
         held = self._held_notes.get(signed.note.order_digest)
         if held is None:
             self.flush()
@@ -229,21 +229,23 @@ class WorkingSetStore(EvidenceStore):
         old = self._located.get(key)
         if old is not None:
             self._located_by_seq[old].remove(key)
+            if not self._located_by_seq[old]:
+                del self._located_by_seq[old]
         self._located[key] = seq
         self._located_by_seq.setdefault(seq, []).append(key)
-        self._interesting(seq)
 
     def add_leaf(self, leaf: StoredLeaf) -> None:
         super().add_leaf(leaf)
         seq = leaf.proof.index
         old = self._leaves.get(seq)
         if old is not None and old.proof.leaf.kind == LeafKind.FILL:
-            self._naming[old.proof.leaf.ref].discard(seq)
+            ref = old.proof.leaf.ref
+            self._naming[ref].discard(seq)
+            if not self._naming[ref]:
+                del self._naming[ref]
         self._leaves[seq] = leaf
-        self._unproven.discard(seq)
         if leaf.proof.leaf.kind == LeafKind.FILL:
             self._naming.setdefault(leaf.proof.leaf.ref, set()).add(seq)
-            self._interesting(leaf.proof.leaf.ref)
 
     def forget(self, digest: bytes) -> None:
         """Nothing more can happen to order ``digest``: let its evidence go from memory (it
@@ -370,7 +372,8 @@ class WorkingSetStore(EvidenceStore):
         return sorted({leaf for seq in seqs for leaf in self._naming.get(seq, ())})
 
     def unproven(self, size: int) -> list[int]:
-        return sorted(seq for seq in self._unproven if seq < size)
+        wanted = self._message_seqs.union(self._located_by_seq, self._naming)
+        return sorted(seq for seq in wanted if seq < size and seq not in self._leaves)
 
     def unlocated(self) -> tuple[list[StoredOrder], list[StoredCancel]]:
         """The working set's orders and cancels not located yet (a forgotten one is not
