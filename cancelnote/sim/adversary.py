@@ -308,11 +308,11 @@ class UnloggedHold(Adversary):
 
     @classmethod
     def search_space(cls, scenario: Scenario) -> dict[str, Axis]:
-        patience = scenario.client.force_after_ms
-        bound = patience
+        """Holds up to the first alarm: the note deadline, or ``cancel_heads`` heads."""
+        bound = scenario.client.force_after_ms
         if scenario.heads.interval_ms:
             bound = min(bound, scenario.heads.cancel_heads * scenario.heads.interval_ms)
-        return {"delay_ms": Axis(0, bound + scenario.chain.block_time_ms, points=6, integer=True)}
+        return {"delay_ms": Axis(0, bound, points=6, integer=True)}
 
     def cancel_delay_ns(self, request: CancelOrders) -> int:
         return self.delay_ms * NS_PER_MS
