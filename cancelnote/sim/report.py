@@ -209,6 +209,7 @@ def heads_plot(heads: Mapping[str, Any], stem: Path, objective: str) -> list[Pat
             axis.axhline(without[policy]["mean"], color=colour, linestyle=":", linewidth=1)
     axis.axhline(0.0, color="#444", linewidth=0.8)
     axis.set_xscale("log")
+    axis.minorticks_off()
     axis.set_xticks(intervals, [str(h) for h in intervals])
     axis.set_xlabel("head interval H (ms); dotted: the same strategy without heads")
     axis.set_ylabel(objective)
