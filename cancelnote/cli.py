@@ -44,6 +44,17 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated positive integers."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 50,100, got {text!r}") from None
+    if any(value <= 0 for value in values):
+        raise argparse.ArgumentTypeError(f"each must be positive, got {text!r}")
+    return values
+
+
 def _sim_validate(args: argparse.Namespace) -> int:
     from .sim.validate import format_table, run_validation
     from .sim.validate_world import run_world_checks
@@ -158,7 +169,14 @@ def _sim_sweep(args: argparse.Namespace) -> int:
 
 def _sim_attack(args: argparse.Namespace) -> int:
 
-    from .sim.attack import DEFAULT_POLICIES, attack_json, format_attack, run_attack
+    from .sim.attack import (
+        DEFAULT_POLICIES,
+        attack_json,
+        format_attack,
+        format_heads,
+        heads_json,
+        run_heads_comparison,
+    )
     from .sim.config import ScenarioError
     from .sim.output import manifest, write_json
     from .sim.scenario import apply_overrides, parse_scenario
@@ -169,10 +187,11 @@ def _sim_attack(args: argparse.Namespace) -> int:
         out = Path(args.out or f"attacks/{path.stem}")
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out} exists and is not empty: choose another --out")
-        result = run_attack(
+        comparison = run_heads_comparison(
             document,
             path.parent,
             defence,
+            args.heads_ms,
             args.policy or DEFAULT_POLICIES,
             seeds=args.seeds,
             confirm=args.confirm,
@@ -183,14 +202,20 @@ def _sim_attack(args: argparse.Namespace) -> int:
             scheduler=args.scheduler,
             progress=lambda policy: print(f"searching {policy} ...", file=sys.stderr),
         )
+        result = comparison.baseline
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "attack.json", attack_json(result, document, defence))
+        written = attack_json(result, document, defence)
+        if args.heads_ms:
+            written["heads"] = heads_json(comparison)
+        write_json(out / "attack.json", written)
         defended = parse_scenario(apply_overrides(document, defence), path.parent)
         write_json(out / "manifest.json", manifest(defended, str(path), defence))
     except (ScenarioError, OSError) as exc:
         print(f"cancelnote sim attack: {exc}", file=sys.stderr)
         return 2
     print(format_attack(result), end="")
+    if args.heads_ms:
+        print(format_heads(comparison), end="")
     print(f"output: {out}")
     return 0
 
@@ -217,6 +242,24 @@ def _missing_plot_extra(command: str) -> bool:
         file=sys.stderr,
     )
     return True
+
+
+def _sim_scenarios(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .sim.bundled import copy_to, listing
+
+    if args.copy is None:
+        for name, summary in listing():
+            print(f"{name:<20} {summary}")
+        return 0
+    try:
+        written = copy_to(Path(args.copy))
+    except OSError as exc:
+        print(f"cancelnote sim scenarios: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(written)} files written to {args.copy}")
+    return 0
 
 
 def _sim_plot(args: argparse.Namespace) -> int:
@@ -587,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(run=_sim_validate)
 
     run = sim_commands.add_parser("run", help="run a scenario's replicates into a folder")
-    run.add_argument("file", help="scenario file (TOML; see simulations/)")
+    run.add_argument("file", help="scenario file (TOML; see sim scenarios)")
     run.add_argument("--seed", type=_int_at_least(0), help="root seed (default: the file's)")
     _add_set(run)
     run.add_argument("--out", help="output folder, new or empty (default runs/NAME-seedN)")
@@ -641,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--policy",
         action="append",
         metavar="NAME",
-        help="a strategy to search (repeat; default: honest patience floor unwatched split;"
+        help="a strategy to search (repeat; default: honest and every built-in strategy;"
         " module:Class for a plug-in)",
     )
     attack.add_argument("--seeds", type=_int_at_least(2), default=4, help="replicates per point")
@@ -652,11 +695,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds", type=_int_at_least(0), default=2, help="refinements after the grid"
     )
     attack.add_argument("--objective", default="operator_gain_net", help="the metric to maximise")
+    attack.add_argument(
+        "--heads-ms",
+        type=_int_list,
+        default=[],
+        metavar="H1,H2",
+        help="also search with journal heads every H ms (each H), beside none",
+    )
     attack.add_argument("--seed", type=_int_at_least(0), help="root seed (default: the file's)")
     _add_set(attack)
     _add_backend(attack)
     attack.add_argument("--out", help="output folder, new or empty (default attacks/NAME)")
     attack.set_defaults(run=_sim_attack)
+
+    scenarios = sim_commands.add_parser(
+        "scenarios", help="list the example scenarios shipped in the package"
+    )
+    scenarios.add_argument(
+        "--copy", metavar="DIR", help="write them (and their plug-in module) into DIR"
+    )
+    scenarios.set_defaults(run=_sim_scenarios)
 
     plot = sim_commands.add_parser("plot", help="plot a sweep folder (PNG and SVG)")
     plot.add_argument("dir", help="a folder written by sim sweep")

@@ -39,7 +39,7 @@ from cancelnote.crypto import Signer, keccak
 from cancelnote.dispute.chain import Chain, ChainError, Log, LogFilter, Receipt, TransactionReverted
 from cancelnote.dispute.inprocess import InProcessChain
 from cancelnote.dispute.local import COINBASE, BlockInfo, MinedTransaction, PendingBlock
-from cancelnote.dispute.revm import RevmChain
+from cancelnote.dispute.revm import RevmChain, gas_oblivious
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -357,3 +357,72 @@ def test_random_sequences_are_equal_on_both_backends(operations):
             driver.run(operation)
     twin.mine()
     assert twin.steps > len(operations)
+
+
+# --- one run per court transaction on revm ------------------------------------------------
+
+
+def _court_code() -> bytes:
+    import json
+
+    import cancelnote.contracts as contracts
+
+    artifact = Path(contracts.__file__).parent / "CancelCourt.json"
+    return bytes.fromhex(json.loads(artifact.read_text(encoding="utf-8"))["bytecode_runtime"][2:])
+
+
+@pytest.mark.parametrize(
+    ("code", "oblivious"),
+    [
+        (bytes.fromhex("5a50"), True),  # GAS POP: read and dropped
+        (bytes.fromhex("5f5f5f5f60015afa"), True),  # STATICCALL(gas(), 1, ...): ecrecover's
+        (bytes.fromhex("5a5f52"), False),  # MSTORE(0, gas()): kept in memory
+        (bytes.fromhex("5a80015f5f5f5f60015afa"), False),  # gas() + gas(): a computation
+        (bytes.fromhex("5f5f5f5f5a6001fa"), False),  # the gas counter as a call's address
+        (bytes.fromhex("5a8060015f5f5f5f91fa"), False),  # a copy flows into an operand
+        (bytes.fromhex("5a565b"), False),  # carried across a jump
+        (bytes.fromhex("3350"), True),  # CALLER POP
+        (bytes.fromhex("3331"), False),  # BALANCE(caller): reads a balance
+    ],
+)
+def test_gas_oblivious_code_reads_gas_only_as_a_calls_gas(code, oblivious):
+    assert gas_oblivious(code) is oblivious
+
+
+def test_revm_runs_a_court_transaction_once_and_a_gas_reading_one_three_times(monkeypatch):
+    from cancelnote.dispute.court import DEV_PARAMETERS, Court
+    from cancelnote.messages import Order, make_sender
+
+    chain = RevmChain(accounts=3)
+    operator, alice, _ = chain.dev_accounts
+    court = Court.deploy(chain, operator, operator=operator.address, **DEV_PARAMETERS)
+    probe = chain.deploy(alice, probe_initcode()).contract_address
+    runs = 0
+    original = chain._run
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal runs
+        runs += 1
+        return original(*args, **kwargs)
+
+    assert gas_oblivious(_court_code()) and gas_oblivious(chain.code(court.address))
+    assert not gas_oblivious(chain.code(probe))  # it reads gasleft() and balances
+    monkeypatch.setattr(chain, "_run", counting)
+    order = Order(make_sender(alice.address), 1, 10**18, 10**18, 2**40, 1)
+    court.request_cancel(alice, order, value=DEV_PARAMETERS["dispute_bond_wei"])
+    assert runs == 1
+    runs = 0
+    chain.transact(alice, probe, probe_call("gas_left"))
+    assert runs == 2  # the estimate's costless run, then the execution (its check)
+
+
+@given(st.binary(max_size=2_000))
+def test_the_calldata_floor_is_py_evms(data):
+    from eth.vm.forks.prague.state import PragueTransactionExecutor
+
+    from cancelnote.dispute.local import calldata_floor_gas
+
+    transaction = type("Carrier", (), {"data": data})()
+    assert calldata_floor_gas(data) == PragueTransactionExecutor.calc_data_floor_gas(
+        transaction, 0, 0
+    )

@@ -306,4 +306,4 @@ def test_the_patience_strategy_searches_margins_up_to_the_patience():
         )
     )
     space = HoldUnderPatience.search_space(scenario)
-    assert space["margin_ms"].low == -1_000 and space["margin_ms"].high == 300
+    assert space["margin_ms"].low == -2_000 and space["margin_ms"].high == 300  # a block

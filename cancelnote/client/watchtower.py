@@ -66,6 +66,19 @@ EVENTS_CURSOR = "court_events_block"
 MAX_BLOCK_RANGE = 5_000
 #: Seconds between two rounds of :meth:`Watchtower.run`.
 POLL_S = 1.0
+#: Finding states in which the watchtower still has court work (see the module docstring).
+_ACTIVE = ("open", "forced", "claimed")
+#: The court's events about an owner: each indexes the owner's address (``owner``, or
+#: ``account`` for a withdrawal) as its first topic, and every event that names an order
+#: digest is one of them. A watchtower asks the chain for these, filtered by its owners.
+OWNER_EVENTS = (
+    "Slashed",
+    "ClaimPaid",
+    "CancelRequested",
+    "CancelAnswered",
+    "CancelDefaulted",
+    "Withdrawal",
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -395,27 +408,36 @@ class Watchtower:
         court: the court binding (any :class:`~cancelnote.dispute.chain.Chain`).
         signer: pays gas and owns the orders it may force-cancel.
         auto_withdraw: take credited payouts at once.
+        owners: the addresses whose orders the store holds, if the caller knows them
+            (a client's own: its signer's); ``None`` reads them from the store each round.
     """
 
     def __init__(
-        self, verifier: Verifier, court: Court, signer: Signer, *, auto_withdraw: bool = True
+        self,
+        verifier: Verifier,
+        court: Court,
+        signer: Signer,
+        *,
+        auto_withdraw: bool = True,
+        owners: Iterable[bytes] | None = None,
     ) -> None:
         self.verifier = verifier
         self.store: EvidenceStore = verifier.store
         self.court = court
         self.signer = signer
         self.auto_withdraw = auto_withdraw
+        self.owners = None if owners is None else frozenset(owners)
         self._court_penalty: int | None = None
+        self._owner_events = tuple(court.topic(name) for name in OWNER_EVENTS)
 
     def step(self, now_ms: int) -> list[Outcome]:
         """One round: read the court, check deadlines, plan, act. Blocking (chain calls)."""
         self.sync_events(now_ms)
         self.verifier.check_deadlines(now_ms)
-        findings = [
-            f
-            for f in self.store.findings()
-            if f.status in ("open", "forced", "claimed") and f.kind in DISPUTABLE
-        ]
+        findings = sorted(
+            (f for status in _ACTIVE for f in self.store.findings(status) if f.kind in DISPUTABLE),
+            key=lambda f: f.id or 0,
+        )
         digests = {f.digest for f in findings if f.kind in FORCING}
         claims = {
             (f.digest, f.offence or Offence.DEFAULT) for f in findings if f.status == "claimed"
@@ -447,26 +469,31 @@ class Watchtower:
     def sync_events(self, now_ms: int) -> None:
         """Keep the court's events about our orders or our account, from the cursor on.
 
-        Reads at most :data:`MAX_BLOCK_RANGE` blocks per ``get_logs`` (public nodes refuse
-        wide ranges) and moves the cursor after each range is kept, so a crash re-reads
-        at most one range (the inserts are idempotent).
+        Asks the chain only for the :data:`OWNER_EVENTS` whose owner (their first
+        indexed topic) is ours or an owner of an order in the store (``eth_getLogs``
+        with topics), so it decodes what concerns them and nothing else: an event about
+        one of our orders names its owner, the order's. Reads at most
+        :data:`MAX_BLOCK_RANGE` blocks per ``get_logs`` (public nodes refuse wide ranges)
+        and moves the cursor after each range is kept, so a crash re-reads at most one
+        range (the inserts are idempotent).
         """
         head = self.court.chain.block_number()
-        ours = {o.digest for o in self.store.orders()}
+        me = self.signer.address
+        owners = self.owners
+        if owners is None:
+            owners = frozenset(o.order.sender[:20] for o in self.store.orders())
+        topics = (self._owner_events, sorted(bytes(12) + a for a in owners | {me}))
         start = self.store.cursor(EVENTS_CURSOR)
         while start <= head:
             end = min(head, start + MAX_BLOCK_RANGE - 1)
             capped: set[bytes] = set()
-            logs = self.court.chain.get_logs(self.court.address, start, end)
+            logs = self.court.chain.get_logs(self.court.address, start, end, topics)
             with self.store.transaction():  # the store's lock held for SQLite work only
                 for log in logs:
                     event = self.court.decode_log(log)
                     digest = event.args.get("digest")
-                    mine = self.signer.address in (
-                        event.args.get("owner"),
-                        event.args.get("account"),
-                    )
-                    if digest in ours or mine:
+                    mine = me in (event.args.get("owner"), event.args.get("account"))
+                    if mine or (digest is not None and self.store.order(digest) is not None):
                         self.store.add_chain_event(
                             log.block_number,
                             log.log_index,

@@ -45,9 +45,10 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import attrs
+from eth.constants import GAS_TX
 from eth.vm.forks.london.headers import calculate_expected_base_fee_per_gas
 from eth.vm.forks.prague import PragueVM
-from eth.vm.forks.prague.state import PragueTransactionExecutor
+from eth.vm.forks.prague.constants import STANDARD_TOKEN_COST, TOTAL_COST_FLOOR_PER_TOKEN
 from eth_bloom import BloomFilter
 
 from ..crypto import Signer, keccak
@@ -84,6 +85,16 @@ def dev_account(index: int) -> Signer:
     return Signer(keccak(DEV_KEY_PREFIX + index.to_bytes(4, "big")))
 
 
+def fastest_backend() -> str:
+    """``revm`` when its package is installed (``cancelnote[fast]``), else ``py-evm``: the
+    lab's default (a run's outputs are the same on both)."""
+    try:
+        import pyrevm  # noqa: F401
+    except ImportError:
+        return "py-evm"
+    return "revm"
+
+
 def make_chain(backend: str = "py-evm", **options: Any) -> LocalChain:
     """A fresh dev chain on ``backend`` (one of :data:`BACKENDS`), for the lab and the CLI.
 
@@ -107,14 +118,12 @@ def make_chain(backend: str = "py-evm", **options: Any) -> LocalChain:
     raise ChainError(f"unknown chain backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
-@attrs.frozen
-class _Calldata:
-    data: bytes
-
-
 def calldata_floor_gas(data: bytes) -> int:
-    """EIP-7623's least gas of a transaction carrying ``data`` (py-evm's own formula)."""
-    return PragueTransactionExecutor.calc_data_floor_gas(_Calldata(data), 0, 0)  # type: ignore[arg-type]
+    """EIP-7623's least gas of a transaction carrying ``data`` (py-evm's constants; a test
+    compares it with py-evm's own ``calc_data_floor_gas``)."""
+    zeros = data.count(0)
+    tokens = zeros + (len(data) - zeros) * STANDARD_TOKEN_COST
+    return GAS_TX + TOTAL_COST_FLOOR_PER_TOKEN * tokens
 
 
 def logs_bloom(logs: Iterable[Log]) -> int:
@@ -158,26 +167,31 @@ def _rlp_length(length: int, offset: int) -> bytes:
     return bytes((offset + 55 + len(size),)) + size
 
 
-def _rlp_item(value: int | bytes) -> bytes:
-    """One RLP string: an int big-endian without leading zeros (0 is empty), or bytes."""
-    if isinstance(value, int):
-        value = value.to_bytes((value.bit_length() + 7) // 8, "big")
+def _rlp_int(value: int) -> bytes:
+    """One RLP string of an int: big-endian without leading zeros (0 is the empty string).
+
+    pyrlp infers a serializer for every item (measured: 80 µs a transaction, more than revm
+    takes to run one); this and :func:`_rlp_bytes` write the same bytes (a test compares a
+    signed transaction with eth-account's)."""
+    if value < 0x80:
+        return bytes((0x80,)) if value == 0 else bytes((value,))
+    length = (value.bit_length() + 7) // 8
+    return bytes((0x80 + length,)) + value.to_bytes(length, "big")  # ints here are < 56 bytes
+
+
+def _rlp_bytes(value: bytes) -> bytes:
+    """One RLP string of bytes."""
     if len(value) == 1 and value[0] < 0x80:
         return value
     return _rlp_length(len(value), 0x80) + value
 
 
-def _rlp_encoded(item: int | bytes | list) -> bytes:
-    """One RLP item of a transaction; an empty access list is the one nested list we sign.
-
-    pyrlp infers a serializer for every item (measured: 80 µs a transaction, more than revm
-    takes to run one); this writes the same bytes (a test compares them with eth-account's).
-    """
-    return b"\xc0" if item == [] else _rlp_item(item)  # type: ignore[arg-type]
-
-
 def _rlp_wrap(payload: bytes) -> bytes:
     return _rlp_length(len(payload), 0xC0) + payload
+
+
+_TYPE_PREFIX = bytes((DYNAMIC_FEE_TYPE,))
+_EMPTY_ACCESS_LIST = b"\xc0"
 
 
 def sign_transaction(
@@ -192,13 +206,23 @@ def sign_transaction(
     data: bytes,
 ) -> Transaction:
     """An EIP-1559 transaction without access list, signed (RFC 6979, so deterministic)."""
-    fields: list = [chain_id, nonce, PRIORITY_FEE, max_fee_per_gas, gas, to or b"", value, data, []]
-    encoded = b"".join(map(_rlp_encoded, fields))  # once: signed, then sent with the signature
-    digest = keccak(bytes((DYNAMIC_FEE_TYPE,)) + _rlp_wrap(encoded))
-    signature = signer.sign_hash(digest)  # r || s || v, v in {27, 28}
+    encoded = b"".join(  # once: signed, then sent with the signature
+        (
+            _rlp_int(chain_id),
+            _rlp_int(nonce),
+            _rlp_int(PRIORITY_FEE),
+            _rlp_int(max_fee_per_gas),
+            _rlp_int(gas),
+            _rlp_bytes(to or b""),
+            _rlp_int(value),
+            _rlp_bytes(data),
+            _EMPTY_ACCESS_LIST,
+        )
+    )
+    signature = signer.sign_hash(keccak(_TYPE_PREFIX + _rlp_wrap(encoded)))  # r || s || v
     r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:64], "big")
-    signed = encoded + b"".join(map(_rlp_encoded, (signature[64] - 27, r, s)))
-    raw = bytes((DYNAMIC_FEE_TYPE,)) + _rlp_wrap(signed)
+    signed = encoded + _rlp_int(signature[64] - 27) + _rlp_int(r) + _rlp_int(s)
+    raw = _TYPE_PREFIX + _rlp_wrap(signed)
     return Transaction(
         hash=keccak(raw),
         raw=raw,
@@ -401,6 +425,15 @@ class LogIndex:
         start = bisect.bisect_left(logs, first, key=lambda log: log.block_number)
         end = bisect.bisect_right(logs, last, key=lambda log: log.block_number)
         return logs[start:end]
+
+
+@attrs.frozen
+class Once:
+    """A transaction executed before its gas was known (:meth:`LocalChain._execute_once`):
+    how it ended, and how to keep its effects once it is signed with its estimate."""
+
+    run: Run
+    keep: Callable[[Transaction], Execution]
 
 
 #: A dry run: ``(sender, to, data, value, gas) -> Run``, on a fixed block and state.
@@ -680,6 +713,14 @@ class LocalChain(Chain):
         assert execution is not None
         return execution
 
+    def _execute_once(
+        self, sender: bytes, to: bytes | None, data: bytes, value: int, block: PendingBlock
+    ) -> Once | None:
+        """Execute a transaction at the block's gas limit if that run is provably its own
+        gas estimate and the execution at that estimate (see ``revm.py``); ``None`` (the
+        default) to estimate first."""
+        return None
+
     @abstractmethod
     def _seal_block(self, block: PendingBlock) -> BlockInfo:
         """Close ``block`` with its transactions; return its header fields."""
@@ -755,33 +796,30 @@ class LocalChain(Chain):
 
     def _validate(self, transaction: Transaction, block: PendingBlock) -> None:
         """The checks a node makes before including a transaction (the same on every backend)."""
-        refused = f"the transaction cannot be included: {transaction.hash.hex()}"
         if transaction.chain_id not in (None, self.chain_id):
             raise ChainError(
                 f"transaction for chain {transaction.chain_id}, this is {self.chain_id}"
             )
         expected = self.nonce(transaction.sender)
         if transaction.nonce != expected:
-            raise ChainError(
-                f"{refused}: nonce {transaction.nonce}, the sender's next is {expected}"
-            )
+            why = f"nonce {transaction.nonce}, the sender's next is {expected}"
+            raise _refused(transaction, why)
         if transaction.gas > block.gas_limit:
-            raise ChainError(f"{refused}: gas {transaction.gas} above the block gas limit")
+            raise _refused(transaction, f"gas {transaction.gas} above the block gas limit")
         if transaction.intrinsic_gas is not None and transaction.gas < transaction.intrinsic_gas:
-            raise ChainError(
-                f"{refused}: gas {transaction.gas} below its intrinsic {transaction.intrinsic_gas}"
-            )
+            why = f"gas {transaction.gas} below its intrinsic {transaction.intrinsic_gas}"
+            raise _refused(transaction, why)
         if transaction.max_priority_fee_per_gas > transaction.max_fee_per_gas:
-            raise ChainError(f"{refused}: its priority fee is above its fee cap")
+            raise _refused(transaction, "its priority fee is above its fee cap")
         if transaction.max_fee_per_gas < block.base_fee:
-            raise ChainError(
-                f"{refused}: fee cap {transaction.max_fee_per_gas} "
-                f"below the base fee {block.base_fee}"
+            raise _refused(
+                transaction,
+                f"fee cap {transaction.max_fee_per_gas} below the base fee {block.base_fee}",
             )
         cost = transaction.gas * transaction.max_fee_per_gas + transaction.value
         balance = self.balance(transaction.sender)
         if balance < cost:
-            raise ChainError(f"{refused}: the sender's balance {balance} cannot pay {cost}")
+            raise _refused(transaction, f"the sender's balance {balance} cannot pay {cost}")
 
     def _estimate_and_include(
         self, sender: Signer, to: bytes | None, data: bytes, value: int
@@ -790,6 +828,13 @@ class LocalChain(Chain):
         block = self._pending
         call = (sender.address, to, data, value)
         self._can_pay(sender.address, value, None)
+        once = self._execute_once(*call, block)
+        if once is not None:  # one run: the estimate's first run is the execution
+            gas = _first_guess(once.run, data, block.gas_limit)
+            if self._make_room(gas):
+                return None  # the run was in this block: run again in the next
+            transaction = self._sign(sender, to, data, value, gas)
+            return self._record(transaction, once.keep(transaction), block), once.run
         with self._dry_runs(None) as run:  # eth_estimateGas' first, costless run
             unlimited = run(*call, block.gas_limit)
         gas = _first_guess(unlimited, data, block.gas_limit)
@@ -863,6 +908,10 @@ class LocalChain(Chain):
         if not self._building:
             self._seal()
         return receipt
+
+
+def _refused(transaction: Transaction, why: str) -> ChainError:
+    return ChainError(f"the transaction cannot be included: {transaction.hash.hex()}: {why}")
 
 
 def _check_time(when: object, per_second: int = 1) -> None:

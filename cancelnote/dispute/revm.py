@@ -32,6 +32,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
+from typing import NamedTuple
 
 import attrs
 import pyrevm
@@ -41,10 +42,12 @@ from ..crypto import keccak
 from .chain import ChainError
 from .local import (
     COINBASE,
+    PRIORITY_FEE,
     BlockInfo,
     DryRun,
     Execution,
     LocalChain,
+    Once,
     Outcome,
     PendingBlock,
     Run,
@@ -81,8 +84,106 @@ _WRITE = re.compile(r"StorageChange \{ address: (0x[0-9a-f]{40}), key: (\d+), ha
 _DESTROYED = re.compile(r"AccountDestroyed \{ address: (0x[0-9a-f]{40})")
 
 
-@attrs.frozen
-class _Account:
+GAS, POP, BALANCE = 0x5A, 0x50, 0x31
+#: Opcodes that end a basic block (or begin one: JUMPDEST).
+_BLOCK_ENDS = frozenset({0x00, 0x56, 0x57, 0x5B, 0xF3, 0xFD, 0xFE, 0xFF})
+#: CALL, CALLCODE, DELEGATECALL, STATICCALL: their first operand (the top) is the gas.
+_CALLS = frozenset({0xF1, 0xF2, 0xF4, 0xFA})
+
+
+def _effects() -> dict[int, tuple[int, int]]:
+    """(items popped, items pushed) of every Prague opcode but DUP, SWAP and the block
+    ends (an opcode missing here is not known to the analysis: it makes code ineligible)."""
+    effects: dict[int, tuple[int, int]] = {}
+    groups = (
+        ((*range(0x01, 0x08), 0x0A, 0x0B, *range(0x10, 0x15), *range(0x16, 0x19)), 2, 1),
+        ((0x1A, 0x1B, 0x1C, 0x1D, 0x20), 2, 1),
+        ((0x08, 0x09), 3, 1),
+        ((0x15, 0x19, 0x31, 0x35, 0x3B, 0x3F, 0x40, 0x49, 0x51, 0x54, 0x5C), 1, 1),
+        ((0x30, 0x32, 0x33, 0x34, 0x36, 0x38, 0x3A, 0x3D, *range(0x41, 0x4B)), 0, 1),
+        ((0x58, 0x59, 0x5A, *range(0x5F, 0x80)), 0, 1),
+        ((0x37, 0x39, 0x3E, 0x5E), 3, 0),
+        ((0x3C,), 4, 0),
+        ((0x50,), 1, 0),
+        ((0x52, 0x53, 0x55, 0x5D), 2, 0),
+        ((0xF0,), 3, 1),
+        ((0xF5,), 4, 1),
+        ((0xF1, 0xF2), 7, 1),
+        ((0xF4, 0xFA), 6, 1),
+    )
+    for opcodes, pops, pushes in groups:
+        for opcode in opcodes:
+            effects[opcode] = (pops, pushes)
+    for topics in range(5):
+        effects[0xA0 + topics] = (2 + topics, 0)
+    return effects
+
+
+_EFFECTS = _effects()
+
+
+def _opcodes(code: bytes) -> list[int]:
+    """The instructions of ``code`` in a linear sweep (PUSH data skipped; a data section
+    is swept too, which can only make the analysis refuse)."""
+    opcodes, i = [], 0
+    while i < len(code):
+        opcode = code[i]
+        opcodes.append(opcode)
+        i += 1 + (opcode - 0x5F if 0x60 <= opcode <= 0x7F else 0)
+    return opcodes
+
+
+def _only_call_gas(opcodes: list[int], start: int) -> bool:
+    """Whether the value a ``GAS`` pushed just before ``start`` is only ever the gas
+    operand of a call, or dropped, within its basic block (copies made by DUP followed)."""
+    copies = {0}  # stack positions (0 = top) holding the gas counter's value
+    for opcode in opcodes[start:]:
+        if not copies:
+            break
+        if 0x80 <= opcode <= 0x8F:  # DUPn copies position n - 1 to the top
+            copies = {d + 1 for d in copies} | ({0} if opcode - 0x80 in copies else set())
+            continue
+        if 0x90 <= opcode <= 0x9F:  # SWAPn swaps the top with position n
+            n = opcode - 0x8F
+            copies = {n if d == 0 else 0 if d == n else d for d in copies}
+            continue
+        if opcode in _BLOCK_ENDS or opcode not in _EFFECTS:
+            return False
+        pops, pushes = _EFFECTS[opcode]
+        if opcode == POP:
+            copies = {d - 1 for d in copies if d}
+            continue
+        consumed = {d for d in copies if d < pops}
+        if consumed and (opcode not in _CALLS or consumed != {0}):
+            return False  # the value entered a computation (or a call's other operand)
+        copies = {d + pushes - pops for d in copies if d >= pops}
+    return not copies
+
+
+def gas_oblivious(code: bytes) -> bool:
+    """Whether ``code`` reads the gas counter only to pass it on as a call's gas, and no
+    account's balance (``BALANCE``).
+
+    For a transaction whose only code is such (every call goes to a precompile or to an
+    account without code), a run at the block's gas limit with the gas bought ends exactly
+    as the estimate's costless run (the sender's balance, the one thing buying changes, is
+    never read) and as the execution at the estimate G = (used + 2,300) · 64/63 (at least
+    the calldata floor), because the gas limit then changes nothing observable: no opcode
+    result depends on it but how much gas a call forwards, which changes nothing a
+    precompile (at a fixed price) or a codeless account does, and G leaves room for every
+    cost, for the SSTORE sentry (more than 2,300 left) and for a call's 63/64 reserve one
+    call deep. So revm runs such a transaction once (:meth:`RevmChain._execute_once`);
+    ``tests/test_differential.py`` compares it with py-evm's estimate-then-execute.
+    """
+    opcodes = _opcodes(code)
+    if BALANCE in opcodes:
+        return False
+    return all(_only_call_gas(opcodes, i + 1) for i, op in enumerate(opcodes) if op == GAS)
+
+
+class _Account(NamedTuple):
+    """An account as revm's database holds it (a tuple: made and compared per transaction)."""
+
     balance: int = 0
     nonce: int = 0
     code_hash: bytes = EMPTY_CODE_HASH
@@ -97,6 +198,7 @@ class _Changes:
 
     accounts: dict[bytes, tuple[_Account, bytes | None]]  # the new code of a new contract
     storage: list[tuple[bytes, int, int]]  # (address, slot, new value)
+    code_accounts: frozenset[bytes]  # every account with code the run loaded
 
 
 def _hex(address: bytes) -> str:
@@ -142,8 +244,12 @@ def _written(journal: str) -> tuple[set[tuple[bytes, int]], set[bytes]]:
     code): a write is a ``StorageChange`` with ``had_value: Some``, a mere read ``None``.
     """
     entries = journal[journal.rindex(_JOURNAL) :]
-    written = {(bytes.fromhex(address[2:]), int(key)) for address, key in _WRITE.findall(entries)}
-    destroyed = {bytes.fromhex(address[2:]) for address in _DESTROYED.findall(entries)}
+    written = set()
+    if "had_value: Some" in entries:
+        written = {(bytes.fromhex(a[2:]), int(key)) for a, key in _WRITE.findall(entries)}
+    destroyed = set()
+    if "AccountDestroyed" in entries:
+        destroyed = {bytes.fromhex(address[2:]) for address in _DESTROYED.findall(entries)}
     return written, destroyed
 
 
@@ -180,6 +286,7 @@ class RevmChain(LocalChain):
         environment = pyrevm.Env(cfg=pyrevm.CfgEnv(chain_id=self.chain_id))
         self._evm = pyrevm.EVM(env=environment, gas_limit=self.gas_limit, spec_id=SPEC)
         self._accounts, self._codes = {}, {EMPTY_CODE_HASH: b""}
+        self._oblivious_codes: dict[bytes, bool] = {}
         self._block_env = None
         for address, balance in balances.items():
             self._write(address, _Account(balance=balance))
@@ -198,21 +305,68 @@ class RevmChain(LocalChain):
             )
         self._use_block(block.number, block.timestamp)
         price = transaction.price(block.base_fee)
-        run, changes, logs, created = self._run(
+        ran = self._run(
             transaction.sender, transaction.to, transaction.data, transaction.value,
             transaction.gas, keep=True, bought=transaction.gas * price,
         )  # fmt: skip
-        if expect is not None and run.outcome != expect:  # nothing was written
+        if expect is not None and ran[0].outcome != expect:  # nothing was written
             return None
+        return self._keep(transaction, block, transaction.gas, *ran)
+
+    def _execute_once(
+        self, sender: bytes, to: bytes | None, data: bytes, value: int, block: PendingBlock
+    ) -> Once | None:
+        """One run at the block's gas limit, gas bought, when it is provably the estimate's
+        first run and the execution at the estimate too (see :func:`gas_oblivious`): a
+        call whose code reads the gas counter only to pass it on as a call's gas and reads
+        no balance, and during which no other code ran (no account with code but ``to``
+        was loaded; a precompile has none)."""
+        if to is None or not self._oblivious(to):
+            return None
+        price = block.base_fee + PRIORITY_FEE  # what our transactions pay (``_sign``)
+        bought = block.gas_limit * price
+        if self._accounts.get(sender, _EMPTY).balance < bought + value:
+            return None  # the run could not buy the block's gas: estimate first
+        self._use_block(block.number, block.timestamp)
+        ran = self._run(sender, to, data, value, block.gas_limit, keep=True, bought=bought)
+        changes = ran[1]
         assert changes is not None
+        if changes.code_accounts - {to}:
+            return None  # other code ran (nothing was written): estimate first
+
+        def keep(transaction: Transaction) -> Execution:
+            return self._keep(transaction, block, block.gas_limit, *ran)
+
+        return Once(ran[0], keep)
+
+    def _oblivious(self, address: bytes) -> bool:
+        code_hash = self._accounts.get(address, _EMPTY).code_hash
+        known = self._oblivious_codes.get(code_hash)
+        if known is None:
+            known = self._oblivious_codes[code_hash] = gas_oblivious(self._codes[code_hash])
+        return known
+
+    def _keep(
+        self,
+        transaction: Transaction,
+        block: PendingBlock,
+        gas_bought: int,
+        run: Run,
+        changes: _Changes | None,
+        logs: tuple[tuple[bytes, tuple[bytes, ...], bytes], ...],
+        created: bytes | None,
+    ) -> Execution:
+        """Write what a run of ``transaction`` changed, with ``gas_bought`` gas bought
+        for it: the unused gas back, its nonce, the fee recipient's tip."""
+        assert changes is not None
+        price = transaction.price(block.base_fee)
         charged = run.charged_gas(transaction.data)
         accounts = changes.accounts
         before = self._accounts.get(transaction.sender, _EMPTY)
         after = accounts.get(transaction.sender, (before, None))[0]
         accounts[transaction.sender] = (
-            attrs.evolve(
-                after,
-                balance=after.balance + (transaction.gas - charged) * price,  # unused gas back
+            after._replace(
+                balance=after.balance + (gas_bought - charged) * price,  # unused gas back
                 nonce=before.nonce + 1,  # revm bumps it for a creation only
             ),
             None,
@@ -220,7 +374,7 @@ class RevmChain(LocalChain):
         tip = (price - block.base_fee) * charged
         if tip:
             miner = accounts.get(COINBASE, (self._accounts.get(COINBASE, _EMPTY), None))[0]
-            accounts[COINBASE] = (attrs.evolve(miner, balance=miner.balance + tip), None)
+            accounts[COINBASE] = (miner._replace(balance=miner.balance + tip), None)
         for address, (account, code) in accounts.items():
             self._write(address, account, code)
         for address, slot, value in changes.storage:
@@ -382,8 +536,11 @@ class RevmChain(LocalChain):
             if address not in destroyed
         ]
         accounts: dict[bytes, tuple[_Account, bytes | None]] = {}
+        code_accounts = set()
         for key, info in self._evm.journal_state.items():
             address = bytes.fromhex(key[2:])
+            if info.code_hash != EMPTY_CODE_HASH:
+                code_accounts.add(address)
             now = (
                 _EMPTY
                 if address in destroyed
@@ -393,4 +550,4 @@ class RevmChain(LocalChain):
                 new_code = now.code_hash not in self._codes
                 code = _original_code(info.code or b"", now.code_hash) if new_code else None
                 accounts[address] = (now, code)
-        return _Changes(accounts, storage)
+        return _Changes(accounts, storage, frozenset(code_accounts))

@@ -62,7 +62,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import attrs
 
@@ -166,6 +166,15 @@ def split_outputs(outputs: Iterable[Output]) -> tuple[list[JournalEntry], list[R
     return entries, messages
 
 
+class OrderArchive(Protocol):
+    """Where an engine lets finished orders go (:meth:`Engine.retire`): a record put there
+    comes back, unchanged, the first time anything refers to its order again."""
+
+    def put(self, digest: bytes, record: _OrderRecord) -> None: ...
+
+    def pop(self, digest: bytes) -> _OrderRecord | None: ...
+
+
 @attrs.define
 class _OrderRecord:
     """Everything the engine knows about one accepted order."""
@@ -239,6 +248,8 @@ class Engine:
         max_order_lifetime_s: the latest expiration accepted, in seconds after now.
         max_pending_ms: the court's ``maxPendingMs``: no note declares a longer pending
             window, so a match must settle within it (``settlement_delay_ms`` at most this).
+        archive: where :meth:`retire` lets finished orders go (``None``: every order
+            stays in memory).
     """
 
     signer: Signer
@@ -253,6 +264,7 @@ class Engine:
     max_open_orders: int = MAX_OPEN_ORDERS
     max_open_orders_per_product: int = MAX_OPEN_ORDERS_PER_PRODUCT
     max_pending_ms: int = attrs.field(default=MAX_PENDING_MS, validator=attrs.validators.gt(0))
+    archive: OrderArchive | None = None
 
     @max_pending_ms.validator
     def _check_settlement_fits(self, attribute: attrs.Attribute, value: int) -> None:
@@ -366,7 +378,7 @@ class Engine:
         """
         out: list[Output] = []
         self._tick(now_ms, out)
-        record = self._orders.get(digest)
+        record = self._find(digest)
         if record is None:
             if order is None or order.digest(self.domain) != digest:
                 raise OrderNotFound(f"no order 0x{digest.hex()}")
@@ -429,6 +441,39 @@ class Engine:
     def set_mark_price(self, product_id: int, price_x18: int) -> None:
         """Tell policies the market price of a product (not journaled: policy input only)."""
         self._marks[product_id] = price_x18
+
+    def retire(self, digest: bytes, now_ms: int) -> bool:
+        """Let a finished order go from memory to :attr:`archive`; whether it went.
+
+        Only an order nothing more can happen to goes: filled, cancelled or expired, off
+        the book, nothing in flight, no match a policy still lets it take, and past its
+        nonce's ``recv_time`` (so no replay of it can be accepted). Whatever refers to it
+        later (a cancel, a forced cancel, a query) brings it back first, so every answer
+        is the one it would have had.
+        """
+        record = self._orders.get(digest)
+        if (
+            self.archive is None
+            or record is None
+            or record.state is OrderState.ACTIVE
+            or record.on_book
+            or record.in_flight
+            or record.fills_after
+            or nonce_recv_time_ms(record.order.nonce) > now_ms
+        ):
+            return False
+        del self._orders[digest]
+        self.archive.put(digest, record)
+        return True
+
+    def _find(self, digest: bytes) -> _OrderRecord | None:
+        """The record of ``digest``, brought back from the archive if it went there."""
+        record = self._orders.get(digest)
+        if record is None and self.archive is not None:
+            record = self.archive.pop(digest)
+            if record is not None:
+                self._orders[digest] = record
+        return record
 
     @classmethod
     def from_journal(cls, journal: Journal, **config: Any) -> Engine:
@@ -560,6 +605,7 @@ class Engine:
         self._check_window(order.nonce, now_ms)
         digest, signer = self._signed(order, verified, index)
         self._check_signer(digest, request.signature, order.sender, "order", signer)
+        # (a retired order is past its recv_time: the window check above refuses it)
         if digest in self._orders or digest in self._held_orders:
             raise Replayed(f"order 0x{digest.hex()} was already placed")
         if self._stopped is not None:
@@ -625,7 +671,7 @@ class Engine:
         return sum(
             1
             for digest in set(request.tx.digests)
-            if (record := self._orders.get(digest)) is not None
+            if (record := self._find(digest)) is not None
             and record.state is OrderState.ACTIVE
             and record.order.sender == sender
             and record.product_id == product
@@ -717,7 +763,7 @@ class Engine:
     }
 
     def _record(self, digest: bytes) -> _OrderRecord:
-        record = self._orders.get(digest)
+        record = self._find(digest)
         if record is None:
             raise OrderNotFound(f"no order 0x{digest.hex()}")
         return record
@@ -796,9 +842,9 @@ class Engine:
             named = list(zip(tx.digests, tx.product_ids, strict=True))
         cancelled, notes = data["cancelled_orders"], data["notes"]
         signed: list[NoteIssued] = []  # the entries of ``notes``, for the reply's JSON
-        orders, sender, received_at = self._orders, tx.sender, accepted.at_ms
+        sender, received_at = tx.sender, accepted.at_ms
         for digest, product_id in named:
-            record = orders.get(digest)
+            record = self._find(digest)
             reason = self._cancel_refusal(record, product_id, sender)
             digest_hex = "0x" + digest.hex()
             if reason is not None:
@@ -962,8 +1008,8 @@ class Engine:
                 if match is not None:
                     self._settle(match, t, out)
             elif t == t_expiry:
-                record = self._orders[heapq.heappop(expiry)[1]]
-                if record.on_book:
+                record = self._orders.get(heapq.heappop(expiry)[1])
+                if record is not None and record.on_book:  # (a retired one is off the book)
                     self._emit(Expired(self._last_seq + 1, t, record.digest), out)
             else:
                 accepted, request_hash = self._held[heapq.heappop(held)[1]]

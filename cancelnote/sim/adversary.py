@@ -10,6 +10,9 @@ hook                            decides
                                 when to process each off-chain cancel (now, later, never)
                                 and how to sign each note
 ``order_delay_ns(order)``       how long an arriving order waits before the engine sees it
+``cancel_delay_ns(request)``    how long an arriving cancel waits before the engine sees it
+                                (and logs it: with journal heads, a hold that leaves no
+                                leaf until it ends)
 ``looks_at_held(order)``        when the operator's own taker looks at a held order
 ``looks_at_placed(order)``      when it looks at an order just accepted
 ``take(order)``                 whether it fills the order now: a *directed* match
@@ -17,15 +20,18 @@ hook                            decides
                                 that fills exactly that order, whatever rests beside it
 ``answer_delay_ns(order)``      how long after seeing a forced cancel on the chain it
                                 answers (``None``: never; the court then finds a default)
+``fill_time_ms(order)``         the time its taker's fill is stamped with (``None``: now;
+                                earlier is backdating: the operator's clock is its word)
+``self_claims(trigger)``        how many claims its sock puppet files against its own bond
+                                now (``trigger``: ``start``, or ``claim`` when a client's
+                                first claim is filed)
 ============================== ==========================================================
 
 The defaults are the plain operator of the bundled scenarios: the engine policy the
 ``[operator]`` table names, the sniper looks 1 ms before a hold ends and fills what is
 more than ``snipe_edge`` in the money, orders are never delayed, forced cancels are
-answered at the next block (never with ``answer_on_chain = false``). A strategy
-overrides the hooks it needs; the ones of protocol v2 (fill during a forced cancel's
-answer window and answer at its deadline; the court's escapes) use
-``answer_delay_ns`` and ``looks_at_forced`` and need no other change.
+answered at the next block (never with ``answer_on_chain = false``), fills stamped
+with the true time, no self-made claims. A strategy overrides the hooks it needs.
 
 What a strategy may read is :class:`OperatorView` (the world implements it): the clock,
 the mid-price feed, the scenario, the operator's own book, and which clients run a
@@ -41,6 +47,7 @@ subclass named ``module:Class`` (:mod:`.plugins`).
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -52,6 +59,7 @@ from ..operator.policies import (
     CancelContext,
     Delay,
     Honest,
+    Ignore,
     Policy,
     TargetSenders,
     build_policy,
@@ -61,7 +69,7 @@ from .config import ScenarioError
 from .plugins import is_plugin, load_class
 
 if TYPE_CHECKING:
-    from ..api import PlaceOrder
+    from ..api import CancelOrders, PlaceOrder
     from .scenario import OperatorSpec, Scenario
     from .seeding import Seeds
 
@@ -153,7 +161,19 @@ class OperatorView(Protocol):
 
     def unwatched_senders(self) -> list[bytes]: ...
 
+    def watched_senders(self) -> list[bytes]: ...
+
+    def ns_of_ms(self, at_ms: int) -> int:
+        """The simulated time of engine time ``at_ms``."""
+
     def order_view(self, digest: bytes) -> OrderView | None: ...
+
+    def requested_at_ms(self, digest: bytes) -> int | None:
+        """When a forced cancel of ``digest`` took effect (its request's block), engine ms."""
+
+    @property
+    def puppet_address(self) -> bytes:
+        """The address of the operator's sock puppet (it files self-made claims)."""
 
 
 class Adversary:
@@ -202,6 +222,20 @@ class Adversary:
     def answer_delay_ns(self, digest: bytes) -> int | None:
         return 0 if self.spec.answer_on_chain else None
 
+    def fill_time_ms(self, order: OrderView) -> int | None:
+        return None
+
+    def cancel_delay_ns(self, request: CancelOrders) -> int:
+        return 0
+
+    def self_claims(self, trigger: str) -> int:
+        return 0
+
+    def claimant_name(self, owner: bytes) -> str | None:
+        """The name of one of the operator's own claimants (a sock puppet) with address
+        ``owner``, or ``None``: whose claims the operator is paid itself."""
+        return None
+
     def patience_ms(self) -> int:
         """How late a note may be before a watchtower forces the cancel."""
         return self.view.scenario.client.force_after_ms
@@ -249,11 +283,39 @@ class HoldUnderPatience(Adversary):
     @classmethod
     def search_space(cls, scenario: Scenario) -> dict[str, Axis]:
         patience = scenario.client.force_after_ms
-        block_ms = scenario.chain.block_time_s * 1000
+        block_ms = scenario.chain.block_time_ms
         return {"margin_ms": Axis(-block_ms, patience, points=6, integer=True)}
 
     def engine_policy(self) -> Policy:
         return Delay(max(0, self.patience_ms() - self.margin_ms))
+
+
+@attrs.frozen
+class UnloggedHold(Adversary):
+    """``unlogged``: hold every cancel ``delay_ms`` *before* the engine sees it, fill the
+    held orders that end in the money.
+
+    Exploits what journal heads leave (protocol §21, DESIGN §9): a cancel takes effect
+    when it is logged, and a fill after its leaf is an offence (``FILL_AFTER_CANCEL``),
+    so a hold the engine logs (``patience``) becomes provable; a cancel the operator has
+    not logged yet is only late, until the client's alarm (its cancel not in the log
+    ``heads.cancel_heads`` heads after sending, or its note ``force_after_ms`` late)
+    forces it on-chain. The hold's notes are honest (stamped when the engine saw the
+    cancel). Without heads it is ``patience`` by another name.
+    """
+
+    delay_ms: int = attrs.field(default=200, validator=attrs.validators.ge(0))
+
+    @classmethod
+    def search_space(cls, scenario: Scenario) -> dict[str, Axis]:
+        """Holds up to the first alarm: the note deadline, or ``cancel_heads`` heads."""
+        bound = scenario.client.force_after_ms
+        if scenario.heads.interval_ms:
+            bound = min(bound, scenario.heads.cancel_heads * scenario.heads.interval_ms)
+        return {"delay_ms": Axis(0, bound, points=6, integer=True)}
+
+    def cancel_delay_ns(self, request: CancelOrders) -> int:
+        return self.delay_ms * NS_PER_MS
 
 
 @attrs.frozen
@@ -375,12 +437,122 @@ class SplitHold(Adversary):
         return (self.view.now_ns,) if self.spec.snipe and self.requote_ms else ()
 
 
+@attrs.frozen
+class AnswerWindowFill(Adversary):
+    """``window``: let watched clients force their cancels, fill the orders during the
+    forced cancel's answer window, answer at its end (protocol v2, §12.3 and §20 attack 9).
+
+    Exploits what v2's forced-cancel rule leaves: the cancel takes effect at the request's
+    block, and a fill stamped later than ``maxPendingMs`` after it is an offence
+    (``proveFillAfterRequest``), so an operator stamping honestly may still fill within
+    ``maxPendingMs`` of the request (what was in flight is allowed), and one that
+    backdates (``backdate = 1``) stamps a fill it makes at any time of the window as made
+    no later than that bound: the operator's clock against the chain's, which nothing
+    checks before a verifiable clock (DESIGN §9). The operator drops every cancel of a
+    watched client (its order stays on the book, and the taker fills it while it is in
+    the money, until the forced cancel lands), keeps looking at the forced order every
+    ``look_every_ms`` for ``until_ms`` after the request (the stale order rests on the
+    book, so the noise takers compete for it), fills it when it is in the money, then
+    answers in the next slot (never later than two blocks before the deadline) with a
+    note that counts the fill.
+    """
+
+    until_ms: int = attrs.field(default=10_000, validator=attrs.validators.ge(0))
+    backdate: int = attrs.field(default=0, validator=attrs.validators.in_((0, 1)))
+    look_every_ms: int = attrs.field(default=250, validator=attrs.validators.gt(0))
+
+    @classmethod
+    def search_space(cls, scenario: Scenario) -> dict[str, Axis]:
+        return {
+            "until_ms": Axis(0, _latest_answer_ms(scenario), points=5, integer=True),
+            "backdate": Axis(0, 1, points=2, integer=True),
+        }
+
+    def engine_policy(self) -> Policy:
+        watched = frozenset(self.view.watched_senders())
+        return TargetSenders(Ignore(1.0, random.Random(0)), watched)  # p = 1: draws nothing
+
+    def _look_ms(self) -> int:
+        return min(self.until_ms, _latest_answer_ms(self.view.scenario))
+
+    def looks_at_forced(self, order: OrderView) -> Iterable[int]:
+        requested = self.view.requested_at_ms(order.digest)
+        if not self.spec.snipe or requested is None:
+            return ()
+        now, end = self.view.now_ns, self._at_ns(requested + self._look_ms())
+        return range(now, end + 1, self.look_every_ms * NS_PER_MS)
+
+    def answer_delay_ns(self, digest: bytes) -> int | None:
+        requested = self.view.requested_at_ms(digest)
+        if requested is None:
+            return 0
+        return max(0, self._at_ns(requested + self._look_ms() + 1) - self.view.now_ns)
+
+    def fill_time_ms(self, order: OrderView) -> int | None:
+        requested = self.view.requested_at_ms(order.digest)
+        if not self.backdate or requested is None:
+            return None
+        court, spec = self.view.scenario.court, self.spec
+        return requested + court.max_pending_ms - spec.settlement_delay_ms
+
+    def _at_ns(self, engine_ms: int) -> int:
+        return self.view.ns_of_ms(engine_ms)
+
+
+def _latest_answer_ms(scenario: Scenario) -> int:
+    """The latest an answer may be prepared after a request: two blocks before W ends."""
+    return scenario.court.answer_window_s * 1_000 - 2 * scenario.chain.block_time_ms
+
+
+@attrs.frozen
+class BondDrain(AnswerWindowFill):
+    """``drain``: cheat where the court convicts (``window``, stamping honestly) and file
+    claims against the operator's own bond through a sock puppet (protocol v2, §13 and
+    §20 attack 5).
+
+    Exploits the escapes v2 leaves in the claims: the court takes at most the bond, so
+    once claims exceed it each is paid pro rata, and windows are paid in order. The
+    puppet files ``claims`` times as many self-made claims (a fill with amount 0 of a
+    made-up order of its own, ``proveMalformedFill``) as the bond has penalties: with the
+    first claim of a client (``at_start = 0``), into that claim's window, whose victims
+    then share the bond with the puppet; or at the start (``at_start = 1``), into a window
+    of its own that takes the bond before any victim's, which are then paid nothing. The
+    operator gets back what its puppet is paid: what it loses is the burn share of every
+    take (``burn_share_bps``) and the victims' share, plus the proofs' gas.
+    """
+
+    claims: float = attrs.field(default=1.0, converter=float, validator=attrs.validators.ge(0))
+    at_start: int = attrs.field(default=0, validator=attrs.validators.in_((0, 1)))
+
+    @classmethod
+    def search_space(cls, scenario: Scenario) -> dict[str, Axis]:
+        return {
+            "until_ms": Axis(0, _latest_answer_ms(scenario), points=3, integer=True),
+            "claims": Axis(0.0, 2.0, points=3),
+            "at_start": Axis(0, 1, points=2, integer=True),
+        }
+
+    def self_claims(self, trigger: str) -> int:
+        if trigger != ("start" if self.at_start else "claim"):
+            return 0
+        court = self.view.scenario.court
+        return math.ceil(self.claims * court.operator_bond / court.penalty) if court.penalty else 0
+
+    def claimant_name(self, owner: bytes) -> str | None:
+        return PUPPET if owner == self.view.puppet_address else None
+
+
+#: The agent name of the operator's sock puppet.
+PUPPET = "puppet"
 #: The strategies a scenario names in ``[operator] policy`` (beside the engine policies).
 STRATEGIES: dict[str, type[Adversary]] = {
     "patience": HoldUnderPatience,
+    "unlogged": UnloggedHold,
     "floor": FloorHold,
     "unwatched": UnwatchedHold,
     "split": SplitHold,
+    "window": AnswerWindowFill,
+    "drain": BondDrain,
 }
 #: Every built-in name ``[operator] policy`` accepts.
 OPERATOR_POLICIES = (*POLICY_NAMES, *STRATEGIES)
@@ -420,13 +592,16 @@ __all__ = [
     "OPERATOR_POLICIES",
     "STRATEGIES",
     "Adversary",
+    "AnswerWindowFill",
     "Axis",
+    "BondDrain",
     "EnginePolicyAdversary",
     "FloorHold",
     "HoldUnderPatience",
     "OperatorView",
     "OrderView",
     "SplitHold",
+    "UnloggedHold",
     "UnwatchedHold",
     "build_adversary",
 ]

@@ -37,14 +37,15 @@ from typing import Any
 import attrs
 
 from ..operator.policies import POLICY_NAMES
-from .adversary import Axis, strategy_class
+from .adversary import STRATEGIES, Axis, strategy_class
 from .config import ScenarioError
 from .metrics import aggregate
 from .scenario import Scenario, apply_overrides, canonical, parse_scenario
 from .sweep import Row, Runner, Task
 
-#: The strategies ``sim attack`` tries unless told otherwise (``honest`` is the zero).
-DEFAULT_POLICIES = ("honest", "patience", "floor", "unwatched", "split")
+#: The strategies ``sim attack`` tries unless told otherwise (``honest`` is the zero):
+#: every built-in one, protocol v2's (``window``, ``drain``) included.
+DEFAULT_POLICIES = ("honest", *STRATEGIES)
 OBJECTIVE = "operator_gain_net"
 
 Point = tuple[tuple[str, Any], ...]
@@ -220,6 +221,99 @@ def run_attack(
             (confirmed,) = evaluate([best.point], seeds, confirm or seeds)
             results.append(StrategyResult(policy, best, confirmed, tried))
     return AttackResult(results, objective)
+
+
+#: The scenario key that turns journal heads on, and sets their interval H.
+HEADS_KEY = "heads.interval_ms"
+
+
+@attrs.frozen
+class HeadsComparison:
+    """The best response without journal heads and with heads every ``H`` ms, for each
+    ``H`` (docs/simulation.md §17): the same search, the same seeds, one key changed."""
+
+    results: list[tuple[int, AttackResult]]  # (H, its search); H = 0 first: no heads
+
+    @property
+    def baseline(self) -> AttackResult:
+        return self.results[0][1]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per H: the best response, its confirmed gain and CI, and that gain over the
+        gain without heads (``None`` when that is not positive: nothing to take back)."""
+        zero = self.baseline.best.confirmed.mean
+        out = []
+        for interval, result in self.results:
+            best = result.best
+            mean = best.confirmed.mean
+            ratio = None if mean is None or zero is None or zero <= 0 else mean / zero
+            out.append(
+                {
+                    "interval_ms": interval,
+                    "policy": best.policy,
+                    "params": dict(best.confirmed.point),
+                    "mean": mean,
+                    "ci95": best.confirmed.ci95,
+                    "ratio": ratio,
+                }
+            )
+        return out
+
+
+def run_heads_comparison(
+    document: Mapping[str, Any],
+    base_dir: Path,
+    defence: Mapping[str, Any],
+    heads_ms: Sequence[int],
+    policies: Sequence[str] = DEFAULT_POLICIES,
+    **options: Any,
+) -> HeadsComparison:
+    """:func:`run_attack` without heads, then with ``heads.interval_ms`` = each of
+    ``heads_ms`` (the defence otherwise the same); ``options`` as for :func:`run_attack`.
+
+    Raises:
+        ScenarioError: as :func:`run_attack`, or an interval that is not positive.
+    """
+    if any(interval <= 0 for interval in heads_ms):
+        raise ScenarioError("--heads-ms: each interval must be a positive number of ms")
+    results = [
+        (interval, run_attack(document, base_dir, {**defence, HEADS_KEY: interval}, policies,
+                              **options))
+        for interval in (0, *heads_ms)
+    ]  # fmt: skip
+    return HeadsComparison(results)
+
+
+def heads_json(comparison: HeadsComparison) -> dict[str, Any]:
+    """The ``heads`` part of ``attack.json``: per H, the best response and every strategy's
+    confirmed gain."""
+    return {
+        "rows": comparison.rows(),
+        "strategies": {
+            str(interval): {
+                s.policy: {"mean": s.confirmed.mean, "ci95": s.confirmed.ci95}
+                for s in result.strategies
+            }
+            for interval, result in comparison.results
+        },
+    }
+
+
+def format_heads(comparison: HeadsComparison) -> str:
+    """The plain-text table of the comparison."""
+    header = f"{'heads H':<10} {'best response':<14} {'confirmed gain':>18} {'vs no heads':>12}"
+    lines = [
+        "journal heads: the best response per head interval (net gain per run)",
+        header,
+        "-" * len(header),
+    ]
+    for row in comparison.rows():
+        interval = "none" if row["interval_ms"] == 0 else f"{row['interval_ms']} ms"
+        mean, ci = row["mean"], row["ci95"]
+        gain = "-" if mean is None else f"{mean:.3f}" + (f" ±{ci:.3f}" if ci is not None else "")
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.1%}"
+        lines.append(f"{interval:<10} {row['policy']:<14} {gain:>18} {ratio:>12}")
+    return "\n".join(lines) + "\n"
 
 
 def search_space(policy: str, scenario: Scenario) -> dict[str, Axis]:

@@ -58,7 +58,7 @@ policy = "delay"
 [client]
 force_after_ms = {FORCE_AFTER_MS}
 [court]
-answer_window_s = 10
+answer_window_s = 120
 penalty = 50.0
 dispute_bond = 0.01
 [chain]

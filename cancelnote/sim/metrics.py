@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .adversary import PUPPET
 from .closed_forms import held_value
 from .config import ScenarioError
 from .market import ArithmeticBrownian
@@ -125,14 +126,22 @@ def run_metrics(world: World) -> Metrics:
     m["client_loss_per_cancel"] = _ratio(loss, n_requests)
     m["loss_vs_closed_form"] = closed_form_ratio(world, table, mids)
 
-    # The operator's gain, gross and net.
-    operator_gas = sum(tx.gas for tx in world.txs if tx.party == OPERATOR)
-    penalties = onchain.currency(world.penalties_wei)
+    # The court's claims, and the operator's gain, gross and net.
+    m.update(claim_metrics(world))
+    operator_gas = sum(tx.gas for tx in world.txs if tx.party in (OPERATOR, PUPPET))
+    penalties = m["operator_penalties"]
+    assert penalties is not None
     bonds_won = world.answers * scenario.court.dispute_bond
     gross = math.fsum(table["taken"])
     net = gross - penalties - onchain.gas_cost(operator_gas) + bonds_won
     m["operator_gain_gross"] = gross
-    m["operator_penalties"] = penalties
+    m["backdated_fills"] = float(world.backdated_fills)
+    # Journal heads: how many were signed, and what the clients found at them (an
+    # unlogged cancel is forced; an unproven leaf is recorded only: a locate asked while
+    # the order or cancel was still on its way is one).
+    m["heads_signed"] = float(world.log.signed if world.log is not None else 0)
+    m["heads_unlogged_cancels"] = float(world.heads_findings.get("UNLOGGED_CANCEL", 0))
+    m["heads_unproven_leaves"] = float(world.heads_findings.get("UNPROVEN_LEAF", 0))
     m["operator_gas_cost"] = onchain.gas_cost(operator_gas)
     m["operator_bonds_won"] = bonds_won
     m["operator_gain_net"] = net
@@ -176,9 +185,10 @@ def run_metrics(world: World) -> Metrics:
     dishonest = delayed | table["misbehaved"]
     cheated = {bytes(d) for d in table["digest"][dishonest]} if cases else set()
     m["false_positive_disputes"] = float(sum(case.digest not in cheated for case in cases))
-    resolved = [case for case in cases if case.block_resolved is not None]
-    m["blocks_to_resolution"] = (
-        float(np.mean([case.block_resolved - case.block_filed for case in resolved]))  # type: ignore[operator]
+    resolved = [case for case in cases if case.t_resolved is not None]
+    block_ns = onchain.block_ns
+    m["blocks_to_resolution"] = (  # in block slots: a real chain has a block every slot
+        float(np.mean([(case.t_resolved - case.t_filed) / block_ns for case in resolved]))  # type: ignore[operator]
         if resolved
         else None
     )
@@ -186,7 +196,7 @@ def run_metrics(world: World) -> Metrics:
     m["dispute_gas_total"] = float(sum(case.gas for case in cases))
     m["bond_locked_currency_s"] = sum(
         onchain.currency(case.bond_wei)
-        * ((case.t_resolved if case.t_resolved is not None else horizon) - case.t_filed)
+        * ((case.t_resolved if case.t_resolved is not None else world.end_ns) - case.t_filed)
         / 1e9
         for case in cases
     )
@@ -199,7 +209,8 @@ def run_metrics(world: World) -> Metrics:
     # Market quality (compare arms in a sweep: the honest arm is the reference).
     m["quoted_spread_mean"] = _ratio(world.spread_sum, world.spread_samples)
     m["depth_at_best_mean"] = _ratio(world.depth_sum, world.book_samples)
-    m["halted_s"] = 0.0 if world.halted_at is None else (horizon - world.halted_at) / 1e9
+    halted = 0.0 if world.halted_at is None else (horizon - world.halted_at) / 1e9
+    m["halted_s"] = max(halted, 0.0)  # (a halt in the cooldown halts no trading)
 
     # The undisputable-loss floor and the deterrence threshold.
     proofs = [case for case in cases if case.kind.startswith("prove")]
@@ -231,6 +242,44 @@ def run_metrics(world: World) -> Metrics:
         if taken:
             raise ScenarioError(f"[metrics] plugin {type(plugin).__name__} redefines {taken}")
         m.update(extra)
+    return m
+
+
+def claim_metrics(world: World) -> Metrics:
+    """The court's claims of one run and what they come to (protocol §13): filed, owed,
+    what the windows take from the operator's bond (at most the bond: the rest stays
+    owed, ``claims_short``), the burn share, what the clients and the operator's own
+    claimants are credited, and the operator's loss through the court
+    (``operator_penalties`` = taken − what its own claimants get back). Claims still
+    vesting at the horizon count as the court will settle them
+    (:meth:`~.records.ClaimLedger.outcome`); ``claims_paid_in_run`` and ``claim_wait_s``
+    are what the clients' watchtowers collected within the run."""
+    onchain, ledger = world.onchain, world.ledger
+    claims = ledger.claims
+    m: Metrics = {"claims_filed": float(len(claims))}
+    if claims:
+        court = onchain.court
+        assert court is not None
+        outcome = ledger.outcome(court.bond(), world.scenario.court.burn_share_bps)
+        owed = sum(c.penalty_wei for c in claims)
+        own = world.operator_claimants
+        recovered = sum(wei for name, wei in outcome.entitled.items() if name in own)
+        clients = sum(wei for name, wei in outcome.entitled.items() if name not in own)
+        waits = [(c.t_paid - c.t_filed) / 1e9 for c in claims if c.t_paid is not None]
+        taken = outcome.taken_wei
+    else:
+        owed = taken = recovered = clients = 0
+        outcome, waits = None, []
+    currency = onchain.currency
+    m["claims_owed"] = currency(owed)
+    m["claims_taken"] = currency(taken)
+    m["claims_short"] = currency(owed - taken)
+    m["claims_burnt"] = currency(outcome.burnt_wei if outcome else 0)
+    m["client_compensation"] = currency(clients)
+    m["operator_recovered"] = currency(recovered)
+    m["operator_penalties"] = currency(taken - recovered)
+    m["claims_paid_in_run"] = currency(sum(c.paid_wei for c in claims))
+    m["claim_wait_s"] = float(np.mean(waits)) if waits else None
     return m
 
 

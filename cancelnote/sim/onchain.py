@@ -1,31 +1,33 @@
-"""The court on an in-process chain, with block times that follow simulated time.
+"""The court on an in-process chain whose blocks follow simulated time, in real units.
 
 Rules:
 
 * **Lazy.** The chain is created and the court deployed (and bonded) only when a party
-  first has something to send: a run without disputes never touches py-evm. The court's
+  first has something to send: a run without disputes never starts an EVM. The court's
   address is known from the start (the deployer's first contract), so every message is
-  signed in the right EIP-712 domain all along.
-* **Blocks in slots.** A block slot opens every ``block_time_s`` of simulated time; a
-  party with on-chain work waits for the next slot. A slot opens with an empty block
-  stamped at the slot's time (the chain's clock; answer windows run from it), then the
-  waiting parties act in the order of the scenario's ``ordering``.
-* **A chain second is a simulated millisecond** (``CHAIN_TIME_SCALE``). py-evm mines one
-  block per transaction and each block must be at least a second after its parent, so
-  at one chain second per simulated second a busy slot would push the chain's clock
-  ahead of the simulation's (and close answer windows early). At the scale of 1000 a
-  slot's transactions take a simulated millisecond each; the court's time parameters
-  (answer window, exit delay) and the orders' lifetimes are scaled alike.
+  signed in the right EIP-712 domain all along. The setup (deployment, the operator's
+  bond) is mined before simulated time 0 and is no attack or defence cost.
+* **Chain time is simulated time.** Simulated time 0 is :data:`EPOCH_MS` on the chain's
+  clock and on the engine's alike, so the court's answer window, claim delay and the
+  orders' expirations are the scenario's seconds, and the court's rule that a forced
+  cancel takes effect at its request's block (a fill stamped ``maxPendingMs`` later is an
+  offence) holds between the engine's stamps and the chain's blocks.
+* **Blocks in slots.** A slot comes every ``block_time_s`` (a whole number of
+  milliseconds; sub-second slots are fine); a party with on-chain work waits for the next
+  slot. At a slot the world opens the block stamped with the slot's time
+  (:meth:`OnChain.open_slot`, the chain's ``begin_block``), the waiting parties transact
+  in the scenario's ``ordering`` (each receipt at once), and the block is sealed
+  (:meth:`OnChain.close_slot`) before anyone reads its logs. The EVM's timestamp is whole
+  seconds: blocks of sub-second slots share one, as on L2s. A block holds at most
+  ``gas_limit`` gas: what does not fit spills into the next block, one block time later,
+  which is sealed at the slot that reaches it (:attr:`OnChain.spilled`).
+* **Backends.** ``[chain] backend`` is ``revm`` (the default when installed) or
+  ``py-evm`` (the reference); ``tests/test_sim_world.py`` checks that a run writes the
+  same bytes on both.
 * **Orderings** of the parties waiting for a slot: ``fifo`` (first ready first),
   ``cancel_first`` (clients, who force cancels, before the operator), ``adversarial``
   (the operator first, clients last and latest-first) and ``seeded_random`` (a
   permutation from the ``chain/ordering`` stream).
-* Setup transactions (deployment, the operator's bond) are not an attack or defence
-  cost and are not recorded.
-* Court v2's parameters the scenario does not set are the dev court's (the pending
-  bound, the burn share and address); claims vest one answer window after their window
-  closes. Fill and note times are the engine's milliseconds, not the scaled chain clock,
-  so the court's time rule for forced cancels is not exercised here.
 """
 
 from __future__ import annotations
@@ -37,17 +39,17 @@ import numpy as np
 from eth._utils.address import generate_contract_address
 
 from ..crypto import Signer
+from ..dispute.chain import Receipt
 from ..dispute.court import DEV_PARAMETERS, Court
-from ..dispute.inprocess import DEFAULT_GENESIS_TIMESTAMP, InProcessChain
+from ..dispute.local import DEFAULT_GENESIS_TIMESTAMP, LocalChain, make_chain
 from ..messages import Domain
 from .scenario import ChainSpec, CourtSpec
 
 CHAIN_ID = 1337
-#: Simulated time 0 is this many seconds after the chain's genesis.
-EPOCH_S = DEFAULT_GENESIS_TIMESTAMP + 10
-#: Chain seconds per simulated second (see the module docstring).
-CHAIN_TIME_SCALE = 1000
-NS_PER_S = 10**9
+#: Simulated time 0 on the chain's (and the engine's) clock: unix ms, ten seconds after
+#: the chain's genesis, so that the setup is mined before it.
+EPOCH_MS = (DEFAULT_GENESIS_TIMESTAMP + 10) * 1_000
+NS_PER_MS = 10**6
 WEI_PER_ETH = 10**18
 OPERATOR = "operator"
 
@@ -78,7 +80,7 @@ class OnChain:
     operator: Signer
     accounts: int
     rng: np.random.Generator
-    chain: InProcessChain | None = None
+    chain: LocalChain | None = None
     court: Court | None = None
     _waiting: dict[str, int] = attrs.Factory(dict)  # party -> ready sequence
     _ready: int = 0
@@ -95,24 +97,35 @@ class OnChain:
         """What ``gas`` costs in quote currency at the scenario's gas and ether prices."""
         return gas * self.chain_spec.gas_price_gwei * 1e-9 * self.chain_spec.eth_price
 
+    @property
+    def block_ns(self) -> int:
+        return self.chain_spec.block_time_ms * NS_PER_MS
+
     def start(self) -> Court:
-        """The court, created, deployed and bonded on first use."""
+        """The court, created, deployed and bonded on first use (before simulated time 0)."""
         if self.court is None:
-            spec = self.court_spec
-            self.chain = InProcessChain(CHAIN_ID, accounts=self.accounts)
+            spec, chain_spec = self.court_spec, self.chain_spec
+            self.chain = make_chain(
+                chain_spec.backend,
+                chain_id=CHAIN_ID,
+                accounts=self.accounts,
+                genesis_timestamp=DEFAULT_GENESIS_TIMESTAMP,
+                block_time_ms=chain_spec.block_time_ms,
+                gas_limit=chain_spec.gas_limit,
+            )
             self.court = Court.deploy(
                 self.chain,
                 self.operator,
                 operator=self.operator.address,
-                answer_window_s=spec.answer_window_s * CHAIN_TIME_SCALE,
+                answer_window_s=spec.answer_window_s,
                 penalty_wei=self.wei(spec.penalty),
                 min_bond_wei=self.wei(spec.operator_bond),
                 dispute_bond_wei=self.wei(spec.dispute_bond),
                 exit_delay_s=2**32 - 1,  # the most the court allows (~136 years)
                 halt_on_default=spec.halt_on_default,
-                max_pending_ms=DEV_PARAMETERS["max_pending_ms"],
-                claim_delay_s=spec.answer_window_s * CHAIN_TIME_SCALE,
-                burn_share_bps=DEV_PARAMETERS["burn_share_bps"],
+                max_pending_ms=spec.max_pending_ms,
+                claim_delay_s=spec.claim_delay_s,
+                burn_share_bps=spec.burn_share_bps,
                 burn_address=DEV_PARAMETERS["burn_address"],
             )
             assert self.court.address == court_address(self.operator)
@@ -121,7 +134,7 @@ class OnChain:
 
     def next_slot(self, now_ns: int) -> int:
         """The first slot boundary strictly after ``now_ns``."""
-        block_ns = self.chain_spec.block_time_s * NS_PER_S
+        block_ns = self.block_ns
         return (now_ns // block_ns + 1) * block_ns
 
     def wait(self, party: str) -> bool:
@@ -133,22 +146,30 @@ class OnChain:
         return True
 
     def open_slot(self, now_ns: int) -> list[str]:
-        """Stamp the slot's empty block and return the waiting parties in slot order."""
+        """Open the slot's block and return the waiting parties in slot order."""
         self.start()
         assert self.chain is not None
-        target = EPOCH_S + now_ns * CHAIN_TIME_SCALE // NS_PER_S
-        self.chain.set_next_block_timestamp(max(target, self.chain.timestamp() + 1))
-        self.chain.mine()
+        self.chain.begin_block(EPOCH_MS + now_ns // NS_PER_MS)
         parties = sorted(self._waiting, key=self._waiting.__getitem__)
         self._waiting.clear()
         return _ORDERINGS[self.chain_spec.ordering](parties, self.rng)
 
-    def gas_of(self, tx_hash: bytes) -> tuple[int, int]:
-        """``(gas used, block number)`` of a mined transaction."""
+    def close_slot(self) -> None:
+        """Seal the slot's block (a spill-over for a later slot stays open)."""
         assert self.chain is not None
-        mined = self.chain.transaction(tx_hash)
-        assert mined is not None
-        return mined.receipt.gas_used, mined.receipt.block_number
+        self.chain.seal_block()
+
+    @property
+    def spilled(self) -> bool:
+        """Whether a block that took a full block's spill-over waits for a later slot."""
+        return self.chain is not None and self.chain.building is not None
+
+    def receipt(self, tx_hash: bytes) -> Receipt:
+        """The receipt of a transaction sent this slot (sealed or in the block being built)."""
+        assert self.chain is not None
+        receipt = self.chain.receipt(tx_hash)
+        assert receipt is not None
+        return receipt
 
 
 def _fifo(parties: list[str], rng: np.random.Generator) -> list[str]:

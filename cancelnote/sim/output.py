@@ -42,6 +42,7 @@ from .world import World
 DEPENDENCIES = (
     "numpy",
     "py-evm",
+    "pyrevm",
     "coincurve",
     "attrs",
     "eth-abi",

@@ -133,6 +133,94 @@ class DisputeRecord:
 
 
 @attrs.define
+class ClaimRecord:
+    """One claim the court filed (a ``Slashed`` event) and what it was credited in the run.
+
+    ``owner`` is the agent the claim is for: a client's name, the name the operator's
+    strategy gives its own claimants (a sock puppet), or ``?``.
+    """
+
+    owner: str
+    digest: bytes
+    offence: int
+    window: int
+    penalty_wei: int
+    t_filed: int
+    paid_wei: int = 0  # credited by ClaimPaid within the run
+    t_paid: int | None = None  # when it was first credited
+
+
+@attrs.frozen
+class ClaimOutcome:
+    """What the run's claims come to once every window has vested (protocol §13)."""
+
+    taken_wei: int  # what the windows take from the operator's bond
+    burnt_wei: int  # of which the burn share
+    entitled: dict[str, int]  # wei each owner is credited for its claims
+
+
+@attrs.define
+class ClaimLedger:
+    """The court's claims in one run, from its events: ``Slashed`` (filed),
+    ``WindowSettled`` (a window's take so far), ``ClaimPaid`` (credited to an owner).
+
+    Claims filed late in a run vest after it; :meth:`outcome` applies the court's rule to
+    them (windows paid in order, each taking what the bond has left up to what its claims
+    are owed, the burn share off the top, the rest split equally among its claims), so a
+    claim counts whether or not it vested before the horizon. A test plays a run's court
+    out past every vesting and compares.
+    """
+
+    claims: list[ClaimRecord] = attrs.Factory(list)
+    taken: dict[int, int] = attrs.Factory(dict)  # window -> wei taken so far
+    _by_key: dict[tuple[bytes, int], ClaimRecord] = attrs.Factory(dict)
+
+    def filed(
+        self, owner: str, digest: bytes, offence: int, window: int, penalty_wei: int, t: int
+    ) -> None:
+        record = ClaimRecord(owner, digest, offence, window, penalty_wei, t)
+        self.claims.append(record)
+        self._by_key[digest, offence] = record
+
+    def settled(self, window: int, taken_wei: int) -> None:
+        self.taken[window] = taken_wei  # the event carries the window's total so far
+
+    def paid(self, digest: bytes, offence: int, paid_wei: int, t: int) -> None:
+        record = self._by_key.get((digest, offence))
+        if record is not None:
+            record.paid_wei += paid_wei
+            if record.t_paid is None:
+                record.t_paid = t
+
+    def outcome(self, bond_wei: int, burn_share_bps: int) -> ClaimOutcome:
+        """The claims' end, given the bond left (``bond_wei``, after the takes so far) and
+        no further deposit: the court's ``settle`` and ``claim`` arithmetic."""
+        counts: dict[int, int] = {}
+        for claim in self.claims:
+            counts[claim.window] = counts.get(claim.window, 0) + 1
+        final: dict[int, int] = {}
+        left, short = bond_wei, False
+        for window in sorted(counts):
+            owed = counts[window] * self.claims[0].penalty_wei
+            taken = self.taken.get(window, 0)
+            if not short:  # a window is paid only once every earlier one is paid in full
+                more = min(left, owed - taken)
+                left, taken = left - more, taken + more
+                short = taken < owed
+            final[window] = taken
+        entitled: dict[str, int] = {}
+        for claim in self.claims:
+            taken = final[claim.window]
+            share = (taken - taken * burn_share_bps // 10_000) // counts[claim.window]
+            entitled[claim.owner] = entitled.get(claim.owner, 0) + share
+        return ClaimOutcome(
+            sum(final.values()),
+            sum(t * burn_share_bps // 10_000 for t in final.values()),
+            entitled,
+        )
+
+
+@attrs.define
 class TxRecord:
     """One mined transaction."""
 

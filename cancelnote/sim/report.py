@@ -164,6 +164,70 @@ def _attack_plot(attack: Mapping[str, Any], folder: Path) -> str:
     return _image(png)
 
 
+def _heads_section(heads: Mapping[str, Any] | None, plot: str) -> str:
+    """The best response with journal heads every H against none (``sim attack
+    --heads-ms``): a table and a plot."""
+    if heads is None:
+        return ""
+    rows = [
+        [
+            "none" if row["interval_ms"] == 0 else f"{row['interval_ms']} ms",
+            row["policy"],
+            ", ".join(f"{k}={v}" for k, v in row["params"].items()) or "–",
+            f"{_number(str(row['mean']))} ± {_number(str(row['ci95']), 2)}",
+            "–" if row["ratio"] is None else f"{row['ratio']:.1%}",
+        ]
+        for row in heads["rows"]
+    ]
+    header = ["heads H", "best response", "parameters", "confirmed gain", "vs no heads"]
+    return (
+        "<h2>Journal heads</h2>"
+        "<p>The best response searched again with the operator signing a journal head every"
+        " H ms (clients verifying every head), the defence otherwise the same.</p>"
+        + _table(header, rows, 3)
+        + plot
+    )
+
+
+def heads_plot(heads: Mapping[str, Any], stem: Path, objective: str) -> list[Path]:
+    """Each strategy's confirmed gain against the head interval, the no-heads value as a
+    line per strategy (``stem``.png and .svg)."""
+    from .plot import plt, save
+
+    rows = [row for row in heads["rows"] if row["interval_ms"]]
+    intervals = [row["interval_ms"] for row in rows]
+    figure, axis = plt.subplots(figsize=(7, 3.8), constrained_layout=True)
+    without = heads["strategies"]["0"]
+    for index, policy in enumerate(without):
+        colour = f"C{index}"
+        points = [heads["strategies"][str(h)].get(policy, {}) for h in intervals]
+        means = [p.get("mean") or 0.0 for p in points]
+        errors = [p.get("ci95") or 0.0 for p in points]
+        axis.errorbar(intervals, means, yerr=errors, marker="o", capsize=3, color=colour,
+                      label=policy)  # fmt: skip
+        if without[policy]["mean"] is not None:
+            axis.axhline(without[policy]["mean"], color=colour, linestyle=":", linewidth=1)
+    axis.axhline(0.0, color="#444", linewidth=0.8)
+    axis.set_xscale("log")
+    axis.minorticks_off()
+    axis.set_xticks(intervals, [str(h) for h in intervals])
+    axis.set_xlabel("head interval H (ms); dotted: the same strategy without heads")
+    axis.set_ylabel(objective)
+    axis.legend(fontsize="small", ncols=2)
+    axis.set_title("each strategy at its best parameters (fresh seeds, 95% CI)")
+    return save(figure, stem)
+
+
+def _heads_plot(attack: Mapping[str, Any], folder: Path) -> str:
+    if "heads" not in attack:
+        return ""
+    try:
+        png, _ = heads_plot(attack["heads"], folder / "heads", attack["objective"])
+    except ImportError:
+        return ""
+    return _image(png)
+
+
 def _versions_section(manifest: Mapping[str, Any] | None) -> str:
     if manifest is None:
         return ""
@@ -208,6 +272,7 @@ def write_report(folder: Path, attack_dir: Path | None = None) -> Path:
         parts.append(_differences_section(folder, keys))
     if attack is not None:
         parts.append(_attack_section(attack, _attack_plot(attack, folder)))
+        parts.append(_heads_section(attack.get("heads"), _heads_plot(attack, folder)))
     manifest = _read_json(folder / "manifest.json")
     if manifest is None and attack_dir is not None:
         manifest = _read_json(attack_dir / "manifest.json")

@@ -33,15 +33,19 @@ from typing import Any, Literal
 import attrs
 from attrs import validators as v
 
+from ..dispute.local import BACKENDS, GAS_LIMIT, MAX_GAS_LIMIT, fastest_backend
 from .adversary import OPERATOR_POLICIES, build_adversary
 from .config import ScenarioError
 from .latency import LatencyModel, latency_from_config
 from .market import MarketModel, market_from_config
 
 Ordering = Literal["fifo", "cancel_first", "seeded_random", "adversarial"]
+Backend = Literal["py-evm", "revm"]
 ORDERINGS: tuple[str, ...] = Ordering.__args__  # type: ignore[attr-defined]
 
 _pos_int = [v.instance_of(int), v.gt(0)]
+#: The least block gas limit a scenario may set: the court's deployment must fit a block.
+MIN_BLOCK_GAS = 6_000_000
 _table_of = v.instance_of(dict)
 _nonneg_int = [v.instance_of(int), v.ge(0)]
 _bool = v.instance_of(bool)
@@ -64,9 +68,15 @@ def _to_float(value: object) -> object:
 
 @attrs.frozen(kw_only=True)
 class RunSpec:
-    """How long, from which seed, how many replicates."""
+    """How long, from which seed, how many replicates.
+
+    The market trades for ``horizon_s``; the court's business it set in motion (answers,
+    defaults, proofs, claims vesting) then runs on for ``cooldown_s`` with the market
+    closed, so that what the run's trading caused is counted.
+    """
 
     horizon_s: float = _float(gt=0.0)
+    cooldown_s: float = _float(0.0, ge=0.0)
     seed: int = attrs.field(default=20261123, validator=_nonneg_int)
     replicates: int = attrs.field(default=4, validator=_pos_int)
 
@@ -84,7 +94,9 @@ class MakerSpec:
 
     Maker ``i`` quotes at mid ± (``half_spread`` + i·``spread_step``), on the ``tick``
     grid, ``size`` a side; it cancels and requotes both sides when the mid is
-    ``requote_threshold`` or more from the centre of its quotes.
+    ``requote_threshold`` or more from the centre of its quotes. Every order of the world
+    expires ``order_lifetime_s`` after it is placed (the engine accepts no longer one; the
+    court forces the cancel of a live order only).
     """
 
     count: int = attrs.field(default=4, validator=_pos_int)
@@ -93,6 +105,7 @@ class MakerSpec:
     size: float = _float(1.0, gt=0.0)
     requote_threshold: float = _float(0.01, gt=0.0)
     tick: float = _float(0.01, gt=0.0)
+    order_lifetime_s: int = attrs.field(default=3_600, validator=_pos_int)
 
 
 @attrs.frozen(kw_only=True)
@@ -151,27 +164,83 @@ class ClientSpec:
 
 @attrs.frozen(kw_only=True)
 class CourtSpec:
-    """The court's constructor arguments; money in quote currency."""
+    """The court's constructor arguments (protocol §13), in real units; money in quote
+    currency.
 
-    answer_window_s: int = attrs.field(default=30, validator=_pos_int)
+    ``answer_window_s`` is W; ``max_pending_ms`` the longest a note may declare a fill
+    in flight (at most W); ``claim_delay_s`` how long a claims window takes claims and
+    then waits before it vests; ``burn_share_bps`` the share of every take sent to the
+    burn address (so a claim the operator files against itself costs it that share).
+    """
+
+    answer_window_s: int = attrs.field(default=120, validator=_pos_int)
     penalty: float = _float(50.0, ge=0.0)
     operator_bond: float = _float(10_000.0, gt=0.0)
     dispute_bond: float = _float(1.0, ge=0.0)
     halt_on_default: bool = attrs.field(default=False, validator=_bool)
+    max_pending_ms: int = attrs.field(default=90_000, validator=_pos_int)
+    claim_delay_s: int = attrs.field(default=60, validator=_pos_int)
+    burn_share_bps: int = attrs.field(default=2_500, validator=[*_nonneg_int, v.le(10_000)])
+
+    @max_pending_ms.validator
+    def _within_window(self, attribute: attrs.Attribute, value: int) -> None:
+        if value > self.answer_window_s * 1_000:
+            raise ValueError(
+                f"'max_pending_ms' ({value}) must be at most the answer window"
+                f" ({self.answer_window_s} s): the court refuses a longer one"
+            )
+
+
+def _whole_ms(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if value * 1_000 != round(value * 1_000) or value * 1_000 < 1:
+        raise ValueError(f"'{attribute.name}' must be a whole number of milliseconds, got {value}")
 
 
 @attrs.frozen(kw_only=True)
 class ChainSpec:
-    """Block production and the price of gas.
+    """The chain the court runs on: its EVM, its blocks and the price of gas.
 
-    A block comes every ``block_time_s`` (whole seconds: block timestamps are); the
-    transactions waiting for it are ordered by ``ordering``.
+    ``backend`` is the EVM (``revm`` by default when installed, ``py-evm`` the
+    reference; a run's outputs are the same on both). A block comes every
+    ``block_time_s`` of simulated time (a whole number of milliseconds: sub-second L2
+    slots are fine; the EVM's timestamp is whole seconds, so such blocks share one) and
+    holds at most ``gas_limit`` gas (the rest spills into the next block); the
+    transactions waiting for a block are ordered by ``ordering``.
     """
 
-    block_time_s: int = attrs.field(default=2, validator=_pos_int)
+    backend: Backend = attrs.field(factory=fastest_backend, validator=v.in_(BACKENDS))
+    block_time_s: float = _float(2.0, gt=0.0)
+    gas_limit: int = attrs.field(default=GAS_LIMIT, validator=v.instance_of(int))
     ordering: Ordering = attrs.field(default="fifo", validator=v.in_(ORDERINGS))
     gas_price_gwei: float = _float(1.0, ge=0.0)
     eth_price: float = _float(3_000.0, gt=0.0)
+
+    @block_time_s.validator
+    def _check_block_time(self, attribute: attrs.Attribute, value: float) -> None:
+        _whole_ms(self, attribute, value)
+
+    @gas_limit.validator
+    def _check_gas_limit(self, attribute: attrs.Attribute, value: int) -> None:
+        if not MIN_BLOCK_GAS <= value <= MAX_GAS_LIMIT:
+            raise ValueError(
+                f"'gas_limit' must be in [{MIN_BLOCK_GAS:,}, {MAX_GAS_LIMIT:,}] (a block must"
+                f" hold the court's deployment, about 5.2 million gas), got {value:,}"
+            )
+
+    @property
+    def block_time_ms(self) -> int:
+        return round(self.block_time_s * 1_000)
+
+
+@attrs.frozen(kw_only=True)
+class HeadsSpec:
+    """Journal heads (protocol §21, docs/simulation.md §17): the operator signs a head of
+    its journal's log every ``interval_ms`` (0: no heads, no log); each client verifies
+    every head and alarms when its cancel is not in the log ``cancel_heads`` heads after
+    it was sent (the watchtower then forces it on-chain)."""
+
+    interval_ms: int = attrs.field(default=0, validator=_nonneg_int)
+    cancel_heads: int = attrs.field(default=10, validator=_pos_int)
 
 
 @attrs.frozen(kw_only=True)
@@ -203,6 +272,7 @@ _TABLES: dict[str, type] = {
     "client": ClientSpec,
     "court": CourtSpec,
     "chain": ChainSpec,
+    "heads": HeadsSpec,
     "metrics": MetricSpec,
 }
 _REQUIRED = ("run", "market", "latency")
@@ -224,6 +294,7 @@ class Scenario:
     client: ClientSpec
     court: CourtSpec
     chain: ChainSpec
+    heads: HeadsSpec
     metrics: MetricSpec
     document: Mapping[str, Any] = attrs.field(eq=False, repr=False)
     agents: tuple[AgentSpec, ...] = ()

@@ -30,9 +30,9 @@ One :class:`World` is one replicate of a scenario. The parts, and the rules they
   A time series (mid, top of book, every agent's inventory and PnL) is streamed to a
   :class:`~.series.SeriesWriter` when one is given.
 
-Time: the engine's clock is ``EPOCH_MS + t_ns // 1_000_000`` (unix ms), the chain's
-``EPOCH_S + t_ns // 1_000_000`` (a chain second is a simulated millisecond: see
-:mod:`.onchain`). Randomness comes only from named streams of ``Seeds``.
+Time: the engine's clock and the chain's are both ``EPOCH_MS + t_ns // 1_000_000`` (unix
+ms; chain seconds are simulated seconds, see :mod:`.onchain`). Randomness comes only from
+named streams of ``Seeds``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from __future__ import annotations
 import gc
 import math
 from array import array
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -48,29 +49,50 @@ import numpy as np
 
 from ..api import BookDepth, CancelOrders, OrderStatus, PlaceOrder, Push, Reply
 from ..client import watchtower as wt
+from ..client.verifier import DISPUTABLE
+from ..crypto import Signer
 from ..dispute.chain import TransactionReverted
+from ..dispute.court import Court
 from ..dispute.inprocess import dev_account
-from ..messages import CancellationNote, Domain, signature_to_wire
+from ..messages import (
+    CancellationNote,
+    Domain,
+    Fill,
+    Order,
+    make_sender,
+    nonce_recv_time_ms,
+    signature_to_wire,
+)
 from ..operator.engine import Engine, Output
 from ..operator.journal import CancelAccepted, FillIssued, Matched, NoteIssued
 from ..operator.lifecycle import CancellationType
 from ..operator.testing import Trader
-from .adversary import Adversary, OrderView, build_adversary
+from ..transparency import SignedHead
+from .adversary import PUPPET, Adversary, OrderView, build_adversary
 from .agents import Agent, AgentContext
+from .archive import DiskArchive
 from .clients import SimClient, is_disputable
 from .eventlog import EventLog
+from .heads import OperatorLog
 from .kernel import Kernel
 from .latency import LatencyModel
 from .market import MidPricePath
-from .onchain import CHAIN_TIME_SCALE, EPOCH_S, OPERATOR, OnChain, domain_of
+from .onchain import EPOCH_MS, OPERATOR, OnChain, domain_of
 from .plugins import load_class
-from .records import DROPPED, HELD, CancelRecord, DisputeRecord, Recorder, TxRecord
+from .records import (
+    DROPPED,
+    HELD,
+    CancelRecord,
+    ClaimLedger,
+    DisputeRecord,
+    Recorder,
+    TxRecord,
+)
 from .scenario import AgentSpec, Scenario
 from .seeding import Seeds
 from .series import SeriesWriter
 
 NS_PER_MS = 10**6
-EPOCH_MS = EPOCH_S * 1000
 PRODUCT = 1
 X18 = 10**18
 #: Priorities at one instant: the price tick first, then (with ``cancel_first``) cancels.
@@ -81,7 +103,7 @@ BOOK_SAMPLE_NS = 100 * NS_PER_MS
 #: How often finished cancel records are closed and spooled to disk.
 COMPACT_NS = 10 * 10**9
 #: Dev accounts: the operator, its sniper, the noise takers, then one per maker, then
-#: one per plug-in agent.
+#: one per plug-in agent, then the operator's sock puppet.
 OPERATOR_ACCOUNT, SNIPER_ACCOUNT, TAKER_ACCOUNT, FIRST_MAKER_ACCOUNT = 0, 1, 2, 3
 SNIPER, TAKER = "sniper", "taker"
 
@@ -126,12 +148,6 @@ class Maker:
     pending: dict[bytes, PlaceOrder] = attrs.Factory(dict)  # cancelled, no note seen yet
 
 
-def order_lifetime_s(scenario: Scenario) -> int:
-    """Orders outlive the run, in the chain's scaled clock too (the court checks it); the
-    engine's maximum lifetime is exactly this, so every order is within it."""
-    return (math.ceil(scenario.run.horizon_s) + 3_600) * CHAIN_TIME_SCALE
-
-
 @attrs.define
 class World:
     """One replicate of a scenario, built by :meth:`build` and played by :meth:`run`."""
@@ -147,14 +163,19 @@ class World:
     sniper: Trader
     taker: Trader
     taker_rng: np.random.Generator
+    puppet: Signer  # the operator's sock puppet: files the claims it makes against itself
     recorder: Recorder
     series: SeriesWriter | None = None
+    log: OperatorLog | None = None  # the operator's journal, log and heads ([heads])
+    heads_findings: dict[str, int] = attrs.Factory(dict)  # kind -> findings at heads
     agents: list[AgentContext] = attrs.Factory(list)
     mids: array = attrs.Factory(lambda: array("d"))
     disputes: list[DisputeRecord] = attrs.Factory(list)
     txs: list[TxRecord] = attrs.Factory(list)
+    ledger: ClaimLedger = attrs.Factory(ClaimLedger)
+    operator_claimants: set[str] = attrs.Factory(set)  # names of the operator's own
     fills: int = 0  # operator-signed fills of client orders
-    penalties_wei: int = 0
+    backdated_fills: int = 0  # fills stamped earlier than they were matched
     answers: int = 0
     spread_sum: float = 0.0  # over book samples with both sides
     spread_samples: int = 0
@@ -166,6 +187,7 @@ class World:
     _owners: dict[bytes, Owner] = attrs.Factory(dict)  # order digest -> who, side, size
     _orders: dict[bytes, PlaceOrder] = attrs.Factory(dict)  # client orders by digest
     _by_sender: dict[bytes, Maker | AgentContext] = attrs.Factory(dict)
+    _by_address: dict[bytes, Maker | AgentContext] = attrs.Factory(dict)
     _match_time: dict[int, tuple[int, bytes, bytes]] = attrs.Factory(dict)
     _filled: dict[bytes, int] = attrs.Factory(dict)  # client order digest -> filled x18
     _exposed: dict[bytes, None] = attrs.Factory(dict)  # orders the sniper watches
@@ -174,6 +196,14 @@ class World:
     _answers_due: list[tuple[bytes, CancellationNote, bytes]] = attrs.Factory(list)
     _next_block: int = 0
     _open_cases: dict[bytes, DisputeRecord] = attrs.Factory(dict)  # forced cancels
+    _requested_at: dict[bytes, int] = attrs.Factory(dict)  # forced: request time, engine ms
+    _makers_by_name: dict[str, Maker] = attrs.Factory(dict)
+    _wake_at: dict[str, int] = attrs.Factory(dict)  # party -> its court wake-up (a claim)
+    _placed: deque[tuple[int, bytes]] = attrs.Factory(deque)  # (recv_time, digest) to retire
+    _self_claims_due: int = 0  # the strategy's self-made claims to file at the next slot
+    _self_claims_made: int = 0
+    _client_claimed: bool = False
+    _unfinished: list[bytes] = attrs.Factory(list)  # past recv_time, not finished yet
 
     @classmethod
     def build(
@@ -190,11 +220,12 @@ class World:
         domain = domain_of(operator)
         count = scenario.makers.count
         agent_specs = scenario.agents
+        puppet_account = FIRST_MAKER_ACCOUNT + count + len(agent_specs)
         onchain = OnChain(
             scenario.court,
             scenario.chain,
             operator,
-            FIRST_MAKER_ACCOUNT + count + len(agent_specs),
+            puppet_account + 1,
             seeds.generator("chain/ordering"),
         )
         client_spec = scenario.client
@@ -204,7 +235,16 @@ class World:
             name = f"mm/{i}"
             signer = dev_account(FIRST_MAKER_ACCOUNT + i)
             client = (
-                SimClient(signer, domain, operator.address, client_spec.force_after_ms)
+                SimClient(
+                    signer,
+                    domain,
+                    operator.address,
+                    client_spec.force_after_ms,
+                    scenario.court.max_pending_ms,
+                    scenario.court.claim_delay_s * 1_000,
+                    scenario.heads.interval_ms,
+                    scenario.heads.cancel_heads,
+                )
                 if client_spec.verify
                 else None
             )
@@ -231,7 +271,8 @@ class World:
                 {PRODUCT},
                 settlement_delay_ms=spec.settlement_delay_ms,
                 rate_limit=spec.rate_limit,
-                max_order_lifetime_s=order_lifetime_s(scenario),
+                max_order_lifetime_s=scenario.makers.order_lifetime_s,
+                archive=DiskArchive(),
             ),
             onchain=onchain,
             adversary=adversary,
@@ -240,14 +281,22 @@ class World:
             sniper=Trader(dev_account(SNIPER_ACCOUNT), domain, "sniper"),
             taker=Trader(dev_account(TAKER_ACCOUNT), domain, "taker"),
             taker_rng=seeds.generator("taker/0"),
+            puppet=dev_account(puppet_account),
             recorder=Recorder([maker.name for maker in makers]),
             series=series,
+            log=(
+                OperatorLog(operator, domain, scenario.heads.interval_ms)
+                if scenario.heads.interval_ms
+                else None
+            ),
             logging=event_log is not None,
         )
         adversary.bind(world)
         world.engine.policy = adversary.engine_policy()
         for maker in makers:
             world._by_sender[maker.trader.sender] = maker
+            world._by_address[maker.trader.signer.address] = maker
+            world._makers_by_name[maker.name] = maker
         for j, agent_spec in enumerate(agent_specs):
             world._add_agent(j, agent_spec, domain)
         return world
@@ -271,6 +320,7 @@ class World:
         )
         self.agents.append(ctx)
         self._by_sender[ctx.trader.sender] = ctx
+        self._by_address[ctx.trader.signer.address] = ctx
 
     # --- what the operator's strategy may read (adversary.OperatorView) -------------------
 
@@ -293,6 +343,16 @@ class World:
 
     def unwatched_senders(self) -> list[bytes]:
         return [maker.trader.sender for maker in self.makers if not maker.watched]
+
+    def watched_senders(self) -> list[bytes]:
+        return [maker.trader.sender for maker in self.makers if maker.watched]
+
+    def requested_at_ms(self, digest: bytes) -> int | None:
+        return self._requested_at.get(digest)
+
+    @property
+    def puppet_address(self) -> bytes:
+        return self.puppet.address
 
     def order_view(self, digest: bytes) -> OrderView | None:
         """A client's order as the operator's own book has it (``None``: not a client
@@ -319,7 +379,13 @@ class World:
 
     @property
     def horizon_ns(self) -> int:
+        """When the market closes (``run.horizon_s``)."""
         return round(self.scenario.run.horizon_s * 1e9)
+
+    @property
+    def end_ns(self) -> int:
+        """When the run ends: the horizon and the court's ``run.cooldown_s`` after it."""
+        return self.horizon_ns + round(self.scenario.run.cooldown_s * 1e9)
 
     @property
     def _tick_ns(self) -> int:
@@ -328,7 +394,9 @@ class World:
     def run(self, progress: Callable[[int, int], None] | None = None, steps: int = 20) -> int:
         """Play the whole horizon; returns the number of kernel events run.
 
-        ``progress(done_ns, horizon_ns)`` is called ``steps`` times along the way.
+        ``progress(done_ns, end_ns)`` is called ``steps`` times along the way. The market
+        closes at the horizon (no quotes, no takers, no sniping); the court's business
+        (answers, defaults, proofs, claims) runs on through the cooldown.
         """
         kernel = self.kernel
         kernel.schedule(0, self._tick, 0, TICK_PRIORITY)
@@ -337,8 +405,11 @@ class World:
         kernel.schedule(COMPACT_NS, self._compact)
         for ctx in self.agents:
             kernel.schedule(0, lambda c: c.agent.start(c), ctx)
+        self._claim_against_self("start")
+        if self.log is not None:
+            kernel.schedule(0, self._sign_head)
         events = 0
-        horizon = self.horizon_ns
+        horizon = self.end_ns
         try:
             for step in range(1, steps + 1):
                 until = horizon * step // steps
@@ -347,6 +418,8 @@ class World:
                     progress(until, horizon)
         finally:
             gc.unfreeze()
+            if self.log is not None:
+                self.log.close()
         for maker in self.makers:
             if maker.client is not None:
                 maker.client.close()
@@ -361,10 +434,6 @@ class World:
     def mid(self) -> float:
         """The latest mid-price tick."""
         return self.mids[-1]
-
-    def mid_at(self, t_ns: int) -> float:
-        """The mid-price at ``t_ns`` (the tick in force then), within the run."""
-        return self.mids[min(t_ns // self._tick_ns, len(self.mids) - 1)]
 
     def _record(self, kind: str, agent: str, digest: bytes = b"", payload: str = "") -> None:
         self.kernel.record(kind, agent, "0x" + digest.hex() if digest else "", payload)
@@ -413,6 +482,7 @@ class World:
         for price_x18, amount in zip(self._quotes(maker, mid), (size, -size), strict=True):
             placed = trader.order(PRODUCT, price_x18, amount, now_ms, lifetime)
             digest = placed.order.digest(trader.domain)
+            self._placed.append((nonce_recv_time_ms(placed.order.nonce), digest))
             maker.live[digest] = placed
             self._owners[digest] = Owner(maker.name, 1 if amount > 0 else -1, abs(amount))
             self._orders[digest] = placed
@@ -478,7 +548,9 @@ class World:
     def _own(self, placed: PlaceOrder, agent: str) -> None:
         amount = placed.order.amount
         owner = Owner(agent, 1 if amount > 0 else -1, abs(amount))
-        self._owners[placed.order.digest(self.engine.domain)] = owner
+        digest = placed.order.digest(self.engine.domain)
+        self._owners[digest] = owner
+        self._placed.append((nonce_recv_time_ms(placed.order.nonce), digest))
 
     def _arrive(self, request: PlaceOrder | CancelOrders) -> None:
         if isinstance(request, PlaceOrder):
@@ -497,6 +569,16 @@ class World:
             record = recorder.get(digest)
             if record is not None:
                 record.t_recv = now
+        delay = self.adversary.cancel_delay_ns(request)
+        if delay > 0:  # held before the engine (and its log) sees it
+            for digest in request.tx.digests:
+                self._held(digest, now + delay)
+            self.kernel.schedule_after(delay, self._accept_cancel, request)
+            return
+        self._accept_cancel(request)
+
+    def _accept_cancel(self, request: CancelOrders) -> None:
+        recorder = self.recorder
         outputs = self._call(request)
         if not any(_answers(out, request) for out in outputs):  # the policy dropped it
             for digest in request.tx.digests:
@@ -519,6 +601,8 @@ class World:
         return max(1, round(self.taker_rng.exponential(1e9 / self.scenario.takers.rate_per_s)))
 
     def _taker_arrives(self, _: object) -> None:
+        if self.kernel.now_ns > self.horizon_ns:
+            return  # the market closed
         buy = bool(self.taker_rng.random() < 0.5)
         book = self.query(BookDepth(PRODUCT))
         assert book is not None
@@ -564,6 +648,8 @@ class World:
         return (at_ms - EPOCH_MS) * NS_PER_MS
 
     def _route(self, outputs: list[Output]) -> None:
+        if self.log is not None:  # the journal, and the log's leaves, before anything else
+            self.log.append([out for out in outputs if not isinstance(out, (Push, Reply))])
         for out in outputs:
             kind = type(out)
             if kind is Push:
@@ -583,20 +669,25 @@ class World:
         release = self.ns_of_ms(entry.process_at_ms)
         self.kernel.schedule(release, self._advance)
         for digest in entry.request.tx.digests:
-            record = self.recorder.get(digest)
-            if record is not None:
-                record.intent = HELD
-            if self._logging:
-                self._record("cancel_hold", OPERATOR, digest, f"until={release}")
-            view = self.order_view(digest)
-            if view is not None:
-                for at in self.adversary.looks_at_held(view, release):
-                    self.kernel.schedule(at, self._snipe, digest)
+            self._held(digest, release)
+
+    def _held(self, digest: bytes, release_ns: int) -> None:
+        """A cancel of ``digest`` is held until ``release_ns``: the strategy's looks."""
+        record = self.recorder.get(digest)
+        if record is not None:
+            record.intent = HELD
+        if self._logging:
+            self._record("cancel_hold", OPERATOR, digest, f"until={release_ns}")
+        view = self.order_view(digest)
+        if view is not None:
+            for at in self.adversary.looks_at_held(view, release_ns):
+                self.kernel.schedule(at, self._snipe, digest)
 
     def _on_match(self, entry: Matched) -> None:
         self._match_time[entry.seq] = (self.kernel.now_ns, entry.maker, entry.taker)
-        if entry.settle_at_ms > entry.at_ms:
-            self.kernel.schedule(self.ns_of_ms(entry.settle_at_ms), self._advance)
+        if entry.settle_at_ms > entry.at_ms:  # (a backdated match may settle in the past)
+            at = max(self.ns_of_ms(entry.settle_at_ms), self.kernel.now_ns)
+            self.kernel.schedule(at, self._advance)
 
     def _on_fill(self, entry: FillIssued) -> None:
         fill = entry.fill
@@ -619,9 +710,11 @@ class World:
         self._filled[digest] = fill.filled_total
         record = self.recorder.get(digest)
         other = self._owners.get(taker if digest == maker else maker)
+        if self.ns_of_ms(fill.timestamp_ms) < t_match - NS_PER_MS:  # stamped before it was
+            self.backdated_fills += 1
         if record is not None and record.t_recv is not None and t_match > record.t_recv:
-            claimed_ns = max(self.ns_of_ms(fill.timestamp_ms), 0)
-            loss = fill.amount / X18 * record.side * (price - self.mid_at(claimed_ns))
+            # Marked to the market when the fill is signed, whatever time it claims.
+            loss = fill.amount / X18 * record.side * (price - self.mid())
             record.stale_fills += 1
             record.loss += loss
             if other is not None and other.agent == SNIPER:
@@ -666,6 +759,34 @@ class World:
             arrival = target.response.arrival(self.kernel.now_ns)
             self.kernel.schedule(arrival, self._deliver, (target, push.entry))
 
+    # --- journal heads --------------------------------------------------------------------
+
+    def _sign_head(self, _: object = None) -> None:
+        """Every ``heads.interval_ms``: the operator signs the head of its log and pushes it
+        to every client that follows heads; until ``cancel_heads`` heads after the market
+        closed (every cancel sent gets its heads; the court's business after that needs
+        none)."""
+        assert self.log is not None
+        signed = self.log.sign(self.now_ms())
+        for maker in self.makers:
+            if maker.client is not None and maker.client.heads is not None:
+                arrival = maker.response.arrival(self.kernel.now_ns)
+                self.kernel.schedule(arrival, self._deliver_head, (maker, signed))
+        heads = self.scenario.heads
+        interval_ns = heads.interval_ms * NS_PER_MS
+        last_ns = min(self.end_ns, self.horizon_ns + (heads.cancel_heads + 1) * interval_ns)
+        if self.kernel.now_ns + interval_ns <= last_ns:
+            self.kernel.schedule_after(interval_ns, self._sign_head)
+
+    def _deliver_head(self, item: tuple[Maker, SignedHead]) -> None:
+        maker, signed = item
+        assert maker.client is not None and self.log is not None
+        findings = maker.client.receive_head(signed, self.now_ms(), self.log.answer)
+        for finding in findings:
+            self.heads_findings[finding.kind] = self.heads_findings.get(finding.kind, 0) + 1
+        if maker.watched and any(finding.kind in DISPUTABLE for finding in findings):
+            self._wants_court(maker.name)
+
     # --- the clients ----------------------------------------------------------------------
 
     def _deliver(self, item: tuple[Maker | AgentContext, FillIssued | NoteIssued]) -> None:
@@ -674,6 +795,10 @@ class World:
             target.agent.on_push(target, entry.signed_wire)
             return
         maker = target
+        if maker.client is not None:
+            received = maker.client.receive(entry, self.now_ms())
+            if maker.watched and is_disputable(received):
+                self._wants_court(maker.name)
         if type(entry) is FillIssued:
             digest = entry.fill.order_digest
             placed = self._orders.get(digest)
@@ -688,10 +813,6 @@ class World:
             record = self.recorder.get(digest)
             if record is not None and record.t_note_seen is None:
                 record.t_note_seen = self.kernel.now_ns
-        if maker.client is not None:
-            received = maker.client.receive(entry, self.now_ms())
-            if maker.watched and is_disputable(received):
-                self._wants_court(maker.name)
 
     def _deadline(self, item: tuple[Maker, tuple[bytes, ...]]) -> None:
         maker, digests = item
@@ -732,6 +853,8 @@ class World:
     def _snipe(self, digest: bytes) -> bool:
         """Look at ``digest``: fill exactly it if the strategy says so; false once it can
         no longer be sniped."""
+        if self.kernel.now_ns > self.horizon_ns:
+            return False  # the market closed
         view = self.order_view(digest)
         if view is None or not view.remaining:
             return False
@@ -746,11 +869,14 @@ class World:
             self._record("snipe", SNIPER, digest, f"edge={view.edge(self.mid())!r}")
         size = round(view.remaining * X18)
         lifetime = self.engine.max_order_lifetime_s
+        # The operator's clock for this fill: now, or earlier for a backdating strategy.
+        stamp = self.adversary.fill_time_ms(view)
+        at_ms = self.now_ms() if stamp is None else min(stamp, self.now_ms())
         placed = self.sniper.order(
-            PRODUCT, round(view.price * X18), -view.side * size, self.now_ms(), lifetime
+            PRODUCT, round(view.price * X18), -view.side * size, at_ms, lifetime
         )
         self._own(placed, SNIPER)
-        outputs = self.engine.match_directed(placed, digest, self.now_ms())
+        outputs = self.engine.match_directed(placed, digest, at_ms)
         self._route(outputs)
         # A cancelled order let through once leaves the book after that one fill.
         return view.active
@@ -763,7 +889,8 @@ class World:
         now = self.kernel.now_ns
         margin = (
             round(self.scenario.metrics.asymmetry_horizon_s * 1e9)
-            + (3 * self.scenario.chain.block_time_s + 1) * 10**9
+            + 3 * self.onchain.block_ns
+            + 10**9
         )
         done = [
             record
@@ -779,42 +906,93 @@ class World:
         for record in done:
             self.recorder.close(record)
             self._forget(record.digest)
+        self._retire_finished()
         # What is left is long-lived (the engine keeps every order): keep the cyclic
         # garbage collector from walking it again and again (undone when the run ends).
         gc.freeze()
-        if now + COMPACT_NS <= self.horizon_ns:
+        if now + COMPACT_NS <= self.end_ns:
             self.kernel.schedule_after(COMPACT_NS, self._compact)
 
+    def _retire_finished(self) -> None:
+        """Let the engine put the orders that are finished into its archive (an order is
+        tried once its nonce's recv_time passed, and again at each compaction while it
+        is still live): the engine's memory stays flat in the horizon."""
+        now_ms, engine = self.now_ms(), self.engine
+        still = [d for d in self._unfinished if not engine.retire(d, now_ms)]
+        placed = self._placed
+        while placed and placed[0][0] <= now_ms:
+            digest = placed.popleft()[1]
+            if not engine.retire(digest, now_ms):
+                still.append(digest)
+        self._unfinished = still
+
     def _forget(self, digest: bytes) -> None:
+        """Nothing more can happen to a client's order: the world and its client let it go."""
         self._orders.pop(digest, None)
-        self._owners.pop(digest, None)
+        owner = self._owners.pop(digest, None)
         self._filled.pop(digest, None)
+        maker = None if owner is None else self._makers_by_name.get(owner.agent)
+        if maker is not None and maker.client is not None:
+            maker.client.forget(digest)
 
     # --- the chain ------------------------------------------------------------------------
 
     def _wants_court(self, party: str) -> None:
-        if self.onchain.wait(party) and not self._slot_scheduled:
+        if self.onchain.wait(party):
+            self._schedule_slot()
+
+    def _schedule_slot(self) -> None:
+        if not self._slot_scheduled:
             self._slot_scheduled = True
             self.kernel.schedule(self.onchain.next_slot(self.kernel.now_ns), self._slot)
 
     def _slot(self, _: object) -> None:
+        """One block slot: the waiting parties transact in the slot's block, the block is
+        sealed, and its logs are read (the operator's watcher and the ground truth)."""
         self._slot_scheduled = False
+        clients = []
         for party in self.onchain.open_slot(self.kernel.now_ns):
             if party == OPERATOR:
                 self._operator_round()
             else:
-                self._client_round(next(m for m in self.makers if m.name == party))
+                maker = self._makers_by_name[party]
+                self._client_round(maker)
+                clients.append(maker)
+        self.onchain.close_slot()
         self._read_court()
-        for maker in self.makers:
-            if maker.watched and maker.client is not None and maker.client.has_open_cases():
-                self._wants_court(maker.name)
+        now_ms = self.now_ms()
+        for maker in clients:
+            assert maker.client is not None
+            due_ms = maker.client.court_due_ms(now_ms)
+            if due_ms is not None:
+                self._court_at(maker.name, due_ms)
         if self._answers_due:
             self._wants_court(OPERATOR)
+        if self.onchain.spilled:  # a full block's rest waits for the next slot
+            self._schedule_slot()
+
+    def _court_at(self, party: str, due_ms: int) -> None:
+        """``party`` has court work from engine time ``due_ms`` on (now, or when a claim
+        vests): it waits for the first slot from then."""
+        due_ns = self.ns_of_ms(due_ms)
+        if due_ns <= self.kernel.now_ns:
+            self._wants_court(party)
+            return
+        woken = self._wake_at.get(party)
+        if due_ns <= self.end_ns and (woken is None or due_ns < woken):
+            self._wake_at[party] = due_ns
+            self.kernel.schedule(due_ns, self._wake_for_court, party)
+
+    def _wake_for_court(self, party: str) -> None:
+        if self._wake_at.get(party) == self.kernel.now_ns:
+            del self._wake_at[party]
+            self._wants_court(party)
 
     def _transaction(
         self, party: str, function: str, tx_hash: bytes, ok: bool, detail: str = ""
     ) -> TxRecord:
-        gas, block = self.onchain.gas_of(tx_hash)
+        receipt = self.onchain.receipt(tx_hash)
+        gas, block = receipt.gas_used, receipt.block_number
         tx = TxRecord(self.kernel.now_ns, block, party, function, gas, ok, detail)
         self.txs.append(tx)
         if self._logging:
@@ -828,7 +1006,11 @@ class World:
             action = outcome.action
             if outcome.tx_hash is None:
                 continue
-            function = action.function if isinstance(action, wt.Prove) else type(action).__name__
+            function = (
+                action.function.removeprefix("heads.")  # (a journal-heads rule)
+                if isinstance(action, wt.Prove)
+                else type(action).__name__
+            )
             ok = outcome.outcome != "rejected"
             tx = self._transaction(maker.name, function, outcome.tx_hash, ok, outcome.detail)
             if isinstance(action, wt.ForceCancel):
@@ -863,8 +1045,33 @@ class World:
         case.t_resolved = self.kernel.now_ns
         case.block_resolved = block
 
+    def _claim_against_self(self, trigger: str) -> None:
+        """The strategy's self-made claims for ``trigger``, filed at the operator's next slot."""
+        count = self.adversary.self_claims(trigger)
+        if count:
+            self._self_claims_due += count
+            self._wants_court(OPERATOR)
+
+    def _file_self_claims(self, court: Court) -> None:
+        """The sock puppet proves malformed fills of made-up orders of its own: each a
+        real claim against the operator's bond (``proveMalformedFill``), paid to it."""
+        count, self._self_claims_due = self._self_claims_due, 0
+        sender = make_sender(self.puppet.address, "puppet")
+        operator = self.onchain.operator
+        for _ in range(count):
+            self._self_claims_made += 1
+            order = Order(sender, PRODUCT, X18, X18, 2**40, self._self_claims_made)
+            digest = order.digest(court.domain)
+            fill = Fill(digest, sender, 0, 0, 0, X18, self.now_ms())  # amount 0: malformed
+            receipt = court.prove_malformed_fill(
+                self.puppet, order, fill, fill.sign(operator, court.domain)
+            )
+            self._transaction(PUPPET, "proveMalformedFill", receipt.transaction_hash, True)
+
     def _operator_round(self) -> None:
         court = self.onchain.start()
+        if self._self_claims_due:
+            self._file_self_claims(court)
         operator = self.onchain.operator
         due, self._answers_due = self._answers_due, []
         for digest, note, signature in due:
@@ -880,6 +1087,8 @@ class World:
                 case.gas += tx.gas
 
     def _read_court(self) -> None:
+        """Every court log of the blocks sealed since the last read: the operator's
+        watcher (forced cancels) and the ground truth of cases and claims."""
         court, chain = self.onchain.court, self.onchain.chain
         assert court is not None and chain is not None
         head = chain.block_number()
@@ -887,24 +1096,48 @@ class World:
             event = court.decode_log(log)
             args = event.args
             digest = args.get("digest", b"")
+            name = event.name
             if self._logging:
-                self._record("court", event.name, digest)
-            if event.name == "CancelRequested":
+                self._record("court", name, digest)
+            if name == "CancelRequested":
                 self._exposed.pop(digest, None)
+                self._requested_at[digest] = args["requestedAt"] * 1_000
                 self._forced_seen(digest)
-            elif event.name == "CancelAnswered":
+            elif name == "CancelAnswered":
                 self.answers += 1
                 self._settled(digest)
                 case = self._open_cases.pop(digest, None)
                 if case is not None:
                     self._resolve(case, "lost", log.block_number)
-            elif event.name == "CancelDefaulted":
+            elif name == "CancelDefaulted":
                 self._settled(digest)
                 if args["halted"] and self.halted_at is None:
                     self.halted_at = self.kernel.now_ns
-            elif event.name == "Slashed":
-                self.penalties_wei += args["penalty"]  # a claim: owed once filed
+            elif name == "Slashed":
+                agent = self._agent_of(args["owner"])
+                if agent in self._makers_by_name and not self._client_claimed:
+                    self._client_claimed = True  # a client's first claim
+                    self._claim_against_self("claim")
+                self.ledger.filed(
+                    agent, digest, args["offence"], args["window"], args["penalty"],
+                    self.kernel.now_ns,
+                )  # fmt: skip
+            elif name == "WindowSettled":
+                self.ledger.settled(args["window"], args["taken"])
+            elif name == "ClaimPaid":
+                self.ledger.paid(digest, args["offence"], args["paid"], self.kernel.now_ns)
         self._next_block = head + 1
+
+    def _agent_of(self, owner: bytes) -> str:
+        """The agent an owner address belongs to (``?`` for none of the world's)."""
+        client = self._by_address.get(owner)
+        if client is not None:
+            return client.name
+        name = self.adversary.claimant_name(owner)
+        if name is None:
+            return "?"
+        self.operator_claimants.add(name)
+        return name
 
     def _settled(self, digest: bytes) -> None:
         record = self.recorder.get(digest)
@@ -926,10 +1159,14 @@ class World:
             self._answer(digest)
 
     def _answer(self, digest: bytes) -> None:
-        """The operator's watcher: the engine's note for a forced cancel, to submit."""
+        """The operator's watcher: the engine's note for a forced cancel (effective at the
+        request's block), to submit at the next slot."""
         placed = self._orders.get(digest)
         outputs = self.engine.force_cancel(
-            digest, self.now_ms(), None if placed is None else placed.order
+            digest,
+            self.now_ms(),
+            None if placed is None else placed.order,
+            self._requested_at.get(digest),
         )
         self._route(outputs)
         for out in outputs:
