@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import attrs
 
@@ -279,7 +279,7 @@ class EvidenceStore:
         *,
         durable: bool = True,
         cache_kib: int | None = None,
-    ) -> EvidenceStore:
+    ) -> Self:
         """Open (or create, given ``domain`` and ``operator``) the store at ``path``.
 
         ``durable = False`` skips every fsync (``synchronous=OFF``): for disposable

@@ -73,7 +73,9 @@ class AgentContext:
     def book(self) -> dict[str, Any]:
         """The operator's book as anyone querying it sees it (``bids``, ``asks``: price
         and size x18 strings, best first)."""
-        return self._world.query(BookDepth(self._world.product))
+        book = self._world.query(BookDepth(self._world.product))
+        assert book is not None  # a book query has no reason to fail
+        return book
 
     def schedule_after(self, delay_ns: int, callback: Callable[[AgentContext], None]) -> None:
         """Call ``callback(ctx)`` ``delay_ns`` from now."""

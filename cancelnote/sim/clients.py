@@ -110,7 +110,7 @@ class SimClient:
 
     def receive(self, entry: FillIssued | NoteIssued, now_ms: int) -> Received:
         """Verify and keep one pushed fill or note."""
-        if type(entry) is FillIssued:
+        if isinstance(entry, FillIssued):
             fill = SignedFill(entry.fill, entry.signature, now_ms)
             return self.verifier.receive_fill(fill, now_ms)
         note = SignedNote(entry.note, entry.signature, now_ms)

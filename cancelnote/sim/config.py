@@ -45,7 +45,7 @@ def build(cls: type[T], config: Mapping[str, Any], section: str) -> T:
 def choose(registry: Mapping[str, type[C]], config: Mapping[str, Any], section: str) -> C:
     """The model named by ``config["model"]``, built from the rest of the section."""
     name = config.get("model")
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         known = ", ".join(sorted(registry))
         raise ScenarioError(f"[{section}] model must be one of {known}; got {name!r}")
     return registry[name].from_config(config)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .plot import draw_metric, plt, read_points, save
 from .sweep import run_sweep
@@ -65,7 +66,10 @@ dispute_bond = 0.01
 block_time_s = 1
 """
 
-GRID = {"operator.delay_ms": list(DELAYS_MS), "client.dispute": [False, True]}
+GRID: dict[str, Sequence[Any]] = {
+    "operator.delay_ms": list(DELAYS_MS),
+    "client.dispute": [False, True],
+}
 
 #: The table's columns: (metric, heading).
 COLUMNS = (

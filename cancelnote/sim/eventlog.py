@@ -10,9 +10,12 @@ dispatch order, which the kernel makes deterministic.
 from __future__ import annotations
 
 import csv
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import attrs
+
+if TYPE_CHECKING:
+    from _csv import Writer
 
 #: The columns of ``events.csv``: simulated time, what happened, who did it, which order
 #: it concerns (empty if none) and a free-form detail such as ``price=99.5``.
@@ -24,7 +27,7 @@ class EventLog:
     """A CSV sink for kernel events. Open the stream with ``newline=""``."""
 
     stream: TextIO
-    _writer: csv.Writer = attrs.field(init=False)
+    _writer: Writer = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._writer = csv.writer(self.stream, lineterminator="\n")

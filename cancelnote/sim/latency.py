@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -90,12 +90,16 @@ class CubicLatency(_FromSection):
         return int(self.min_ns + (self.jitter / x**3) * (self.min_ns / self.unit))
 
 
+def _int_tuple(samples: Iterable[int]) -> tuple[int, ...]:
+    return tuple(samples)
+
+
 @attrs.frozen
 class EmpiricalLatency:
     """Latencies resampled uniformly, with replacement, from measured ``samples`` (ns)."""
 
     MODEL: ClassVar[str] = "empirical"
-    samples: tuple[int, ...] = attrs.field(converter=tuple)
+    samples: tuple[int, ...] = attrs.field(converter=_int_tuple)
 
     @samples.validator
     def _check_samples(self, _: attrs.Attribute[tuple[int, ...]], value: tuple[int, ...]) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self, cast
 
 import attrs
 import numpy as np
@@ -82,7 +82,7 @@ class _Model:
 
     def path(self, rng: np.random.Generator, start_ns: int = 0) -> MidPricePath:
         """A price path starting at ``mid0`` at ``start_ns``, drawing from ``rng``."""
-        return MidPricePath(self, rng, start_ns, self.mid0)
+        return MidPricePath(cast("MarketModel", self), rng, start_ns, self.mid0)  # a subclass
 
 
 @attrs.frozen

@@ -359,7 +359,7 @@ def aggregate(runs: Sequence[Mapping[str, float | None]]) -> dict[str, dict[str,
     names = list(runs[0]) if runs else []
     result: dict[str, dict[str, float | None]] = {}
     for name in names:
-        values = [r[name] for r in runs if r.get(name) is not None]
+        values = [v for r in runs if (v := r.get(name)) is not None]
         n = len(values)
         mean = float(np.mean(values)) if n else None
         ci = t975(n - 1) * float(np.std(values, ddof=1)) / math.sqrt(n) if n > 1 else None

@@ -37,6 +37,7 @@ from collections.abc import Callable
 import attrs
 import numpy as np
 from eth._utils.address import generate_contract_address
+from eth_typing import Address
 
 from ..crypto import Signer
 from ..dispute.chain import Receipt
@@ -56,7 +57,7 @@ OPERATOR = "operator"
 
 def court_address(deployer: Signer) -> bytes:
     """Where ``deployer``'s first transaction (nonce 0) deploys the court."""
-    return generate_contract_address(deployer.address, 0)
+    return generate_contract_address(Address(deployer.address), 0)
 
 
 def domain_of(deployer: Signer) -> Domain:

@@ -10,11 +10,15 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 #: The metrics drawn, with their axis labels.
 HEADLINE = (
@@ -24,7 +28,7 @@ HEADLINE = (
     ("disputes_filed", "disputes filed"),
 )
 #: SVG files carry no date or random ids, so the same data draws the same bytes.
-_SVG = {"svg.hashsalt": "cancelnote", "svg.fonttype": "none"}
+_SVG: dict[RcKeyType, Any] = {"svg.hashsalt": "cancelnote", "svg.fonttype": "none"}
 
 
 def _number(text: str) -> float | None:

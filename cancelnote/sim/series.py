@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from _csv import Writer
 
 MARKET_COLUMNS = ("t_ns", "mid", "best_bid", "best_ask", "depth_at_best")
 AGENT_COLUMNS = ("t_ns", "agent", "inventory", "cash", "pnl")
@@ -40,7 +43,7 @@ class SeriesWriter:
         self._market = self._open("market.csv")
         self._agents = self._open("agents.csv")
 
-    def _open(self, name: str) -> csv.Writer:
+    def _open(self, name: str) -> Writer:
         stream = open(self.folder / name, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self._streams.append(stream)
         writer = csv.writer(stream, lineterminator="\n")

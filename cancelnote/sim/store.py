@@ -188,9 +188,10 @@ class WorkingSetStore(EvidenceStore):
     def mark_rejected(self, digest: bytes) -> None:
         self.flush()
         super().mark_rejected(digest)
-        for held in (self._orders, self._cancels, self._unsettled):
+        tables: tuple[dict[bytes, Any], ...] = (self._orders, self._cancels, self._unsettled)
+        for held in tables:
             if digest in held:
-                held[digest] = attrs.evolve(held[digest], rejected=True)  # type: ignore[index]
+                held[digest] = attrs.evolve(held[digest], rejected=True)
 
     def mark_settled(self, request_hash: bytes) -> None:
         self._unsettled.pop(request_hash, None)

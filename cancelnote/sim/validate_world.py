@@ -177,15 +177,23 @@ class HoldRuns:
 def hold_runs(seed: int, point: HoldPoint, replicates: int = CLOSED_FORM_REPLICATES) -> HoldRuns:
     """Run one grid point's replicates."""
     scenario = parse_scenario(_document(seed, point.overrides()))
-    ratios, wrong, intrinsic, in_flight = [], [], [], []
+    ratios: list[float] = []
+    wrong: list[float] = []
+    intrinsic: list[float] = []
+    in_flight: list[float] = []
     for replicate in range(replicates):
         world = World.build(scenario, replicate)
         world.run()
         table = world.recorder.table()
         mids = np.frombuffer(world.mids, dtype=float)
-        ratios.append(closed_form_ratio(world, table, mids))
-        wrong.append(closed_form_ratio(world, table, mids, WRONG_HOLD_SCALE))
-        intrinsic.append(intrinsic_share(world, table, mids))
+        ratio = closed_form_ratio(world, table, mids)
+        wrong_ratio = closed_form_ratio(world, table, mids, WRONG_HOLD_SCALE)
+        share = intrinsic_share(world, table, mids)
+        if ratio is None or wrong_ratio is None or share is None:
+            raise ValueError(f"{point}: replicate {replicate} held nothing to compare")
+        ratios.append(ratio)
+        wrong.append(wrong_ratio)
+        intrinsic.append(share)
         held = int((table["intent"] == INTENTS.index(HELD)).sum())
         in_flight.append(held * point.delay_ms / 1e3 / scenario.run.horizon_s)
     return HoldRuns(ratios, wrong, statistics.fmean(intrinsic), statistics.fmean(in_flight))

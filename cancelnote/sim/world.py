@@ -651,16 +651,15 @@ class World:
         if self.log is not None:  # the journal, and the log's leaves, before anything else
             self.log.append([out for out in outputs if not isinstance(out, (Push, Reply))])
         for out in outputs:
-            kind = type(out)
-            if kind is Push:
+            if isinstance(out, Push):
                 self._push(out)
-            elif kind is FillIssued:
+            elif isinstance(out, FillIssued):
                 self._on_fill(out)
-            elif kind is Matched:
+            elif isinstance(out, Matched):
                 self._on_match(out)
-            elif kind is NoteIssued:
+            elif isinstance(out, NoteIssued):
                 self._on_note(out)
-            elif kind is CancelAccepted:
+            elif isinstance(out, CancelAccepted):
                 self._on_cancel_accepted(out)
 
     def _on_cancel_accepted(self, entry: CancelAccepted) -> None:
@@ -799,7 +798,7 @@ class World:
             received = maker.client.receive(entry, self.now_ms())
             if maker.watched and is_disputable(received):
                 self._wants_court(maker.name)
-        if type(entry) is FillIssued:
+        if isinstance(entry, FillIssued):
             digest = entry.fill.order_digest
             placed = self._orders.get(digest)
             if placed is not None and entry.fill.filled_total >= abs(placed.order.amount):
@@ -1027,11 +1026,11 @@ class World:
                 else:
                     self._resolve(case, "lost", tx.block)
             elif isinstance(action, wt.Finalize):
-                case = self._open_cases.pop(action.digest, None)
-                if case is not None:
-                    case.gas += tx.gas
-                    case.paid_wei += outcome.owed  # the default's claim; it vests later
-                    self._resolve(case, "won" if ok else "lost", tx.block)
+                opened = self._open_cases.pop(action.digest, None)
+                if opened is not None:
+                    opened.gas += tx.gas
+                    opened.paid_wei += outcome.owed  # the default's claim; it vests later
+                    self._resolve(opened, "won" if ok else "lost", tx.block)
             elif isinstance(action, wt.Prove):
                 case = DisputeRecord(
                     maker.name, action.digest, function, tx.t, tx.block, gas=tx.gas,
