@@ -37,7 +37,7 @@ import bisect
 import functools
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -52,6 +52,9 @@ from ..client.evidence import (
 )
 from ..messages import Cancellation, CancellationProducts, Order
 from ..transparency import LeafKind
+
+#: A signed fill or note, kept by :meth:`WorkingSetStore._add_signed`.
+_Signed = TypeVar("_Signed", SignedFill, SignedNote)
 
 #: Buffered writes flushed in one transaction.
 FLUSH_EVERY = 512
@@ -152,37 +155,45 @@ class WorkingSetStore(EvidenceStore):
         return True
 
     def add_fill(self, signed: SignedFill) -> bool:
-        self._message_seqs.add(signed.fill.seq)
-        held = self._held_fills.get(signed.fill.order_digest)
-        if held is None:  # not in the working set: the file holds it (and says if it is new)
-            self.flush()
-            self._forgotten_seq = max(self._forgotten_seq, signed.fill.seq)
-            self._early.add(signed.fill.order_digest)
-            return super().add_fill(signed)
-        key = _fill_key(signed)
-        index = bisect.bisect_left(held, key, key=_fill_key)
-        if index < len(held) and _fill_key(held[index]) == key:
-            return False
-        held.insert(index, signed)
-        self._fills_by_seq.setdefault(signed.fill.seq, []).append(signed)
-        self._buffer(lambda: EvidenceStore.add_fill(self, signed))
-        return True
+        fill = signed.fill
+        return self._add_signed(
+            signed, fill.seq, fill.order_digest, self._held_fills, self._fills_by_seq,
+            _fill_key, EvidenceStore.add_fill,
+        )  # fmt: skip
 
     def add_note(self, signed: SignedNote) -> bool:
-        self._message_seqs.add(signed.note.seq)
-        held = self._held_notes.get(signed.note.order_digest)
+        note = signed.note
+        return self._add_signed(
+            signed, note.seq, note.order_digest, self._held_notes, self._notes_by_seq,
+            _note_key, EvidenceStore.add_note,
+        )  # fmt: skip
+
+    def _add_signed(
+        self,
+        signed: _Signed,
+        seq: int,
+        digest: bytes,
+        held_by_order: dict[bytes, list[_Signed]],
+        by_seq: dict[int, list[_Signed]],
+        key_of: Callable[[_Signed], Any],
+        add_to_file: Callable[[EvidenceStore, _Signed], bool],
+    ) -> bool:
+        """Keep a fill or note in its order's working set (in ``key_of`` order); one of an
+        order not in the working set goes to the file, which says whether it is new."""
+        self._message_seqs.add(seq)
+        held = held_by_order.get(digest)
         if held is None:
             self.flush()
-            self._forgotten_seq = max(self._forgotten_seq, signed.note.seq)
-            self._early.add(signed.note.order_digest)
-            return super().add_note(signed)
-        key = _note_key(signed)
-        index = bisect.bisect_left(held, key, key=_note_key)
-        if index < len(held) and _note_key(held[index]) == key:
+            self._forgotten_seq = max(self._forgotten_seq, seq)
+            self._early.add(digest)
+            return add_to_file(self, signed)
+        key = key_of(signed)
+        index = bisect.bisect_left(held, key, key=key_of)
+        if index < len(held) and key_of(held[index]) == key:
             return False
         held.insert(index, signed)
-        self._notes_by_seq.setdefault(signed.note.seq, []).append(signed)
-        self._buffer(lambda: EvidenceStore.add_note(self, signed))
+        by_seq.setdefault(seq, []).append(signed)
+        self._buffer(lambda: add_to_file(self, signed))
         return True
 
     def mark_rejected(self, digest: bytes) -> None:
