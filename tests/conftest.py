@@ -6,6 +6,7 @@ notes) or a client's (orders, cancels); tests build offences from it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import cache
@@ -20,6 +21,7 @@ from cancelnote.crypto import Signer, keccak
 from cancelnote.dispute.chain import Chain, TransactionReverted
 from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.dispute.inprocess import InProcessChain
+from cancelnote.dispute.rpcserver import RpcServer
 from cancelnote.messages import Cancellation, CancellationNote, Fill, Order, make_sender
 
 TEST_CONTRACTS = Path(__file__).resolve().parent.parent / "contracts" / "test"
@@ -39,6 +41,20 @@ OWNER_SHARE_WEI = PENALTY_WEI - PENALTY_WEI * BURN_SHARE_BPS // 10_000
 UNSIGNED_FILL_HASH = keccak(b"a fill nobody signed")
 PRICE = 2_000 * 10**18
 ORDER_LIFETIME_S = 86_400
+
+
+@contextmanager
+def served(chain: Chain) -> Iterator[RpcServer]:
+    """``chain`` behind a real JSON-RPC server on a free loopback port, in a thread."""
+    server = RpcServer(chain, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def violates(note: CancellationNote, fill: Fill) -> bool:

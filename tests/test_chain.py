@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import rlp
 import vyper
+from conftest import served
 from eth_abi import decode, encode
 from eth_account import Account
 from evm_probe import probe_call, probe_initcode
@@ -128,22 +129,9 @@ def local(backend: str) -> LocalChain:
     return make_chain(backend)
 
 
-@contextmanager
-def serving(chain: LocalChain) -> Iterator[RpcServer]:
-    rpc = RpcServer(chain, "127.0.0.1", 0)
-    thread = threading.Thread(target=rpc.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
-        yield rpc
-    finally:
-        rpc.shutdown()
-        rpc.server_close()
-        thread.join(timeout=5)
-
-
 @pytest.fixture
 def server(local: LocalChain) -> Iterator[RpcServer]:
-    with serving(local) as rpc:
+    with served(local) as rpc:
         yield rpc
 
 
@@ -682,7 +670,7 @@ def logged(request: pytest.FixtureRequest) -> Iterator[tuple[Chain, list[bytes]]
     if via == "local":
         yield chain, probes
         return
-    with serving(chain) as rpc_server:
+    with served(chain) as rpc_server:
         yield JsonRpcChain(rpc_server.url), probes
 
 

@@ -11,13 +11,13 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import served
 
 from cancelnote import __version__, exits, keystore
 from cancelnote.cli import build_parser, main
@@ -25,7 +25,6 @@ from cancelnote.client.evidence import EvidenceStore
 from cancelnote.crypto import to_checksum
 from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.dispute.inprocess import InProcessChain, dev_account
-from cancelnote.dispute.rpcserver import RpcServer
 from cancelnote.messages import Domain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,15 +110,8 @@ def court() -> Iterator[tuple[str, str]]:
     chain = InProcessChain(accounts=2)
     deployed = Court.deploy(chain, dev_account(0), operator=dev_account(1).address,
                             **DEV_PARAMETERS)  # fmt: skip
-    server = RpcServer(chain, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with served(chain) as server:
         yield server.url, to_checksum(deployed.address)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def test_environment_variables_give_the_left_out_flags(court, monkeypatch, capsys):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
+from conftest import served
 
 from cancelnote import exits
 from cancelnote.cli import main
@@ -14,20 +14,12 @@ from cancelnote.crypto import to_checksum
 from cancelnote.dispute.court import Court
 from cancelnote.dispute.inprocess import InProcessChain, dev_account
 from cancelnote.dispute.jsonrpc import JsonRpcChain
-from cancelnote.dispute.rpcserver import RpcServer
 
 
 @pytest.fixture
 def rpc_url() -> Iterator[str]:
-    server = RpcServer(InProcessChain(accounts=3), "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with served(InProcessChain(accounts=3)) as server:
         yield server.url
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:

@@ -4,10 +4,10 @@ accounts, and a dev node's clock, through ``cancelnote chain|court`` and JSON-RP
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
+from conftest import served
 from eth_abi import encode
 
 from cancelnote import exits, keystore
@@ -19,22 +19,14 @@ from cancelnote.dispute.court import DEV_PARAMETERS, Court
 from cancelnote.dispute.inprocess import InProcessChain, dev_account
 from cancelnote.dispute.jsonrpc import JsonRpcChain, NodeAccount
 from cancelnote.dispute.nodes import NodeMismatch, court_artifact
-from cancelnote.dispute.rpcserver import RpcServer
 from cancelnote.messages import DOMAIN_VERSION
 
 OPERATOR = dev_account(1)
 
 
 def _serve(chain: InProcessChain) -> Iterator[str]:
-    server = RpcServer(chain, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with served(chain) as server:
         yield server.url
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture
